@@ -1,0 +1,19 @@
+"""Shared test settings.
+
+One torch thread: on a small shared machine a two-thread OpenMP team spin-waits whenever
+the other core is busy, which makes tiny models 10-100x slower (see runner.default_threads).
+Every test gets its own model store so nothing leaks between tests or into ~/.cache.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_store(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path_factory.mktemp("store")))
+    monkeypatch.setenv("WORKBENCH_THREADS", "1")

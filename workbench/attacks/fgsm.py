@@ -1,0 +1,55 @@
+"""Fast Gradient Sign Method (Goodfellow, Shlens & Szegedy 2015, arXiv:1412.6572)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..types import Images, Labels, Tensor
+from .base import (
+    ATTACKS,
+    check_batch,
+    check_eps,
+    check_precision,
+    input_gradient,
+    run_attack,
+)
+from .losses import LOSSES
+
+
+@ATTACKS.register("fgsm")
+def fgsm(
+    model: nn.Module,
+    x: Images,
+    y: Labels,
+    eps: float,
+    *,
+    loss: str = "ce",
+    precision: str = "fp32",
+) -> Tensor:
+    """One signed-gradient step: x' = clip₀₁(x + ε·sign ∇ₓℓ(x, y)) (Goodfellow et al. 2015).
+
+    Args:
+        model: maps x (N, ...) in [0, 1] to logits (N, K); normalisation inside it.
+        x: clean inputs in [0, 1], shape (N, ...).
+        y: int64 labels, shape (N,).
+        eps: L∞ budget in pixel units (8/255 = 8/255 of the [0, 1] range).
+        loss: a :data:`~workbench.attacks.LOSSES` name; the attack ascends its batch sum.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast forward; the update stays float32).
+
+    Returns:
+        Detached adversarial inputs, same shape/dtype/device as ``x``. ``eps == 0``
+        returns a clone of ``x`` without running the model. Deterministic. The model's
+        train/eval mode and parameters' ``requires_grad`` are left as they were.
+    """
+    check_batch(x, y)
+    eps = check_eps(eps)
+    check_precision(precision)
+    loss_fn = LOSSES.get(loss)
+    if eps == 0.0:
+        return x.detach().clone()
+
+    def craft(x0: Tensor, y: Labels) -> Tensor:
+        grad = input_gradient(model, x0, y, loss_fn, precision)
+        return x0.add(grad.sign(), alpha=eps).clamp_(0.0, 1.0)
+
+    return run_attack(model, x, y, craft)

@@ -1,0 +1,203 @@
+"""The ``workbench`` command: a thin layer over library functions.
+
+Every command parses its arguments, calls one library function and says where the results
+are. A user error (a malformed study, an unknown name, a missing data root, a corrupt
+checkpoint, a bad run folder) prints one line naming the file and field and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import WorkbenchError
+
+app = typer.Typer(
+    name="workbench",
+    help=(
+        "Adversarial robustness and representation analysis of paired models.\n\n"
+        "A study (YAML in studies/) declares a data set, architectures × training recipes "
+        "(standard, pgd_at, fgsm_rs, trades, distillation), attacks over an ε grid and "
+        "representation probes. `workbench run` trains the paired models (or reuses cached "
+        "ones), attacks and probes them, and writes tables, figures and index.html.\n\n"
+        "Examples:\n\n"
+        "  workbench run studies/quickstart.yaml\n\n"
+        "  workbench run studies/mnist.yaml --set data.root=~/data --set train.epochs=2\n\n"
+        "  workbench validate studies/*.yaml\n\n"
+        "  workbench list models\n\n"
+        "  workbench compare reports/quickstart reports/distillation --out reports/compare"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_err = logging.getLogger("workbench")
+
+
+def _fail(e: WorkbenchError) -> None:
+    typer.echo(f"error: {e.one_line()}", err=True)
+    raise typer.Exit(e.exit_code)
+
+
+def _console_logging(quiet: bool) -> None:
+    logger = logging.getLogger("workbench")
+    if any(getattr(h, "_workbench_console", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    handler._workbench_console = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+@app.command()
+def run(
+    study: Path = typer.Argument(..., help="study file, e.g. studies/quickstart.yaml"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: reports/<study name>)"),
+    device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N"),
+    store: Optional[Path] = typer.Option(
+        None, help="model cache (default: $WORKBENCH_STORE or ~/.cache/workbench)", envvar="WORKBENCH_STORE"
+    ),
+    set_: list[str] = typer.Option([], "--set", "-s", help="override a study field: --set train.epochs=2 (repeatable)"),
+    retrain: bool = typer.Option(False, help="train anew instead of reusing cached models (old entries are moved aside)"),
+    report: bool = typer.Option(True, help="write figures and index.html at the end"),
+    threads: Optional[int] = typer.Option(
+        None, min=1, help="CPU threads for torch (default: half the cores; $WORKBENCH_THREADS)"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars, warnings only"),
+) -> None:
+    """Train, attack and probe the models of a study; write its run folder.
+
+    Cached models (same data, architecture, recipe, training settings and seed) are
+    reused; an interrupted run resumes from its last finished epoch when started again.
+
+    Example: workbench run studies/quickstart.yaml --out reports/qs --device cpu
+    """
+    from .runner import run_study
+    from .study import load_study
+
+    _console_logging(quiet)
+    try:
+        s = load_study(study, set_)
+        result = run_study(s, out, device=device, store=store, retrain=retrain, progress=False if quiet else None, report=report,
+                            threads=threads)
+    except WorkbenchError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command to resume from the last finished epoch", err=True)
+        raise typer.Exit(130)
+    rob = result.tables["robustness"]
+    summary = rob[rob.attack == "clean"][["model", "accuracy"]]
+    for _, r in summary.iterrows():
+        typer.echo(f"  {r['model']:<32} clean accuracy {r['accuracy']:.3f}")
+    where = result.path / "index.html"
+    typer.echo(f"run folder: {result.path}" + (f"\nreport: {where}" if where.exists() else ""))
+    typer.echo(f"finished in {result.timings['total']:.1f}s")
+
+
+@app.command()
+def validate(studies: list[Path] = typer.Argument(..., help="study files to check")) -> None:
+    """Check study files completely (schema, names, ε values) without running anything.
+
+    Example: workbench validate studies/*.yaml
+    """
+    from .study import load_study
+
+    failed = 0
+    for path in studies:
+        try:
+            s = load_study(path)
+            typer.echo(f"ok: {path} ({len(s.models())} models, {len(s.evaluation.attacks)} attacks, probes: {', '.join(s.probes.enabled()) or 'none'})")
+        except WorkbenchError as e:
+            typer.echo(f"error: {e.one_line()}", err=True)
+            failed += 1
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="write to this file instead of stdout")) -> None:
+    """Print the JSON Schema of study files (for editors).
+
+    Example (VS Code / yaml-language-server): workbench schema -o study.schema.json, then put
+    `# yaml-language-server: $schema=study.schema.json` at the top of a study.
+    """
+    from .study import study_schema
+
+    text = json.dumps(study_schema(), indent=2)
+    if out:
+        out.write_text(text + "\n")
+        typer.echo(f"schema written to {out}")
+    else:
+        typer.echo(text)
+
+
+KINDS = ("datasets", "models", "recipes", "attacks", "losses", "probes")
+
+
+@app.command("list")
+def list_(
+    kind: Optional[str] = typer.Argument(None, help=f"one of: {', '.join(KINDS)} (default: all)"),
+    pattern: str = typer.Option("*", help="filter names, e.g. 'resnet*'"),
+) -> None:
+    """List what studies can name: data sets, models, recipes, attacks, losses, probes.
+
+    Example: workbench list models --pattern 'torchvision:resnet*'
+    """
+    from . import registries
+
+    if kind is not None and kind not in KINDS:
+        _fail(WorkbenchError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}", field="list"))
+    for k in (kind,) if kind else KINDS:
+        typer.echo(f"{k}:")
+        for name, doc in registries.listing(k, pattern):
+            typer.echo(f"  {name:<28} {doc}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run folder written by `workbench run`")) -> None:
+    """(Re)write the figures and index.html of a run folder from its tables.
+
+    Example: workbench report reports/quickstart
+    """
+    from .report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except WorkbenchError as e:
+        _fail(e)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="two or more run folders"),
+    out: Path = typer.Option(Path("reports/compare"), "--out", "-o", help="folder for the comparison report"),
+) -> None:
+    """Set runs side by side: accuracy-vs-ε and Lipschitz profiles of every model, and a table of differences.
+
+    Example: workbench compare reports/quickstart reports/distillation --out reports/compare
+    """
+    from .report import write_comparison
+
+    try:
+        path = write_comparison(run_dirs, out)
+    except WorkbenchError as e:
+        _fail(e)
+    typer.echo(f"comparison: {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,28 @@
+"""Data sets by name, fixed seeded splits on the training device, and device-side batches.
+
+``load_dataset("digits")`` (offline, bundled with scikit-learn) or ``"mnist"``,
+``"fashion-mnist"``, ``"cifar10"``, ``"svhn"`` (torchvision files under ``root``;
+``download=True`` to fetch them) or ``"imagefolder"`` (any folder-per-class tree or a tar
+archive of one) returns :class:`DataSplits` of float32 tensors in [0, 1] on ``device``.
+:func:`iterate_batches` slices them into batches, optionally through an
+:class:`Augmentation` that runs on the same device.
+"""
+
+from . import digits as _digits  # noqa: F401  (registers "digits")
+from . import imagefolder as _imagefolder  # noqa: F401  (registers "imagefolder")
+from . import torchvision_sets as _torchvision_sets  # noqa: F401  (registers the torchvision sets)
+from .base import DATASETS, DataSplits, RawData, dataset_options, load_dataset, stratified_pick
+from .batches import Augmentation, iterate_batches
+from .imagefolder import default_cache_dir
+
+__all__ = [
+    "DATASETS",
+    "Augmentation",
+    "DataSplits",
+    "RawData",
+    "dataset_options",
+    "default_cache_dir",
+    "iterate_batches",
+    "load_dataset",
+    "stratified_pick",
+]

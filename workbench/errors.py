@@ -1,0 +1,53 @@
+"""User-facing errors.
+
+Anything a user can cause (a malformed study, an unknown name, a missing data root, a
+corrupt checkpoint) raises a :class:`WorkbenchError`. The CLI prints its one-line message
+and exits with status 2; library callers (notebooks, tests) catch it like any exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class WorkbenchError(Exception):
+    """An error caused by user input; printed as one line, exit status 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | None = None, field: str | None = None):
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.field = field
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        where = ": ".join(p for p in (self.file, self.field) if p)
+        text = f"{where}: {self.message}" if where else self.message
+        return " ".join(text.split())  # one line, whatever the message held
+
+
+class StudyError(WorkbenchError):
+    """A study file that cannot be read or does not validate."""
+
+
+class UnknownNameError(WorkbenchError):
+    """A name that is not in a registry; the message lists the valid names."""
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str], **where):
+        self.kind, self.name, self.valid = kind, name, sorted(valid)
+        super().__init__(
+            f"unknown {kind} {name!r}; valid {kind}s: {', '.join(self.valid) or '(none)'}", **where
+        )
+
+
+class DataError(WorkbenchError):
+    """A data set that is missing, incomplete or malformed."""
+
+
+class CheckpointError(WorkbenchError):
+    """A checkpoint or cached model that cannot be trusted."""
+
+
+class RunFolderError(WorkbenchError):
+    """A run folder that is missing or malformed."""

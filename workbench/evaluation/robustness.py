@@ -1,0 +1,175 @@
+"""White-box robustness of every model, and transfer within each pair.
+
+Tables (tidy, one row per setting):
+
+- ``robustness``: model × attack × ε → accuracy and adversarial risk (mean cross-entropy at
+  the adversarial input: the mean over examples of the worst case the attack found);
+  clean accuracy is the row ``attack == "clean"``, ``eps == 0``.
+- ``per_example``: model × attack × ε × example → correct, loss (for soundness checks such
+  as "PGD-correct ⊆ FGSM-correct").
+- ``transfer``: examples crafted on ``source``, scored on ``target`` (the other model of
+  the pair), both directions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks import ATTACKS
+from ..progress import QUIET, Progress
+from ..study import EvaluationConfig, FGSMAttack, PGDAttack
+from ..training.base import derive_seed
+
+
+@dataclass
+class EvalResult:
+    robustness: pd.DataFrame
+    per_example: pd.DataFrame
+    transfer: pd.DataFrame
+    #: (model id, attack id, ε) -> adversarial examples (kept for transfer and probes)
+    adversarial: dict[tuple[str, str, float], torch.Tensor] = field(default_factory=dict, repr=False)
+
+
+def evaluation_subset(n_total: int, examples: int | None, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded random subset of the test split (all when ``examples`` is None)."""
+    if examples is None or examples >= n_total:
+        return torch.arange(n_total)
+    g = torch.Generator().manual_seed(derive_seed(seed, "evaluation-subset"))
+    return torch.randperm(n_total, generator=g)[:examples].sort().values
+
+
+@torch.no_grad()
+def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example (correct, cross-entropy) in eval mode and float32."""
+    was = model.training
+    model.eval()
+    correct, losses = [], []
+    for i in range(0, len(y), batch_size):
+        logits = model(x[i : i + batch_size]).float()
+        correct.append(logits.argmax(1) == y[i : i + batch_size])
+        losses.append(F.cross_entropy(logits, y[i : i + batch_size], reduction="none"))
+    model.train(was)
+    if not correct:
+        return torch.zeros(0, dtype=torch.bool), torch.zeros(0)
+    return torch.cat(correct), torch.cat(losses)
+
+
+def attack_batched(
+    model: nn.Module,
+    attack: FGSMAttack | PGDAttack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    batch_size: int,
+    precision: str = "fp32",
+    advance=lambda n=1, **kw: None,
+) -> torch.Tensor:
+    fn = ATTACKS.get(attack.name)
+    out = []
+    for i in range(0, len(y), batch_size):
+        out.append(fn(model, x[i : i + batch_size], y[i : i + batch_size], eps, precision=precision, **attack.options()))
+        advance(1)
+    return torch.cat(out)
+
+
+def _row(model_id: str, attack, eps: float, correct: torch.Tensor, loss: torch.Tensor, seconds: float) -> dict:
+    return {
+        "model": model_id,
+        "attack": attack.id if attack is not None else "clean",
+        "method": attack.name if attack is not None else "clean",
+        "norm": attack.norm if attack is not None else "none",
+        "loss": attack.loss if attack is not None else "ce",
+        "steps": getattr(attack, "steps", 1) if attack is not None else 0,
+        "restarts": getattr(attack, "restarts", 1) if attack is not None else 0,
+        "eps": float(eps),
+        "n": int(len(correct)),
+        "accuracy": correct.float().mean().item() if len(correct) else float("nan"),
+        "adv_risk": loss.mean().item() if len(loss) else float("nan"),
+        "seconds": seconds,
+    }
+
+
+def evaluate(
+    models: Mapping[str, nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: EvaluationConfig,
+    pairs: Sequence[tuple[str, str, str]] = (),
+    *,
+    seed: int = 0,
+    progress: Progress = QUIET,
+    index: torch.Tensor | None = None,
+    keep_adversarial: bool = True,
+) -> EvalResult:
+    """Clean accuracy and every attack over its grid for every model; then transfer."""
+    index = torch.arange(len(y)) if index is None else index
+    rows, per_example = [], []
+    adversarial: dict[tuple[str, str, float], torch.Tensor] = {}
+    n_batches = -(-len(y) // cfg.batch_size)
+    total = len(models) * sum(len(cfg.grid(a)) for a in cfg.attacks) * n_batches
+    need_adv = keep_adversarial or cfg.transfer
+
+    def keep(mid, attack, eps, correct, loss):
+        per_example.append(
+            pd.DataFrame(
+                {
+                    "model": mid,
+                    "attack": attack.id if attack is not None else "clean",
+                    "eps": float(eps),
+                    "index": index.cpu().numpy(),
+                    "correct": correct.cpu().numpy(),
+                    "loss": loss.cpu().numpy(),
+                }
+            )
+        )
+
+    with progress.task("attack", total) as advance:
+        for mid, model in models.items():
+            t0 = time.perf_counter()
+            correct, loss = score(model, x, y, cfg.batch_size)
+            rows.append(_row(mid, None, 0.0, correct, loss, time.perf_counter() - t0))
+            keep(mid, None, 0.0, correct, loss)
+            for attack in cfg.attacks:
+                for eps in cfg.grid(attack):
+                    # each setting has its own random stream: results do not depend on order
+                    torch.manual_seed(derive_seed(seed, "attack", mid, attack.id, eps))
+                    t0 = time.perf_counter()
+                    x_adv = attack_batched(
+                        model, attack, x, y, eps, batch_size=cfg.batch_size, precision=cfg.precision, advance=advance
+                    )
+                    correct, loss = score(model, x_adv, y, cfg.batch_size)
+                    if x.is_cuda:
+                        torch.cuda.synchronize()
+                    rows.append(_row(mid, attack, eps, correct, loss, time.perf_counter() - t0))
+                    keep(mid, attack, eps, correct, loss)
+                    if need_adv:
+                        adversarial[(mid, attack.id, eps)] = x_adv
+
+    transfer_rows = []
+    if cfg.transfer:
+        for arch, ref, other in pairs:
+            for source, target in ((ref, other), (other, ref)):
+                for attack in cfg.attacks:
+                    for eps in cfg.grid(attack):
+                        x_adv = adversarial[(source, attack.id, eps)]
+                        correct, loss = score(models[target], x_adv, y, cfg.batch_size)
+                        r = _row(target, attack, eps, correct, loss, 0.0)
+                        r.pop("model")
+                        r.pop("seconds")
+                        transfer_rows.append({"architecture": arch, "source": source, "target": target, **r})
+    if not keep_adversarial:
+        adversarial = {}
+    return EvalResult(
+        robustness=pd.DataFrame(rows),
+        per_example=pd.concat(per_example, ignore_index=True) if per_example else pd.DataFrame(),
+        transfer=pd.DataFrame(transfer_rows),
+        adversarial=adversarial,
+    )

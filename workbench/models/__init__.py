@@ -1,0 +1,40 @@
+"""Models: the registry, the [0, 1]-input wrapper, layer listing and feature capture.
+
+>>> model = create_model("small_cnn", num_classes=10, in_shape=(1, 8, 8))
+>>> model.layer_names()
+['conv1', 'conv2', 'conv3', 'fc1', 'logits']
+>>> with capture(model, "all") as cap:
+...     logits = model(x)            # cap.feats["conv2"]: (N, D), differentiable
+
+Registered: ``mlp``, ``small_cnn``, ``preact_resnet18``, ``preact_resnet34``,
+``resnet18``, ``wide_resnet``; plus ``"torchvision:<name>"`` for any torchvision
+classification model.
+"""
+
+from . import mlp, preact_resnet, resnet, small_cnn, tv, wide_resnet  # noqa: F401  (register)
+from .base import (
+    MODELS,
+    TORCHVISION_PREFIX,
+    Built,
+    WorkbenchModel,
+    check_model_options,
+    create_model,
+    model_names,
+    model_options,
+)
+from .capture import Capture, capture, extract_features, resolve_layers
+
+__all__ = [
+    "MODELS",
+    "TORCHVISION_PREFIX",
+    "Built",
+    "Capture",
+    "WorkbenchModel",
+    "capture",
+    "check_model_options",
+    "create_model",
+    "extract_features",
+    "model_names",
+    "model_options",
+    "resolve_layers",
+]

@@ -1,0 +1,89 @@
+"""The probe registry and what every probe runner receives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..data import DataSplits
+from ..models import WorkbenchModel
+from ..progress import QUIET, Progress
+from ..registry import Registry
+from ..store import RunFolder
+from ..study import Study
+from ..training.base import derive_seed
+
+#: probe runners by name (study field ``probes.<name>``): ProbeContext -> {table name: DataFrame}
+PROBES: Registry[Callable[["ProbeContext"], dict[str, pd.DataFrame]]] = Registry("probe")
+
+
+@dataclass(frozen=True)
+class ProbeContext:
+    """Everything a probe runner may use. ``x, y`` are the probe examples: one fixed set of
+    test examples shared by every model of the study (``index`` gives their positions in the
+    test split)."""
+
+    study: Study
+    cfg: Any  # this probe's section of the study (e.g. LipschitzProbe)
+    models: dict[str, WorkbenchModel]
+    pairs: list[tuple[str, str, str]]  # (architecture, reference model id, paired model id)
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    data: DataSplits
+    folder: RunFolder | None
+    device: torch.device
+    batch_size: int
+    seed: int
+    progress: Progress = QUIET
+
+    def eps_grid(self, norm: str = "linf") -> tuple[float, ...]:
+        """The probe's own ε grid for ``norm``, else the study's evaluation grid (nonzero)."""
+        own = getattr(self.cfg, "eps" if norm == "linf" else "eps_l2", None)
+        grid = own if own is not None else (self.study.evaluation.eps if norm == "linf" else self.study.evaluation.eps_l2)
+        return tuple(sorted({float(e) for e in grid if e > 0}))
+
+    def seed_for(self, *parts: Any) -> int:
+        return derive_seed(self.seed, "probe", *parts)
+
+
+def probe_examples(data: DataSplits, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A seeded subset of ``n`` test examples (sorted indices), the same for every model."""
+    total = len(data.test_y)
+    if n >= total:
+        idx = torch.arange(total)
+    else:
+        g = torch.Generator().manual_seed(derive_seed(seed, "probe-examples"))
+        idx = torch.randperm(total, generator=g)[:n].sort().values
+    dev_idx = idx.to(data.test_x.device)
+    return data.test_x[dev_idx], data.test_y[dev_idx], idx
+
+
+def run_probes(
+    study: Study,
+    models: dict[str, WorkbenchModel],
+    data: DataSplits,
+    folder: RunFolder | None,
+    *,
+    device: torch.device,
+    progress: Progress = QUIET,
+    seed: int = 0,
+) -> dict[str, pd.DataFrame]:
+    """Run every probe the study enables, in a fixed order; returns all their tables."""
+    cfg = study.probes
+    x, y, idx = probe_examples(data, cfg.examples, seed)
+    base = ProbeContext(
+        study=study, cfg=None, models=models, pairs=study.pairs(), x=x, y=y, index=idx, data=data,
+        folder=folder, device=device, batch_size=cfg.batch_size, seed=seed, progress=progress,
+    )
+    tables: dict[str, pd.DataFrame] = {}
+    for name in cfg.enabled():
+        out = PROBES.get(name)(replace(base, cfg=getattr(cfg, name)))
+        clash = set(out) & set(tables)
+        assert not clash, f"probe {name} writes tables already written: {clash}"
+        tables.update(out)
+    return tables

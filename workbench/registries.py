@@ -1,0 +1,30 @@
+"""One place that knows every registry, for ``workbench list`` and the docs."""
+
+from __future__ import annotations
+
+import fnmatch
+
+
+def listing(kind: str, pattern: str = "*") -> list[tuple[str, str]]:
+    """(name, one-line description) of every entry of ``kind`` matching ``pattern``."""
+    if kind == "datasets":
+        from .data import DATASETS as reg
+    elif kind == "recipes":
+        from .training import RECIPES as reg
+    elif kind == "attacks":
+        from .attacks import ATTACKS as reg
+    elif kind == "losses":
+        from .attacks import LOSSES as reg
+    elif kind == "probes":
+        from .probes import PROBES as reg
+    elif kind == "models":
+        from .models import MODELS, model_names
+
+        out = [(n, MODELS.describe(n)) for n in MODELS.names(pattern)]
+        tv = [n for n in model_names() if n.startswith("torchvision:") and fnmatch.fnmatch(n, pattern)]
+        if tv:
+            out.append((f"torchvision:<name>", f"any of {len(tv)} torchvision classifiers, e.g. {', '.join(tv[:4])}"))
+        return out
+    else:
+        raise ValueError(kind)
+    return [(n, reg.describe(n)) for n in reg.names(pattern)]

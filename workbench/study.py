@@ -1,0 +1,728 @@
+"""The study file: a typed, frozen schema, validated completely before any work starts.
+
+A study declares a data set, architectures × training recipes (the paired models), the
+evaluation (attacks over an ε grid) and the probes. ``load_study(path)`` reads the YAML,
+resolves ``extends:`` (a base study, path relative to the extending file, deep-merged:
+mappings merge key by key, lists and scalars replace), checks every name against its
+registry and returns a :class:`Study`. Any problem raises :class:`StudyError` naming the
+file and the field (``recipes[1].eps``).
+
+ε values are pixel units in [0, 1] and may be written ``0.1`` or ``"8/255"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import StudyError, UnknownNameError, WorkbenchError
+
+# --------------------------------------------------------------------------- value types
+
+
+def parse_eps(value: Any) -> Any:
+    """``0.1``, ``8``/``255`` as ``"8/255"``, or ``"0.03"`` -> float. Other types pass through
+    so pydantic reports them with its usual message."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number or a fraction such as '8/255', got a boolean")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(Fraction(text))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"expected a number or a fraction such as '8/255', got {value!r}") from None
+    return value
+
+
+#: a perturbation size in pixel units ([0,1] range); YAML may say 0.1 or "8/255"
+Eps = Annotated[float, BeforeValidator(parse_eps), Field(ge=0)]
+Norm = Literal["linf", "l2"]
+Precision = Literal["fp32", "bf16"]
+LayerSpec = Union[str, tuple[str, ...]]
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; loaded studies are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _name_shorthand(value: Any) -> Any:
+    """Allow ``- standard`` for ``- {name: standard}`` in lists of named entries."""
+    if isinstance(value, (list, tuple)):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+def _check_registry(kind: str, name: str, valid: Sequence[str], extra_ok=lambda n: False) -> str:
+    if name not in valid and not extra_ok(name):
+        raise ValueError(UnknownNameError(kind, name, valid).message)
+    return name
+
+
+def _check_label(label: str | None) -> str | None:
+    if label is not None and not _SAFE_NAME.match(label):
+        raise ValueError(f"label {label!r} may hold only letters, digits, '.', '_' and '-'")
+    return label
+
+
+# --------------------------------------------------------------------------- data
+
+
+class AugmentConfig(Strict):
+    """Batch augmentation applied on the training device."""
+
+    crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels (0: off)")
+    flip: bool = Field(False, description="random horizontal flip")
+
+
+class DataConfig(Strict):
+    name: str = Field("digits", description="data set name (workbench list datasets)")
+    root: str | None = Field(None, description="data root for torchvision sets and imagefolder ($VARS and ~ expanded)")
+    download: bool = Field(False, description="let torchvision download missing files (needs internet)")
+    val_fraction: float = Field(0.1, ge=0, lt=0.5, description="share of the training split held out for validation")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="test share for sets without their own test split")
+    limit_train: PositiveInt | None = Field(None, description="use at most this many training examples")
+    limit_test: PositiveInt | None = Field(None, description="use at most this many test examples")
+    augment: AugmentConfig = AugmentConfig()
+    options: dict[str, Any] = Field(default_factory=dict, description="data-set specific options (imagefolder: image_size)")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .data import DATASETS
+
+        return _check_registry("data set", v, DATASETS.names())
+
+    @model_validator(mode="after")
+    def _options(self) -> DataConfig:
+        from .data import dataset_options
+
+        valid = dataset_options(self.name)
+        for key in self.options:
+            if key not in valid:
+                raise ValueError(
+                    f"options.{key}: unknown option for data set {self.name!r}; valid: {', '.join(sorted(valid)) or '(none)'}"
+                )
+        return self
+
+    def resolved_root(self) -> Path | None:
+        import os
+
+        return Path(os.path.expandvars(self.root)).expanduser() if self.root else None
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ArchitectureConfig(Strict):
+    name: str = Field(description="model name (workbench list models), or torchvision:<name>")
+    label: str | None = Field(None, description="name of this architecture in tables (default: name)")
+    options: dict[str, Any] = Field(default_factory=dict, description="builder options, e.g. depth/width")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v):
+        return _check_label(v)
+
+    @model_validator(mode="after")
+    def _known(self) -> ArchitectureConfig:
+        from .models import check_model_options
+
+        try:
+            check_model_options(self.name, dict(self.options))
+        except WorkbenchError as e:
+            raise ValueError(e.message) from None
+        return self
+
+    @property
+    def id(self) -> str:
+        return self.label or self.name.replace("torchvision:", "tv-")
+
+
+# --------------------------------------------------------------------------- training
+
+
+class TrainConfig(Strict):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 128
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
+    milestones: tuple[float, ...] = Field((0.5, 0.75), description="step schedule: fractions of training where lr *= gamma")
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up (cosine and step schedules)")
+    onecycle_pct: float = Field(0.4, gt=0, lt=1, description="one-cycle: share of training spent rising to the peak")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="off by default: it inflates robustness under CE attacks")
+    grad_clip: float | None = Field(None, gt=0)
+    precision: Precision = Field("fp32", description="bf16 autocast (CUDA only)")
+    channels_last: bool = Field(False, description="channels_last memory format (helps convs on GPU)")
+    compile: bool = Field(False, description="torch.compile the model (GPU; costs compile time)")
+    monitor_examples: PositiveInt = Field(256, description="held-out validation examples scored after every epoch")
+    monitor_steps: PositiveInt = Field(10, description="PGD steps for the per-epoch robust accuracy")
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, v):
+        if any(not 0 < m < 1 for m in v) or list(v) != sorted(v):
+            raise ValueError("milestones are increasing fractions of training between 0 and 1")
+        return v
+
+
+class RecipeBase(Strict):
+    label: str | None = Field(None, description="name of this recipe in tables (default: name)")
+    train: dict[str, Any] = Field(default_factory=dict, description="overrides of the study's train section")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v):
+        return _check_label(v)
+
+    @property
+    def id(self) -> str:
+        return self.label or self.name  # type: ignore[attr-defined]
+
+    @property
+    def adversarial(self) -> bool:
+        return getattr(self, "eps", None) is not None
+
+
+class StandardRecipe(RecipeBase):
+    """Cross-entropy on clean inputs."""
+
+    name: Literal["standard"]
+
+
+class PGDATRecipe(RecipeBase):
+    """Madry et al. 2018: minimise the loss at the PGD worst case (eval-mode attack)."""
+
+    name: Literal["pgd_at"]
+    eps: Eps
+    norm: Norm = "linf"
+    steps: PositiveInt = 10
+    alpha: Eps | None = Field(None, description="step size (default 2.5·eps/steps)")
+
+
+class FGSMRSRecipe(RecipeBase):
+    """Wong et al. 2020 fast AT: uniform random start, one FGSM step of alpha_factor·eps."""
+
+    name: Literal["fgsm_rs"]
+    eps: Eps
+    norm: Literal["linf"] = "linf"
+    alpha_factor: float = Field(1.25, gt=0)
+    co_check: bool = Field(True, description="catastrophic-overfitting check after each epoch (PGD-5 on a training batch)")
+    co_drop: float = Field(0.2, gt=0, le=1, description="PGD accuracy drop (fraction) that signals catastrophic overfitting")
+    co_action: Literal["rollback", "stop", "warn"] = Field(
+        "rollback", description="rollback: restore the last good epoch and stop; stop: stop; warn: record only"
+    )
+
+
+class TradesRecipe(RecipeBase):
+    """Zhang et al. 2019: CE(f(x), y) + beta·KL(f(x) ‖ f(x')), x' maximising the KL."""
+
+    name: Literal["trades"]
+    eps: Eps
+    norm: Literal["linf"] = "linf"
+    beta: float = Field(6.0, ge=0)
+    steps: PositiveInt = 10
+    alpha: Eps | None = Field(None, description="step size (default 2.5·eps/steps)")
+
+
+class DistillationRecipe(RecipeBase):
+    """Papernot et al. 2016: teacher at temperature T, student on its soft labels at T, deployed at T=1."""
+
+    name: Literal["distillation"]
+    temperature: float = Field(100.0, gt=0)
+    teacher_epochs: PositiveInt | None = Field(None, description="default: train.epochs")
+
+
+RecipeConfig = Annotated[
+    Union[StandardRecipe, PGDATRecipe, FGSMRSRecipe, TradesRecipe, DistillationRecipe],
+    Field(discriminator="name"),
+]
+RECIPE_CONFIGS = {c.model_fields["name"].annotation.__args__[0]: c for c in RecipeConfig.__origin__.__args__}  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+LossName = Literal["ce", "margin", "dlr"]
+
+
+class AttackBase(Strict):
+    label: str | None = Field(None, description="name in tables (default from the settings, e.g. pgd20-linf)")
+    eps: tuple[Eps, ...] | None = Field(None, description="ε grid for this attack (default: the study's grid for its norm)")
+    loss: LossName = Field("ce", description="ce, margin (C&W logit margin) or dlr")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v):
+        return _check_label(v)
+
+
+class FGSMAttack(AttackBase):
+    """Goodfellow et al. 2015; L∞ only."""
+
+    name: Literal["fgsm"]
+
+    @property
+    def norm(self) -> Norm:
+        return "linf"
+
+    @property
+    def id(self) -> str:
+        return self.label or ("fgsm" if self.loss == "ce" else f"fgsm-{self.loss}")
+
+    def options(self) -> dict[str, Any]:
+        return {"loss": self.loss}
+
+
+class PGDAttack(AttackBase):
+    """Madry et al. 2018."""
+
+    name: Literal["pgd"]
+    norm: Norm = "linf"
+    steps: PositiveInt = 20
+    alpha: Eps | None = Field(None, description="step size (default 2.5·eps/steps)")
+    restarts: PositiveInt = 1
+    random_start: bool = True
+
+    @property
+    def id(self) -> str:
+        if self.label:
+            return self.label
+        tag = f"pgd{self.steps}-{self.norm}"
+        if self.restarts > 1:
+            tag += f"-r{self.restarts}"
+        return tag if self.loss == "ce" else f"{tag}-{self.loss}"
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "alpha": self.alpha,
+            "norm": self.norm,
+            "restarts": self.restarts,
+            "random_start": self.random_start,
+            "loss": self.loss,
+        }
+
+
+AttackConfig = Annotated[Union[FGSMAttack, PGDAttack], Field(discriminator="name")]
+ATTACK_CONFIGS = {"fgsm": FGSMAttack, "pgd": PGDAttack}
+
+
+class SoundnessConfig(Strict):
+    """Evaluation soundness checks (Carlini et al. 2019); see METHODS.md."""
+
+    enabled: bool = True
+    examples: PositiveInt = Field(500, description="test examples used by the extra attacks of the checks")
+    large_eps: Eps = Field(0.5, description="L∞ ε at which accuracy must be near chance")
+
+
+class EvaluationConfig(Strict):
+    examples: PositiveInt | None = Field(1000, description="test examples evaluated (null: the whole test split)")
+    batch_size: PositiveInt = 500
+    eps: tuple[Eps, ...] = Field((2 / 255, 4 / 255, 8 / 255), description="L∞ ε grid")
+    eps_l2: tuple[Eps, ...] = Field((), description="L2 ε grid (for L2 attacks)")
+    main_eps: Eps | None = Field(None, description="ε of the summary (default: the training ε of the first adversarial recipe)")
+    attacks: tuple[AttackConfig, ...] = Field(
+        default_factory=lambda: (FGSMAttack(name="fgsm"), PGDAttack(name="pgd")),
+        description="attacks evaluated on every model",
+    )
+    transfer: bool = Field(True, description="examples crafted on one model of a pair, tested on the other")
+    precision: Precision = Field("fp32", description="bf16 autocast for crafting attacks (CUDA only); scoring stays fp32")
+    soundness: SoundnessConfig = SoundnessConfig()
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _attack_shorthand(cls, v):
+        return _name_shorthand(v)
+
+    @model_validator(mode="after")
+    def _grids(self) -> EvaluationConfig:
+        seen: set[str] = set()
+        for i, a in enumerate(self.attacks):
+            if a.id in seen:
+                raise ValueError(f"attacks[{i}]: two attacks are named {a.id!r}; give one a label")
+            seen.add(a.id)
+            if a.norm == "linf" and any(e > 1 for e in (a.eps or ())):
+                raise ValueError(f"attacks[{i}].eps: an L∞ ε is at most 1 (pixel units)")
+            if a.norm == "l2" and not (a.eps or self.eps_l2):
+                raise ValueError(f"attacks[{i}]: an L2 attack needs eps_l2 (or its own eps list); the study's eps grid is L∞")
+        if any(e > 1 for e in self.eps):
+            raise ValueError("eps: an L∞ ε is at most 1 (pixel units)")
+        return self
+
+    def grid(self, attack: FGSMAttack | PGDAttack) -> tuple[float, ...]:
+        """The nonzero ε values at which ``attack`` is evaluated (clean accuracy is scored once)."""
+        eps = attack.eps if attack.eps is not None else (self.eps if attack.norm == "linf" else self.eps_l2)
+        return tuple(sorted({float(e) for e in eps if e > 0}))
+
+
+# --------------------------------------------------------------------------- probes
+
+
+class LipschitzProbe(Strict):
+    """Feature-space Lipschitz ratios ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖ per layer."""
+
+    layers: LayerSpec = "all"
+    eps: tuple[Eps, ...] | None = Field(None, description="L∞ ε grid (default: evaluation.eps)")
+    eps_l2: tuple[Eps, ...] | None = Field(None, description="L2 ε grid (default: evaluation.eps_l2)")
+    norms: tuple[Norm, ...] = ("linf", "l2")
+    kinds: tuple[Literal["loss", "feat", "rand"], ...] = ("loss", "feat", "rand")
+    steps: PositiveInt = 10
+    logit_lipschitz: bool = Field(True, description="also Yang et al.'s logit local Lipschitz estimate")
+
+
+class SurfaceConfig(Strict):
+    grid: PositiveInt = Field(21, description="points per axis")
+    span: float = Field(2.0, gt=0, description="half-width of the slice in units of ε")
+    examples: PositiveInt = 4
+
+
+class LinearityProbe(Strict):
+    """Local linearity γ(ε), gradient alignment, FGSM–PGD gap and loss-surface slices."""
+
+    eps: tuple[Eps, ...] | None = Field(None, description="L∞ ε grid (default: evaluation.eps)")
+    steps: PositiveInt = 10
+    surface: SurfaceConfig = SurfaceConfig()
+
+
+class SaliencyProbe(Strict):
+    """Attribution maps through captum, with sparsity, faithfulness and stability metrics."""
+
+    methods: tuple[Literal["saliency", "integrated_gradients", "smoothgrad"], ...] = (
+        "saliency",
+        "integrated_gradients",
+        "smoothgrad",
+    )
+    examples: PositiveInt = Field(16, description="examples (both models correct) for maps and metrics")
+    ig_steps: PositiveInt = 32
+    smoothgrad_samples: PositiveInt = 16
+    smoothgrad_sigma: float = Field(0.15, gt=0, description="noise std as a fraction of the [0,1] range")
+    metrics: bool = True
+
+
+class CKAProbe(Strict):
+    """Linear and debiased minibatch CKA between all layers of the models of each pair."""
+
+    layers: LayerSpec = "all"
+    kinds: tuple[Literal["linear", "debiased"], ...] = ("linear", "debiased")
+    batch_size: PositiveInt = 256
+
+
+class LinearProbe(Strict):
+    """Per-layer logistic-regression probes on frozen features, clean and adversarial."""
+
+    layers: LayerSpec = "all"
+    eps: tuple[Eps, ...] | None = Field(None, description="L∞ ε of the PGD examples (default: evaluation.eps)")
+    train_examples: PositiveInt | None = Field(2000, description="training-split examples fitting each probe")
+    C: tuple[float, ...] = Field((0.01, 0.1, 1.0, 10.0), description="inverse regularisation grid, chosen on validation")
+    max_iter: PositiveInt = 500
+
+
+class ProbesConfig(Strict):
+    examples: PositiveInt = Field(256, description="fixed test examples shared by all models")
+    batch_size: PositiveInt = 256
+    lipschitz: LipschitzProbe | None = None
+    linearity: LinearityProbe | None = None
+    saliency: SaliencyProbe | None = None
+    cka: CKAProbe | None = None
+    linear_probe: LinearProbe | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, v):
+        # `lipschitz:` with nothing under it (YAML null) or `{}` both mean "run with defaults";
+        # `false` means off.
+        if isinstance(v, Mapping):
+            v = dict(v)
+            for key in ("lipschitz", "linearity", "saliency", "cka", "linear_probe"):
+                if key in v and (v[key] is None or v[key] is True):
+                    v[key] = {}
+                elif key in v and v[key] is False:
+                    v[key] = None
+        return v
+
+    def enabled(self) -> list[str]:
+        return [k for k in ("lipschitz", "linearity", "saliency", "cka", "linear_probe") if getattr(self, k) is not None]
+
+
+class ReportConfig(Strict):
+    enabled: bool = Field(True, description="write figures and index.html at the end of the run")
+    formats: tuple[Literal["png", "svg"], ...] = ("png", "svg")
+
+
+# --------------------------------------------------------------------------- study
+
+
+class Study(Strict):
+    name: str = Field(description="study name; the default run folder is reports/<name>/")
+    description: str = ""
+    seed: int = Field(0, description="seeds weights, data order, splits and attacks")
+    data: DataConfig = DataConfig()
+    architectures: tuple[ArchitectureConfig, ...] = Field(min_length=1)
+    recipes: tuple[RecipeConfig, ...] = Field(
+        min_length=1, description="training recipes; the first is the reference of every pair"
+    )
+    train: TrainConfig = TrainConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    probes: ProbesConfig = ProbesConfig()
+    report: ReportConfig = ReportConfig()
+
+    @field_validator("architectures", "recipes", mode="before")
+    @classmethod
+    def _list_shorthand(cls, v):
+        return _name_shorthand(v)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not _SAFE_NAME.match(v):
+            raise ValueError(f"{v!r}: a study name may hold only letters, digits, '.', '_' and '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Study:
+        for kind, items in (("architectures", self.architectures), ("recipes", self.recipes)):
+            ids = [i.id for i in items]
+            for i, x in enumerate(ids):
+                if x in ids[:i]:
+                    raise ValueError(f"{kind}[{i}]: {x!r} appears twice; give one a label")
+        for i, r in enumerate(self.recipes):
+            try:
+                self.train_for(r)
+            except ValidationError as e:
+                err = e.errors()[0]
+                loc = ".".join(str(p) for p in err["loc"])
+                raise ValueError(f"recipes[{i}].train.{loc}: {err['msg']}") from None
+            if getattr(r, "norm", "linf") == "linf" and getattr(r, "eps", 0) > 1:
+                raise ValueError(f"recipes[{i}].eps: an L∞ ε is at most 1 (pixel units)")
+        return self
+
+    # ---- derived views
+
+    def train_for(self, recipe: RecipeBase) -> TrainConfig:
+        if not recipe.train:
+            return self.train
+        return TrainConfig.model_validate({**self.train.model_dump(), **recipe.train})
+
+    def models(self) -> list[ModelSpec]:
+        """architectures × recipes, in declaration order."""
+        return [
+            ModelSpec(arch=a, recipe=r, train=self.train_for(r), seed=self.seed)
+            for a in self.architectures
+            for r in self.recipes
+        ]
+
+    def pairs(self) -> list[tuple[str, str, str]]:
+        """(architecture id, reference model id, other model id): the first recipe is the reference."""
+        ref = self.recipes[0]
+        return [
+            (a.id, f"{a.id}/{ref.id}", f"{a.id}/{r.id}") for a in self.architectures for r in self.recipes[1:]
+        ]
+
+    def main_eps(self) -> float:
+        if self.evaluation.main_eps is not None:
+            return float(self.evaluation.main_eps)
+        for r in self.recipes:
+            if getattr(r, "eps", None) and getattr(r, "norm", "linf") == "linf":
+                return float(r.eps)  # type: ignore[union-attr]
+        grid = sorted(self.evaluation.eps)
+        return float(grid[len(grid) // 2]) if grid else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        # a disabled probe is left out: in YAML an empty `lipschitz:` (null) means "on, defaults"
+        d["probes"] = {k: v for k, v in d["probes"].items() if v is not None}
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self) -> str:
+        return _digest(self.to_dict())
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a study: an architecture trained with a recipe."""
+
+    arch: ArchitectureConfig
+    recipe: StandardRecipe | PGDATRecipe | FGSMRSRecipe | TradesRecipe | DistillationRecipe
+    train: TrainConfig
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.arch.id}/{self.recipe.id}"
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_loc(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in RECIPE_CONFIGS or part in ATTACK_CONFIGS or str(part).startswith("function-"):
+            continue  # discriminated-union tags and validator names say nothing to the user
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _error_from_validation(e: ValidationError, file: str) -> StudyError:
+    err = e.errors()[0]
+    field = _format_loc(err["loc"])
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    # errors raised inside nested validators carry their own sub-path ("attacks[1]: ...")
+    m = re.match(r"^([A-Za-z_][\w.]*(?:\[\d+\])?(?:\.[\w]+|\[\d+\])*): (.*)$", msg)
+    if m and not msg.startswith("unknown "):
+        field = f"{field}.{m.group(1)}" if field else m.group(1)
+        msg = m.group(2)
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (not part of the study schema; see `workbench schema`)"
+    elif err["type"] == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        msg = f"unknown name {ctx.get('tag')!r}; valid names: {ctx.get('expected_tags')}"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    more = len(e.errors()) - 1
+    if more:
+        msg += f" (and {more} more error{'s' if more > 1 else ''})"
+    return StudyError(msg, file=file, field=field or "(top level)")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise StudyError("no such study file" if not path.exists() else "not a file", file=str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(syntax)"
+        problem = getattr(e, "problem", None) or str(e)
+        raise StudyError(f"invalid YAML: {problem}", file=str(path), field=where) from None
+    except UnicodeDecodeError:
+        raise StudyError("not a text file", file=str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise StudyError(f"a study is a mapping of fields, got {type(data).__name__}", file=str(path), field="(top level)")
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else (lists included) in ``override`` replaces."""
+    out = copy.deepcopy(dict(base))
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _resolve_extends(raw: dict[str, Any], path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise StudyError("extends names one study file (a path relative to this file)", file=str(path), field="extends")
+    parent_path = (path.parent / parent).resolve()
+    if parent_path in chain or parent_path == path.resolve():
+        raise StudyError(f"extends forms a cycle through {parent}", file=str(path), field="extends")
+    if not parent_path.is_file():
+        raise StudyError(f"no such study file {parent_path}", file=str(path), field="extends")
+    base = _resolve_extends(_read_yaml(parent_path), parent_path, chain + (path.resolve(),))
+    base.pop("name", None)  # the child is its own study
+    return deep_merge(base, raw)
+
+
+def study_from_dict(raw: Mapping[str, Any], *, source: str = "<study>") -> Study:
+    """Validate a study given as a mapping (notebooks, tests); errors name ``source``."""
+    try:
+        return Study.model_validate(dict(raw))
+    except ValidationError as e:
+        raise _error_from_validation(e, source) from None
+
+
+def load_study(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Study:
+    """Read, resolve ``extends:``, apply ``key.sub=value`` overrides, validate."""
+    path = Path(path)
+    raw = _resolve_extends(_read_yaml(path), path)
+    raw.setdefault("name", path.stem)
+    raw = apply_overrides(raw, overrides, file=str(path))
+    return study_from_dict(raw, source=str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str] | Mapping[str, Any], *, file: str) -> dict[str, Any]:
+    """``["train.epochs=2", "evaluation.examples=100"]`` or ``{"train.epochs": 2}``; values are YAML."""
+    items = overrides.items() if isinstance(overrides, Mapping) else []
+    if not isinstance(overrides, Mapping):
+        parsed = []
+        for text in overrides:
+            if "=" not in text:
+                raise StudyError(f"override {text!r} is not key=value (e.g. train.epochs=2)", file=file, field="--set")
+            key, value = text.split("=", 1)
+            try:
+                parsed.append((key.strip(), yaml.safe_load(value)))
+            except yaml.YAMLError:
+                raise StudyError(f"override {text!r}: value is not valid YAML", file=file, field="--set") from None
+        items = parsed
+    out = copy.deepcopy(raw)
+    for key, value in items:
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise StudyError(f"cannot set {key}: {part} is not a mapping", file=file, field="--set")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def study_schema() -> dict[str, Any]:
+    """JSON Schema of a study file (for editors: yaml-language-server)."""
+    schema = Study.model_json_schema()
+    schema["properties"]["extends"] = {
+        "type": "string",
+        "description": "a base study file (path relative to this one) that this study overrides",
+    }
+    schema["required"] = [r for r in schema.get("required", []) if r != "name"]
+    schema["title"] = "workbench study"
+    return schema

@@ -1,0 +1,259 @@
+"""The tidy schema of every table a run writes (``<run>/tables/<name>.parquet|csv``).
+
+One row per observation, one column per variable. This dict is the single source of the
+table documentation in the README (``python -m workbench.tables`` prints it as Markdown)
+and of the schema tests: every table a run writes must have exactly these columns (extra
+columns are allowed only where ``OPEN`` lists the table, e.g. recipe-specific history).
+"""
+
+from __future__ import annotations
+
+TABLES: dict[str, tuple[str, dict[str, str]]] = {
+    # ------------------------------------------------------------------ runner
+    "models": (
+        "one row per trained model (architecture × recipe)",
+        {
+            "model": "model id `<architecture>/<recipe>`",
+            "architecture": "architecture label",
+            "arch_name": "registry name of the architecture",
+            "recipe": "recipe label",
+            "recipe_name": "registry name of the recipe",
+            "train_eps": "training ε (0 for non-adversarial recipes)",
+            "train_norm": "training norm (`none` for non-adversarial recipes)",
+            "role": "`reference` (first recipe) or `paired`",
+            "key": "model-store key (hash of everything that determines the weights)",
+            "cached": "weights reused from the store",
+            "resumed_from_epoch": "epoch a resumed training started from (empty if none)",
+            "epochs": "epochs trained",
+            "train_seconds": "training time (seconds, when trained)",
+            "stopped_early": "why training stopped early (e.g. catastrophic overfitting), else empty",
+            "parameters": "number of parameters",
+        },
+    ),
+    "pairs": (
+        "which models pair up: same architecture, initial weights and data order",
+        {
+            "pair": "`<reference>~<model>`",
+            "architecture": "architecture label",
+            "reference": "model id of the reference (first recipe)",
+            "model": "model id of the paired model",
+        },
+    ),
+    "history": (
+        "per-epoch training history",
+        {
+            "model": "model id",
+            "epoch": "epoch (1-based)",
+            "lr": "learning rate at the end of the epoch",
+            "train_loss": "mean training loss (on the inputs trained on)",
+            "train_acc": "training accuracy (on the inputs trained on)",
+            "val_acc": "clean accuracy on the held-out monitor batch",
+            "val_robust_acc": "PGD accuracy on the monitor batch at the model's training ε (or the main ε)",
+            "seconds": "epoch wall time",
+        },
+    ),
+    "robustness": (
+        "white-box accuracy and adversarial risk: model × attack × ε (clean: attack `clean`, ε 0)",
+        {
+            "model": "model id",
+            "attack": "attack label (e.g. `fgsm`, `pgd20-linf`)",
+            "method": "attack registry name (`fgsm`, `pgd`, or `clean`)",
+            "norm": "`linf`, `l2` or `none`",
+            "loss": "loss the attack ascends (`ce`, `margin`, `dlr`)",
+            "steps": "attack steps",
+            "restarts": "random restarts (per-example worst case kept)",
+            "eps": "ε in pixel units",
+            "n": "examples",
+            "accuracy": "accuracy on the adversarial examples",
+            "adv_risk": "adversarial risk: mean cross-entropy at the adversarial examples",
+            "seconds": "time to craft and score",
+        },
+    ),
+    "per_example": (
+        "per-example outcome of every evaluation: model × attack × ε × example",
+        {
+            "model": "model id",
+            "attack": "attack label or `clean`",
+            "eps": "ε",
+            "index": "position of the example in the test split",
+            "correct": "classified correctly",
+            "loss": "cross-entropy at the (adversarial) input",
+        },
+    ),
+    "transfer": (
+        "examples crafted on one model of a pair, scored on the other (both directions)",
+        {
+            "architecture": "architecture label",
+            "source": "model the examples were crafted on",
+            "target": "model that scored them",
+            "attack": "attack label",
+            "method": "attack registry name",
+            "norm": "norm",
+            "loss": "attack loss",
+            "steps": "attack steps",
+            "restarts": "restarts",
+            "eps": "ε",
+            "n": "examples",
+            "accuracy": "target's accuracy on the transferred examples",
+            "adv_risk": "target's mean cross-entropy on them",
+        },
+    ),
+    "soundness": (
+        "evaluation soundness checks (METHODS.md): model × check",
+        {
+            "model": "model id",
+            "check": "check name",
+            "status": "`pass` or `warn`",
+            "value": "the measured number",
+            "threshold": "the limit it is compared with",
+            "detail": "one sentence with the numbers",
+        },
+    ),
+    # ------------------------------------------------------------------ probes
+    "lipschitz": (
+        "feature-space Lipschitz ratios D = ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖: model × layer × norm × ε × kind of δ",
+        {
+            "model": "model id",
+            "layer": "layer name",
+            "layer_index": "position of the layer (input → output)",
+            "feature_dim": "flattened feature size",
+            "norm": "`linf` or `l2` (‖δ‖ is measured in this norm)",
+            "eps": "ε",
+            "kind": "`loss` (PGD on CE), `feat` (PGD on the feature change at this layer), `rand` (random, same norm)",
+            "n": "examples",
+            "mean": "mean ratio",
+            "median": "median ratio",
+            "q10": "10% quantile",
+            "q90": "90% quantile",
+            "sem": "standard error of the mean",
+            "rel_mean": "mean relative change ‖Δφ‖ / ‖φ(x)‖",
+            "rel_median": "median relative change",
+            "over_random": "mean ratio divided by the mean ratio of `rand` at the same setting",
+        },
+    ),
+    "logit_lipschitz": (
+        "logit local Lipschitz estimate of Yang et al. 2020: mean over x of max ‖f(x)−f(x′)‖₁ / ‖x−x′‖∞",
+        {
+            "model": "model id",
+            "eps": "L∞ radius",
+            "steps": "ascent steps",
+            "n": "examples",
+            "mean": "mean over examples",
+            "median": "median",
+            "sem": "standard error",
+        },
+    ),
+    "linearity": (
+        "local linearity γ(ε) (Qin et al.) and gradient alignment (Andriushchenko & Flammarion): model × ε × metric",
+        {
+            "model": "model id",
+            "eps": "ε (L∞)",
+            "metric": "`gamma` or `grad_alignment`",
+            "n": "examples (gradient alignment excludes zero-norm gradients)",
+            "mean": "mean",
+            "median": "median",
+            "q10": "10% quantile",
+            "q90": "90% quantile",
+            "sem": "standard error",
+        },
+    ),
+    "fgsm_pgd_gap": (
+        "FGSM − PGD accuracy at the same ε (near zero ⇔ locally linear loss)",
+        {
+            "model": "model id",
+            "eps": "ε (L∞)",
+            "fgsm_acc": "FGSM accuracy",
+            "pgd_acc": "PGD accuracy (the strongest L∞ CE PGD evaluated)",
+            "gap": "fgsm_acc − pgd_acc",
+        },
+    ),
+    "loss_surface": (
+        "2-D loss surface ℓ(x + a·d₁ + b·d₂), d₁ = sign ∇ℓ, d₂ random ⊥ d₁ (a, b in units of ε)",
+        {
+            "model": "model id",
+            "example": "example number within the probe set",
+            "eps": "ε that scales the axes",
+            "a": "coordinate along sign-gradient (units of ε)",
+            "b": "coordinate along the random direction (units of ε)",
+            "loss": "cross-entropy",
+        },
+    ),
+    "loss_slice": (
+        "1-D loss slices along the sign-gradient and a random direction",
+        {
+            "model": "model id",
+            "example": "example number within the probe set",
+            "eps": "ε that scales the axis",
+            "direction": "`gradient` or `random`",
+            "t": "step along the direction (units of ε)",
+            "loss": "cross-entropy",
+        },
+    ),
+    "saliency_metrics": (
+        "per-example attribution metrics: model × method × example",
+        {
+            "model": "model id",
+            "method": "`saliency`, `integrated_gradients` or `smoothgrad`",
+            "example": "example number within the saliency set",
+            "index": "position in the test split",
+            "gini": "Gini sparsity of |attribution| (0 uniform, 1 one-hot)",
+            "infidelity": "captum infidelity (normalize=True)",
+            "sensitivity": "captum sensitivity_max",
+        },
+    ),
+    "saliency_agreement": (
+        "Spearman rank correlation of the maps of the two models of a pair",
+        {
+            "pair": "`<reference>~<model>`",
+            "reference": "reference model id",
+            "model": "paired model id",
+            "method": "attribution method",
+            "example": "example number",
+            "spearman": "rank correlation of |attribution|",
+        },
+    ),
+    "cka": (
+        "CKA between every layer of model A and every layer of model B (pairs, and each model with itself)",
+        {
+            "model_a": "model id (rows)",
+            "model_b": "model id (columns)",
+            "layer_a": "layer of model A",
+            "layer_b": "layer of model B",
+            "layer_a_index": "position of layer A",
+            "layer_b_index": "position of layer B",
+            "kind": "`linear` or `debiased`",
+            "value": "CKA in [0, 1]",
+        },
+    ),
+    "linear_probe": (
+        "logistic-regression probe accuracy per layer on frozen features, clean (ε 0) and under PGD",
+        {
+            "model": "model id",
+            "layer": "layer name",
+            "layer_index": "position of the layer",
+            "feature_dim": "feature size",
+            "eps": "ε of the PGD examples (0: clean)",
+            "accuracy": "probe accuracy on test features",
+            "val_accuracy": "accuracy on the validation split at the chosen C",
+            "C": "inverse regularisation chosen on validation",
+            "train_examples": "training examples fitting the probe",
+        },
+    ),
+}
+
+#: tables whose rows may carry extra, recipe- or probe-specific columns
+OPEN = {"history"}
+
+
+def markdown() -> str:
+    out = []
+    for name, (what, cols) in TABLES.items():
+        out.append(f"#### `{name}`: {what}\n")
+        out.append("| column | meaning |\n|---|---|")
+        out.extend(f"| `{c}` | {d} |" for c, d in cols.items())
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(markdown())

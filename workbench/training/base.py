@@ -1,0 +1,93 @@
+"""What every training recipe shares: the per-batch loss interface and small helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..study import TrainConfig
+    from .loop import FitContext
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed from any JSON-able parts: independent streams from one study seed."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Parameters stop requiring grad inside the block (an input-gradient step then skips
+    all weight-gradient work), restored afterwards. Unlike an attack, the mode (train/eval)
+    is left alone: fast AT takes its FGSM step in train mode, as Wong et al. do."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@dataclass
+class EpochReport:
+    """What a recipe adds to the history after an epoch, and whether training goes on."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: None: continue; "stop": keep the current weights and stop; "rollback": restore the
+    #: weights of the previous epoch and stop.
+    action: str | None = None
+    message: str | None = None
+
+
+class Recipe:
+    """A training recipe: the loss of one batch, plus optional per-epoch checks.
+
+    Subclasses are registered by name in :data:`workbench.training.RECIPES`; the loop in
+    :mod:`workbench.training.loop` does everything else (optimiser, schedule, history,
+    checkpoints), so a recipe is only what makes it different.
+    """
+
+    def __init__(self, cfg: Any, train: TrainConfig):
+        self.cfg = cfg
+        self.train = train
+
+    def setup(self, ctx: FitContext) -> None:
+        """Called once before the first epoch (distillation trains its teacher here)."""
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (scalar loss, logits of the inputs trained on) for one batch."""
+        raise NotImplementedError
+
+    def after_epoch(self, model: nn.Module, ctx: FitContext, epoch: int) -> EpochReport | None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.train.label_smoothing)
+
+    def alpha(self, steps: int) -> float:
+        """Step size: the recipe's alpha, else 2.5·ε/steps (Madry et al.'s rule of thumb)."""
+        a = getattr(self.cfg, "alpha", None)
+        return float(a) if a is not None else 2.5 * float(self.cfg.eps) / steps
+
+
+#: training recipes by name (study field ``recipes[].name``)
+RECIPES: Registry[type[Recipe]] = Registry("recipe")

@@ -1,0 +1,337 @@
+"""The training loop shared by every recipe: paired initialisation, data order, optimiser,
+schedule, per-epoch history, checkpoints, resume and the model cache.
+
+Pairing: the models of one architecture are built after seeding with the study seed and
+the architecture (not the recipe), so they start from identical weights; the batch order
+and augmentation of epoch e are drawn from a generator seeded by (study seed, e), so every
+recipe sees the same batches in the same order.
+
+Resume: after every epoch the whole state (weights, optimiser, schedule, recipe state,
+history) is written atomically to the store. Every epoch reseeds all random streams from
+(seed, epoch), so a run resumed after a kill continues exactly as the uninterrupted run
+would have, and ends with the same weights and metrics (bit for bit on the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..attacks import pgd
+from ..data import Augmentation, DataSplits, iterate_batches
+from ..errors import CheckpointError
+from ..models import WorkbenchModel, create_model
+from ..progress import QUIET, Progress
+from ..store import TRAINING_CODE_VERSION, ModelStore
+from ..study import _digest
+from ..study import DataConfig, ModelSpec, TrainConfig
+from .base import EpochReport, Recipe, derive_seed
+from .distillation import TeacherAtTemperature
+from .base import RECIPES
+
+log = logging.getLogger("workbench")
+
+
+def data_identity(cfg: DataConfig) -> dict[str, Any]:
+    """The part of the data section that determines training data (not the test subset,
+    not whether downloads are allowed; the root only where it *is* the data set)."""
+    ident = cfg.model_dump(mode="json", exclude={"download", "limit_test"})
+    if cfg.name != "imagefolder":
+        ident.pop("root")
+    return ident
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything that determines one trained model (its cache key is a hash of this)."""
+
+    spec: ModelSpec
+    data: dict[str, Any]
+    monitor_eps: float
+    role: str = "model"  # "teacher": the teacher of a distillation recipe
+
+    @property
+    def id(self) -> str:
+        return self.spec.id if self.role == "model" else f"{self.spec.id}:{self.role}"
+
+    def identity(self) -> dict[str, Any]:
+        recipe = self.spec.recipe.model_dump(mode="json", exclude={"label", "train"})
+        return {
+            "code_version": TRAINING_CODE_VERSION,
+            "role": self.role,
+            "data": self.data,
+            "arch": {"name": self.spec.arch.name, "options": dict(self.spec.arch.options)},
+            "recipe": recipe,
+            "train": self.train_config.model_dump(mode="json"),
+            "seed": self.spec.seed,
+            "monitor_eps": self.monitor_eps,
+        }
+
+    @property
+    def train_config(self) -> TrainConfig:
+        t = self.spec.train
+        if self.role == "teacher" and getattr(self.spec.recipe, "teacher_epochs", None):
+            t = t.model_copy(update={"epochs": self.spec.recipe.teacher_epochs})
+        return t
+
+    def key(self) -> str:
+        return _digest(self.identity())[:24]
+
+
+@dataclass
+class TrainedModel:
+    id: str
+    key: str
+    model: WorkbenchModel
+    history: pd.DataFrame
+    meta: dict[str, Any]
+    cached: bool
+    resumed_from_epoch: int | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class FitContext:
+    job: TrainJob
+    data: DataSplits
+    store: ModelStore
+    device: torch.device
+    progress: Progress = QUIET
+    retrain: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One fixed, un-augmented training batch (the catastrophic-overfitting check)."""
+        n = min(len(self.data.train_y), max(self.job.train_config.batch_size, 256))
+        return self.data.train_x[:n], self.data.train_y[:n]
+
+    def fit_teacher(self) -> nn.Module:
+        teacher_job = dataclasses.replace(self.job, role="teacher")
+        return fit(teacher_job, self.data, self.store, self.device, progress=self.progress, retrain=self.retrain).model
+
+
+def build_model(spec: ModelSpec, data: DataSplits, device: torch.device | str = "cpu") -> WorkbenchModel:
+    """Seeded by (study seed, architecture): every recipe of an architecture starts from
+    the same weights."""
+    torch.manual_seed(derive_seed(spec.seed, "init", spec.arch.name, dict(spec.arch.options)))
+    model = create_model(
+        spec.arch.name,
+        num_classes=data.num_classes,
+        in_shape=data.in_shape,
+        mean=data.mean,
+        std=data.std,
+        **dict(spec.arch.options),
+    )
+    return model.to(device)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _make_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
+            weight_decay=t.weight_decay,
+        )
+    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+def lr_factor(t: TrainConfig, step: int, total: int) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` of ``total`` (per-batch schedule)."""
+    p = step / max(total, 1)
+    if t.schedule == "onecycle":  # Wong et al.'s cyclic schedule: 0 → peak → 0, piecewise linear
+        return p / t.onecycle_pct if p < t.onecycle_pct else max(0.0, (1 - p) / (1 - t.onecycle_pct))
+    warm = t.warmup_epochs / t.epochs if t.epochs else 0.0
+    if warm and p < warm:
+        return (step + 1) / max(1, warm * total)
+    if t.schedule == "constant":
+        return 1.0
+    if t.schedule == "cosine":
+        q = (p - warm) / max(1e-12, 1 - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, q)))
+    return t.gamma ** sum(p >= m for m in t.milestones)  # step
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
+    was = model.training
+    model.eval()
+    correct = torch.zeros((), device=x.device)
+    with torch.no_grad():
+        for i in range(0, len(y), batch):
+            correct += (model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()
+    model.train(was)
+    return correct.item() / max(1, len(y))
+
+
+def fit(
+    job: TrainJob,
+    data: DataSplits,
+    store: ModelStore,
+    device: torch.device | str = "cpu",
+    *,
+    progress: Progress = QUIET,
+    retrain: bool = False,
+) -> TrainedModel:
+    """Train one model, or load it from the store; resume from its last checkpoint."""
+    device = torch.device(device)
+    key = job.key()
+    model = build_model(job.spec, data, device)
+    with store.lock(key):
+        if retrain:
+            moved = store.quarantine(key)
+            if moved:
+                log.info("%s: previous store entry moved to %s", job.id, moved)
+        if store.has_model(key):
+            state, meta = store.load_model(key)
+            _load_state(model, state, store.entry(key) / "model.pt")
+            log.info("%s: reusing trained model %s", job.id, key)
+            return TrainedModel(job.id, key, model, pd.DataFrame(meta.get("history", [])), meta, cached=True)
+        return _train(job, key, model, data, store, device, progress, retrain)
+
+
+def _load_state(model: nn.Module, state: dict, path) -> None:
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"weights do not fit the model ({str(e).splitlines()[0][:160]})", file=str(path)) from None
+
+
+def _train(job, key, model, data, store, device, progress, retrain) -> TrainedModel:
+    t = job.train_config
+    seed = job.spec.seed
+    recipe: Recipe = (
+        TeacherAtTemperature(job.spec.recipe, t) if job.role == "teacher" else RECIPES.get(job.spec.recipe.name)(job.spec.recipe, t)
+    )
+    ctx = FitContext(job, data, store, device, progress, retrain)
+    recipe.setup(ctx)
+
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_model = torch.compile(model) if t.compile else model
+    opt = _make_optimizer(model, t)
+    n_train = len(data.train_y)
+    drop_last = n_train > t.batch_size  # a last batch of one breaks BatchNorm in train mode
+    steps_per_epoch = n_train // t.batch_size if drop_last else 1
+    total_steps = steps_per_epoch * t.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(t, s, total_steps))
+    augment = Augmentation(crop_padding=data_aug(job, "crop_padding"), flip=data_aug(job, "flip"))
+    if len(data.val_y):
+        mon_x, mon_y = data.val_x[: t.monitor_examples], data.val_y[: t.monitor_examples]
+    else:
+        mon_x, mon_y = data.train_x[: t.monitor_examples], data.train_y[: t.monitor_examples]
+
+    history: list[dict[str, Any]] = []
+    start_epoch, resumed_from, elapsed = 0, None, 0.0
+    ckpt = store.load_checkpoint(key)
+    if ckpt is not None:
+        _load_state(model, ckpt["model"], store.entry(key) / "checkpoint.pt")
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        recipe.load_state_dict(ckpt.get("recipe", {}))
+        history = list(ckpt["history"])
+        start_epoch = resumed_from = int(ckpt["epoch"])
+        elapsed = float(ckpt.get("elapsed", 0.0))
+        log.info("%s: resuming after epoch %d of %d", job.id, start_epoch, t.epochs)
+    previous_state = copy.deepcopy(model.state_dict())
+    stop_message = None
+    t0 = time.perf_counter()
+    with progress.task(f"train {job.id}", t.epochs) as advance_epoch:
+        advance_epoch(start_epoch)
+        for epoch in range(start_epoch, t.epochs):
+            e0 = time.perf_counter()
+            torch.manual_seed(derive_seed(seed, "epoch", epoch))  # attack starts, dropout
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device)
+            seen = 0
+            batches = iterate_batches(
+                data.train_x, data.train_y, t.batch_size, shuffle=True, seed=derive_seed(seed, "order", epoch),
+                augment=augment, drop_last=drop_last,
+            )
+            with progress.task(f"  epoch {epoch + 1}/{t.epochs}", steps_per_epoch) as advance:
+                for xb, yb in batches:
+                    if t.channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    with _autocast(device, t.precision):
+                        loss, logits = recipe.loss(train_model, xb, yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if t.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                    opt.step()
+                    sched.step()
+                    loss_sum += loss.detach().float() * len(yb)
+                    correct += (logits.detach().argmax(1) == yb).sum()
+                    seen += len(yb)
+                    advance()
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "lr": opt.param_groups[0]["lr"],
+                "train_loss": loss_sum.item() / max(seen, 1),
+                "train_acc": correct.item() / max(seen, 1),
+            }
+            row["val_acc"] = _accuracy(model, mon_x, mon_y)
+            if job.monitor_eps > 0:
+                x_adv = pgd(model, mon_x, mon_y, job.monitor_eps, 2.5 * job.monitor_eps / t.monitor_steps, t.monitor_steps)
+                row["val_robust_acc"] = _accuracy(model, x_adv, mon_y)
+            report: EpochReport | None = recipe.after_epoch(model, ctx, epoch)
+            if report is not None:
+                row.update(report.metrics)
+            row["seconds"] = time.perf_counter() - e0
+            history.append(row)
+            if report is not None and report.action:
+                stop_message = report.message
+                log.warning("%s: %s; %s", job.id, report.message,
+                            "restoring the previous epoch's weights" if report.action == "rollback" else "stopping")
+                if report.action == "rollback":
+                    model.load_state_dict(previous_state)
+                    row["rolled_back"] = 1.0
+                break
+            previous_state = copy.deepcopy(model.state_dict())
+            store.save_checkpoint(
+                key,
+                {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "recipe": recipe.state_dict(),
+                    "history": history,
+                    "elapsed": elapsed + time.perf_counter() - t0,
+                },
+            )
+            advance_epoch(1, status=f"acc {row['val_acc']:.2f}" + (f" rob {row['val_robust_acc']:.2f}" if "val_robust_acc" in row else ""))
+            if os.environ.get("WORKBENCH_TEST_EPOCH_DELAY"):  # test hook: widen the window for a kill
+                time.sleep(float(os.environ["WORKBENCH_TEST_EPOCH_DELAY"]))
+    seconds = elapsed + time.perf_counter() - t0
+    meta = {
+        "id": job.id,
+        "key": key,
+        "identity": job.identity(),
+        "history": history,
+        "train_seconds": seconds,
+        "device": str(device),
+        "stopped_early": stop_message,
+    }
+    store.save_model(key, model.state_dict(), meta)
+    log.info("%s: trained in %.1fs (%d epochs)", job.id, seconds, len(history))
+    return TrainedModel(job.id, key, model, pd.DataFrame(history), meta, cached=False, resumed_from_epoch=resumed_from, seconds=seconds)
+
+
+def data_aug(job: TrainJob, field_name: str):
+    return job.data.get("augment", {}).get(field_name, 0 if field_name == "crop_padding" else False)
