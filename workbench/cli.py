@@ -68,7 +68,9 @@ def run(
     ),
     set_: list[str] = typer.Option([], "--set", "-s", help="override a study field: --set train.epochs=2 (repeatable)"),
     retrain: bool = typer.Option(False, help="train anew instead of reusing cached models (old entries are moved aside)"),
-    report: bool = typer.Option(True, help="write figures and index.html at the end"),
+    report: Optional[bool] = typer.Option(
+        None, "--report/--no-report", help="write figures and index.html at the end (default: the study's report.enabled)"
+    ),
     threads: Optional[int] = typer.Option(
         None, min=1, help="CPU threads for torch (default: half the cores; $WORKBENCH_THREADS)"
     ),

@@ -191,6 +191,17 @@ def fit(
     device = torch.device(device)
     key = job.key()
     model = build_model(job.spec, data, device)
+    try:
+        return _fit_locked(job, key, model, data, store, device, progress, retrain)
+    except CheckpointError as e:
+        if "--retrain" in e.message:
+            raise
+        raise CheckpointError(
+            f"{e.message}; rerun with --retrain to move the store entry aside and train anew", file=e.file
+        ) from None
+
+
+def _fit_locked(job, key, model, data, store, device, progress, retrain) -> TrainedModel:
     with store.lock(key):
         if retrain:
             moved = store.quarantine(key)

@@ -1,0 +1,473 @@
+"""Feature-space Lipschitz ratios per layer, and the logit local Lipschitz estimate.
+
+For a layer l with features φ_l (flattened per example, float32) and a perturbation δ:
+
+    D_l(x, δ) = ‖φ_l(x+δ) − φ_l(x)‖₂ / ‖δ‖_p        (‖δ‖ measured after the [0, 1] clip)
+
+for three kinds of δ at the same ε (METHODS.md, "Feature-space Lipschitz ratio"):
+
+- ``loss``: PGD on cross-entropy (Madry et al. 2018), one search per ε shared by all layers;
+- ``feat``: PGD maximising Σᵢ‖φ_l(xᵢ+δᵢ) − φ_l(xᵢ)‖₂ at that layer (one search per layer);
+  every D it finds is a lower bound on the local Lipschitz constant of φ_l on the ball;
+- ``rand``: a random direction of the same norm (L∞: ε·sign(u), u ~ N(0, I); L2: a
+  Gaussian rescaled to ‖δ‖₂ = ε), then clipped.
+
+Expect D(feat) ≥ D(loss) ≥ D(rand) at every layer; robust models have much smaller D at
+deep layers. :func:`logit_lipschitz` is Yang et al. 2020's (arXiv:2003.02460) estimate
+max_{x'∈B∞(x,ε)} ‖f(x) − f(x')‖₁ / ‖x − x'‖∞ on the logits, found by gradient *ascent*.
+
+Notebook use::
+
+    df = lipschitz(model, x, y, layers="all", eps=[0.1, 0.2], norm="linf")
+    L = logit_lipschitz(model, x, eps=0.2)          # (N,) per example
+    summarize(L)                                      # n, mean, median, q10, q90, sem
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..attacks import perturbation_norm, pgd, project, random_perturbation
+from ..attacks.base import random_start, run_attack
+from ..errors import UnknownNameError, WorkbenchError
+from ..models import WorkbenchModel, capture, resolve_layers
+from ..progress import QUIET, Progress
+from ..tables import TABLES
+from ..training.base import derive_seed
+from .base import PROBES, ProbeContext
+
+#: the kinds of δ, in table order
+KINDS = ("loss", "feat", "rand")
+#: ε used when the notebook API gets none: the CIFAR-10 conventions (L∞ 8/255, L2 0.5)
+DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def summarize(values: torch.Tensor | np.ndarray | Sequence[float]) -> dict[str, float]:
+    """n, mean, median, q10, q90 and sem of the finite entries (NaN marks an excluded example).
+
+    ``sem`` is the sample standard deviation (ddof 1) over √n; NaN when n < 2. All NaN
+    when nothing is left.
+    """
+    v = torch.as_tensor(values).detach().double().cpu().numpy().ravel() if isinstance(values, torch.Tensor) \
+        else np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "median": math.nan, "q10": math.nan, "q90": math.nan, "sem": math.nan}
+    return {
+        "n": n,
+        "mean": float(v.mean()),
+        "median": float(np.median(v)),
+        "q10": float(np.quantile(v, 0.10)),
+        "q90": float(np.quantile(v, 0.90)),
+        "sem": float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _ReachedLayer(Exception):
+    """Raised by a forward hook to stop the forward pass once the wanted layer has run."""
+
+    def __init__(self, out: torch.Tensor):
+        super().__init__()
+        self.out = out
+
+
+@contextmanager
+def truncated_forward(model: WorkbenchModel, layer: str) -> Iterator[FeatureFn]:
+    """Yields ``f(x) -> φ_layer(x)`` as (N, D) float32 that runs the network only up to
+    ``layer``: the forward hook raises once the layer's output exists, so the layers above
+    it (not needed for φ_layer or its gradient) never run. The output keeps its autograd
+    graph. ``"logits"`` runs the whole model."""
+    if layer == "logits":
+        yield lambda x: model(x).reshape(x.shape[0], -1).float()
+        return
+
+    def hook(_module, _inputs, out):
+        raise _ReachedLayer(out)
+
+    handle = model.layer_module(layer).register_forward_hook(hook)
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        try:
+            model(x)
+        except _ReachedLayer as stop:
+            out = stop.out
+            if not isinstance(out, torch.Tensor):
+                raise WorkbenchError(f"layer {layer!r} returns {type(out).__name__}, not a tensor") from None
+            return out.reshape(out.shape[0], -1).float()
+        raise WorkbenchError(f"layer {layer!r} did not run in the forward pass of {model.name!r}")
+
+    try:
+        yield features
+    finally:
+        handle.remove()
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _generator(device: torch.device, *parts) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(derive_seed(*parts))
+
+
+def _ratio(dphi: torch.Tensor, dnorm: torch.Tensor) -> torch.Tensor:
+    """‖Δφ‖ / ‖δ‖ per example; NaN where ‖δ‖ = 0 (excluded, not counted as 0)."""
+    return torch.where(dnorm > 0, dphi / dnorm.clamp_min(torch.finfo(dnorm.dtype).tiny), torch.nan)
+
+
+def _check_eps_norm(eps, norm: str) -> tuple[float, ...]:
+    if norm not in DEFAULT_EPS:
+        raise WorkbenchError(f"unknown norm {norm!r}; valid norms: linf, l2")
+    grid = (float(eps),) if isinstance(eps, (int, float)) else tuple(float(e) for e in eps)
+    if not grid or any(not (math.isfinite(e) and e > 0) for e in grid):
+        raise WorkbenchError(f"ε must be one or more positive numbers (pixel units), got {eps!r}")
+    return grid
+
+
+# --------------------------------------------------------------------------- feature search
+
+
+def feature_search(
+    features: FeatureFn,
+    x: torch.Tensor,
+    eps: float,
+    norm: str,
+    steps: int,
+    *,
+    alpha: float | None = None,
+    starts: Sequence[torch.Tensor | None] = (None,),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """PGD ascent of Σᵢ‖φ(xᵢ+δᵢ) − φ(xᵢ)‖₂ in the ε-ball (clipped to [0, 1]); returns x+δ.
+
+    Args:
+        features: ``x -> φ(x)`` of shape (N, D), differentiable (see :func:`truncated_forward`).
+        x: clean inputs in [0, 1], (N, ...).
+        eps: radius in pixel units (L∞ per coordinate, L2 per example).
+        norm: ``"linf"`` (sign steps) or ``"l2"`` (steps α·g/‖g‖₂).
+        steps: gradient steps per start.
+        alpha: step size; default 2.5·ε/steps (the PGD rule of METHODS.md).
+        starts: one entry per restart: ``None`` draws a random start (L∞: U[−ε, ε]; L2:
+            uniform in the ball), a tensor is a starting point x+δ₀ (e.g. the PGD-CE
+            example, to refine the loss attack towards the feature worst case).
+        generator: seeds the random starts.
+
+    Per example the iterate with the largest ratio ‖Δφ‖/‖δ‖ over all steps and starts is
+    kept (‖δ‖ after the clip). A random start is needed: at δ = 0 the gradient of a norm
+    is zero, and sign(0) never moves. Memory: a few copies of x, whatever the layer.
+    """
+    with torch.no_grad():
+        phi0 = features(x)
+    alpha = 2.5 * eps / max(steps, 1) if alpha is None else float(alpha)
+    lo, hi = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+    tiny = torch.finfo(x.dtype).tiny
+    best = x.clone()
+    best_ratio = torch.full((x.shape[0],), -math.inf, device=x.device)
+
+    def per_example(v: torch.Tensor) -> torch.Tensor:
+        return v.reshape((-1,) + (1,) * (x.dim() - 1))
+
+    for start in starts:
+        if start is None:
+            x_adv = random_start(x, eps, norm, generator)
+        else:
+            x_adv = start.detach().to(dtype=x.dtype).clone()
+        for t in range(steps + 1):
+            last = t == steps
+            x_adv.requires_grad_(not last)
+            with torch.set_grad_enabled(not last):
+                dphi = torch.linalg.vector_norm(features(x_adv) - phi0, dim=1)
+                grad = None if last else torch.autograd.grad(dphi.sum(), x_adv)[0]
+            x_adv = x_adv.detach()
+            with torch.no_grad():
+                ratio = _ratio(dphi.detach(), perturbation_norm(x_adv - x, norm)).nan_to_num(nan=-math.inf)
+                better = ratio > best_ratio
+                best = torch.where(per_example(better), x_adv, best)
+                best_ratio = torch.where(better, ratio, best_ratio)
+                if last:
+                    break
+                if norm == "linf":
+                    x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), lo), hi)
+                else:
+                    g = per_example(perturbation_norm(grad, "l2")).clamp_min(tiny)
+                    delta = project(x_adv + alpha * grad / g - x, eps, "l2")
+                    x_adv = (x + delta).clamp(0.0, 1.0)
+    return best
+
+
+# --------------------------------------------------------------------------- notebook API
+
+
+def lipschitz(
+    model: WorkbenchModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    layers: str | Sequence[str] = "all",
+    eps: float | Sequence[float] | None = None,
+    norm: str = "linf",
+    kinds: Sequence[str] = KINDS,
+    steps: int = 10,
+    batch_size: int = 256,
+    seed: int = 0,
+    *,
+    feat_restarts: int = 1,
+    feat_from_loss: bool = True,
+    progress: Progress = QUIET,
+) -> pd.DataFrame:
+    """Feature-space Lipschitz ratios of ``model`` at ``layers``: the ``lipschitz`` table.
+
+    Args:
+        model: a :class:`WorkbenchModel` (run in eval mode; its mode is restored).
+        x: inputs in [0, 1], (N, C, H, W); y: labels (N,) for the ``loss`` kind.
+        layers: any :func:`~workbench.models.resolve_layers` spec.
+        eps: one radius or a grid, pixel units; default 8/255 (L∞) or 0.5 (L2).
+        norm: ``"linf"`` or ``"l2"``: the ball searched and the norm ‖δ‖ is measured in.
+        kinds: subset of ``("loss", "feat", "rand")``.
+        steps: PGD steps of the ``loss`` attack and of each ``feat`` start (α = 2.5·ε/steps).
+        batch_size: examples per batch (memory and time are linear in N).
+        seed: seeds every random start and direction (per batch, ε, kind and layer, so a
+            subset of kinds or layers sees the same random numbers).
+        feat_restarts: random starts of the feature search.
+        feat_from_loss: also start the feature search from the PGD-CE example δ_loss (when
+            ``"loss"`` is among ``kinds``). δ_feat is a lower bound on the local Lipschitz
+            constant, so the best of several starts is a tighter bound; the random starts
+            alone are what tests hold to the ordering D(feat) ≥ D(loss).
+
+    Returns:
+        One row per layer × ε × kind with exactly the columns of ``TABLES["lipschitz"]``;
+        ``model`` holds ``model.name`` (the study runner overwrites it with the model id).
+        ``n`` counts examples with ‖δ‖ > 0 (after the clip); ``rel_*`` also excludes
+        ‖φ(x)‖ = 0. ``over_random`` is this kind's mean over the ``rand`` mean at the same
+        layer and ε (NaN without ``rand``).
+    """
+    grid = _check_eps_norm(DEFAULT_EPS[norm] if eps is None and norm in DEFAULT_EPS else eps, norm)
+    for k in kinds:
+        if k not in KINDS:
+            raise UnknownNameError("kind", k, KINDS)
+    kinds = [k for k in KINDS if k in kinds]
+    if len(x) == 0 or len(x) != len(y):
+        raise WorkbenchError(f"lipschitz needs as many labels as examples (N > 0), got {len(x)} and {len(y)}")
+    if steps < 1 or batch_size < 1 or feat_restarts < 0:
+        raise WorkbenchError("steps and batch_size must be positive and feat_restarts non-negative")
+    if "feat" in kinds and feat_restarts == 0 and not (feat_from_loss and "loss" in kinds):
+        raise WorkbenchError("the feature search needs a start: feat_restarts >= 1 or feat_from_loss with kind 'loss'")
+    names = resolve_layers(model, layers)
+    order = {n: i for i, n in enumerate(model.layer_names())}
+    device = _device(model)
+
+    # per (layer, ε, kind): per-example D and relative change, NaN where excluded
+    ratio: dict[tuple[str, float, str], list[torch.Tensor]] = {}
+    rel: dict[tuple[str, float, str], list[torch.Tensor]] = {}
+    dims: dict[str, int] = {}
+    batches = range(0, len(x), batch_size)
+    was_training = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with progress.task(f"lipschitz {model.name} {norm}", len(batches) * len(grid)) as advance:
+            for start in batches:
+                xb = x[start:start + batch_size].to(device)
+                yb = y[start:start + batch_size].to(device)
+                with torch.no_grad(), capture(model, names) as cap:
+                    model(xb)
+                    clean = dict(cap.feats)
+                for name in names:
+                    dims[name] = clean[name].shape[1]
+                clean_norm = {n: torch.linalg.vector_norm(f, dim=1) for n, f in clean.items()}
+
+                def record(layer: str, e: float, kind: str, x_adv: torch.Tensor, feats: torch.Tensor) -> None:
+                    dphi = torch.linalg.vector_norm(feats - clean[layer], dim=1)
+                    dnorm = perturbation_norm(x_adv - xb, norm)
+                    r = _ratio(dphi, dnorm)
+                    rl = torch.where((dnorm > 0) & (clean_norm[layer] > 0), dphi / clean_norm[layer].clamp_min(1e-30), torch.nan)
+                    ratio.setdefault((layer, e, kind), []).append(r.cpu())
+                    rel.setdefault((layer, e, kind), []).append(rl.cpu())
+
+                for e in grid:
+                    gen = lambda kind, layer="": _generator(device, seed, "lipschitz", start, norm, e, kind, layer)  # noqa: E731
+                    x_loss = None
+                    if "loss" in kinds:
+                        x_loss = pgd(model, xb, yb, e, steps=steps, norm=norm, generator=gen("loss"))
+                        with torch.no_grad(), capture(model, names) as cap:
+                            model(x_loss)
+                            for name in names:
+                                record(name, e, "loss", x_loss, cap.feats[name])
+                    if "rand" in kinds:
+                        x_rand = random_perturbation(xb, e, norm, generator=gen("rand"))
+                        with torch.no_grad(), capture(model, names) as cap:
+                            model(x_rand)
+                            for name in names:
+                                record(name, e, "rand", x_rand, cap.feats[name])
+                    if "feat" in kinds:
+                        starts: list[torch.Tensor | None] = [None] * feat_restarts
+                        if feat_from_loss and x_loss is not None:
+                            starts.append(x_loss)
+                        for name in names:
+                            with truncated_forward(model, name) as features:
+                                g = gen("feat", name)
+                                x_feat = run_attack(
+                                    model, xb, yb,
+                                    lambda x0, _y: feature_search(
+                                        features, x0, e, norm, steps, starts=_starts_like(starts, x0), generator=g
+                                    ),
+                                    g,
+                                )
+                                with torch.no_grad():
+                                    record(name, e, "feat", x_feat, features(x_feat))
+                    advance(1, status=f"ε={e:g}")
+    finally:
+        for m, mode in was_training:
+            m.training = mode
+
+    rows = []
+    for name in names:
+        for e in grid:
+            rand_mean = summarize(torch.cat(ratio[(name, e, "rand")]))["mean"] if "rand" in kinds else math.nan
+            for kind in kinds:
+                s = summarize(torch.cat(ratio[(name, e, kind)]))
+                r = summarize(torch.cat(rel[(name, e, kind)]))
+                rows.append({
+                    "model": model.name, "layer": name, "layer_index": order[name], "feature_dim": dims[name],
+                    "norm": norm, "eps": e, "kind": kind, **s,
+                    "rel_mean": r["mean"], "rel_median": r["median"],
+                    "over_random": s["mean"] / rand_mean if rand_mean and math.isfinite(rand_mean) else math.nan,
+                })
+    return pd.DataFrame(rows, columns=list(TABLES["lipschitz"][1]))
+
+
+def _starts_like(starts: Sequence[torch.Tensor | None], like: torch.Tensor) -> list[torch.Tensor | None]:
+    """Starting points in ``like``'s dtype and memory layout (attacks may run channels_last)."""
+    return [None if s is None else torch.empty_like(like).copy_(s) for s in starts]
+
+
+def logit_lipschitz(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    eps: float,
+    steps: int = 10,
+    *,
+    alpha: float | None = None,
+    restarts: int = 1,
+    init_std: float = 1e-3,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Per-example logit local Lipschitz estimate of Yang et al. 2020 (arXiv:2003.02460).
+
+    L(xᵢ) = max_{x'∈B∞(xᵢ,ε)∩[0,1]} ‖f(xᵢ) − f(x')‖₁ / ‖xᵢ − x'‖∞, found by gradient ascent
+    on the ratio: x'⁰ = clip(x + N(0, init_std²)) projected into the ball (a small random
+    start; init_std 1e-3 as in the reference code), then ``steps`` sign steps of
+    ``alpha`` (default 2.5·ε/steps), each projected and clipped; per example the best
+    iterate over all steps and restarts is kept. (The public reference code steps along
+    the sign of the *negated* ratio's gradient, i.e. descends; this ascends.)
+
+    Returns a float32 CPU tensor (N,) (NaN where x' = x, which a random start makes
+    improbable); :func:`summarize` gives the mean (the paper's L̂) and quantiles.
+    """
+    if not (math.isfinite(float(eps)) and eps > 0):
+        raise WorkbenchError(f"ε must be positive (pixel units), got {eps!r}")
+    if steps < 0 or restarts < 1 or batch_size < 1:
+        raise WorkbenchError("need steps >= 0, restarts >= 1 and batch_size >= 1")
+    eps = float(eps)
+    alpha = 2.5 * eps / max(steps, 1) if alpha is None else float(alpha)
+    device = _device(model)
+    out = []
+
+    def ratio_of(f0: torch.Tensor, x0: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:
+        num = torch.linalg.vector_norm((model(xa).float() - f0).reshape(len(xa), -1), ord=1, dim=1)
+        den = perturbation_norm(xa - x0, "linf")
+        return num / den.clamp_min(torch.finfo(den.dtype).tiny), den
+
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device)
+        g = _generator(device, seed, "logit-lipschitz", start, eps)
+
+        def craft(x0: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                f0 = model(x0).float()
+            lo, hi = (x0 - eps).clamp(min=0.0), (x0 + eps).clamp(max=1.0)
+            best, best_r = x0.clone(), torch.full((len(x0),), -math.inf, device=x0.device)
+            per = (-1,) + (1,) * (x0.dim() - 1)
+            for _ in range(restarts):
+                noise = torch.randn(x0.shape, generator=g, device=device, dtype=x0.dtype)
+                xa = torch.min(torch.max(x0 + init_std * noise, lo), hi)
+                for t in range(steps + 1):
+                    xa.requires_grad_(t < steps)
+                    with torch.set_grad_enabled(t < steps):
+                        r, den = ratio_of(f0, x0, xa)
+                        grad = torch.autograd.grad(r.sum(), xa)[0] if t < steps else None
+                    xa = xa.detach()
+                    r = torch.where(den > 0, r.detach(), -math.inf)
+                    better = r > best_r
+                    best = torch.where(better.reshape(per), xa, best)
+                    best_r = torch.where(better, r, best_r)
+                    if grad is not None:
+                        xa = torch.min(torch.max(xa + alpha * grad.sign(), lo), hi)
+            return best
+
+        x_best = run_attack(model, xb, torch.zeros(len(xb), dtype=torch.long, device=device), craft, g)
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            try:
+                r, den = ratio_of(model(xb).float(), xb, x_best)
+            finally:
+                model.train(was)
+        out.append(torch.where(den > 0, r, torch.nan).float().cpu())
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------- study runner
+
+
+@PROBES.register("lipschitz")
+def run_lipschitz(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
+    """Feature Lipschitz ratios (every model, layer, norm, ε, kind) and Yang et al.'s logit
+    estimate (every model and L∞ ε). Every model sees the same random starts and directions
+    (seeded by norm, not by model), so the paired comparison uses common random numbers."""
+    cfg = ctx.cfg
+    frames, logit_rows = [], []
+    for model_id, model in ctx.models.items():
+        for norm in cfg.norms:
+            grid = ctx.eps_grid(norm)
+            if not grid:
+                continue
+            df = lipschitz(
+                model, ctx.x, ctx.y, resolve_layers(model, cfg.layers), grid, norm, cfg.kinds, cfg.steps,
+                ctx.batch_size, ctx.seed_for("lipschitz", norm), feat_restarts=cfg.feat_restarts,
+                feat_from_loss=cfg.feat_from_loss, progress=ctx.progress,
+            )
+            frames.append(df.assign(model=model_id))
+        if cfg.logit_lipschitz:
+            grid = ctx.eps_grid("linf")
+            with ctx.progress.task(f"logit lipschitz {model_id}", len(grid)) as advance:
+                for e in grid:
+                    s = summarize(logit_lipschitz(
+                        model, ctx.x, e, cfg.steps, batch_size=ctx.batch_size, seed=ctx.seed_for("logit-lipschitz")
+                    ))
+                    logit_rows.append({"model": model_id, "eps": e, "steps": cfg.steps,
+                                       **{k: s[k] for k in ("n", "mean", "median", "sem")}})
+                    advance(1)
+    out = {"lipschitz": pd.concat(frames, ignore_index=True) if frames
+           else pd.DataFrame(columns=list(TABLES["lipschitz"][1]))}
+    if cfg.logit_lipschitz:
+        out["logit_lipschitz"] = pd.DataFrame(logit_rows, columns=list(TABLES["logit_lipschitz"][1]))
+    return out

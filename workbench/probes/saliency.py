@@ -1,0 +1,428 @@
+"""Attribution maps through captum, with sparsity, faithfulness, stability and agreement.
+
+Methods (all attribute the true-class logit z_y, model in eval mode):
+
+* ``saliency``: the input gradient ∂z_y/∂x (Simonyan et al. 2014), signed
+  (captum ``Saliency(abs=False)``);
+* ``integrated_gradients``: (x − x₀) ⊙ ∫₀¹ ∇z_y(x₀ + t(x − x₀)) dt with the zero baseline
+  x₀ = 0, a black image (Sundararajan et al. 2017). Black is a meaningful "absence" here
+  only because normalization lives inside the model, so 0 is a real pixel value;
+* ``smoothgrad``: the mean signed gradient at x + N(0, σ²) (Smilkov et al. 2017; captum
+  ``NoiseTunnel(Saliency)``); inputs are in [0, 1], so σ is a fraction of the range.
+
+Metrics per example (Tsipras et al. 2019 and Chalasani et al. 2020 predict sparser,
+more stable maps for robust models):
+
+* ``gini``: Gini sparsity of |φ| (Hurley & Rickard 2009), 0 for a constant map,
+  (d−1)/d for a one-hot map of d entries;
+* ``infidelity``: captum ``infidelity`` (Yeh et al. 2019) with ``normalize=True``:
+  E_I[(β·Iᵀφ − (z_y(x) − z_y(x − I)))²] with the best scale β, I ~ N(0, σ_I²) per pixel
+  (σ_I = ``infidelity_sigma``, default 0.03 of the range, about 8/255). Units: squared
+  logits, so it also scales with how much the logit itself moves. Integrated gradients is
+  a "global" attribution (it contains a factor x), so, as captum documents for such
+  methods, its perturbation is I/(x − x₀) (1 where x = x₀) and Iᵀφ still estimates the
+  change of z_y;
+* ``sensitivity``: captum ``sensitivity_max`` (Yeh et al. 2019): the largest
+  ‖φ(x + u) − φ(x)‖_F / ‖φ(x)‖_F over uniform u in the L∞ ball of radius
+  ``sensitivity_radius`` (default 0.02 of the range). SmoothGrad's noise is drawn with
+  the same seed at x and at every x + u (common random numbers), so the number measures
+  how the explanation moves with the input rather than its Monte-Carlo noise.
+
+Perturbed inputs are not clipped to [0, 1]: both metrics probe the function locally, and
+clipping would silently shrink the perturbation at saturated pixels (half the pixels of
+the digits images are 0).
+
+Maps and inputs are saved in ``<run>/arrays/saliency.npz`` (see :func:`load_saliency`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+from captum.metrics import infidelity, sensitivity_max
+from scipy.stats import spearmanr
+
+from ..attacks import attack_mode
+from ..errors import RunFolderError, WorkbenchError
+from ..store import RunFolder, atomic_write_bytes
+from .base import PROBES, ProbeContext
+
+log = logging.getLogger("workbench")
+
+METHODS: tuple[str, ...] = ("saliency", "integrated_gradients", "smoothgrad")
+#: file name of the saved maps inside ``<run>/arrays``
+ARRAY_FILE = "saliency.npz"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Run the block with torch's global RNG seeded, restoring the caller's RNG state after
+    (captum's NoiseTunnel draws from the global generator of the input's device)."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _check_methods(methods: Sequence[str]) -> None:
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise WorkbenchError(f"unknown saliency method {bad[0]!r}; valid methods: {', '.join(METHODS)}")
+
+
+def _explainer(
+    model: torch.nn.Module,
+    method: str,
+    *,
+    ig_steps: int,
+    smoothgrad_samples: int,
+    smoothgrad_sigma: float,
+    batch_size: int | None,
+    seed: int | None,
+) -> Callable[..., Any]:
+    """``explain(inputs, target=...)`` -> signed attributions of the same shape (a tuple in,
+    a tuple out, as captum's metrics call it)."""
+    if method == "saliency":
+        sal = Saliency(model)
+        return lambda inputs, target: sal.attribute(inputs, target=target, abs=False)
+    if method == "integrated_gradients":
+        ig = IntegratedGradients(model)
+        return lambda inputs, target: ig.attribute(
+            inputs, baselines=0.0, target=target, n_steps=ig_steps, internal_batch_size=batch_size
+        )
+    nt = NoiseTunnel(Saliency(model))
+
+    def smoothgrad(inputs, target):
+        first = inputs[0] if isinstance(inputs, tuple) else inputs
+        n = first.shape[0]
+        per_batch = None if batch_size is None else max(1, batch_size // max(n, 1))
+        with _seeded(seed, first.device):
+            return nt.attribute(
+                inputs, nt_type="smoothgrad", nt_samples=smoothgrad_samples, nt_samples_batch_size=per_batch,
+                stdevs=float(smoothgrad_sigma), target=target, abs=False,
+            )
+
+    return smoothgrad
+
+
+def saliency_maps(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    methods: Sequence[str] = METHODS,
+    ig_steps: int = 32,
+    smoothgrad_samples: int = 16,
+    smoothgrad_sigma: float = 0.15,
+    *,
+    batch_size: int | None = None,
+    seed: int | None = 0,
+) -> dict[str, torch.Tensor]:
+    """Signed attribution maps of the true-class logit.
+
+    Args:
+        model: maps x (N, C, H, W) in [0, 1] to logits (N, K), normalization inside.
+        x: inputs in [0, 1], (N, C, H, W).
+        y: true labels (N,), int64; the logit z_y is attributed.
+        methods: any of ``saliency``, ``integrated_gradients``, ``smoothgrad``.
+        ig_steps: integration points of integrated gradients (Gauss–Legendre).
+        smoothgrad_samples: noisy copies per example for SmoothGrad.
+        smoothgrad_sigma: SmoothGrad noise std in pixel units (fraction of [0, 1]).
+        batch_size: rows per forward inside captum (IG steps, SmoothGrad samples); None:
+            all at once.
+        seed: seeds SmoothGrad's noise (the caller's RNG state is restored); None: use
+            the global RNG as it is.
+
+    Returns:
+        ``{method: (N, C, H, W) float32 tensor}``, detached, on x's device. The model runs
+        in eval mode with frozen parameters; its modes and flags are restored afterwards.
+    """
+    _check_methods(methods)
+    if x.shape[0] != y.shape[0]:
+        raise WorkbenchError(f"saliency_maps got {x.shape[0]} inputs but {y.shape[0]} labels")
+    out: dict[str, torch.Tensor] = {}
+    with attack_mode(model), torch.inference_mode(False), torch.enable_grad():
+        for method in methods:
+            explain = _explainer(model, method, ig_steps=ig_steps, smoothgrad_samples=smoothgrad_samples,
+                                 smoothgrad_sigma=smoothgrad_sigma, batch_size=batch_size, seed=seed)
+            out[method] = explain(x.detach(), target=y).detach().float()
+    return out
+
+
+def gini(maps: torch.Tensor) -> torch.Tensor:
+    """Gini sparsity index of |φ| per example (Hurley & Rickard 2009, "Comparing Measures of
+    Sparsity", IEEE Trans. Inf. Theory).
+
+    With c₍₁₎ ≤ … ≤ c₍d₎ the sorted |φ| of one example (flattened, d entries)::
+
+        G = 1 − 2 Σₖ (c₍ₖ₎ / ‖c‖₁) · (d − k + ½) / d
+
+    0 for a constant map, (d − 1)/d for a one-hot map; NaN for an all-zero map (no
+    attribution at all: sparsity is undefined). ``maps`` is (N, ...) (a 1-D tensor is one
+    example); returns (N,) float64.
+    """
+    a = maps.detach().abs().to(torch.float64)
+    a = a.reshape(1, -1) if a.dim() == 1 else a.reshape(a.shape[0], -1)
+    d = a.shape[1]
+    c = a.sort(dim=1).values
+    total = c.sum(dim=1)
+    k = torch.arange(1, d + 1, dtype=torch.float64, device=c.device)
+    weights = (d - k + 0.5) / d
+    g = 1.0 - 2.0 * (c * weights).sum(dim=1) / total
+    return torch.where(total > 0, g, torch.full_like(g, float("nan")))
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of |a| and |b| per example (ties get their average rank).
+
+    ``a``, ``b``: (N, ...) maps of the same shape (a 1-D tensor is one example); returns
+    (N,) float64, NaN where a map is constant.
+    """
+    if a.shape != b.shape:
+        raise WorkbenchError(f"spearman needs maps of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a_np = a.detach().abs().reshape(1 if a.dim() == 1 else a.shape[0], -1).cpu().double().numpy()
+    b_np = b.detach().abs().reshape(a_np.shape).cpu().double().numpy()
+    out = np.empty(a_np.shape[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: scipy warns and returns NaN, which we keep
+        for i in range(a_np.shape[0]):
+            out[i] = spearmanr(a_np[i], b_np[i]).statistic
+    return torch.from_numpy(out)
+
+
+def _infidelity_perturbation(sigma: float, generator: torch.Generator, global_method: bool):
+    """Perturbation function for captum ``infidelity``: returns (I, x − noise) with
+    noise ~ N(0, σ²) per pixel; I = noise for local maps (gradients), noise/x (1 where
+    x = 0) for integrated gradients, whose attributions carry a factor (x − 0)."""
+
+    def perturb(inputs: torch.Tensor):
+        noise = torch.randn(inputs.shape, generator=generator, dtype=inputs.dtype).to(inputs.device) * sigma
+        perturbed = inputs - noise
+        if global_method:
+            denom = torch.where(inputs == 0, torch.ones_like(inputs), inputs)
+            return noise / denom, perturbed
+        return noise, perturbed
+
+    return perturb
+
+
+def _uniform_perturbation(generator: torch.Generator):
+    """Perturbation function for captum ``sensitivity_max``: x + U[−r, r] per pixel (the
+    captum default, drawn from our own generator so runs are reproducible)."""
+
+    def perturb(inputs: torch.Tensor, radius: float):
+        u = torch.rand(inputs.shape, generator=generator, dtype=inputs.dtype).to(inputs.device)
+        return inputs + (2.0 * u - 1.0) * radius
+
+    return perturb
+
+
+def attribution_metrics(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    *,
+    ig_steps: int = 32,
+    smoothgrad_samples: int = 16,
+    smoothgrad_sigma: float = 0.15,
+    infidelity_sigma: float = 0.03,
+    infidelity_samples: int = 32,
+    sensitivity_radius: float = 0.02,
+    sensitivity_samples: int = 8,
+    batch_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Infidelity and max-sensitivity of each method's maps (see the module docstring).
+
+    ``maps`` comes from :func:`saliency_maps` with the same settings and ``seed``. Cost:
+    ``infidelity_samples`` forwards per example, and ``sensitivity_samples`` explanations
+    per example (an IG explanation is ``ig_steps`` gradients, SmoothGrad's
+    ``smoothgrad_samples``). Returns ``{method: {"infidelity": (N,), "sensitivity": (N,)}}``
+    as float64 CPU tensors.
+    """
+    n = x.shape[0]
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    with attack_mode(model), torch.inference_mode(False), torch.enable_grad():
+        for j, (method, phi) in enumerate(maps.items()):
+            gen = torch.Generator().manual_seed(seed + 1000 * j + 1)
+            perturb = _infidelity_perturbation(infidelity_sigma, gen, method == "integrated_gradients")
+            infid = infidelity(
+                model, perturb, x.detach(), phi, target=y, n_perturb_samples=infidelity_samples,
+                max_examples_per_batch=max(n, batch_size or n * infidelity_samples), normalize=True,
+            )
+            explain = _explainer(model, method, ig_steps=ig_steps, smoothgrad_samples=smoothgrad_samples,
+                                 smoothgrad_sigma=smoothgrad_sigma, batch_size=batch_size, seed=seed)
+            gen = torch.Generator().manual_seed(seed + 1000 * j + 2)
+            # one perturbed copy of the batch per call: the SmoothGrad noise then has the
+            # same shape, hence the same draw, at x and at every x + u
+            sens = sensitivity_max(
+                explain, x.detach(), perturb_func=_uniform_perturbation(gen), perturb_radius=sensitivity_radius,
+                n_perturb_samples=sensitivity_samples, max_examples_per_batch=n, target=y,
+            )
+            out[method] = {"infidelity": infid.detach().double().cpu(), "sensitivity": sens.detach().double().cpu()}
+    return out
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def save_saliency(path: str | Path, inputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+                  maps: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """Write the maps as one ``.npz`` (atomic). Keys:
+
+    * ``inputs`` (N, C, H, W) float32, ``labels`` (N,) int64, ``index`` (N,) int64
+      (positions in the test split);
+    * ``methods`` (K,) and ``models`` (M,) unicode arrays: the order of the maps;
+    * ``map_<method>_<j>`` (N, C, H, W) float32: the signed map of ``method`` for the j-th
+      model of ``models`` (model ids hold "/", which a key in a zip file should not).
+
+    ``maps`` is ``{method: {model_id: (N, C, H, W)}}``. Loads with ``allow_pickle=False``.
+    """
+    path = Path(path)
+    methods = list(maps)
+    models = list(next(iter(maps.values()))) if maps else []
+    arrays: dict[str, np.ndarray] = {
+        "inputs": inputs.detach().float().cpu().numpy(),
+        "labels": labels.detach().long().cpu().numpy(),
+        "index": index.detach().long().cpu().numpy(),
+        "methods": np.array(methods, dtype=str),
+        "models": np.array(models, dtype=str),
+    }
+    for method in methods:
+        for j, model_id in enumerate(models):
+            arrays[f"map_{method}_{j}"] = maps[method][model_id].detach().float().cpu().numpy()
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_saliency(run_dir: str | Path) -> dict[str, Any]:
+    """Read ``<run_dir>/arrays/saliency.npz`` (or the ``.npz`` path itself).
+
+    Returns ``{"inputs": (N, C, H, W), "labels": (N,), "index": (N,), "maps": {method:
+    {model_id: (N, C, H, W)}}}`` as numpy arrays; maps are signed (take ``abs`` to draw
+    |φ|), in the order the study declared methods and models.
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / RunFolder.ARRAYS / ARRAY_FILE
+    if not path.is_file():
+        raise RunFolderError("no saliency maps here (was the saliency probe enabled?)", file=str(path))
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            methods = [str(m) for m in z["methods"]]
+            models = [str(m) for m in z["models"]]
+            return {
+                "inputs": z["inputs"],
+                "labels": z["labels"],
+                "index": z["index"],
+                "maps": {m: {mid: z[f"map_{m}_{j}"] for j, mid in enumerate(models)} for m in methods},
+            }
+    except (OSError, ValueError, KeyError) as e:
+        raise RunFolderError(f"corrupt saliency arrays ({e})", file=str(path)) from None
+
+
+# --------------------------------------------------------------------------- runner
+
+METRIC_COLUMNS = ["model", "method", "example", "index", "gini", "infidelity", "sensitivity"]
+AGREEMENT_COLUMNS = ["pair", "reference", "model", "method", "example", "spearman"]
+
+
+def _predictions(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with attack_mode(model), torch.no_grad():
+        return torch.cat([model(x[s:s + batch_size]).argmax(dim=1) for s in range(0, len(x), batch_size)])
+
+
+def common_correct(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, k: int,
+                   batch_size: int = 256) -> torch.Tensor:
+    """Positions (ascending) of the first ``k`` examples that every model classifies
+    correctly: one example set shared by all models, so their maps are comparable."""
+    ok = torch.ones(len(y), dtype=torch.bool, device=y.device)
+    for model in models.values():
+        ok &= _predictions(model, x, batch_size) == y
+    return ok.nonzero().flatten()[:k].cpu()
+
+
+@PROBES.register("saliency")
+def run_saliency(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
+    """Saliency, integrated gradients and SmoothGrad maps of every model on one shared
+    example set (the first ``cfg.examples`` probe examples that every model classifies
+    correctly), their Gini sparsity, infidelity and max-sensitivity, and the Spearman
+    agreement of the two models of each pair. Saves the maps to ``arrays/saliency.npz``
+    (skipped when the context has no run folder)."""
+    cfg = ctx.cfg
+    sel = common_correct(ctx.models, ctx.x, ctx.y, cfg.examples, ctx.batch_size)
+    if len(sel) < cfg.examples:
+        log.warning("saliency: only %d of %d probe examples are classified correctly by every model "
+                    "(%d requested)", len(sel), len(ctx.x), cfg.examples)
+    if len(sel) == 0:
+        return {"saliency_metrics": pd.DataFrame(columns=METRIC_COLUMNS),
+                "saliency_agreement": pd.DataFrame(columns=AGREEMENT_COLUMNS)}
+    x, y = ctx.x[sel.to(ctx.x.device)], ctx.y[sel.to(ctx.y.device)]
+    index = ctx.index.cpu()[sel]
+    settings = dict(ig_steps=cfg.ig_steps, smoothgrad_samples=cfg.smoothgrad_samples,
+                    smoothgrad_sigma=cfg.smoothgrad_sigma, batch_size=ctx.batch_size)
+
+    maps: dict[str, dict[str, torch.Tensor]] = {m: {} for m in cfg.methods}
+    rows = []
+    with ctx.progress.task("saliency", len(ctx.models)) as advance:
+        for model_id, model in ctx.models.items():
+            seed = ctx.seed_for("saliency", model_id)
+            # in chunks: IG and SmoothGrad expand each example ig_steps / samples times
+            chunk = max(1, ctx.batch_size // max(cfg.ig_steps, cfg.smoothgrad_samples, 1))
+            parts: dict[str, list[torch.Tensor]] = {m: [] for m in cfg.methods}
+            scores: dict[str, dict[str, list[torch.Tensor]]] = {m: {"infidelity": [], "sensitivity": []} for m in cfg.methods}
+            for s in range(0, len(x), chunk):
+                xb, yb = x[s:s + chunk], y[s:s + chunk]
+                got = saliency_maps(model, xb, yb, cfg.methods, seed=seed + s, **settings)
+                for m, phi in got.items():
+                    parts[m].append(phi.cpu())
+                if cfg.metrics:
+                    met = attribution_metrics(
+                        model, xb, yb, got, infidelity_sigma=cfg.infidelity_sigma,
+                        infidelity_samples=cfg.infidelity_samples, sensitivity_radius=cfg.sensitivity_radius,
+                        sensitivity_samples=cfg.sensitivity_samples, seed=seed + s, **settings,
+                    )
+                    for m in cfg.methods:
+                        for key in ("infidelity", "sensitivity"):
+                            scores[m][key].append(met[m][key].flatten())
+            for m in cfg.methods:
+                maps[m][model_id] = torch.cat(parts[m])
+                g = gini(maps[m][model_id])
+                nan = torch.full((len(x),), float("nan"), dtype=torch.float64)
+                infid = torch.cat(scores[m]["infidelity"]) if cfg.metrics else nan
+                sens = torch.cat(scores[m]["sensitivity"]) if cfg.metrics else nan
+                for i in range(len(x)):
+                    rows.append({"model": model_id, "method": m, "example": i, "index": int(index[i]),
+                                 "gini": float(g[i]), "infidelity": float(infid[i]), "sensitivity": float(sens[i])})
+            advance(1)
+
+    agreement = []
+    for _arch, ref, other in ctx.pairs:
+        for m in cfg.methods:
+            rho = spearman(maps[m][ref], maps[m][other])
+            for i in range(len(x)):
+                agreement.append({"pair": f"{ref}~{other}", "reference": ref, "model": other, "method": m,
+                                  "example": i, "spearman": float(rho[i])})
+
+    if ctx.folder is not None:
+        save_saliency(ctx.folder.arrays / ARRAY_FILE, x, y, index, maps)
+    return {"saliency_metrics": pd.DataFrame(rows, columns=METRIC_COLUMNS),
+            "saliency_agreement": pd.DataFrame(agreement, columns=AGREEMENT_COLUMNS)}

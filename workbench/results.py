@@ -1,0 +1,146 @@
+"""Read a run folder back: ``load(run_dir) -> Results``.
+
+The one way reports, comparisons, notebooks and tests read what ``workbench run`` wrote::
+
+    res = load("reports/quickstart")
+    res.robustness                 # the robustness table (a DataFrame)
+    res["lipschitz"]               # same, by name; KeyError lists the tables present
+    res.get("cka")                 # None when the probe was not run
+    res.study.main_eps()           # the validated study
+
+Everything the folder holds is checked on the way in: a missing folder or study.yaml, an
+unreadable table or one lacking a column of its schema (:mod:`workbench.tables`) raises
+:class:`~workbench.errors.RunFolderError` naming the file, in one line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from .errors import RunFolderError, WorkbenchError
+from .study import Study, study_from_dict
+from .tables import TABLES
+
+
+@dataclass
+class Results:
+    """A loaded run folder. Tables are also attributes (``res.robustness``) and items."""
+
+    path: Path
+    study: Study
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        try:
+            return self.tables[name]
+        except KeyError:
+            raise KeyError(f"run {self.path} has no table {name!r}; tables: {', '.join(sorted(self.tables))}") from None
+
+    def __getattr__(self, name: str) -> pd.DataFrame:
+        # only called when normal lookup fails; dataclass fields never reach here
+        if name.startswith("_") or name == "tables":
+            raise AttributeError(name)
+        try:
+            return self.tables[name]
+        except KeyError:
+            raise AttributeError(
+                f"run {self.path} has no table {name!r}; tables: {', '.join(sorted(self.tables))}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tables
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tables)
+
+    def get(self, name: str) -> pd.DataFrame | None:
+        """The table, or None when absent or empty (e.g. a probe that was not run)."""
+        df = self.tables.get(name)
+        return df if df is not None and len(df) else None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def model_ids(self) -> list[str]:
+        """Model ids in study order (architectures × recipes)."""
+        return [m.id for m in self.study.models()]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object, or {} when the file is absent (an interrupted run has no run.json)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"cannot read: {getattr(e, 'strerror', None) or e}", file=str(path)) from None
+    except json.JSONDecodeError as e:
+        raise RunFolderError(f"corrupt JSON (line {e.lineno}: {e.msg})", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"expected a JSON object, got {type(data).__name__}", file=str(path))
+    return data
+
+
+def _read_study(path: Path) -> Study:
+    if not path.is_file():
+        raise RunFolderError("not a run folder: study.yaml is missing", file=str(path))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"cannot read: {getattr(e, 'strerror', None) or e}", file=str(path)) from None
+    except yaml.YAMLError as e:
+        raise RunFolderError(f"invalid YAML ({str(e).splitlines()[0]})", file=str(path)) from None
+    if not isinstance(raw, dict):
+        raise RunFolderError("study.yaml is not a mapping of fields", file=str(path))
+    try:
+        return study_from_dict(raw, source=str(path))
+    except WorkbenchError as e:
+        # StudyError's message already names file and field; re-raise as a run-folder problem
+        raise RunFolderError(f"study does not validate: {e.field or ''} {e.message}", file=str(path)) from None
+
+
+def read_table(path: Path, name: str | None = None) -> pd.DataFrame:
+    """One parquet table, checked against its schema when ``name`` is a known table."""
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a corrupt file
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RunFolderError(f"unreadable table ({reason[:160]})", file=str(path)) from None
+    name = name or path.stem
+    if name in TABLES and len(df.columns):  # an empty frame with no columns = "nothing recorded"
+        missing = [c for c in TABLES[name][1] if c not in df.columns]
+        if missing:
+            raise RunFolderError(f"table {name!r} lacks column(s) {', '.join(missing)}", file=str(path))
+    return df
+
+
+def load(run_dir: str | Path) -> Results:
+    """Load a run folder written by ``workbench run`` (see :class:`Results`)."""
+    path = Path(run_dir)
+    if not path.exists():
+        raise RunFolderError("no such run folder", file=str(path))
+    if not path.is_dir():
+        raise RunFolderError("not a folder", file=str(path))
+    study = _read_study(path / "study.yaml")
+    tdir = path / "tables"
+    if not tdir.is_dir():
+        raise RunFolderError("not a run folder: tables/ is missing (did the run finish?)", file=str(tdir))
+    tables = {p.stem: read_table(p) for p in sorted(tdir.glob("*.parquet"))}
+    return Results(
+        path=path,
+        study=study,
+        tables=tables,
+        environment=_read_json(path / "environment.json"),
+        run=_read_json(path / "run.json"),
+    )
