@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 torch.set_num_threads(1)
+threadpool_limits(1)  # numpy / scikit-learn BLAS threads, same reason
 
 
 @pytest.fixture(autouse=True)

@@ -340,6 +340,23 @@ class SoundnessConfig(Strict):
     enabled: bool = True
     examples: PositiveInt = Field(500, description="test examples used by the extra attacks of the checks")
     large_eps: Eps = Field(0.5, description="L∞ ε at which accuracy must be near chance")
+    tolerance: float = Field(
+        0.005, ge=0, lt=1,
+        description="accuracy change the checks tolerate (fraction; 0.005 = 0.5 points, Carlini et al. 2019); "
+        "never below one example (1/n), the resolution of an accuracy on n examples",
+    )
+    steps_factor: int = Field(2, ge=2, description="more_steps: the reference PGD rerun with this many times its steps")
+    restarts: PositiveInt = Field(5, description="more_restarts: fresh random restarts added to the reference PGD's own")
+    noise_draws: PositiveInt = Field(
+        1, description="noise_vs_whitebox: random perturbations per example (correct only if it survives all); "
+        "1 gives FGSM a baseline of equal cost, more makes the noise a random search",
+    )
+    violation_rate: float = Field(
+        0.01, ge=0, le=1, description="pgd_subset_fgsm: tolerated share of examples PGD gets right but FGSM gets wrong"
+    )
+    zero_gradient_rate: float = Field(
+        0.01, ge=0, le=1, description="zero_gradients: tolerated share of examples whose CE input gradient is exactly zero"
+    )
 
 
 class EvaluationConfig(Strict):
@@ -386,28 +403,56 @@ class EvaluationConfig(Strict):
 
 
 class LipschitzProbe(Strict):
-    """Feature-space Lipschitz ratios ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖ per layer."""
+    """Feature-space Lipschitz ratios ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖ per layer (METHODS.md), for δ from
+    PGD on cross-entropy (``loss``), PGD on the feature change at the layer (``feat``) and a
+    random direction (``rand``); plus Yang et al. 2020's logit local Lipschitz estimate."""
 
-    layers: LayerSpec = "all"
+    layers: LayerSpec = Field("all", description="layers probed: names, fnmatch patterns, 'all' or 'penultimate'")
     eps: tuple[Eps, ...] | None = Field(None, description="L∞ ε grid (default: evaluation.eps)")
     eps_l2: tuple[Eps, ...] | None = Field(None, description="L2 ε grid (default: evaluation.eps_l2)")
-    norms: tuple[Norm, ...] = ("linf", "l2")
-    kinds: tuple[Literal["loss", "feat", "rand"], ...] = ("loss", "feat", "rand")
-    steps: PositiveInt = 10
-    logit_lipschitz: bool = Field(True, description="also Yang et al.'s logit local Lipschitz estimate")
+    norms: tuple[Norm, ...] = Field(("linf", "l2"), description="norms probed; a norm with an empty ε grid is skipped")
+    kinds: tuple[Literal["loss", "feat", "rand"], ...] = Field(
+        ("loss", "feat", "rand"), description="kinds of δ: PGD on CE, PGD on the feature change, random"
+    )
+    steps: PositiveInt = Field(10, description="PGD steps (step 2.5·ε/steps) of the loss attack, of each feature-search start and of the logit ascent")
+    feat_restarts: int = Field(
+        1, ge=0, description="random starts of the feature search (at δ = 0 a norm has no gradient, so it starts off x)"
+    )
+    feat_from_loss: bool = Field(
+        True,
+        description="also start the feature search from the PGD-CE example: δ_feat is a lower bound on the local "
+        "Lipschitz constant, so the best of both starts is a tighter one (and D(feat) ≥ D(loss) per example)",
+    )
+    # A step of ε, not PGD's 2.5ε/steps: the feature change of a near-linear layer peaks on a
+    # vertex (L∞) or the sphere (L2), where big steps act as a power iteration (keep-best guards).
+    feat_step: float = Field(1.0, gt=0, description="step of the feature search in units of ε")
+    logit_lipschitz: bool = Field(True, description="also Yang et al.'s logit local Lipschitz estimate (L∞ grid)")
+
+    @model_validator(mode="after")
+    def _feature_start(self) -> LipschitzProbe:
+        if "feat" in self.kinds and self.feat_restarts == 0 and not (self.feat_from_loss and "loss" in self.kinds):
+            raise ValueError("feat_restarts: the feature search needs a start: feat_restarts >= 1, or feat_from_loss with kind 'loss'")
+        return self
 
 
 class SurfaceConfig(Strict):
-    grid: PositiveInt = Field(21, description="points per axis")
+    """Loss-surface slices ℓ(clip(x + a·ε·d₁ + b·ε·d₂)) at the study's main ε."""
+
+    grid: PositiveInt = Field(21, description="points per axis of the 2-D surface (odd: the grid contains a = b = 0)")
     span: float = Field(2.0, gt=0, description="half-width of the slice in units of ε")
-    examples: PositiveInt = 4
+    examples: PositiveInt = Field(4, description="probe examples (the first ones) with a surface and slices")
+    refine: PositiveInt = Field(
+        4, description="1-D slices have refine·(grid − 1) + 1 points: the surface axis refined, every grid point kept"
+    )
 
 
 class LinearityProbe(Strict):
-    """Local linearity γ(ε), gradient alignment, FGSM–PGD gap and loss-surface slices."""
+    """Local linearity γ(ε) (Qin et al. 2019), gradient alignment (Andriushchenko & Flammarion
+    2020), FGSM–PGD gap and loss-surface slices."""
 
     eps: tuple[Eps, ...] | None = Field(None, description="L∞ ε grid (default: evaluation.eps)")
-    steps: PositiveInt = 10
+    steps: PositiveInt = Field(10, description="PGD steps (step 2.5·ε/steps) of the search for γ = max |g(δ)|")
+    pgd_steps: PositiveInt = Field(20, description="steps of the PGD (L∞, CE) of the FGSM–PGD gap")
     surface: SurfaceConfig = SurfaceConfig()
 
 
@@ -420,28 +465,49 @@ class SaliencyProbe(Strict):
         "smoothgrad",
     )
     examples: PositiveInt = Field(16, description="examples (both models correct) for maps and metrics")
-    ig_steps: PositiveInt = 32
-    smoothgrad_samples: PositiveInt = 16
+    ig_steps: PositiveInt = Field(32, description="integration points of integrated gradients (zero = black baseline)")
+    smoothgrad_samples: PositiveInt = Field(16, description="noisy copies per example for SmoothGrad")
     smoothgrad_sigma: float = Field(0.15, gt=0, description="noise std as a fraction of the [0,1] range")
-    metrics: bool = True
+    metrics: bool = Field(True, description="infidelity and max-sensitivity (Gini and agreement are always computed)")
+    # ~8/255: small enough to probe the local (first-order) behaviour the maps claim to explain
+    infidelity_sigma: float = Field(0.03, gt=0, description="std of the Gaussian infidelity perturbation (pixel units)")
+    infidelity_samples: PositiveInt = Field(32, description="perturbations per example for infidelity (forwards only)")
+    sensitivity_radius: float = Field(0.02, gt=0, description="L∞ radius of the sensitivity_max perturbations (pixel units)")
+    # each sample is one full explanation (ig_steps or smoothgrad_samples gradients for IG / SmoothGrad)
+    sensitivity_samples: PositiveInt = Field(8, description="perturbations per example for sensitivity_max")
 
 
 class CKAProbe(Strict):
-    """Linear and debiased minibatch CKA between all layers of the models of each pair."""
+    """Linear (Kornblith et al. 2019) and debiased minibatch (Nguyen et al. 2021) CKA between
+    all layers of the models of each pair, and of each model with itself."""
 
-    layers: LayerSpec = "all"
-    kinds: tuple[Literal["linear", "debiased"], ...] = ("linear", "debiased")
-    batch_size: PositiveInt = 256
+    layers: LayerSpec = Field("all", description="layers compared: names, fnmatch patterns, 'all' or 'penultimate'")
+    kinds: tuple[Literal["linear", "debiased"], ...] = Field(("linear", "debiased"), description="CKA estimators")
+    # the unbiased HSIC estimator needs n ≥ 4 per minibatch
+    batch_size: int = Field(256, ge=4, description="minibatch of the debiased estimator (probe examples per batch)")
 
 
 class LinearProbe(Strict):
-    """Per-layer logistic-regression probes on frozen features, clean and adversarial."""
+    """Per-layer logistic-regression probes on frozen features (Alain & Bengio 2016), clean and
+    under PGD; C chosen on the validation split."""
 
-    layers: LayerSpec = "all"
+    layers: LayerSpec = Field("all", description="layers probed: names, fnmatch patterns, 'all' or 'penultimate'")
     eps: tuple[Eps, ...] | None = Field(None, description="L∞ ε of the PGD examples (default: evaluation.eps)")
     train_examples: PositiveInt | None = Field(2000, description="training-split examples fitting each probe")
     C: tuple[float, ...] = Field((0.01, 0.1, 1.0, 10.0), description="inverse regularisation grid, chosen on validation")
-    max_iter: PositiveInt = 500
+    max_iter: PositiveInt = Field(500, description="lbfgs iterations per fit")
+    steps: PositiveInt = Field(10, description="steps of the L∞ CE PGD that makes the adversarial test features")
+    # a 64×32×32 conv map has 65k features: too wide to fit thousands of probes cheaply
+    max_features: PositiveInt | None = Field(
+        2048, description="wider layers are average-pooled over space to fit (see linear_probe.py); null: never reduce"
+    )
+
+    @field_validator("C")
+    @classmethod
+    def _positive_c(cls, v):
+        if not v or any(c <= 0 for c in v):
+            raise ValueError("C is a non-empty list of positive numbers")
+        return v
 
 
 class ProbesConfig(Strict):

@@ -163,7 +163,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "model": "model id",
             "eps": "ε (L∞)",
             "fgsm_acc": "FGSM accuracy",
-            "pgd_acc": "PGD accuracy (the strongest L∞ CE PGD evaluated)",
+            "pgd_acc": "PGD accuracy (L∞, CE, `linearity.pgd_steps` steps) on the probe examples",
             "gap": "fgsm_acc − pgd_acc",
         },
     ),
@@ -222,7 +222,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "layer_a_index": "position of layer A",
             "layer_b_index": "position of layer B",
             "kind": "`linear` or `debiased`",
-            "value": "CKA in [0, 1]",
+            "value": "CKA (linear: in [0, 1]; debiased: can be slightly negative for unrelated features)",
         },
     ),
     "linear_probe": (

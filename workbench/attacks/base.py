@@ -224,9 +224,10 @@ def run_steps(step: Callable[[], None], steps: int, model: nn.Module, like: Tens
     """Run ``step()`` (which updates the iterate in place) ``steps`` times.
 
     On CUDA, with more than ``GRAPH_WARMUP_STEPS + 1`` steps and a model without hooks
-    (which replay would not call) or DataParallel wrapper, the first steps run eagerly, the next is captured on a
-    side stream (capture_error_mode="thread_local", so other threads, e.g. a DataLoader's
-    pin-memory thread, are unaffected) and replayed for the rest; no host synchronisation.
+    (which replay would not call) or DataParallel wrapper, the first steps run eagerly,
+    the next is captured on a side stream (capture_error_mode="thread_local", so other
+    threads, e.g. a DataLoader's pin-memory thread, are unaffected) and replayed for the
+    rest; no host synchronisation.
     If capture fails (a model that syncs with the host, say), the remaining steps run
     eagerly; capture executes nothing, so no step is lost or repeated. Memory: the graph
     keeps its own pool, so about one extra step's activations stay reserved meanwhile.

@@ -8,6 +8,7 @@ the batch size). Larger means "more adversarial" for all three.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ from ..registry import Registry
 from ..types import Labels, Tensor
 
 #: Attack losses by name: ``LOSSES.get("margin")(logits, y) -> (N,)``.
-LOSSES: Registry = Registry("loss")
+LOSSES: Registry[Callable[..., Tensor]] = Registry("loss")
 
 
 def _true_and_best_other(logits: Tensor, y: Labels) -> tuple[Tensor, Tensor]:

@@ -27,6 +27,10 @@ more stable maps for robust models):
   ``sensitivity_radius`` (default 0.02 of the range). SmoothGrad's noise is drawn with
   the same seed at x and at every x + u (common random numbers), so the number measures
   how the explanation moves with the input rather than its Monte-Carlo noise.
+* ``spearman`` (table ``saliency_agreement``): rank correlation of |φ| between the two
+  models of a pair on the same example. Integrated gradients is exactly 0 wherever the
+  input is black for every model, so its agreement is inflated by those shared ties on
+  images with black backgrounds (digits, MNIST); compare methods with that in mind.
 
 Perturbed inputs are not clipped to [0, 1]: both metrics probe the function locally, and
 clipping would silently shrink the perturbation at saturated pixels (half the pixels of
@@ -86,6 +90,13 @@ def _check_methods(methods: Sequence[str]) -> None:
         raise WorkbenchError(f"unknown saliency method {bad[0]!r}; valid methods: {', '.join(METHODS)}")
 
 
+def _leaf(inputs):
+    """Detached copies that require grad (captum warns when it has to set the flag itself)."""
+    if isinstance(inputs, tuple):
+        return tuple(t.detach().requires_grad_(True) for t in inputs)
+    return inputs.detach().requires_grad_(True)
+
+
 def _explainer(
     model: torch.nn.Module,
     method: str,
@@ -100,11 +111,11 @@ def _explainer(
     a tuple out, as captum's metrics call it)."""
     if method == "saliency":
         sal = Saliency(model)
-        return lambda inputs, target: sal.attribute(inputs, target=target, abs=False)
+        return lambda inputs, target: sal.attribute(_leaf(inputs), target=target, abs=False)
     if method == "integrated_gradients":
         ig = IntegratedGradients(model)
         return lambda inputs, target: ig.attribute(
-            inputs, baselines=0.0, target=target, n_steps=ig_steps, internal_batch_size=batch_size
+            _leaf(inputs), baselines=0.0, target=target, n_steps=ig_steps, internal_batch_size=batch_size
         )
     nt = NoiseTunnel(Saliency(model))
 
@@ -114,7 +125,7 @@ def _explainer(
         per_batch = None if batch_size is None else max(1, batch_size // max(n, 1))
         with _seeded(seed, first.device):
             return nt.attribute(
-                inputs, nt_type="smoothgrad", nt_samples=smoothgrad_samples, nt_samples_batch_size=per_batch,
+                _leaf(inputs), nt_type="smoothgrad", nt_samples=smoothgrad_samples, nt_samples_batch_size=per_batch,
                 stdevs=float(smoothgrad_sigma), target=target, abs=False,
             )
 
@@ -264,7 +275,7 @@ def attribution_metrics(
             perturb = _infidelity_perturbation(infidelity_sigma, gen, method == "integrated_gradients")
             infid = infidelity(
                 model, perturb, x.detach(), phi, target=y, n_perturb_samples=infidelity_samples,
-                max_examples_per_batch=max(n, batch_size or n * infidelity_samples), normalize=True,
+                max_examples_per_batch=min(max(n, batch_size or 0), n * infidelity_samples), normalize=True,
             )
             explain = _explainer(model, method, ig_steps=ig_steps, smoothgrad_samples=smoothgrad_samples,
                                  smoothgrad_sigma=smoothgrad_sigma, batch_size=batch_size, seed=seed)

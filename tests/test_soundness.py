@@ -1,0 +1,270 @@
+"""Soundness checks on hand-built models and crafted tables whose answers are known.
+
+The data: 120 points x = 0.5 + U[−0.3, 0.3]^16 labelled by a random linear classifier
+z = W(x − 0.5), so a linear model with that W is correct everywhere, its CE loss is convex
+in x (PGD's sign steps reach the worst vertex), and at ε = 0.5 every box around x holds
+points of every class (a working attack leaves 0% accuracy).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.evaluation import evaluate
+from workbench.evaluation.soundness import (
+    CHECKS,
+    VERDICT_OK,
+    VERDICT_WARN,
+    reference_attack,
+    run_checks,
+    tolerance,
+    verdicts,
+)
+from workbench.study import PGDAttack, SoundnessConfig, study_from_dict
+from workbench.tables import TABLES
+
+D, K, N = 16, 3, 120
+
+
+def make_data(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(K, D, generator=g)
+    x = 0.5 + 0.3 * (2 * torch.rand(N, D, generator=g) - 1)
+    y = ((x - 0.5) @ w.T).argmax(1)
+    return w, x, y
+
+
+class Linear(nn.Module):
+    """z = scale · W(x − 0.5)."""
+
+    def __init__(self, w: torch.Tensor, scale: float = 1.0):
+        super().__init__()
+        self.lin = nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            self.lin.weight.copy_(w * scale)
+            self.lin.bias.copy_(-(w * scale).sum(1) * 0.5)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+class Softmaxed(Linear):
+    """Returns probabilities instead of logits."""
+
+    def forward(self, x):
+        return F.softmax(super().forward(x), dim=1)
+
+
+class Noisy(Linear):
+    """Adds fresh noise to the logits at every call, eval mode included (a randomised defence)."""
+
+    def forward(self, x):
+        z = super().forward(x)
+        return z + 0.5 * torch.randn_like(z)
+
+
+class Quantized(Linear):
+    """Rounds the input to 1/8 steps first: the input gradient is exactly zero everywhere."""
+
+    def forward(self, x):
+        return super().forward(torch.round(x * 8) / 8)
+
+
+def make_study(**evaluation):
+    ev = {
+        "examples": None,
+        "eps": [0.02, 0.05, 0.1],
+        "main_eps": 0.05,
+        "attacks": ["fgsm", {"name": "pgd", "steps": 10}],
+        **evaluation,
+    }
+    return study_from_dict({"name": "t", "architectures": ["small_cnn"], "recipes": ["standard"], "evaluation": ev})
+
+
+def checks(models, study=None, pairs=(), edit=None):
+    """Evaluate then check; ``edit(result)`` may doctor the evaluation's tables in between."""
+    study = study or make_study()
+    _, x, y = make_data()
+    result = evaluate(models, x, y, study.evaluation, pairs, seed=0)
+    if edit is not None:
+        edit(result)
+    return run_checks(study, models, x, y, result, num_classes=K, seed=0), result
+
+
+def row(df: pd.DataFrame, model: str, check: str) -> pd.Series:
+    sel = df[(df["model"] == model) & (df["check"] == check)]
+    assert len(sel) == 1, f"{model}/{check}: {len(sel)} rows"
+    return sel.iloc[0]
+
+
+def warned(df: pd.DataFrame, model: str) -> set[str]:
+    return set(df[(df["model"] == model) & (df["status"] == "warn")]["check"])
+
+
+@pytest.fixture(scope="module")
+def linear_run():
+    w, _, _ = make_data()
+    return checks({"linear": Linear(w)})
+
+
+# ----------------------------------------------------------------------------- the well-behaved model
+def test_linear_model_passes_every_check(linear_run):
+    df, _ = linear_run
+    assert list(df.columns) == list(TABLES["soundness"][1])
+    # no transfer rows without pairs: that check is left out, every other one runs and passes
+    assert set(df["check"]) == set(CHECKS) - {"transfer_vs_whitebox"}
+    assert warned(df, "linear") == set(), df[df["status"] == "warn"].to_dict("records")
+    assert verdicts(df) == {"linear": VERDICT_OK}
+    assert df["detail"].str.len().gt(20).all()
+
+
+def test_linear_model_numbers(linear_run):
+    df, result = linear_run
+    assert row(df, "linear", "zero_gradients")["value"] == 0.0
+    assert row(df, "linear", "probability_outputs")["value"] == 0.0
+    assert row(df, "linear", "nondeterministic")["value"] == 0.0
+    assert row(df, "linear", "large_eps")["value"] == 0.0
+    # the bound is the majority-class rate of the examples + 1%
+    _, _, y = make_data()
+    majority = torch.bincount(y, minlength=K).max().item() / N
+    assert row(df, "linear", "large_eps")["threshold"] == pytest.approx(majority + 0.01)
+    # margin_vs_ce: value is the margin-PGD accuracy, threshold the CE-PGD accuracy − tol
+    rob = result.robustness.set_index(["attack", "eps"])["accuracy"]
+    r = row(df, "linear", "margin_vs_ce")
+    assert r["threshold"] == pytest.approx(rob[("pgd10-linf", 0.05)] - 1 / N, abs=1e-6)
+    assert 0 < r["value"] < 1
+
+
+# ----------------------------------------------------------------------------- models that mask or cheat
+def test_saturated_logits_have_zero_gradients_and_margin_attack_breaks_them():
+    # logits ×1e4: softmax saturates, CE gradients underflow to exactly zero (defensive
+    # distillation's failure mode), while the logit margin keeps its gradient
+    w, _, _ = make_data()
+    df, result = checks({"sat": Linear(w, scale=1e4)})
+    assert row(df, "sat", "zero_gradients")["value"] > 0.9
+    assert {"zero_gradients", "margin_vs_ce", "large_eps"} <= warned(df, "sat")
+    r = row(df, "sat", "margin_vs_ce")
+    ce = result.robustness.set_index(["attack", "eps"])["accuracy"][("pgd10-linf", 0.05)]
+    assert r["value"] < ce - 0.1  # the margin attack finds what CE PGD cannot
+    assert verdicts(df) == {"sat": VERDICT_WARN}
+
+
+def test_probability_outputs_are_flagged():
+    w, _, _ = make_data()
+    df, _ = checks({"probs": Softmaxed(w)})
+    r = row(df, "probs", "probability_outputs")
+    assert r["status"] == "warn" and r["value"] == 1.0
+
+
+def test_nondeterministic_model_is_flagged():
+    w, _, _ = make_data()
+    df, _ = checks({"noisy": Noisy(w)})
+    r = row(df, "noisy", "nondeterministic")
+    assert r["status"] == "warn" and r["value"] > 1e-3
+
+
+def test_quantized_input_zero_gradient_masking():
+    # Gradient zero everywhere: FGSM does not move, PGD is only its random start, so more
+    # restarts help and random noise beats FGSM.
+    w, _, _ = make_data()
+    df, _ = checks({"q": Quantized(w)}, study=make_study(eps=[0.05, 0.1, 0.2], main_eps=0.2))
+    assert row(df, "q", "zero_gradients")["value"] == 1.0
+    assert {"zero_gradients", "more_restarts", "noise_vs_whitebox", "large_eps"} <= warned(df, "q")
+
+
+def test_underpowered_attack_fails_more_steps():
+    # two steps of ε/10 cannot reach the boundary; doubling them (same α) gets further
+    w, _, _ = make_data()
+    weak = {"name": "pgd", "steps": 2, "alpha": 0.005, "random_start": False}
+    df, _ = checks({"linear": Linear(w)}, study=make_study(attacks=["fgsm", weak]))
+    r = row(df, "linear", "more_steps")
+    assert r["status"] == "warn" and r["value"] < r["threshold"]
+    assert "pgd4-linf" in r["detail"]
+
+
+# ----------------------------------------------------------------------------- crafted tables
+def test_accuracy_rising_with_eps_warns():
+    w, _, _ = make_data()
+
+    def edit(result):
+        rob = result.robustness
+        pgd = rob["attack"] == "pgd10-linf"
+        lowest = rob.loc[pgd & (rob["eps"] < 0.1), "accuracy"].min()
+        rob.loc[pgd & (rob["eps"] == 0.1), "accuracy"] = lowest + 0.05  # 5 points above a smaller ε's
+
+    df, _ = checks({"linear": Linear(w)}, edit=edit)
+    r = row(df, "linear", "monotonic_eps")
+    assert r["status"] == "warn"
+    assert r["value"] == pytest.approx(0.05)
+    assert "pgd10-linf" in r["detail"]
+
+
+def test_pgd_correct_fgsm_wrong_violations_warn():
+    w, _, _ = make_data()
+
+    def edit(result):
+        pe = result.per_example
+        pgd = (pe["attack"] == "pgd10-linf") & (pe["eps"] == 0.05)
+        fgsm = (pe["attack"] == "fgsm") & (pe["eps"] == 0.05)
+        pe.loc[pgd, "correct"] = [True] * 6 + list(pe.loc[pgd, "correct"])[6:]
+        pe.loc[fgsm, "correct"] = [False] * 6 + list(pe.loc[fgsm, "correct"])[6:]
+
+    df, _ = checks({"linear": Linear(w)}, edit=edit)
+    r = row(df, "linear", "pgd_subset_fgsm")
+    assert r["status"] == "warn"
+    assert r["value"] >= 6 / N
+    assert r["threshold"] == SoundnessConfig().violation_rate
+
+
+def test_transfer_beating_whitebox_warns():
+    w, _, _ = make_data()
+    models = {"a": Linear(w), "b": Linear(w, scale=2.0)}
+
+    def edit(result, gap=0.0):
+        tr = result.transfer
+        rob = result.robustness.set_index(["model", "attack", "eps"])["accuracy"]
+        # every transfer row exactly `gap` below the target's strongest white-box attack
+        for i, r in tr.iterrows():
+            best = min(rob[(r["target"], a, r["eps"])] for a in ("fgsm", "pgd10-linf"))
+            tr.loc[i, "accuracy"] = best - gap
+
+    df, _ = checks(models, pairs=[("lin", "a", "b")], edit=lambda r: edit(r, 0.0))
+    assert row(df, "b", "transfer_vs_whitebox")["status"] == "pass"
+    df, _ = checks(models, pairs=[("lin", "a", "b")], edit=lambda r: edit(r, 0.05))
+    r = row(df, "b", "transfer_vs_whitebox")
+    assert r["status"] == "warn" and r["value"] == pytest.approx(0.05)
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_verdicts_and_tolerance():
+    df = pd.DataFrame(
+        [
+            {"model": "m1", "check": "zero_gradients", "status": "pass", "value": 0.0, "threshold": 0.01, "detail": ""},
+            {"model": "m1", "check": "large_eps", "status": "pass", "value": 0.0, "threshold": 0.11, "detail": ""},
+            {"model": "m2", "check": "zero_gradients", "status": "warn", "value": 0.9, "threshold": 0.01, "detail": ""},
+            {"model": "m2", "check": "large_eps", "status": "pass", "value": 0.0, "threshold": 0.11, "detail": ""},
+        ]
+    )
+    assert verdicts(df) == {"m1": "sound", "m2": "robustness may be overestimated"}
+    cfg = SoundnessConfig()
+    assert tolerance(cfg, 1000) == 0.005  # 0.5 points
+    assert tolerance(cfg, 100) == 0.01  # never finer than one example
+
+
+def test_reference_attack_is_the_strongest_linf_ce_pgd():
+    study = make_study(
+        attacks=[
+            "fgsm",
+            {"name": "pgd", "steps": 10},
+            {"name": "pgd", "steps": 10, "restarts": 3},
+            {"name": "pgd", "steps": 50, "loss": "margin"},
+            {"name": "pgd", "steps": 100, "norm": "l2"},
+        ],
+        eps_l2=[0.5],
+    )
+    assert reference_attack(study).id == "pgd10-linf-r3"
+    assert reference_attack(make_study(attacks=["fgsm"])) == PGDAttack(name="pgd")

@@ -1,0 +1,558 @@
+"""Evaluation soundness checks: is a robust-accuracy number an overestimate?
+
+Carlini et al. 2019 ("On Evaluating Adversarial Robustness", arXiv:1902.06705) and
+Athalye, Carlini & Wagner 2018 ("Obfuscated Gradients Give a False Sense of Security",
+arXiv:1802.00420) list symptoms of a broken evaluation, most often of gradient masking:
+an attack that stops working because the model's gradients are useless, not because the
+model is robust (defensive distillation, Papernot et al. 2016, is the textbook case; Carlini
+& Wagner 2016, arXiv:1607.04311, break it with a logit-margin loss). Every check runs on
+every evaluated model and yields one row of the ``soundness`` table (model, check, status,
+value, threshold, detail); a model with any ``warn`` gets the verdict "robustness may be
+overestimated" (:func:`verdicts`).
+
+Terms. The *reference PGD* is the study's strongest L∞ cross-entropy PGD (most steps ×
+restarts; the default 20-step PGD if the study has none); the *main ε* is
+``study.main_eps()``. Accuracies are fractions. ``tol = max(soundness.tolerance, 1/n)``:
+0.5 points (Carlini et al.'s "< 0.5%"), but never finer than one of the n examples, the
+resolution of an accuracy measured on n examples. Extra attacks run on
+``soundness.examples`` examples (a seeded subset of the evaluated ones); what the
+evaluation already measured is read from ``EvalResult.per_example`` on those examples, so
+a check compares against the numbers the robustness table reports.
+
+The checks (:data:`CHECKS`; the names are stable). "max" checks warn when
+``value > threshold``, "min" checks when ``value < threshold``.
+
+========================  ====  =================================================================
+check                     rule  value (threshold)
+========================  ====  =================================================================
+``monotonic_eps``         max   largest rise of accuracy from a smaller to a larger ε of one
+                                attack, clean accuracy counting as ε = 0 (tol)
+``large_eps``             max   reference PGD (one restart, α = 2.5ε/steps) at L∞ ε = ``large_eps``
+                                (majority-class rate of the examples + 1%: at ε = 0.5 every image
+                                can be moved to the all-grey image, so a perfect attack leaves at
+                                most the examples of the class predicted there)
+``pgd_subset_fgsm``       max   share of examples that L∞ PGD classifies correctly and FGSM (same
+                                loss, same ε) does not; the worst (PGD attack, ε)
+                                (``violation_rate``, 1%: a random start can miss what FGSM's
+                                single full step finds on a handful of examples)
+``more_steps``            min   reference PGD with ``steps_factor``× the steps and the same α at the
+                                main ε (reference rerun from the same random starts − tol)
+``more_restarts``         min   reference plus ``restarts`` fresh restarts, per example robust only
+                                if it survives all (reported reference − tol)
+``noise_vs_whitebox``     max   white-box accuracy minus accuracy under random noise of the same
+                                norm and ε (L∞ ε·sign(u), L2 ε·u/‖u‖), every attack and ε (tol)
+``transfer_vs_whitebox``  max   strongest white-box accuracy at a norm and ε minus the accuracy on
+                                examples transferred from the paired model (tol)
+``zero_gradients``        max   share of examples whose CE input gradient is exactly zero
+                                (``zero_gradient_rate``, 1%)
+``probability_outputs``   max   share of output rows that are probability vectors (≥ 0, sum 1)
+                                rather than logits (1%)
+``nondeterministic``      max   max |z₁ − z₂| / max |z₁| between two eval-mode passes (1e-4)
+``margin_vs_ce``          min   accuracy under logit-margin (C&W) PGD with the reference's settings
+                                at the main ε (reference CE accuracy − tol)
+========================  ====  =================================================================
+
+Transfer is compared with the *strongest* white-box attack, noise with *each* one: noise is
+the weakest possible attack, so any gradient attack that it beats is broken, whereas a
+transferred PGD may legitimately beat a weak white-box attack such as FGSM beyond the
+training ε (measured on the quickstart's PGD-AT model: FGSM at ε = 0.3 transferred from the
+standard model 43.5%, white-box FGSM 44.8%, white-box PGD 13.6%). A check that cannot
+apply (no transfer rows, a zero main ε) is left out rather than reported as passed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..attacks import ATTACKS, LOSSES, default_alpha, random_perturbation
+from ..attacks.base import attack_mode, crafting, input_gradient
+from ..progress import QUIET, Progress
+from ..study import FGSMAttack, PGDAttack, SoundnessConfig, Study
+from ..tables import TABLES
+from ..training.base import derive_seed
+from .robustness import EvalResult, score
+
+VERDICT_OK = "sound"
+VERDICT_WARN = "robustness may be overestimated"
+
+#: Outputs count as probabilities when every entry is ≥ 0 and the row sums to 1 within this.
+PROBABILITY_ATOL = 1e-4
+#: nondeterministic: tolerated max |z₁ − z₂| / max |z₁|. float32 reordering (e.g. a different
+#: GPU kernel) moves logits by ~1e-6 relative; dropout or injected noise by far more than 1e-4.
+NONDETERMINISM_RTOL = 1e-4
+#: probability_outputs: tolerated share of probability-like rows. Logits of a real network
+#: are almost never all ≥ 0 with a sum within 1e-4 of 1; a softmax output always is.
+PROBABILITY_RATE = 0.01
+#: large_eps: accuracy allowed above the majority-class rate (METHODS.md: chance + 1%).
+LARGE_EPS_MARGIN = 0.01
+
+
+@dataclass(frozen=True)
+class Check:
+    """One soundness check: its stable name, which side of the threshold is bad, what it is."""
+
+    name: str
+    rule: Literal["max", "min"]  # max: warn when value > threshold; min: warn when value < threshold
+    what: str
+
+
+CHECKS: dict[str, Check] = {
+    c.name: c
+    for c in (
+        Check("monotonic_eps", "max", "largest rise of accuracy between a smaller and a larger ε of one attack (clean is ε 0)"),
+        Check("large_eps", "max", "reference PGD accuracy at L∞ ε = large_eps; the bound is the majority-class rate + 1%"),
+        Check("pgd_subset_fgsm", "max", "share of examples PGD classifies correctly but FGSM (same loss and ε) does not"),
+        Check("more_steps", "min", "reference PGD accuracy with steps_factor× the steps (same α) at the main ε"),
+        Check("more_restarts", "min", "reference PGD accuracy with more random restarts at the main ε"),
+        Check("noise_vs_whitebox", "max", "white-box accuracy minus accuracy under random noise of the same norm and ε"),
+        Check("transfer_vs_whitebox", "max", "strongest white-box accuracy minus accuracy on examples transferred from the paired model"),
+        Check("zero_gradients", "max", "share of examples whose cross-entropy input gradient is exactly zero"),
+        Check("probability_outputs", "max", "share of output rows that are probability vectors (≥ 0, sum 1) rather than logits"),
+        Check("nondeterministic", "max", "max |z₁ − z₂| / max |z₁| over two eval-mode forward passes on the same inputs"),
+        Check("margin_vs_ce", "min", "accuracy under logit-margin (C&W) PGD at the main ε; must not fall below CE-PGD accuracy"),
+    )
+}
+
+COLUMNS = list(TABLES["soundness"][1])
+
+
+def tolerance(cfg: SoundnessConfig, n: int) -> float:
+    """Accuracy change ignored by the comparisons: ``cfg.tolerance``, but at least one example."""
+    return max(cfg.tolerance, 1.0 / max(n, 1))
+
+
+def _pts(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+#: Accuracies are float32 means: a value within this of its threshold is on it, not past it.
+ROUNDING = 1e-6
+
+
+def _row(model: str, check: str, value: float, threshold: float, detail: str) -> dict:
+    bad = value > threshold + ROUNDING if CHECKS[check].rule == "max" else value < threshold - ROUNDING
+    return {
+        "model": model,
+        "check": check,
+        "status": "warn" if bad else "pass",
+        "value": float(value),
+        "threshold": float(threshold),
+        "detail": detail,
+    }
+
+
+def reference_attack(study: Study) -> PGDAttack:
+    """The study's strongest L∞ cross-entropy PGD (most steps × restarts, first on ties);
+    the default PGD (20 steps) when the study has none."""
+    best: PGDAttack | None = None
+    for a in study.evaluation.attacks:
+        if isinstance(a, PGDAttack) and a.norm == "linf" and a.loss == "ce":
+            if best is None or a.steps * a.restarts > best.steps * best.restarts:
+                best = a
+    return best if best is not None else PGDAttack(name="pgd")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """An extra attack of the checks; jobs on one random ``stream`` share their random starts."""
+
+    name: str
+    attack: FGSMAttack | PGDAttack
+    eps: float
+    stream: str
+
+
+def _variant(base: PGDAttack, **update) -> PGDAttack:
+    # label cleared so the id describes the variant (pgd40-linf, pgd20-linf-r5, ...)
+    return base.model_copy(update={"label": None, **update})
+
+
+class _Checker:
+    """Everything the checks of one run share: the subset, the per-example lookup, the plan."""
+
+    def __init__(self, study: Study, x: torch.Tensor, y: torch.Tensor, result: EvalResult, num_classes: int, seed: int):
+        self.study, self.result = study, result
+        self.cfg: SoundnessConfig = study.evaluation.soundness
+        self.ev = study.evaluation
+        self.num_classes, self.seed = num_classes, seed
+        self.x, self.y = x, y
+        n = len(y)
+        if self.cfg.examples >= n:
+            self.pos = np.arange(n)
+        else:
+            g = torch.Generator().manual_seed(derive_seed(seed, "soundness-subset"))
+            self.pos = torch.randperm(n, generator=g)[: self.cfg.examples].sort().values.numpy()
+        idx = torch.as_tensor(self.pos, device=x.device)
+        self.xs, self.ys = x[idx], y[idx]
+        self.n = len(self.pos)
+        self.main_eps = float(study.main_eps())
+        self.ref = reference_attack(study)
+        self.jobs: dict[str, _Job] = {}
+        # (model, attack id, ε) -> per-example correctness on all evaluated examples, in x's order
+        self.pe: dict[tuple[str, str, float], np.ndarray] = {}
+        pe = result.per_example
+        if len(pe):
+            for (m, a, e), d in pe.groupby(["model", "attack", "eps"], sort=False):
+                self.pe[(str(m), str(a), float(e))] = d["correct"].to_numpy(dtype=bool)
+
+    # ------------------------------------------------------------------ lookups and attacks
+    def measured(self, mid: str, attack_id: str, eps: float) -> np.ndarray | None:
+        """Per-example correctness the evaluation measured, on the check subset (None if not run)."""
+        for (m, a, e), c in self.pe.items():
+            if m == mid and a == attack_id and math.isclose(e, eps, rel_tol=1e-9, abs_tol=1e-12):
+                return c[self.pos] if len(c) == len(self.y) else None
+        return None
+
+    def plan(self) -> list[_Job]:
+        """The extra attacks run on every model."""
+        ref, cfg, eps = self.ref, self.cfg, self.main_eps
+        jobs: list[_Job] = []
+        if eps > 0:
+            # The reference is rerun on the check subset on the same random stream as its
+            # longer variant (common random numbers): with the same α, the variant's first
+            # `steps` iterations are the reference's, so the difference is the extra steps.
+            alpha = ref.alpha if ref.alpha is not None else default_alpha(eps, ref.steps)
+            jobs.append(_Job("reference", ref, eps, "main"))
+            jobs.append(_Job("more_steps", _variant(ref, steps=ref.steps * cfg.steps_factor, alpha=alpha), eps, "main"))
+            # fresh restarts, combined per example with the reference's own (see more_restarts)
+            jobs.append(_Job("extra_restarts", _variant(ref, restarts=cfg.restarts, random_start=True), eps, "restarts"))
+            margin = _variant(ref, loss="margin")
+            if self._evaluated_id(margin, eps) is None:
+                jobs.append(_Job("margin", margin, eps, "margin"))
+        # α by the default rule (2.5ε/steps): an explicit α of the reference is tuned to its
+        # grid. One restart: restarts escape local optima near the decision boundary, while at
+        # ε = 0.5 any gradient that leads anywhere reaches the bound; what is tested is that.
+        jobs.append(_Job("large_eps", _variant(ref, alpha=None, restarts=1), float(cfg.large_eps), "large_eps"))
+        for a, e in self._fgsm_needed():
+            jobs.append(_Job(f"fgsm-{a.loss}@{e:g}", a, e, "fgsm"))
+        return jobs
+
+    def known(self, mid: str, attack, eps: float) -> np.ndarray | None:
+        """What the evaluation measured for an attack with these exact settings at ε, on the subset."""
+        aid = self._evaluated_id(attack, eps)
+        return self.measured(mid, aid, eps) if aid is not None else None
+
+    def _evaluated_id(self, attack, eps: float) -> str | None:
+        """Id of the study attack with exactly these settings evaluated at ε (None if none)."""
+        for a in self.ev.attacks:
+            if a.name == attack.name and a.options() == attack.options() and any(
+                math.isclose(e, eps, rel_tol=1e-9) for e in self.ev.grid(a)
+            ):
+                return a.id
+        return None
+
+    def _pgd_settings(self) -> list[tuple[PGDAttack, float]]:
+        """L∞ PGD results compared with FGSM: every evaluated (attack, ε); the reference at
+        the main ε if the study evaluated no L∞ PGD."""
+        out = [(a, e) for a in self.ev.attacks if isinstance(a, PGDAttack) and a.norm == "linf" for e in self.ev.grid(a)]
+        if not out and self.main_eps > 0:
+            out = [(self.ref, self.main_eps)]
+        return out
+
+    def _fgsm_for(self, loss: str, eps: float) -> str | None:
+        for a in self.ev.attacks:
+            if isinstance(a, FGSMAttack) and a.loss == loss and any(math.isclose(e, eps, rel_tol=1e-9) for e in self.ev.grid(a)):
+                return a.id
+        return None
+
+    def _fgsm_needed(self) -> list[tuple[FGSMAttack, float]]:
+        need: list[tuple[FGSMAttack, float]] = []
+        for a, e in self._pgd_settings():
+            if self._fgsm_for(a.loss, e) is None and (a.loss, e) not in [(f.loss, g) for f, g in need]:
+                need.append((FGSMAttack(name="fgsm", loss=a.loss), e))
+        return need
+
+    def run_plan(self, mid: str, model: nn.Module, jobs: list[_Job], advance) -> dict[str, np.ndarray]:
+        """Per job, per-example correctness on the subset. Every batch of a job reseeds from
+        (seed, model, stream, ε, batch), so jobs on one stream share their random starts."""
+        out = {}
+        bs = self.ev.batch_size
+        for job in jobs:
+            fn = ATTACKS.get(job.attack.name)
+            advs = []
+            for b, i in enumerate(range(0, self.n, bs)):
+                torch.manual_seed(derive_seed(self.seed, "soundness", mid, job.stream, job.eps, b))
+                advs.append(fn(model, self.xs[i : i + bs], self.ys[i : i + bs], job.eps, precision=self.ev.precision,
+                               **job.attack.options()))
+                advance(1)
+            out[job.name] = score(model, torch.cat(advs), self.ys, bs)[0].cpu().numpy()
+        return out
+
+    # ------------------------------------------------------------------ the checks
+    def monotonic_eps(self, mid: str) -> dict | None:
+        rob = self.result.robustness
+        rob = rob[rob["model"] == mid]
+        clean = rob[rob["attack"] == "clean"]
+        if clean.empty or len(rob) == len(clean):
+            return None
+        n = int(clean["n"].iloc[0])
+        worst = (0.0, "", 0.0, 0.0, 0.0, 0.0)
+        for attack, d in rob[rob["attack"] != "clean"].groupby("attack", sort=False):
+            seq = [(0.0, float(clean["accuracy"].iloc[0]))] + sorted(zip(d["eps"].astype(float), d["accuracy"].astype(float)))
+            lowest = seq[0]
+            for e, acc in seq[1:]:
+                if acc - lowest[1] > worst[0]:
+                    worst = (acc - lowest[1], str(attack), lowest[0], lowest[1], e, acc)
+                if acc < lowest[1]:
+                    lowest = (e, acc)
+        rise, attack, e0, a0, e1, a1 = worst
+        tol = tolerance(self.cfg, n)
+        if rise == 0:
+            detail = f"accuracy never rises with ε for any attack ({len(set(rob['attack'])) - 1} attacks, n={n}; tolerance {_pts(tol)})."
+        else:
+            detail = (
+                f"{attack}: accuracy rises from {_pts(a0)} at ε={e0:g} to {_pts(a1)} at ε={e1:g} "
+                f"(+{100 * rise:.1f} points, n={n}; tolerance {100 * tol:.1f} points)."
+            )
+        return _row(mid, "monotonic_eps", rise, tol, detail)
+
+    def large_eps(self, mid: str, got: dict[str, np.ndarray]) -> dict:
+        acc = float(got["large_eps"].mean())
+        counts = torch.bincount(self.ys.cpu(), minlength=self.num_classes).numpy()
+        majority = float(counts.max() / max(self.n, 1))
+        # at L∞ ε=0.5 every image can be moved to the all-0.5 image, so a perfect attack leaves
+        # at most the examples of the one class predicted there: the majority-class rate.
+        threshold = majority + LARGE_EPS_MARGIN
+        eps = float(self.cfg.large_eps)
+        attack = self.jobs["large_eps"].attack
+        return _row(
+            mid, "large_eps", acc, threshold,
+            f"{attack.id} at ε={eps:g} leaves {_pts(acc)} accuracy (n={self.n}); a perfect attack leaves at most the "
+            f"majority-class rate {_pts(majority)} (1/K = {_pts(1 / self.num_classes)}), bound {_pts(threshold)}.",
+        )
+
+    def pgd_subset_fgsm(self, mid: str, got: dict[str, np.ndarray]) -> dict | None:
+        worst = None
+        for a, e in self._pgd_settings():
+            pgd_c = self.measured(mid, a.id, e)
+            if pgd_c is None and a is self.ref:
+                pgd_c = got.get("reference")
+            fid = self._fgsm_for(a.loss, e)
+            if fid is not None:
+                fgsm_c = self.measured(mid, fid, e)
+            else:
+                fgsm_c, fid = got.get(f"fgsm-{a.loss}@{e:g}"), FGSMAttack(name="fgsm", loss=a.loss).id
+            if pgd_c is None or fgsm_c is None:
+                continue
+            viol = int((pgd_c & ~fgsm_c).sum())
+            rate = viol / max(len(pgd_c), 1)
+            if worst is None or rate > worst[0]:
+                worst = (rate, viol, len(pgd_c), a.id, fid, e)
+        if worst is None:
+            return None
+        rate, viol, n, aid, fid, e = worst
+        return _row(
+            mid, "pgd_subset_fgsm", rate, self.cfg.violation_rate,
+            f"worst at {aid} vs {fid}, ε={e:g}: {viol} of {n} examples ({_pts(rate)}) are correct under PGD but not "
+            f"under FGSM (tolerated {_pts(self.cfg.violation_rate)}).",
+        )
+
+    def _reported_reference(self, mid: str, got: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+        """Reference correctness as the evaluation reported it (rerun if it was not evaluated at the main ε)."""
+        c = self.known(mid, self.ref, self.main_eps)
+        return (c, "reported") if c is not None else (got["reference"], "rerun on the check examples")
+
+    def more_steps(self, mid: str, got: dict[str, np.ndarray]) -> dict:
+        base = float(got["reference"].mean())
+        acc = float(got["more_steps"].mean())
+        tol = tolerance(self.cfg, self.n)
+        attack = self.jobs["more_steps"].attack
+        return _row(
+            mid, "more_steps", acc, base - tol,
+            f"at ε={self.main_eps:g} {attack.id} (α={attack.alpha:.3g}) leaves {_pts(acc)} against {_pts(base)} for "
+            f"{self.ref.id} from the same random starts ({100 * (acc - base):+.1f} points, n={self.n}; "
+            f"tolerance {100 * tol:.1f} points).",
+        )
+
+    def more_restarts(self, mid: str, got: dict[str, np.ndarray]) -> dict:
+        # Restarts keep, per example, a perturbation that fools the model if any does, so the
+        # reference plus k fresh restarts is robust exactly where both are: ref ∧ extra.
+        ref_c, how = self._reported_reference(mid, got)
+        base = float(ref_c.mean())
+        acc = float((ref_c & got["extra_restarts"]).mean())
+        tol = tolerance(self.cfg, self.n)
+        total = self.ref.restarts + self.cfg.restarts
+        return _row(
+            mid, "more_restarts", acc, base - tol,
+            f"at ε={self.main_eps:g} {self.ref.id} with {total} restarts instead of {self.ref.restarts} leaves "
+            f"{_pts(acc)} against {_pts(base)} ({how}; {100 * (acc - base):+.1f} points, n={self.n}; "
+            f"tolerance {100 * tol:.1f} points).",
+        )
+
+    def margin_vs_ce(self, mid: str, got: dict[str, np.ndarray]) -> dict:
+        margin = _variant(self.ref, loss="margin")
+        margin_id = self._evaluated_id(margin, self.main_eps)
+        c = self.known(mid, margin, self.main_eps)
+        m_acc = float((c if c is not None else got["margin"]).mean())
+        ce_c, _ = self._reported_reference(mid, got)
+        ce = float(ce_c.mean())
+        tol = tolerance(self.cfg, self.n)
+        return _row(
+            mid, "margin_vs_ce", m_acc, ce - tol,
+            f"at ε={self.main_eps:g} logit-margin PGD ({margin_id or margin.id}) leaves {_pts(m_acc)} against {_pts(ce)} "
+            f"under CE PGD ({self.ref.id}) ({100 * (m_acc - ce):+.1f} points, n={self.n}; tolerance {100 * tol:.1f} points).",
+        )
+
+    def noise_vs_whitebox(self, mid: str, model: nn.Module, got: dict[str, np.ndarray]) -> dict | None:
+        settings = [(a, e) for a in self.ev.attacks for e in self.ev.grid(a)]
+        if not settings and self.main_eps > 0:
+            settings = [(self.ref, self.main_eps)]
+        survived: dict[tuple[str, float], np.ndarray] = {}
+        worst = None
+        for a, e in settings:
+            wb = self.measured(mid, a.id, e)
+            if wb is None and a is self.ref:
+                wb = got.get("reference")
+            if wb is None:
+                continue
+            key = (a.norm, e)
+            if key not in survived:
+                survived[key] = self._noise(model, a.norm, e, mid)
+            gap = float(wb.mean() - survived[key].mean())
+            if worst is None or gap > worst[0]:
+                worst = (gap, a.id, a.norm, e, float(wb.mean()), float(survived[key].mean()))
+        if worst is None:
+            return None
+        gap, aid, norm, e, wb_acc, noise_acc = worst
+        tol = tolerance(self.cfg, self.n)
+        k = self.cfg.noise_draws
+        draws = "one draw per example" if k == 1 else f"worst of {k} draws per example"
+        return _row(
+            mid, "noise_vs_whitebox", gap, tol,
+            f"closest at {aid}, ε={e:g}: white-box {_pts(wb_acc)} against {_pts(noise_acc)} under random {norm} noise "
+            f"({draws}, n={self.n}; tolerance {100 * tol:.1f} points).",
+        )
+
+    def _noise(self, model: nn.Module, norm: str, eps: float, mid: str) -> np.ndarray:
+        """Per example: correct under every one of ``noise_draws`` random perturbations
+        (L∞: ε·sign(u), a vertex of the box; L2: ε·u/‖u‖₂)."""
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "soundness-noise", mid, norm, eps))
+        ok = torch.ones(self.n, dtype=torch.bool)
+        for _ in range(self.cfg.noise_draws):
+            x_r = random_perturbation(self.xs, eps, norm, generator=g)
+            ok &= score(model, x_r, self.ys, self.ev.batch_size)[0].cpu()
+        return ok.numpy()
+
+    def transfer_vs_whitebox(self, mid: str) -> dict | None:
+        tr = self.result.transfer
+        if tr is None or tr.empty:
+            return None
+        tr = tr[tr["target"] == mid]
+        rob = self.result.robustness
+        rob = rob[(rob["model"] == mid) & (rob["attack"] != "clean")]
+        worst = None
+        for _, r in tr.iterrows():
+            same = rob[(rob["norm"] == r["norm"]) & np.isclose(rob["eps"].astype(float), float(r["eps"]))]
+            if same.empty:
+                continue
+            best = same.loc[same["accuracy"].idxmin()]
+            gap = float(best["accuracy"] - r["accuracy"])
+            if worst is None or gap > worst[0]:
+                worst = (gap, r, best)
+        if worst is None:
+            return None
+        gap, r, best = worst
+        tol = tolerance(self.cfg, int(r["n"]))
+        return _row(
+            mid, "transfer_vs_whitebox", gap, tol,
+            f"closest at ε={float(r['eps']):g} ({r['norm']}): {r['attack']} crafted on {r['source']} leaves "
+            f"{_pts(float(r['accuracy']))}, the strongest white-box attack ({best['attack']}) {_pts(float(best['accuracy']))} "
+            f"(n={int(r['n'])}; tolerance {100 * tol:.1f} points).",
+        )
+
+    def gradients_and_outputs(self, mid: str, model: nn.Module) -> list[dict]:
+        bs = self.ev.batch_size
+        zero, probs, outs1, outs2 = [], [], [], []
+        ce = LOSSES.get("ce")
+        with crafting(), attack_mode(model):
+            for i in range(0, self.n, bs):
+                xb, yb = self.xs[i : i + bs], self.ys[i : i + bs]
+                g = input_gradient(model, xb.detach().clone().float(), yb, ce, "fp32")
+                zero.append((g.flatten(1).abs().amax(1) == 0).cpu())
+            with torch.no_grad():
+                for i in range(0, self.n, bs):
+                    outs1.append(model(self.xs[i : i + bs]).float().cpu())
+                for i in range(0, self.n, bs):
+                    outs2.append(model(self.xs[i : i + bs]).float().cpu())
+        z1, z2 = torch.cat(outs1), torch.cat(outs2)
+        zero_t = torch.cat(zero)
+        probs = (z1.amin(1) >= 0) & ((z1.sum(1) - 1).abs() <= PROBABILITY_ATOL)
+        rows = []
+        zf, pf = zero_t.float().mean().item(), probs.float().mean().item()
+        rows.append(_row(
+            mid, "zero_gradients", zf, self.cfg.zero_gradient_rate,
+            f"{int(zero_t.sum())} of {self.n} examples ({_pts(zf)}) have an exactly zero cross-entropy input gradient "
+            f"(tolerated {_pts(self.cfg.zero_gradient_rate)}).",
+        ))
+        rows.append(_row(
+            mid, "probability_outputs", pf, PROBABILITY_RATE,
+            f"{int(probs.sum())} of {self.n} output rows ({_pts(pf)}) are non-negative and sum to 1 "
+            f"(probabilities, not logits; tolerated {_pts(PROBABILITY_RATE)}).",
+        ))
+        # NaN in the same place in both passes is no difference; any other non-finite one is
+        diff = torch.where(torch.isnan(z1) & torch.isnan(z2), torch.zeros_like(z1), (z1 - z2).abs())
+        diff = torch.where(z1 == z2, torch.zeros_like(diff), diff)  # equal infinities
+        finite_z = z1[torch.isfinite(z1)]
+        scale = finite_z.abs().max().item() if finite_z.numel() else 1.0
+        top = diff.max().item() if diff.numel() else 0.0
+        rel = math.inf if not math.isfinite(top) else top / max(scale, 1e-12)
+        flips = int((z1.argmax(1) != z2.argmax(1)).sum())
+        rows.append(_row(
+            mid, "nondeterministic", rel, NONDETERMINISM_RTOL,
+            f"two eval-mode passes differ by at most {rel:.2g} of the largest output ({flips} of {self.n} predictions "
+            f"change; tolerated {NONDETERMINISM_RTOL:g}).",
+        ))
+        return rows
+
+
+def run_checks(
+    study: Study,
+    models: Mapping[str, nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    result: EvalResult,
+    *,
+    num_classes: int,
+    progress: Progress = QUIET,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The soundness table: one row per model × check (see the module docstring).
+
+    ``x``, ``y`` are the evaluated examples, in the order ``evaluate`` scored them (inputs
+    in [0, 1], labels (N,)); ``result`` is what ``evaluate`` returned for them. A check
+    that does not apply (no transfer rows, no attack) is left out rather than reported as
+    passed.
+    """
+    ck = _Checker(study, x, y, result, num_classes, seed)
+    jobs = ck.plan()
+    ck.jobs = {j.name: j for j in jobs}
+    n_batches = -(-ck.n // study.evaluation.batch_size)
+    rows: list[dict] = []
+    with progress.task("soundness", len(models) * len(jobs) * n_batches) as advance:
+        for mid, model in models.items():
+            got = ck.run_plan(mid, model, jobs, advance)
+            rows.append(ck.monotonic_eps(mid))
+            rows.append(ck.large_eps(mid, got))
+            rows.append(ck.pgd_subset_fgsm(mid, got))
+            if ck.main_eps > 0:
+                rows.append(ck.more_steps(mid, got))
+                rows.append(ck.more_restarts(mid, got))
+            rows.append(ck.noise_vs_whitebox(mid, model, got))
+            rows.append(ck.transfer_vs_whitebox(mid))
+            rows.extend(ck.gradients_and_outputs(mid, model))
+            if ck.main_eps > 0:
+                rows.append(ck.margin_vs_ce(mid, got))
+    return pd.DataFrame([r for r in rows if r is not None], columns=COLUMNS)
+
+
+def verdicts(df: pd.DataFrame) -> dict[str, str]:
+    """model -> ``"sound"``, or ``"robustness may be overestimated"`` if any of its checks warns."""
+    return {str(m): VERDICT_WARN if (d["status"] == "warn").any() else VERDICT_OK for m, d in df.groupby("model", sort=False)}

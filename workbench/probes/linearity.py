@@ -1,0 +1,372 @@
+"""How locally linear is the loss? Four views (METHODS.md, "Linearity probes").
+
+- :func:`local_linearity` (Qin et al. 2019, arXiv:1907.02610): g(δ; x) = ℓ(x+δ) − ℓ(x) −
+  δᵀ∇ₓℓ(x), γ(ε, x) = max_{‖δ‖∞≤ε} |g(δ; x)|, found by PGD on |g|;
+- :func:`gradient_alignment` (Andriushchenko & Flammarion 2020, arXiv:2007.02617):
+  cos(∇ₓℓ(x), ∇ₓℓ(x+η)), η ~ U[−ε, ε]^d; zero-norm gradients are excluded (NaN), never 1;
+- :func:`fgsm_pgd_gap`: FGSM and PGD accuracy at the same ε (a gap near zero ⇔ the loss is
+  locally linear enough for one step to find what many steps find);
+- :func:`loss_slices`: ℓ(clip(x + a·ε·d₁ + b·ε·d₂)) on a grid, d₁ = sign ∇ℓ(x), d₂ a random
+  sign vector made orthogonal to d₁ (Gram–Schmidt) and rescaled to ‖d₁‖₂; and 1-D slices
+  along each direction.
+
+Every function works on inputs x (N, C, H, W) in [0, 1] (ε in pixel units), runs the model
+in eval mode with frozen parameters (restored afterwards) and batches over examples. The
+loss is per example: ``loss_fn(model, x, y) -> (N,)``, by default cross-entropy of the
+logits, so tests can plug in a loss whose γ is known in closed form.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks import fgsm, pgd
+from ..attacks.base import attack_mode, crafting
+from ..errors import WorkbenchError
+from ..tables import TABLES
+from ..training.base import derive_seed
+from .base import PROBES, ProbeContext
+from .lipschitz import _device, summarize
+
+#: per-example loss: (model, x (N, ...), y (N,)) -> (N,)
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy of the model's logits (float32), shape (N,)."""
+    return F.cross_entropy(model(x).float(), y, reduction="none")
+
+
+def _check(x: torch.Tensor, y: torch.Tensor, eps: float | None = None) -> None:
+    if len(x) == 0 or len(x) != len(y):
+        raise WorkbenchError(f"need as many labels as examples (N > 0), got {len(x)} and {len(y)}")
+    if eps is not None and not (math.isfinite(float(eps)) and eps > 0):
+        raise WorkbenchError(f"ε must be positive (pixel units), got {eps!r}")
+
+
+def _flat_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).reshape(a.shape[0], -1).sum(dim=1)
+
+
+def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ℓ(x) (N,), ∇ₓℓ(x) like x), both detached; gradient of the *sum* of per-example losses,
+    so an example's gradient does not depend on the batch."""
+    xg = x.detach().clone().requires_grad_(True)
+    loss = loss_fn(model, xg, y)
+    (grad,) = torch.autograd.grad(loss.sum(), xg)
+    return loss.detach(), grad.detach()
+
+
+def _generator(device: torch.device, *parts) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(derive_seed(*parts))
+
+
+def _uniform(like: torch.Tensor, eps: float, g: torch.Generator) -> torch.Tensor:
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device).uniform_(-eps, eps, generator=g)
+
+
+# --------------------------------------------------------------------------- local linearity
+
+
+def local_linearity(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int = 10,
+    loss_fn: LossFn | None = None,
+    *,
+    alpha: float | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Per-example local linearity γ(ε, x) = max_{‖δ‖∞≤ε} |g(δ; x)| (Qin et al. 2019).
+
+    g(δ; x) = ℓ(x+δ) − ℓ(x) − δᵀ∇ₓℓ(x) is the error of the first-order Taylor model. The
+    maximum is searched by PGD on |g|: a uniform random start in the ε-box (at δ = 0, g and
+    its gradient vanish), ``steps`` sign steps of ``alpha`` (default 2.5·ε/steps), each
+    projected onto the box ∩ [0, 1]; per example the best iterate is kept. δ is x' − x after
+    the clip, in the Taylor term too.
+
+    Returns a float32 CPU tensor (N,) ≥ 0, in the loss's units (nats for cross-entropy).
+    """
+    _check(x, y, eps)
+    if steps < 0 or batch_size < 1:
+        raise WorkbenchError("need steps >= 0 and batch_size >= 1")
+    loss_fn = loss_fn or cross_entropy
+    eps = float(eps)
+    alpha = 2.5 * eps / max(steps, 1) if alpha is None else float(alpha)
+    device = _device(model)
+    out = []
+    with crafting(), attack_mode(model):
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size].to(device).detach().float()
+            yb = y[start:start + batch_size].to(device)
+            g = _generator(device, seed, "local-linearity", start, eps)
+            l0, g0 = _loss_and_grad(model, xb, yb, loss_fn)
+            lo, hi = (xb - eps).clamp(min=0.0), (xb + eps).clamp(max=1.0)
+            x_adv = torch.min(torch.max(xb + _uniform(xb, eps, g), lo), hi)
+            best = torch.full((len(xb),), -math.inf, device=device)
+            for t in range(steps + 1):
+                last = t == steps
+                x_adv.requires_grad_(not last)
+                with torch.set_grad_enabled(not last):
+                    gap = (loss_fn(model, x_adv, yb) - l0 - _flat_dot(x_adv - xb, g0)).abs()
+                    grad = None if last else torch.autograd.grad(gap.sum(), x_adv)[0]
+                x_adv = x_adv.detach()
+                best = torch.maximum(best, gap.detach())
+                if grad is not None:
+                    x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), lo), hi)
+            out.append(best.float().cpu())
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------- gradient alignment
+
+
+def gradient_alignment(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    *,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Per-example cos(∇ₓℓ(x), ∇ₓℓ(x+η)), η ~ U[−ε, ε]^d, x+η clipped to [0, 1]
+    (Andriushchenko & Flammarion 2020).
+
+    Returns a float32 CPU tensor (N,) in [−1, 1]; NaN where either gradient is exactly zero
+    (the cosine is undefined: :func:`summarize` excludes it rather than counting it as
+    aligned, which would flatter gradient-masked models).
+    """
+    _check(x, y, eps)
+    loss_fn = loss_fn or cross_entropy
+    eps = float(eps)
+    device = _device(model)
+    out = []
+    with crafting(), attack_mode(model):
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size].to(device).detach().float()
+            yb = y[start:start + batch_size].to(device)
+            g = _generator(device, seed, "grad-alignment", start, eps)
+            _, g1 = _loss_and_grad(model, xb, yb, loss_fn)
+            _, g2 = _loss_and_grad(model, (xb + _uniform(xb, eps, g)).clamp(0.0, 1.0), yb, loss_fn)
+            g1, g2 = g1.reshape(len(xb), -1).double(), g2.reshape(len(xb), -1).double()
+            n1, n2 = torch.linalg.vector_norm(g1, dim=1), torch.linalg.vector_norm(g2, dim=1)
+            cos = (g1 * g2).sum(dim=1) / (n1 * n2).clamp_min(1e-300)
+            out.append(torch.where((n1 > 0) & (n2 > 0), cos.clamp(-1.0, 1.0), torch.nan).float().cpu())
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------- FGSM–PGD gap
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    was = model.training
+    model.eval()
+    try:
+        correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                      for i in range(0, len(y), batch_size))
+    finally:
+        model.train(was)
+    return correct / len(y)
+
+
+def fgsm_pgd_gap(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | Sequence[float],
+    pgd_steps: int = 20,
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """FGSM and PGD (L∞, cross-entropy, ``pgd_steps`` steps of 2.5·ε/steps, random start)
+    accuracy on ``x`` at each ε: the ``fgsm_pgd_gap`` table, ``model`` = ``model.name``.
+
+    gap = fgsm_acc − pgd_acc: near zero when the loss is locally linear (one step finds what
+    many find); large for a model whose loss curves within the ball (Wong et al. 2020's
+    catastrophic overfitting shows as FGSM accuracy far above PGD accuracy).
+    """
+    grid = (float(eps),) if isinstance(eps, (int, float)) else tuple(float(e) for e in eps)
+    for e in grid:
+        _check(x, y, e)
+    device = _device(model)
+    rows = []
+    for e in grid:
+        g = _generator(device, seed, "fgsm-pgd-gap", e)
+        x_f, x_p = [], []
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            x_f.append(fgsm(model, xb, yb, e))
+            x_p.append(pgd(model, xb, yb, e, steps=pgd_steps, norm="linf", generator=g))
+        yd = y.to(device)
+        acc_f = _accuracy(model, torch.cat(x_f), yd, batch_size)
+        acc_p = _accuracy(model, torch.cat(x_p), yd, batch_size)
+        rows.append({"model": getattr(model, "name", "model"), "eps": e, "fgsm_acc": acc_f, "pgd_acc": acc_p,
+                     "gap": acc_f - acc_p})
+    return pd.DataFrame(rows, columns=list(TABLES["fgsm_pgd_gap"][1]))
+
+
+# --------------------------------------------------------------------------- loss slices
+
+
+def slice_directions(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0, loss_fn: LossFn | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d₁, d₂), both like x: d₁ = sign ∇ₓℓ(x); d₂ = a random sign vector minus its projection
+    on d₁ (Gram–Schmidt, per example), rescaled to ‖d₂‖₂ = ‖d₁‖₂ so both axes have the same
+    length. Where ∇ℓ(x) = 0, d₁ = 0 and d₂ is the raw sign vector (nothing to be orthogonal
+    to, no length to match)."""
+    _check(x, y)
+    loss_fn = loss_fn or cross_entropy
+    device = _device(model)
+    xb = x.to(device).detach().float()
+    with crafting(), attack_mode(model):
+        _, grad = _loss_and_grad(model, xb, y.to(device), loss_fn)
+    d1 = grad.sign()
+    g = _generator(device, seed, "slice-direction")
+    r = torch.randn(xb.shape, generator=g, device=device).sign()
+    r = torch.where(r == 0, torch.ones_like(r), r)
+    n = len(xb)
+    d1f, rf = d1.reshape(n, -1).double(), r.reshape(n, -1).double()
+    d1_sq = (d1f * d1f).sum(dim=1, keepdim=True)
+    has_grad = d1_sq > 0
+    d2f = torch.where(has_grad, rf - (rf * d1f).sum(dim=1, keepdim=True) / d1_sq.clamp_min(1) * d1f, rf)
+    d2_norm = torch.linalg.vector_norm(d2f, dim=1, keepdim=True)
+    scale = torch.where(has_grad & (d2_norm > 0), d1_sq.sqrt() / d2_norm.clamp_min(1e-300), torch.ones_like(d2_norm))
+    return d1, (d2f * scale).reshape(xb.shape).to(xb.dtype)
+
+
+def _symmetric(span: float, points: int) -> torch.Tensor:
+    """linspace(−span, span, points) in float64 whose middle point (odd ``points``) is exactly 0
+    (torch.linspace may leave it at ~1e-16, and the surface should contain the clean input)."""
+    if points == 1:
+        return torch.zeros(1, dtype=torch.float64)
+    k = torch.arange(points, dtype=torch.float64)
+    return span * (2 * k - (points - 1)) / (points - 1)
+
+
+@torch.no_grad()
+def _losses_at(model: nn.Module, points: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, batch_size: int) -> torch.Tensor:
+    """ℓ at each of ``points`` (P, ...) for one label y (scalar tensor); (P,) float64 CPU."""
+    out = []
+    for i in range(0, len(points), batch_size):
+        chunk = points[i:i + batch_size]
+        out.append(loss_fn(model, chunk, y.expand(len(chunk))).double().cpu())
+    return torch.cat(out)
+
+
+def loss_slices(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    grid: int = 21,
+    span: float = 2.0,
+    *,
+    refine: int = 4,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    batch_size: int = 256,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Loss surface and 1-D slices around each example (the ``loss_surface`` and
+    ``loss_slice`` tables, ``model`` = ``model.name``, ``example`` = position in ``x``).
+
+    Surface: ℓ(clip₀₁(x + a·ε·d₁ + b·ε·d₂)) for a, b in linspace(−span, span, grid), with
+    (d₁, d₂) from :func:`slice_directions` (a = 1 is an FGSM step of size ε). Slices: the
+    same along d₁ (``gradient``) and d₂ (``random``) alone at refine·(grid − 1) + 1 values
+    of t, a refinement of the surface axis that keeps every grid point. Costs
+    N·(grid² + 2·refine·grid) forward passes.
+    """
+    _check(x, y, eps)
+    if grid < 1 or refine < 1 or not span > 0:
+        raise WorkbenchError("need grid >= 1, refine >= 1 and span > 0")
+    loss_fn = loss_fn or cross_entropy
+    eps = float(eps)
+    device = _device(model)
+    d1, d2 = slice_directions(model, x, y, seed, loss_fn)
+    axis, fine = _symmetric(span, grid), _symmetric(span, refine * (grid - 1) + 1)
+    aa, bb = torch.meshgrid(axis, axis, indexing="ij")
+    name = getattr(model, "name", "model")
+    surface, slices = [], []
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        for i in range(len(x)):
+            xi, yi = x[i:i + 1].to(device).float(), y[i].to(device)
+            shape = (-1,) + (1,) * (xi.dim() - 1)
+
+            def points(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+                a = a.to(device=device, dtype=xi.dtype).reshape(shape)
+                b = b.to(device=device, dtype=xi.dtype).reshape(shape)
+                return (xi + a * eps * d1[i:i + 1] + b * eps * d2[i:i + 1]).clamp(0.0, 1.0)
+
+            loss = _losses_at(model, points(aa.flatten(), bb.flatten()), yi, loss_fn, batch_size)
+            surface.append(pd.DataFrame({"model": name, "example": i, "eps": eps, "a": aa.flatten().numpy(),
+                                         "b": bb.flatten().numpy(), "loss": loss.numpy()}))
+            zeros = torch.zeros_like(fine)
+            for direction, (a, b) in (("gradient", (fine, zeros)), ("random", (zeros, fine))):
+                loss = _losses_at(model, points(a, b), yi, loss_fn, batch_size)
+                slices.append(pd.DataFrame({"model": name, "example": i, "eps": eps, "direction": direction,
+                                            "t": fine.numpy(), "loss": loss.numpy()}))
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return (pd.DataFrame(pd.concat(surface, ignore_index=True), columns=list(TABLES["loss_surface"][1])),
+            pd.DataFrame(pd.concat(slices, ignore_index=True), columns=list(TABLES["loss_slice"][1])))
+
+
+# --------------------------------------------------------------------------- study runner
+
+
+def _empty(name: str) -> pd.DataFrame:
+    return pd.DataFrame(columns=list(TABLES[name][1]))
+
+
+@PROBES.register("linearity")
+def run_linearity(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
+    """γ(ε) and gradient alignment on the L∞ grid, the FGSM–PGD gap, and loss surfaces and
+    slices at the study's main ε, for every model. Random starts, noise and the slice
+    direction d₂ are seeded by ε only, so every model sees the same ones (common random
+    numbers for the paired comparison)."""
+    cfg = ctx.cfg
+    grid = ctx.eps_grid("linf")
+    main_eps = ctx.study.main_eps()
+    k = min(cfg.surface.examples, len(ctx.x))
+    lin, gap, surf, sl = [], [], [], []
+    for model_id, model in ctx.models.items():
+        with ctx.progress.task(f"linearity {model_id}", len(grid) + (main_eps > 0)) as advance:
+            for e in grid:
+                gamma = local_linearity(model, ctx.x, ctx.y, e, cfg.steps, batch_size=ctx.batch_size,
+                                        seed=ctx.seed_for("local-linearity"))
+                align = gradient_alignment(model, ctx.x, ctx.y, e, ctx.seed_for("grad-alignment"), batch_size=ctx.batch_size)
+                for metric, values in (("gamma", gamma), ("grad_alignment", align)):
+                    lin.append({"model": model_id, "eps": e, "metric": metric, **summarize(values)})
+                advance(1, status=f"ε={e:g}")
+            if grid:
+                gap.append(fgsm_pgd_gap(model, ctx.x, ctx.y, grid, cfg.pgd_steps, batch_size=ctx.batch_size,
+                                        seed=ctx.seed_for("fgsm-pgd-gap")).assign(model=model_id))
+            if main_eps > 0:
+                s, t = loss_slices(model, ctx.x[:k], ctx.y[:k], main_eps, cfg.surface.grid, cfg.surface.span,
+                                   refine=cfg.surface.refine, seed=ctx.seed_for("loss-slices"), batch_size=ctx.batch_size)
+                surf.append(s.assign(model=model_id))
+                sl.append(t.assign(model=model_id))
+                advance(1, status="surfaces")
+    cat = lambda frames, name: pd.concat(frames, ignore_index=True) if frames else _empty(name)  # noqa: E731
+    return {
+        "linearity": pd.DataFrame(lin, columns=list(TABLES["linearity"][1])),
+        "fgsm_pgd_gap": cat(gap, "fgsm_pgd_gap"),
+        "loss_surface": cat(surf, "loss_surface"),
+        "loss_slice": cat(sl, "loss_slice"),
+    }

@@ -1,0 +1,12 @@
+"""Reports: figures and one self-contained HTML page per run, and comparisons of runs.
+
+``write_report(run_dir)`` reads a run folder (through :func:`workbench.results.load`) and
+writes ``<run>/figures/*.png|svg`` and ``<run>/index.html``; ``write_comparison(run_dirs,
+out)`` sets several runs side by side in ``<out>/index.html``. Both raise
+:class:`~workbench.errors.RunFolderError` for a missing or malformed run folder.
+"""
+
+from .compare import write_comparison
+from .html import build_report, summary_table, write_report
+
+__all__ = ["build_report", "summary_table", "write_comparison", "write_report"]

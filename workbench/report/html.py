@@ -1,0 +1,543 @@
+"""The self-contained HTML report of one run: ``write_report(run_dir) -> <run>/index.html``.
+
+The page opens with a summary (one row per model: clean and robust accuracy, Lipschitz
+ratio, soundness verdict), then every figure with one sentence on how to read it, the
+soundness checks and the provenance of the run. Figures are embedded as base64 PNG data
+URIs and the CSS and script are inline, so the file can be mailed or archived alone and
+opens without any network request; a Content-Security-Policy in the page makes the browser
+enforce that. All text from the study or the tables goes through jinja2's autoescaping;
+the only markup marked safe is the report's own script.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import hashlib
+import logging
+import math
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import RunFolderError
+from ..results import Results, load
+from . import figures as F
+
+log = logging.getLogger("workbench")
+
+SECTIONS = (("robustness", "Robustness"), ("representations", "Representations"))
+
+
+# --------------------------------------------------------------------------- templates
+
+
+@lru_cache(maxsize=1)
+def _env():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("workbench.report", "templates"),
+        autoescape=True,  # every {{ }} is escaped; user text is never marked safe
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+@lru_cache(maxsize=1)
+def _script() -> tuple[str, str]:
+    """The report's inline script and its CSP hash (only this exact script may run)."""
+    text = resources.files("workbench.report").joinpath("templates/report.js").read_text()
+    digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+    return text, f"sha256-{digest}"
+
+
+def render_page(template: str, **context: Any) -> str:
+    from markupsafe import Markup
+
+    script, digest = _script()
+    return _env().get_template(template).render(
+        script=Markup(script), script_hash=digest, version=_version(), **context  # our own constant, not user text
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("workbench")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Cell:
+    text: str
+    sort: str | None = None
+    cls: str = ""
+
+
+@dataclass
+class Row:
+    cells: list[Cell]
+    cls: str = ""
+
+
+@dataclass
+class Column:
+    label: str
+    title: str = ""
+
+
+@dataclass
+class HtmlTable:
+    columns: list[Column]
+    rows: list[Row] = field(default_factory=list)
+    id: str = ""
+
+
+def _blank(v: Any) -> bool:
+    if v is None or v is pd.NA:
+        return True
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def format_value(v: Any, fmt: str = "auto") -> Cell:
+    """One table cell: ``pct`` (fraction shown as a percentage), ``delta`` (signed, one
+    decimal), ``num``, ``int``, ``sec``, ``text`` or ``auto``. ``sort`` keeps the exact number for the sorting script."""
+    if _blank(v):
+        return Cell("", "")
+    if fmt == "text" or isinstance(v, (str, bytes)):
+        return Cell(str(v))
+    if isinstance(v, (bool, np.bool_)):
+        return Cell("yes" if v else "no")
+    if isinstance(v, (int, np.integer)) and fmt in ("auto", "int", "num"):
+        return Cell(str(int(v)), str(int(v)), "num")
+    if isinstance(v, (float, np.floating, int, np.integer)):
+        x = float(v)
+        if fmt == "pct":
+            return Cell(f"{100 * x:.1f}", repr(x), "num")
+        if fmt == "delta":
+            return Cell(f"{x:+.1f}", repr(x), "num")
+        if fmt == "sec":
+            return Cell(f"{x:.1f}", repr(x), "num")
+        if math.isfinite(x) and x == int(x) and abs(x) < 1e6 and fmt == "auto":
+            return Cell(f"{int(x)}", repr(x), "num")
+        return Cell(f"{x:.4g}", repr(x), "num")
+    return Cell(str(v))
+
+
+def html_table(df: pd.DataFrame, formats: Mapping[str, str] | None = None, *, titles: Mapping[str, str] | None = None,
+               row_cls: Sequence[str] | None = None, cell_cls: Mapping[str, Sequence[str]] | None = None,
+               id: str = "") -> HtmlTable:
+    """A DataFrame as an :class:`HtmlTable` (the template escapes every string)."""
+    formats = formats or {}
+    titles = titles or {}
+    t = HtmlTable([Column(str(c), titles.get(str(c), "")) for c in df.columns], id=id)
+    for i, rec in enumerate(df.itertuples(index=False, name=None)):
+        cells = []
+        for c, v in zip(df.columns, rec):
+            cell = format_value(v, formats.get(str(c), "auto"))
+            if cell_cls and str(c) in cell_cls:
+                cell.cls = f"{cell.cls} {cell_cls[str(c)][i]}".strip()
+            cells.append(cell)
+        t.rows.append(Row(cells, row_cls[i] if row_cls is not None else ""))
+    return t
+
+
+# --------------------------------------------------------------------------- summary
+
+VERDICT_OK = "sound"
+VERDICT_WARN = "robustness may be overestimated"
+
+
+def robust_eps(rob: pd.DataFrame, attack: str, main_eps: float) -> float | None:
+    """The ε at which the summary reports ``attack``: for L∞, the evaluated ε closest to the
+    main ε; for L2, the middle of the attack's own grid (an L∞ radius means nothing in L2)."""
+    d = rob[(rob["attack"] == attack) & (rob["eps"] > 0)]
+    if d.empty:
+        return None
+    if (d["norm"] == "linf").all():
+        return F.closest(d["eps"], main_eps)
+    return F.middle(d["eps"])
+
+
+def penultimate_layers(lip: pd.DataFrame) -> dict[str, tuple[str, int]]:
+    """model -> (layer, index) of the deepest measured layer other than the logits (the
+    penultimate layer when the probe covered all layers)."""
+    out = {}
+    for m, d in lip[lip["layer"] != "logits"].groupby("model", sort=False):
+        row = d.sort_values("layer_index").iloc[-1]
+        out[str(m)] = (str(row["layer"]), int(row["layer_index"]))
+    return out
+
+
+def soundness_verdicts(snd: pd.DataFrame | None) -> dict[str, str]:
+    """model -> ``sound`` or ``robustness may be overestimated`` (any check at ``warn``)."""
+    if snd is None:
+        return {}
+    return {str(m): VERDICT_WARN if (d["status"] == "warn").any() else VERDICT_OK for m, d in snd.groupby("model", sort=False)}
+
+
+def summary_table(res: Results) -> pd.DataFrame:
+    """One row per model: training, clean accuracy, robust accuracy per attack at the main ε,
+    Lipschitz ratio at the penultimate layer, soundness verdict. Accuracies are fractions;
+    column labels carry the ε used; ``df.attrs`` holds the formats and notes the report shows."""
+    rob = res.get("robustness")
+    if rob is None:
+        raise RunFolderError("table robustness is missing or empty", file=str(res.path / "tables" / "robustness.parquet"))
+    main_eps = res.study.main_eps()
+    models = F.model_order(res.tables)
+    mt = res.get("models")
+    info = mt.set_index(mt["model"].astype(str)) if mt is not None else None
+    formats: dict[str, str] = {}
+    rows: dict[str, dict[str, Any]] = {m: {"model": m} for m in models}
+
+    for m in models:
+        training = ""
+        if info is not None and m in info.index:
+            r = info.loc[m]
+            training = str(r["recipe"])
+            if r["train_norm"] != "none" and float(r["train_eps"]) > 0:
+                training += f" ({F.NORM_LABEL.get(str(r['train_norm']), r['train_norm'])} ε={F.eps_label(float(r['train_eps']))})"
+            if isinstance(r["stopped_early"], str) and r["stopped_early"]:
+                training += f"; stopped early: {r['stopped_early']}"
+        rows[m]["training"] = training
+
+    clean = rob[rob["attack"] == "clean"].groupby("model")["accuracy"].first()
+    formats["clean accuracy (%)"] = "pct"
+    for m in models:
+        rows[m]["clean accuracy (%)"] = clean.get(m, np.nan)
+
+    for attack in rob.loc[rob["attack"] != "clean", "attack"].drop_duplicates():
+        eps = robust_eps(rob, attack, main_eps)
+        if eps is None:
+            continue
+        d = rob[(rob["attack"] == attack) & np.isclose(rob["eps"], eps)]
+        norm = str(d["norm"].iloc[0])
+        label = f"{attack} (%) {F.NORM_LABEL.get(norm, norm)} ε={F.eps_label(eps)}"
+        formats[label] = "pct"
+        acc = d.groupby("model")["accuracy"].first()
+        for m in models:
+            rows[m][label] = acc.get(m, np.nan)
+
+    lip = res.get("lipschitz")
+    lip_label = "Lipschitz D, penultimate layer (δ_loss, L∞)"
+    values: dict[str, float] = {}
+    if lip is not None:
+        eps = F.lipschitz_eps(lip, "linf", main_eps)
+        if eps is not None:
+            d = lip[(lip["norm"] == "linf") & (lip["kind"] == "loss") & np.isclose(lip["eps"], eps)]
+            layers = penultimate_layers(d)
+            names = sorted({layer for layer, _ in layers.values()})
+            lip_label = f"Lipschitz D at {', '.join(names) or 'penultimate layer'} (δ_loss, L∞ ε={F.eps_label(eps)})"
+            for m, (layer, _) in layers.items():
+                values[m] = float(d.loc[(d["model"] == m) & (d["layer"] == layer), "mean"].iloc[0])
+    formats[lip_label] = "num"
+    for m in models:
+        rows[m][lip_label] = values.get(m, np.nan)
+
+    verdicts = soundness_verdicts(res.get("soundness"))
+    for m in models:
+        rows[m]["soundness"] = verdicts.get(m, "")
+    formats["soundness"] = "text"
+
+    df = pd.DataFrame(list(rows.values()))
+    df.attrs["formats"] = formats
+    df.attrs["lipschitz_column"] = lip_label
+    df.attrs["main_eps"] = main_eps
+    return df
+
+
+def _summary_notes(res: Results, summary: pd.DataFrame) -> list[str]:
+    rob = res["robustness"]
+    n = sorted({int(v) for v in rob["n"]})
+    main_eps = res.study.main_eps()
+    notes = [
+        f"Accuracies are percentages of {' / '.join(map(str, n))} evaluated test examples.",
+        f"Robust accuracy is white-box accuracy at the main ε = {F.eps_label(main_eps)} (evaluation.main_eps, else the "
+        "training ε of the first L∞-adversarial recipe). An L∞ attack not evaluated at that ε shows its evaluated ε "
+        "closest to it; an L2 attack shows the middle value of its own ε grid, since an L∞ radius has no meaning in L2. "
+        "Each column header gives the ε used.",
+    ]
+    if res.get("lipschitz") is None:
+        notes.append("Lipschitz ratio: the lipschitz probe was not run for this study.")
+    else:
+        notes.append(
+            "Lipschitz D = ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖∞ at the deepest measured layer before the logits (the penultimate "
+            "layer when the probe covers all layers), δ from PGD on the cross-entropy; lower means a more stable "
+            "representation.")
+    if res.get("soundness") is None:
+        notes.append("Soundness: the checks were not run (evaluation.soundness.enabled: false).")
+    else:
+        notes.append(f"Soundness: “{VERDICT_WARN}” when any check of that model warns (see Soundness below).")
+    return notes
+
+
+# --------------------------------------------------------------------------- figures
+
+
+@dataclass
+class FigureEntry:
+    name: str
+    title: str
+    caption: str
+    section: str
+    src: str
+    width: int
+    height: int
+    files: list[tuple[str, str]]
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return struct.unpack(">II", png[16:24])
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def load_saliency_arrays(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
+    """The saliency maps through ``workbench.probes.saliency.load_saliency`` (imported lazily:
+    it pulls in torch and captum), or None and the reason they are unavailable."""
+    if not (run_dir / "arrays" / "saliency.npz").is_file():
+        return None, "the saliency probe was not run (no arrays/saliency.npz)"
+    try:
+        from ..probes.saliency import load_saliency
+    except ImportError as e:
+        return None, f"workbench.probes.saliency.load_saliency is unavailable ({e})"
+    try:
+        return load_saliency(run_dir), ""
+    except Exception as e:  # noqa: BLE001 - a bad array file loses one figure, not the report
+        log.warning("saliency maps unreadable: %s", e)
+        return None, f"arrays/saliency.npz could not be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+
+
+def _draw_one(spec: F.FigureSpec, res: Results, main_eps: float) -> tuple[Any, str]:
+    """(figure or None, why it is None)."""
+    if spec.needs and all(res.get(t) is None for t in spec.needs):
+        return None, f"table {' / '.join(spec.needs)} absent (probe or check not run)"
+    try:
+        if spec.name == "saliency":
+            arrays, why = load_saliency_arrays(res.path)
+            if arrays is None:
+                return None, why
+            return F.saliency_grid(arrays, res.tables), "no maps in arrays/saliency.npz"
+        return spec.draw(res.tables, main_eps=main_eps), "nothing to draw in its table"
+    except Exception as e:  # noqa: BLE001 - one broken figure must not cost the whole report
+        log.warning("figure %s failed", spec.name, exc_info=True)
+        return None, f"drawing failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
+
+
+def draw_figures(res: Results, out_dir: Path | None, formats: Sequence[str]) -> tuple[list[FigureEntry], list[str]]:
+    """Draw every figure whose tables exist; return the entries and why the others were skipped."""
+    entries: list[FigureEntry] = []
+    skipped: list[str] = []
+    main_eps = res.study.main_eps()
+    for spec in F.FIGURES:
+        fig, reason = _draw_one(spec, res, main_eps)
+        if fig is None:
+            skipped.append(f"{spec.title}: {reason}.")
+            if out_dir is not None:  # a stale file from an earlier report would contradict this one
+                for fmt in ("png", "svg"):
+                    (out_dir / f"{spec.name}.{fmt}").unlink(missing_ok=True)
+            continue
+        png, files = F.render(fig, spec.name, out_dir, formats)
+        w, h = png_size(png)
+        rel = [(fmt, f"{out_dir.name}/{p.name}") for fmt, p in files.items()] if out_dir is not None else []
+        entries.append(FigureEntry(spec.name, spec.title, spec.caption, spec.section, data_uri(png), w, h, rel))
+    return entries, skipped
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def _device_text(env: Mapping[str, Any], run: Mapping[str, Any]) -> str:
+    dev = env.get("device")
+    if isinstance(dev, Mapping):
+        extra = dev.get("gpu") or ", ".join(
+            s for s in (dev.get("cpu"), f"{dev['threads']} torch thread(s)" if dev.get("threads") else None) if s)
+        return f"{dev.get('name', dev.get('type', '?'))}" + (f" ({extra})" if extra else "")
+    return str(run.get("device", "not recorded"))
+
+
+def _provenance(res: Results) -> list[tuple[str, str]]:
+    env, run = res.environment, res.run
+    seeds = sorted({str(s) for s in (res.study.seed, env.get("seed")) if s is not None})
+    items = [
+        ("run folder", str(res.path.resolve())),
+        ("study", res.study.name),
+        ("seed", ", ".join(seeds)),
+        ("started", str(env.get("started_at", run.get("started_at", "not recorded")))),
+        ("finished", str(run.get("finished_at", "not recorded (run.json missing)"))),
+        ("device", _device_text(env, run)),
+        ("git commit", str(env.get("git_commit") or "not recorded (not a git checkout?)")),
+        ("python", str(env.get("python", "not recorded"))),
+        ("platform", str(env.get("platform", "not recorded"))),
+        ("command", str(env.get("command", "not recorded"))),
+        ("model store", str(run.get("store", "not recorded"))),
+    ]
+    return items
+
+
+def _models_table(res: Results) -> HtmlTable:
+    mt = res.get("models")
+    if mt is None:
+        return HtmlTable([Column("models table absent")])
+    cols = [c for c in ("model", "key", "cached", "resumed_from_epoch", "epochs", "train_seconds", "stopped_early",
+                        "parameters") if c in mt.columns]
+    return html_table(mt[cols], {"train_seconds": "sec", "key": "text"})
+
+
+def _timings(res: Results) -> HtmlTable | None:
+    t = res.run.get("timings")
+    if not isinstance(t, Mapping) or not t:
+        return None
+    df = pd.DataFrame({"stage": list(t), "seconds": [float(v) for v in t.values()]})
+    return html_table(df, {"seconds": "sec"})
+
+
+def _versions(res: Results) -> HtmlTable | None:
+    v = res.environment.get("versions")
+    if not isinstance(v, Mapping) or not v:
+        return None
+    return html_table(pd.DataFrame({"package": list(v), "version": [str(x) if x else "" for x in v.values()]}))
+
+
+def _meta_line(res: Results) -> str:
+    env = res.environment
+    bits = [f"run {env.get('started_at', res.run.get('started_at', '(start not recorded)'))}",
+            f"device {_device_text(env, res.run)}"]
+    if env.get("git_commit"):
+        bits.append(f"commit {str(env['git_commit'])[:12]}")
+    bits.append(f"seed {res.study.seed}")
+    return " · ".join(bits)
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _soundness_section(res: Results, entries: list[FigureEntry]) -> dict[str, Any] | None:
+    snd = res.get("soundness")
+    if snd is None:
+        return None
+    order = {m: i for i, m in enumerate(F.model_order(res.tables))}
+    snd = snd.assign(_o=snd["model"].map(lambda m: order.get(m, 99))).sort_values("_o", kind="stable").drop(columns="_o")
+    cols = ["model", "check", "status", "value", "threshold", "detail"]
+    table = html_table(snd[cols], {"detail": "text", "check": "text"},
+                       row_cls=["warn" if s == "warn" else "" for s in snd["status"]], id="soundness-table")
+    return {"figures": [e for e in entries if e.section == "soundness"], "table": table}
+
+
+def _verdict_banner(res: Results) -> dict[str, str] | None:
+    snd = res.get("soundness")
+    if snd is None:
+        return None
+    warn = snd[snd["status"] == "warn"]
+    if warn.empty:
+        return {"cls": "ok", "text": "Every soundness check passes for every model."}
+    parts = [f"{m} ({', '.join(map(str, d['check']))})" for m, d in warn.groupby("model", sort=False)]
+    return {"cls": "warn", "text": "Robust accuracy may be overestimated for: " + "; ".join(parts) + "."}
+
+
+def _details(res: Results) -> list[dict[str, Any]]:
+    out = []
+    rob = res.get("robustness")
+    if rob is not None:
+        cols = ["model", "attack", "norm", "loss", "steps", "restarts", "eps", "n", "accuracy", "adv_risk", "seconds"]
+        out.append({"summary": "All white-box numbers (robustness table)",
+                    "table": html_table(rob[cols], {"accuracy": "num", "adv_risk": "num", "eps": "num", "seconds": "sec"})})
+    tr = res.get("transfer")
+    if tr is not None:
+        cols = ["source", "target", "attack", "eps", "n", "accuracy", "adv_risk"]
+        out.append({"summary": "Transfer between the models of each pair (transfer table)",
+                    "table": html_table(tr[cols], {"accuracy": "num", "adv_risk": "num", "eps": "num"})})
+    return out
+
+
+def _study_yaml(res: Results) -> str:
+    """study.yaml as written, re-dumped with Unicode kept (the runner's dump escapes ε as \\u03B5)."""
+    import yaml
+
+    try:
+        text = (res.path / "study.yaml").read_text()
+        return yaml.safe_dump(yaml.safe_load(text), sort_keys=False, allow_unicode=True, width=100)
+    except (OSError, yaml.YAMLError):
+        return res.study.to_yaml()
+
+
+def build_report(res: Results, *, out_dir: Path | None = None) -> str:
+    """The report page of ``res`` as a string; figure files go to ``out_dir`` when given."""
+    summary = summary_table(res)
+    entries, skipped = draw_figures(res, out_dir, res.study.report.formats)
+    verdict_cls = ["verdict-warn" if v == VERDICT_WARN else ("verdict-ok" if v == VERDICT_OK else "")
+                   for v in summary["soundness"]]
+    summary_html = html_table(summary, summary.attrs["formats"], cell_cls={"soundness": verdict_cls}, id="summary-table")
+    sections = []
+    for sid, title in SECTIONS:
+        figs = [e for e in entries if e.section == sid]
+        notes = []
+        if sid == "representations" and not figs:
+            notes.append("No representation probes were run for this study (its probes section enables none).")
+        sections.append({"id": sid, "title": title, "figures": figs, "notes": notes,
+                         "details": _details(res) if sid == "robustness" else []})
+    study_yaml = _study_yaml(res)
+    return render_page(
+        "report.html.j2",
+        study=res.study,
+        run_name=res.path.name,
+        meta_line=_meta_line(res),
+        summary=summary_html,
+        summary_notes=_summary_notes(res, summary),
+        verdict_banner=_verdict_banner(res),
+        sections=sections,
+        soundness=_soundness_section(res, entries),
+        provenance=_provenance(res),
+        models_table=_models_table(res),
+        timings=_timings(res),
+        versions=_versions(res),
+        study_yaml=study_yaml,
+        skipped=skipped,
+    )
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``<run>/figures/*`` and ``<run>/index.html`` from the run's tables; returns the page."""
+    res = load(run_dir)
+    page = build_report(res, out_dir=res.path / "figures")
+    out = res.path / "index.html"
+    write_page(out, page)
+    return out
+
+
+def write_page(path: Path, text: str) -> None:
+    """Write through a temporary file and ``os.replace``: a reader never sees half a page,
+    and the file gets the user's umask (a report is meant to be shared)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def now_text() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
