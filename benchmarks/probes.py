@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--examples", type=int, default=128, help="N")
     ap.add_argument("--single-layer", default="penultimate")
+    ap.add_argument("--no-warmup", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="only N examples, all layers (no 2N, no one-layer run)")
     args = ap.parse_args()
 
     dev = setup(args.device, args.threads)
@@ -46,6 +48,13 @@ def main() -> None:
     def battery(n: int, layers: str | None) -> dict[str, float]:
         x, y, idx = probe_examples(data, n, study.seed)
         out = {}
+        x_b = x
+        eps = study.main_eps()
+        out["pgd10_eval_pass"] = sum(
+            timed(lambda m=m: [pgd(m, x_b[i : i + 500], y[i : i + 500], eps, 2.5 * eps / 10, 10) for i in range(0, len(y), 500)], dev)[0]
+            for m in models.values()
+        )
+        print(f"  N={n}: one PGD-10 pass of every model {out['pgd10_eval_pass']:.2f}s", flush=True)
         for name in names:
             cfg = getattr(probes_cfg, name) or PROBES_DEFAULTS[name]
             if layers is not None and hasattr(cfg, "layers"):
@@ -53,28 +62,28 @@ def main() -> None:
             ctx = ProbeContext(study=study, cfg=cfg, models=models, pairs=study.pairs(), x=x, y=y, index=idx, data=data,
                                folder=None, device=dev, batch_size=probes_cfg.batch_size, seed=study.seed)
             out[name] = timed(lambda: PROBES.get(name)(ctx), dev)[0]
-        x_b = x
-        eps = study.main_eps()
-        out["pgd10_eval_pass"] = sum(
-            timed(lambda m=m: [pgd(m, x_b[i : i + 500], y[i : i + 500], eps, 2.5 * eps / 10, 10) for i in range(0, len(y), 500)], dev)[0]
-            for m in models.values()
-        )
+            print(f"  N={n} layers={layers or 'study'}: {name} {out[name]:.2f}s", flush=True)
         return out
 
-    battery(min(16, args.examples), None)  # warm-up
+    if not args.no_warmup:
+        battery(min(16, args.examples), None)  # warm-up
     n = args.examples
-    runs = {f"N={n}, all layers": battery(n, None), f"2N={2 * n}, all layers": battery(2 * n, None),
-            f"N={n}, layer {args.single_layer}": battery(n, args.single_layer)}
+    runs = {f"N={n}, all layers": battery(n, None)}
+    if not args.quick:
+        runs[f"2N={2 * n}, all layers"] = battery(2 * n, None)
+        runs[f"N={n}, layer {args.single_layer}"] = battery(n, args.single_layer)
     keys = list(next(iter(runs.values())))
     print(f"{'':28s}" + "".join(f"{k:>14s}" for k in keys) + f"{'probes total':>14s}")
     for label, r in runs.items():
         total = sum(v for k, v in r.items() if k != "pgd10_eval_pass")
         print(f"{label:28s}" + "".join(f"{r[k]:13.2f}s" for k in keys) + f"{total:13.2f}s")
-    a, b = runs[f"N={n}, all layers"], runs[f"2N={2 * n}, all layers"]
-    print("2N / N time ratio per probe (linear cost ⇒ about 2): "
-          + ", ".join(f"{k} {b[k] / a[k]:.2f}" for k in keys))
-    one = runs[f"N={n}, layer {args.single_layer}"]
-    print("all layers / one layer: " + ", ".join(f"{k} {a[k] / one[k]:.2f}" for k in keys if k != "pgd10_eval_pass"))
+    a = runs[f"N={n}, all layers"]
+    if not args.quick:
+        b = runs[f"2N={2 * n}, all layers"]
+        print("2N / N time ratio per probe (linear cost ⇒ about 2): "
+              + ", ".join(f"{k} {b[k] / a[k]:.2f}" for k in keys))
+        one = runs[f"N={n}, layer {args.single_layer}"]
+        print("all layers / one layer: " + ", ".join(f"{k} {a[k] / one[k]:.2f}" for k in keys if k != "pgd10_eval_pass"))
     print(f"probe battery (N={n}) / one PGD-10 evaluation pass of every model: "
           f"{sum(v for k, v in a.items() if k != 'pgd10_eval_pass') / a['pgd10_eval_pass']:.1f}x")
 

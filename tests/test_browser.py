@@ -22,6 +22,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ class Chromium:
         self.proc = subprocess.Popen(
             [binary, *self.FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, preexec_fn=child_fds, close_fds=False,
+            start_new_session=True,  # its own process group: close() can end the renderers with it
         )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
@@ -123,7 +125,7 @@ class Chromium:
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group this test started, nothing else
             self.proc.wait()
         for fd in (self._r, self._w):
             try:

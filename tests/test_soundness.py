@@ -268,3 +268,12 @@ def test_reference_attack_is_the_strongest_linf_ce_pgd():
     )
     assert reference_attack(study).id == "pgd10-linf-r3"
     assert reference_attack(make_study(attacks=["fgsm"])) == PGDAttack(name="pgd")
+
+
+def test_extra_attacks_run_on_the_configured_number_of_examples():
+    w, _, _ = make_data()
+    df, _ = checks({"linear": Linear(w)}, study=make_study(soundness={"examples": 50}))
+    for check in ("large_eps", "more_steps", "more_restarts", "margin_vs_ce", "zero_gradients", "noise_vs_whitebox"):
+        assert "n=50" in row(df, "linear", check)["detail"] or "of 50 " in row(df, "linear", check)["detail"], check
+    # on 50 examples one example is 2 points: the tolerance never goes below it
+    assert row(df, "linear", "more_steps")["detail"].endswith("tolerance 2.0 points).")

@@ -192,6 +192,7 @@ def run_study(
         if archived:
             log.info("previous run moved to %s", archived)
         env = environment(device, study.seed)
+        env["data"] = data.describe()
         folder.write_json("environment.json", env)
         folder.write_text("study.yaml", study.to_yaml())
         log.info("study %s on %s: %s", study.name, device, data.describe())

@@ -93,6 +93,8 @@ NONDETERMINISM_RTOL = 1e-4
 PROBABILITY_RATE = 0.01
 #: large_eps: accuracy allowed above the majority-class rate (METHODS.md: chance + 1%).
 LARGE_EPS_MARGIN = 0.01
+#: Accuracies are float32 means: a value within this of its threshold is on it, not past it.
+ROUNDING = 1e-6
 
 
 @dataclass(frozen=True)
@@ -131,10 +133,6 @@ def tolerance(cfg: SoundnessConfig, n: int) -> float:
 
 def _pts(v: float) -> str:
     return f"{100 * v:.1f}%"
-
-
-#: Accuracies are float32 means: a value within this of its threshold is on it, not past it.
-ROUNDING = 1e-6
 
 
 def _row(model: str, check: str, value: float, threshold: float, detail: str) -> dict:
@@ -306,7 +304,7 @@ class _Checker:
         rise, attack, e0, a0, e1, a1 = worst
         tol = tolerance(self.cfg, n)
         if rise == 0:
-            detail = f"accuracy never rises with ε for any attack ({len(set(rob['attack'])) - 1} attacks, n={n}; tolerance {_pts(tol)})."
+            detail = f"accuracy never rises with ε for any attack ({len(set(rob['attack'])) - 1} attacks, n={n}; tolerance {100 * tol:.1f} points)."
         else:
             detail = (
                 f"{attack}: accuracy rises from {_pts(a0)} at ε={e0:g} to {_pts(a1)} at ε={e1:g} "

@@ -148,10 +148,11 @@ def lipschitz_profiles(runs: Sequence[Results], names: Sequence[str]) -> Figure 
                 axes[0, 1].plot(dm["layer_index"], dm["rel_mean"], ls=styles[n], marker="o", ms=3, color=colours[m])
         both = pd.concat([d for _, _, d in present])
         for ax, ylabel in ((axes[0, 0], "D = ‖Δφ‖₂ / ‖δ‖∞"), (axes[0, 1], "relative change ‖Δφ‖ / ‖φ‖")):
-            ax.set_yscale("log")
+            F.log_axis(ax)
             ax.set_ylabel(ylabel)
             F.layer_ticks(ax, both)
-        axes[0, 0].set_title("δ_loss, L∞ (" + "; ".join(eps_used) + ")", fontsize="small")
+        axes[0, 0].set_title("ratio D, δ_loss, L∞ (" + "; ".join(eps_used) + ")", fontsize="small")
+        axes[0, 1].set_title("relative change", fontsize="small")
         F.legend(fig, F.model_handles(models, colours) + _run_handles([n for n, _, _ in present], styles))
     return fig
 

@@ -56,12 +56,13 @@ def _env():
 @lru_cache(maxsize=1)
 def _script() -> tuple[str, str]:
     """The report's inline script and its CSP hash (only this exact script may run)."""
-    text = resources.files("workbench.report").joinpath("templates/report.js").read_text()
+    text = resources.files("workbench.report").joinpath("templates/report.js").read_text(encoding="utf-8")
     digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
     return text, f"sha256-{digest}"
 
 
 def render_page(template: str, **context: Any) -> str:
+    """Render one of the templates with the inline script, its CSP hash and the version."""
     from markupsafe import Markup
 
     script, digest = _script()
@@ -264,7 +265,7 @@ def summary_table(res: Results) -> pd.DataFrame:
     return df
 
 
-def _summary_notes(res: Results, summary: pd.DataFrame) -> list[str]:
+def _summary_notes(res: Results) -> list[str]:
     rob = res["robustness"]
     n = sorted({int(v) for v in rob["n"]})
     main_eps = res.study.main_eps()
@@ -506,7 +507,7 @@ def build_report(res: Results, *, out_dir: Path | None = None) -> str:
         run_name=res.path.name,
         meta_line=_meta_line(res),
         summary=summary_html,
-        summary_notes=_summary_notes(res, summary),
+        summary_notes=_summary_notes(res),
         verdict_banner=_verdict_banner(res),
         sections=sections,
         soundness=_soundness_section(res, entries),
