@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workbench.progress import Progress  # noqa: E402
-from workbench.runner import default_threads, load_study_data, resolve_device, train_models  # noqa: E402
+from workbench.runner import default_threads, tune_cpu_allocator, load_study_data, resolve_device, train_models  # noqa: E402
 from workbench.store import ModelStore  # noqa: E402
 from workbench.study import load_study  # noqa: E402
 
@@ -28,6 +28,7 @@ def setup(device: str, threads: int | None) -> torch.device:
     dev = resolve_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(threads or default_threads())
+        tune_cpu_allocator()  # same process for both sides of every comparison
     else:
         torch.backends.cudnn.benchmark = True
     return dev

@@ -73,9 +73,10 @@ class TrainJob:
             "data": self.data,
             "arch": {"name": self.spec.arch.name, "options": dict(self.spec.arch.options)},
             "recipe": recipe,
-            "train": self.train_config.model_dump(mode="json"),
+            # the per-epoch monitoring (ε, examples, steps) is recorded in the history but does
+            # not change the weights, so studies with other main ε still share the model
+            "train": self.train_config.model_dump(mode="json", exclude={"monitor_examples", "monitor_steps"}),
             "seed": self.spec.seed,
-            "monitor_eps": self.monitor_eps,
         }
 
     @property
@@ -297,6 +298,7 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
                 "train_acc": correct.item() / max(seen, 1),
             }
             row["val_acc"] = _accuracy(model, mon_x, mon_y)
+            row["monitor_eps"] = job.monitor_eps
             if job.monitor_eps > 0:
                 x_adv = pgd(model, mon_x, mon_y, job.monitor_eps, 2.5 * job.monitor_eps / t.monitor_steps, t.monitor_steps)
                 row["val_robust_acc"] = _accuracy(model, x_adv, mon_y)
