@@ -41,9 +41,13 @@ class Registry(Generic[T]):
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
 
     def describe(self, name: str) -> str:
-        """First line of the entry's docstring (for ``workbench list``)."""
-        doc = getattr(self.get(name), "__doc__", None) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """First paragraph of the entry's docstring on one line, at most ~110 characters
+        (for ``workbench list``)."""
+        import inspect
+
+        doc = inspect.cleandoc(getattr(self.get(name), "__doc__", None) or "")
+        text = " ".join(doc.split("\n\n")[0].split())
+        return text if len(text) <= 110 else text[:108].rstrip() + " …"
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
