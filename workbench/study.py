@@ -631,7 +631,7 @@ class Study(Strict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def digest(self) -> str:
-        return _digest(self.to_dict())
+        return content_hash(self.to_dict())
 
 
 @dataclass(frozen=True)
@@ -648,7 +648,8 @@ class ModelSpec:
         return f"{self.arch.id}/{self.recipe.id}"
 
 
-def _digest(obj: Any) -> str:
+def content_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (keys sorted): stable across runs and processes."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -34,11 +34,9 @@ from ..errors import CheckpointError
 from ..models import WorkbenchModel, create_model
 from ..progress import QUIET, Progress
 from ..store import TRAINING_CODE_VERSION, ModelStore
-from ..study import _digest
-from ..study import DataConfig, ModelSpec, TrainConfig
-from .base import EpochReport, Recipe, derive_seed
+from ..study import DataConfig, ModelSpec, TrainConfig, content_hash
+from .base import RECIPES, EpochReport, Recipe, derive_seed
 from .distillation import TeacherAtTemperature
-from .base import RECIPES
 
 log = logging.getLogger("workbench")
 
@@ -87,7 +85,7 @@ class TrainJob:
         return t
 
     def key(self) -> str:
-        return _digest(self.identity())[:24]
+        return content_hash(self.identity())[:24]
 
 
 @dataclass
@@ -241,7 +239,7 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
     steps_per_epoch = n_train // t.batch_size if drop_last else 1
     total_steps = steps_per_epoch * t.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(t, s, total_steps))
-    augment = Augmentation(crop_padding=data_aug(job, "crop_padding"), flip=data_aug(job, "flip"))
+    augment = Augmentation(**job.data["augment"])  # the data identity holds the augment section
     if len(data.val_y):
         mon_x, mon_y = data.val_x[: t.monitor_examples], data.val_y[: t.monitor_examples]
     else:
@@ -344,7 +342,3 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
     store.save_model(key, model.state_dict(), meta)
     log.info("%s: trained in %.1fs (%d epochs)", job.id, seconds, len(history))
     return TrainedModel(job.id, key, model, pd.DataFrame(history), meta, cached=False, resumed_from_epoch=resumed_from, seconds=seconds)
-
-
-def data_aug(job: TrainJob, field_name: str):
-    return job.data.get("augment", {}).get(field_name, 0 if field_name == "crop_padding" else False)
