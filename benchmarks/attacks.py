@@ -9,8 +9,8 @@ not get faster by getting weaker).
 
 The model is a trained one from the study (trained on first use, then reused from the
 model store), so robust accuracy is neither 0 nor 100% and the comparison means something.
-Repetitions are interleaved (workbench, torchattacks, workbench, ...) and each side's
-median is reported.
+Repetitions are interleaved in ABBA order (which side goes first alternates); the ratio is
+the median of the per-repetition ratios, with a 95% bootstrap interval.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import argparse
 
 import torch
 
-from common import describe, median, setup, timed, trained
+from common import describe, median, paired_ratio, setup, timed, trained, verdict
 
 from workbench.attacks import fgsm, pgd
+from workbench.attacks import compile_for_attacks
 from workbench.evaluation import evaluation_subset
 
 
@@ -42,7 +43,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="batch size (default: 256 on CPU, 1024 on CUDA)")
     ap.add_argument("--eps", type=float, default=None, help="L∞ ε (default: the study's main ε)")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default: 15 on CPU, 7 on CUDA)")
+    ap.add_argument("--compile", action="store_true", help="workbench attacks a torch.compile'd model (as evaluation.compile)")
+    ap.add_argument("--limit", type=float, default=None, help="target ratio to judge against (default: 1.0 on CPU, 0.5 on CUDA)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="workbench forward precision")
     args = ap.parse_args()
 
@@ -53,6 +56,9 @@ def main() -> None:
     mid = args.model or list(models)[-1]
     model = models[mid]
     batch = args.batch or (1024 if dev.type == "cuda" else 256)
+    reps = args.reps or (7 if dev.type == "cuda" else 15)
+    limit = args.limit or (0.5 if dev.type == "cuda" else 1.0)
+    attacked = compile_for_attacks(model) if args.compile else model
     n = args.examples or batch
     idx = evaluation_subset(len(data.test_y), n, study.seed).to(data.test_x.device)
     x, y = data.test_x[idx], data.test_y[idx]
@@ -60,11 +66,11 @@ def main() -> None:
     alpha = 2.5 * eps / args.steps
 
     def ours_pgd():
-        return torch.cat([pgd(model, x[i : i + batch], y[i : i + batch], eps, alpha, args.steps, random_start=True,
+        return torch.cat([pgd(attacked, x[i : i + batch], y[i : i + batch], eps, alpha, args.steps, random_start=True,
                               precision=args.precision) for i in range(0, n, batch)])
 
     def ours_fgsm():
-        return torch.cat([fgsm(model, x[i : i + batch], y[i : i + batch], eps, precision=args.precision) for i in range(0, n, batch)])
+        return torch.cat([fgsm(attacked, x[i : i + batch], y[i : i + batch], eps, precision=args.precision) for i in range(0, n, batch)])
 
     ta_pgd = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=args.steps, random_start=True)
     ta_fgsm = torchattacks.FGSM(model, eps=eps)
@@ -74,22 +80,22 @@ def main() -> None:
 
     print(f"device: {describe(dev)}")
     print(f"model: {mid} ({study.name}), {n} test examples, batch {batch}, eps {eps:.4f}, alpha {alpha:.4f}, "
-          f"{args.steps} steps, random start; workbench precision {args.precision}; torchattacks fp32")
+          f"{args.steps} steps, random start; workbench precision {args.precision}"
+          f"{', torch.compile' if args.compile else ''}; torchattacks fp32; {reps} interleaved repetitions")
     print(f"clean accuracy: {accuracy(model, x, y, batch):.4f}")
     for name, mine, other in (("PGD-linf", ours_pgd, theirs(ta_pgd)), ("FGSM", ours_fgsm, theirs(ta_fgsm))):
         mine(), other()  # warm-up (cuDNN autotuning, graph capture, allocator)
         t_mine, t_other, a_mine, a_other = [], [], [], []
-        for _ in range(args.reps):
-            t, adv = timed(mine, dev)
-            t_mine.append(t)
-            a_mine.append(accuracy(model, adv, y, batch))
-            t, adv = timed(other, dev)
-            t_other.append(t)
-            a_other.append(accuracy(model, adv, y, batch))
-        ratio = median(t_mine) / median(t_other)
+        for rep in range(reps):
+            # ABBA order: which side runs first alternates, so neither gains from going second
+            for side in ((0, 1) if rep % 2 == 0 else (1, 0)):
+                t, adv = timed((mine, other)[side], dev)
+                (t_mine, t_other)[side].append(t)
+                (a_mine, a_other)[side].append(accuracy(model, adv, y, batch))
+        ratio, lo, hi = paired_ratio(t_mine, t_other)
         print(
             f"{name:9s} workbench {median(t_mine) * 1e3:9.1f} ms  torchattacks {median(t_other) * 1e3:9.1f} ms  "
-            f"ratio {ratio:.2f}x  | robust acc workbench {sum(a_mine) / len(a_mine):.4f} "
+            f"ratio {ratio:.2f}x (95% CI {lo:.2f}-{hi:.2f}: {verdict(ratio, lo, hi, limit)})  | robust acc workbench {sum(a_mine) / len(a_mine):.4f} "
             f"(range {min(a_mine):.4f}-{max(a_mine):.4f})  torchattacks {sum(a_other) / len(a_other):.4f} "
             f"(range {min(a_other):.4f}-{max(a_other):.4f})"
         )

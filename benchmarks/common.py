@@ -63,3 +63,25 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
     return f"CPU, {torch.get_num_threads()} thread(s), {os.cpu_count()} cores (torch {torch.__version__})"
+
+
+def paired_ratio(mine: list[float], other: list[float], *, boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Median of the per-repetition ratios mine[i] / other[i] and a 95% bootstrap interval.
+
+    Repetitions are interleaved, so pairing them cancels slow drifts of a shared machine;
+    the interval says whether a ratio is below 1 or only equal within noise.
+    """
+    import random
+
+    ratios = [a / b for a, b in zip(mine, other)]
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(boot))
+    return statistics.median(ratios), meds[int(0.025 * boot)], meds[int(0.975 * boot) - 1]
+
+
+def verdict(ratio: float, lo: float, hi: float, limit: float) -> str:
+    if hi <= limit:
+        return f"at most {limit:g}x (whole interval)"
+    if lo > limit:
+        return f"ABOVE {limit:g}x"
+    return f"equal to {limit:g}x within noise (interval contains it)"

@@ -8,6 +8,7 @@ FGSM / L∞ PGD land on x + ε·sign(w) and L2 PGD on x + ε·w/‖w‖₂.
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from workbench.attacks import (
     ATTACKS,
     LOSSES,
     attack_mode,
+    compile_for_attacks,
     default_alpha,
     fgsm,
     perturbation_norm,
@@ -539,3 +541,41 @@ def test_cuda_graph_falls_back_for_host_syncing_models_and_skips_hooked_models(m
     c = pgd(lin, x, y, 0.1, steps=6, generator=torch.Generator(device="cuda").manual_seed(0))
     monkeypatch.setattr(attacks_base, "CUDA_GRAPHS", False)
     assert torch.equal(c, pgd(lin, x, y, 0.1, steps=6, generator=torch.Generator(device="cuda").manual_seed(0)))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="inductor needs a C++ compiler")
+def test_compiled_model_gives_the_eager_attack(monkeypatch):
+    # evaluation.compile: the attack runs on torch.compile(model); same iterates up to rounding.
+    monkeypatch.setattr(attacks_base, "CHANNELS_LAST_DEVICES", ())
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x, y = batch(n=32, shape=(3, 2, 2), classes=3)
+    compiled = compile_for_attacks(model)
+    eager = pgd(model, x, y, 0.1, 0.02, steps=5, random_start=False)
+    fast = pgd(compiled, x, y, 0.1, 0.02, steps=5, random_start=False)
+    assert (fast == eager).float().mean() > 0.99
+    assert all(p.requires_grad for p in model.parameters())  # attack_mode restored the wrapped model
+
+
+def test_evaluation_compile_option_crafts_on_the_compiled_model_and_scores_eagerly(monkeypatch):
+    import workbench.evaluation.robustness as rob
+    from workbench.study import EvaluationConfig
+
+    model = small_cnn().eval()
+    seen = []
+
+    def spy(m):
+        seen.append(m)
+        wrapper = nn.Sequential(m)  # stands in for the compiled module
+        return wrapper
+
+    monkeypatch.setattr(rob, "compile_for_attacks", spy)
+    x, y = batch(n=8)
+    cfg = EvaluationConfig(eps=[8 / 255], attacks=[{"name": "pgd", "steps": 2}], transfer=False, compile=True)
+    res = rob.evaluate({"m": model}, x, y, cfg)
+    assert seen == [model]
+    assert set(res.robustness["attack"]) == {"clean", "pgd2-linf"}
+    cfg_off = EvaluationConfig(eps=[8 / 255], attacks=[{"name": "pgd", "steps": 2}], transfer=False)
+    seen.clear()
+    rob.evaluate({"m": model}, x, y, cfg_off)
+    assert seen == []

@@ -371,6 +371,9 @@ class EvaluationConfig(Strict):
     )
     transfer: bool = Field(True, description="examples crafted on one model of a pair, tested on the other")
     precision: Precision = Field("fp32", description="bf16 autocast for crafting attacks (CUDA only); scoring stays fp32")
+    compile: bool = Field(
+        False, description="torch.compile each model for crafting attacks (CUDA; compile time once per model; slower on CPU)"
+    )
     soundness: SoundnessConfig = Field(default_factory=SoundnessConfig)
 
     @field_validator("attacks", mode="before")

@@ -109,18 +109,26 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
     module, so a train-mode model with a frozen BatchNorm comes back the same way). Safe
     to nest, and to call from inside a training loop.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    # Only what needs changing is touched: an attack on an eval-mode, frozen model (every
+    # evaluation) costs no module traversal beyond the first; on the quickstart's small CNN
+    # the unconditional version took 0.27 ms per call, 6% of an FGSM attack.
+    modules = list(model.modules())
+    modes = [m.training for m in modules]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    switched = any(modes)
     try:
-        model.eval()
-        for p, _ in flags:
+        if switched:
+            model.eval()
+        for p in trainable:
             p.requires_grad_(False)
         yield model
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode
+        for p in trainable:
+            p.requires_grad_(True)
+        if switched or any(m.training for m in modules):
+            for m, mode in zip(modules, modes):
+                if m.training != mode:
+                    m.training = mode
 
 
 @contextlib.contextmanager
@@ -144,7 +152,16 @@ def forward_context(device: torch.device, precision: str) -> contextlib.Abstract
         return contextlib.nullcontext()
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if not _autocast_on(device.type):
+        return contextlib.nullcontext()  # already float32: skip the context's cost per step
     return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type: assume on, keep the explicit disable
+        return True
 
 
 def input_gradient(
@@ -178,6 +195,21 @@ def evaluate(
     return loss_fn(logits, y), logits.argmax(dim=1) != y
 
 
+def compile_for_attacks(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)`` for crafting attacks (the study option ``evaluation.compile``).
+
+    Inductor fuses the memory-bound work around the convolutions (eval-mode BatchNorm and
+    ReLU, forward and backward) into fewer kernels; the convolutions themselves are
+    unchanged, so iterates equal the eager model's up to float rounding. The attack
+    functions take the wrapper like any model (:func:`attack_mode` reaches the wrapped
+    modules). Compilation happens at the first attack and again for each new batch shape
+    (``dynamic=False``: static shapes give the fastest kernels). Meant for CUDA: on a CPU
+    the compiled small CNN of the quickstart attacked 1.6x *slower* than eager (measured),
+    and compiling needs a C++ compiler.
+    """
+    return torch.compile(model, dynamic=False)
+
+
 # --------------------------------------------------------------------------- running
 def run_attack(
     model: nn.Module,
@@ -209,7 +241,10 @@ def run_attack(
                 out = craft(working_copy(x), y0)
         else:
             out = craft(working_copy(x), y0)
-    return torch.empty_like(x, requires_grad=False).copy_(out.detach())
+    out = out.detach()
+    if out.dtype == x.dtype and out.is_contiguous() and x.is_contiguous():
+        return out  # already a fresh copy in x's dtype and layout
+    return torch.empty_like(x, requires_grad=False).copy_(out)
 
 
 def _channels_last_helps(model: nn.Module, x: Tensor) -> bool:

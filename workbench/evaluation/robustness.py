@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import ATTACKS
+from ..attacks import ATTACKS, compile_for_attacks
 from ..progress import QUIET, Progress
 from ..study import EvaluationConfig, FGSMAttack, PGDAttack
 from ..training.base import derive_seed
@@ -133,6 +133,7 @@ def evaluate(
 
     with progress.task("attack", total) as advance:
         for mid, model in models.items():
+            crafter = compile_for_attacks(model) if cfg.compile else model  # scoring stays eager
             t0 = time.perf_counter()
             correct, loss = score(model, x, y, cfg.batch_size)
             rows.append(_row(mid, None, 0.0, correct, loss, time.perf_counter() - t0))
@@ -143,7 +144,7 @@ def evaluate(
                     torch.manual_seed(derive_seed(seed, "attack", mid, attack.id, eps))
                     t0 = time.perf_counter()
                     x_adv = attack_batched(
-                        model, attack, x, y, eps, batch_size=cfg.batch_size, precision=cfg.precision, advance=advance
+                        crafter, attack, x, y, eps, batch_size=cfg.batch_size, precision=cfg.precision, advance=advance
                     )
                     correct, loss = score(model, x_adv, y, cfg.batch_size)
                     if x.is_cuda:
