@@ -8,6 +8,7 @@ another study declaring the same model, reuses them. Layout::
     <store>/models/<key>/meta.json       spec, history, sha256 of model.pt, timings
     <store>/models/<key>/checkpoint.pt   last finished epoch while training (resume)
     <store>/models/<key>.lock            flock held while one process trains that key
+    <store>/results/<key>/               cached stage results (evaluation, checks, probes): see cache.py
 
 Every file is written to a temporary name and moved into place with ``os.replace`` (atomic
 on POSIX), so a killed process never leaves a half-written file behind; the lock makes a
