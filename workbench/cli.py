@@ -64,10 +64,16 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: reports/<study name>)"),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N"),
     store: Optional[Path] = typer.Option(
-        None, help="model cache (default: $WORKBENCH_STORE or ~/.cache/workbench)", envvar="WORKBENCH_STORE"
+        None, help="model and result cache (default: $WORKBENCH_STORE or ~/.cache/workbench)", envvar="WORKBENCH_STORE"
     ),
     set_: list[str] = typer.Option([], "--set", "-s", help="override a study field: --set train.epochs=2 (repeatable)"),
-    retrain: bool = typer.Option(False, help="train anew instead of reusing cached models (old entries are moved aside)"),
+    retrain: bool = typer.Option(
+        False, help="train anew instead of reusing cached models (old entries are moved aside); implies --recompute"
+    ),
+    recompute: bool = typer.Option(
+        False, help="recompute the evaluation, soundness checks and probes instead of reusing the results cached in "
+        "the store (the cached results are overwritten)"
+    ),
     report: Optional[bool] = typer.Option(
         None, "--report/--no-report", help="write figures and index.html at the end (default: the study's report.enabled)"
     ),
@@ -80,8 +86,14 @@ def run(
 
     Cached models (same data, architecture, recipe, training settings and seed) are
     reused; an interrupted run resumes from its last finished epoch when started again.
+    Results are cached too: a rerun with nothing changed (same study sections, models,
+    data, seed, device type, torch and workbench code) reuses the evaluation, soundness
+    checks and probe outputs from <store>/results and only rewrites the tables and the
+    report; --recompute computes them anew (rm -rf <store>/results clears them).
 
     Example: workbench run studies/quickstart.yaml --out reports/qs --device cpu
+
+    Example: workbench run studies/quickstart.yaml --recompute
     """
     from .runner import run_study
     from .study import load_study
@@ -89,8 +101,8 @@ def run(
     _console_logging(quiet)
     try:
         s = load_study(study, set_)
-        result = run_study(s, out, device=device, store=store, retrain=retrain, progress=False if quiet else None, report=report,
-                            threads=threads)
+        result = run_study(s, out, device=device, store=store, retrain=retrain, recompute=recompute,
+                           progress=False if quiet else None, report=report, threads=threads)
     except WorkbenchError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -102,6 +114,8 @@ def run(
         typer.echo(f"  {r['model']:<32} clean accuracy {r['accuracy']:.3f}")
     where = result.path / "index.html"
     typer.echo(f"run folder: {result.path}" + (f"\nreport: {where}" if where.exists() else ""))
+    if result.cached_stages:
+        typer.echo(f"reused cached results: {', '.join(result.cached_stages)} (--recompute to compute them anew)")
     typer.echo(f"finished in {result.timings['total']:.1f}s")
 
 

@@ -1,9 +1,12 @@
 """``run_study(study, out)``: data → train (paired, cached) → attack → soundness → probes →
 tables → report. Each stage reads what the earlier ones produced; nothing goes through
-globals, and every table lands in the run folder."""
+globals, and every table lands in the run folder. The results of the evaluation, the
+checks and each probe are cached in the store (``cache.py``) under a hash of what
+determines them, so a rerun with nothing changed reuses them."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -15,6 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .cache import ResultCache, cached_stage, code_hash
 from .data import DataSplits, load_dataset
 from .errors import WorkbenchError
 from .evaluation import EvalResult, evaluate, evaluation_subset
@@ -87,7 +91,10 @@ class Run:
     models: dict[str, TrainedModel]
     tables: dict[str, pd.DataFrame]
     timings: dict[str, float] = field(default_factory=dict)
+    #: the evaluation's tables; ``adversarial`` is empty when they came from the result cache
     evaluation: EvalResult | None = None
+    #: stages whose tables came from the result cache (``evaluate``, ``soundness``, ``probe:<name>``)
+    cached_stages: list[str] = field(default_factory=list)
 
 
 @contextmanager
@@ -168,6 +175,31 @@ def model_table(study: Study, trained: dict[str, TrainedModel]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _index_digest(idx: torch.Tensor) -> dict[str, Any]:
+    a = idx.detach().cpu().to(torch.int64).numpy()
+    return {"n": int(len(a)), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+
+
+def result_inputs(study: Study, data: DataSplits, trained: dict[str, TrainedModel], device: torch.device) -> dict[str, Any]:
+    """What every cached stage result depends on (each stage adds its own study section):
+    the models (store keys, which hash everything that determines the weights, and ids) in
+    order, the pairs, the data, the seed, the device type, torch and the workbench code."""
+    return {
+        "code": code_hash(),
+        "torch": torch.__version__,
+        "device": device.type,
+        "seed": study.seed,
+        "models": [{"id": spec.id, "key": trained[spec.id].key} for spec in study.models()],
+        "pairs": [list(p) for p in study.pairs()],
+        "data": {
+            **data_identity(study.data),
+            "limit_test": study.data.limit_test,
+            "sizes": {"train": len(data.train_y), "val": len(data.val_y), "test": len(data.test_y)},
+            "num_classes": data.num_classes,
+        },
+    }
+
+
 def run_study(
     study: Study,
     out: str | Path | None = None,
@@ -175,6 +207,7 @@ def run_study(
     device: str | torch.device | None = None,
     store: ModelStore | str | Path | None = None,
     retrain: bool = False,
+    recompute: bool = False,
     progress: Progress | bool | None = None,
     report: bool | None = None,
     threads: int | None = None,
@@ -182,10 +215,13 @@ def run_study(
     """Run a validated study into ``out`` (default ``reports/<study name>``).
 
     ``store``: the model cache (default ``$WORKBENCH_STORE`` or ``~/.cache/workbench``);
-    ``retrain``: ignore (and move aside) cached models; ``report``: write figures and
+    ``retrain``: ignore (and move aside) cached models, and recompute every result;
+    ``recompute``: ignore the results cached in the store (evaluation, soundness checks,
+    each probe) and overwrite them with fresh ones; ``report``: write figures and
     ``index.html`` (default: the study's ``report.enabled``); ``threads``: torch CPU
     threads (default :func:`default_threads`; only set when the device is the CPU).
     """
+    recompute = recompute or retrain
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -232,10 +268,36 @@ def run_study(
             [t.history.assign(model=k) for k, t in trained.items() if len(t.history)], ignore_index=True
         ) if any(len(t.history) for t in trained.values()) else pd.DataFrame()
 
+        # Results are cached in the store under a hash of everything that determines them
+        # (workbench/cache.py): a rerun with nothing changed reads them back.
+        cache = ResultCache(store.root)
+        common = result_inputs(study, data, trained, device)
+        cached_stages: list[str] = []
+        result_keys: dict[str, str] = {}
+
+        def stage(name: str, inputs: dict[str, Any], compute, **kw) -> dict[str, pd.DataFrame]:
+            got = cached_stage(cache, name, {**common, **inputs}, compute, recompute=recompute, progress=progress, **kw)
+            result_keys[name] = got.key
+            if got.cached:
+                cached_stages.append(name)
+            return got.tables
+
         t0 = time.perf_counter()
         idx = evaluation_subset(len(data.test_y), study.evaluation.examples, study.seed)
         x, y = data.test_x[idx.to(data.test_x.device)], data.test_y[idx.to(data.test_y.device)]
-        result = evaluate(models, x, y, study.evaluation, study.pairs(), seed=study.seed, progress=progress, index=idx)
+        fresh: list[EvalResult] = []
+
+        def run_evaluation() -> dict[str, pd.DataFrame]:
+            fresh.append(evaluate(models, x, y, study.evaluation, study.pairs(), seed=study.seed, progress=progress, index=idx))
+            return {"robustness": fresh[0].robustness, "per_example": fresh[0].per_example, "transfer": fresh[0].transfer}
+
+        eval_inputs = {
+            "evaluation": study.evaluation.model_dump(mode="json", exclude={"soundness"}),
+            "examples": _index_digest(idx),
+        }
+        ev = stage("evaluate", eval_inputs, run_evaluation)
+        # the checks read only the evaluation's tables, so cached ones serve them as well
+        result = fresh[0] if fresh else EvalResult(ev["robustness"], ev["per_example"], ev["transfer"])
         tables.update(robustness=result.robustness, per_example=result.per_example, transfer=result.transfer)
         timings["evaluate"] = time.perf_counter() - t0
 
@@ -243,19 +305,37 @@ def run_study(
             from .evaluation.soundness import run_checks
 
             t0 = time.perf_counter()
-            tables["soundness"] = run_checks(
-                study, models, x, y, result, num_classes=data.num_classes, progress=progress, seed=study.seed
-            )
+            sound_inputs = {
+                "evaluation": study.evaluation.model_dump(mode="json"),
+                "main_eps": study.main_eps(),
+                "examples": _index_digest(idx),
+                "evaluate_key": result_keys["evaluate"],  # the checks read the evaluation's tables
+            }
+            tables.update(stage("soundness", sound_inputs, lambda: {
+                "soundness": run_checks(study, models, x, y, result, num_classes=data.num_classes, progress=progress,
+                                        seed=study.seed)
+            }))
             timings["soundness"] = time.perf_counter() - t0
 
         if study.probes.enabled():
-            from .probes import run_probes
+            from .probes.base import add_probe_tables, probe_context, run_probe
 
             t0 = time.perf_counter()
-            tables.update(
-                run_probes(study, models, data, folder, device=device, progress=progress, seed=study.seed)
-            )
+            ctx = probe_context(study, models, data, folder, device=device, progress=progress, seed=study.seed)
+            for name in study.probes.enabled():
+                probe_inputs = {
+                    "probe": getattr(study.probes, name).model_dump(mode="json"),
+                    "probes": study.probes.model_dump(mode="json", include={"examples", "batch_size"}),
+                    # a probe without its own ε grid uses the evaluation's; linearity uses the main ε
+                    "eps": {"linf": list(study.evaluation.eps), "l2": list(study.evaluation.eps_l2)},
+                    "main_eps": study.main_eps(),
+                    "examples": _index_digest(ctx.index),
+                }
+                out = stage(f"probe:{name}", probe_inputs, lambda name=name: run_probe(ctx, name), folder=folder.path)
+                add_probe_tables(tables, name, out)
             timings["probes"] = time.perf_counter() - t0
+        if cached_stages:
+            log.info("reused cached results: %s", ", ".join(cached_stages))
 
         for name, df in tables.items():
             folder.write_table(name, df)
@@ -268,6 +348,9 @@ def run_study(
             "store": str(store.root),
             "timings": timings,
             "tables": sorted(tables),
+            "cached_stages": cached_stages,
+            "result_keys": result_keys,
+            "recompute": recompute,
         }
         folder.write_json("run.json", manifest)
         log.info("tables written to %s", folder.tables)
@@ -282,4 +365,4 @@ def run_study(
         manifest["timings"] = timings
         folder.write_json("run.json", manifest)
         log.info("run finished in %.1fs", timings["total"])
-    return Run(folder.path, study, device, data, trained, tables, timings, result)
+    return Run(folder.path, study, device, data, trained, tables, timings, result, cached_stages)

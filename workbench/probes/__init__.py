@@ -6,7 +6,7 @@ a :class:`ProbeContext` and returns tidy DataFrames (one row per model × layer 
 which the run folder stores as tables. Formulas and pitfalls: ../shared/METHODS.md.
 """
 
-from .base import PROBES, ProbeContext, probe_examples, run_probes
+from .base import PROBES, ProbeContext, probe_context, probe_examples, run_probe, run_probes
 from . import cka as _cka, linear_probe as _linear_probe, linearity as _linearity, lipschitz as _lipschitz, saliency as _saliency  # noqa: F401,E501  (registration)
 from .cka import cka, cka_matrix
 from .linear_probe import linear_probe
@@ -25,7 +25,9 @@ __all__ = [
     "local_linearity",
     "logit_lipschitz",
     "loss_slices",
+    "probe_context",
     "probe_examples",
+    "run_probe",
     "run_probes",
     "saliency_maps",
 ]

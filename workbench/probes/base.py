@@ -74,16 +74,38 @@ def run_probes(
     seed: int = 0,
 ) -> dict[str, pd.DataFrame]:
     """Run every probe the study enables, in a fixed order; returns all their tables."""
+    base = probe_context(study, models, data, folder, device=device, progress=progress, seed=seed)
+    tables: dict[str, pd.DataFrame] = {}
+    for name in study.probes.enabled():
+        add_probe_tables(tables, name, run_probe(base, name))
+    return tables
+
+
+def probe_context(
+    study: Study,
+    models: dict[str, WorkbenchModel],
+    data: DataSplits,
+    folder: RunFolder | None,
+    *,
+    device: torch.device,
+    progress: Progress = QUIET,
+    seed: int = 0,
+) -> ProbeContext:
+    """The context every probe of the study shares (``cfg`` is set per probe by :func:`run_probe`)."""
     cfg = study.probes
     x, y, idx = probe_examples(data, cfg.examples, seed)
-    base = ProbeContext(
+    return ProbeContext(
         study=study, cfg=None, models=models, pairs=study.pairs(), x=x, y=y, index=idx, data=data,
         folder=folder, device=device, batch_size=cfg.batch_size, seed=seed, progress=progress,
     )
-    tables: dict[str, pd.DataFrame] = {}
-    for name in cfg.enabled():
-        out = PROBES.get(name)(replace(base, cfg=getattr(cfg, name)))
-        clash = set(out) & set(tables)
-        assert not clash, f"probe {name} writes tables already written: {clash}"
-        tables.update(out)
-    return tables
+
+
+def run_probe(base: ProbeContext, name: str) -> dict[str, pd.DataFrame]:
+    """One probe of the study (``name``: a key of ``study.probes``) on the shared context."""
+    return PROBES.get(name)(replace(base, cfg=getattr(base.study.probes, name)))
+
+
+def add_probe_tables(tables: dict[str, pd.DataFrame], name: str, out: dict[str, pd.DataFrame]) -> None:
+    clash = set(out) & set(tables)
+    assert not clash, f"probe {name} writes tables already written: {clash}"
+    tables.update(out)

@@ -396,6 +396,9 @@ def _provenance(res: Results) -> list[tuple[str, str]]:
         ("command", str(env.get("command", "not recorded"))),
         ("model store", str(run.get("store", "not recorded"))),
     ]
+    cached = run.get("cached_stages")
+    if isinstance(cached, list):  # runs before the result cache have no record
+        items.append(("results reused from the store", ", ".join(map(str, cached)) if cached else "none (all computed)"))
     return items
 
 
