@@ -23,6 +23,10 @@ def main(run_dir: str) -> None:
         if n_train:
             line += f", {n_train * m.epochs / m.train_seconds:.0f} training images/s"
         print(line + ("" if not m.cached else " [cached]"))
+        cols = [c for c in ("epoch", "lr", "train_loss", "train_acc", "val_acc", "val_robust_acc", "co_pgd5_acc", "co_fgsm_acc", "seconds")
+                if c in h.columns]
+        if len(h) and cols:  # the learning curve: the first place to look when accuracy falls short
+            print(h[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         for _, row in rob[rob.model == m.model].iterrows():
             print(f"    {row.attack:>18s} eps {row.eps:.4f}: accuracy {row.accuracy:.4f} (n={row.n}, adv. risk {row.adv_risk:.3f}, {row.seconds:.1f} s)")
 
