@@ -568,3 +568,30 @@ def test_real_cifar10_jpeg_tarball(tmp_path: Path) -> None:
     assert len(s.train_y) == 2000 and len(s.val_y) == 5000 and len(s.test_y) == 500
     assert s.train_y.bincount(minlength=10).tolist() == [200] * 10
     assert 0.4 < s.mean[0] < 0.55 and 0.2 < s.std[0] < 0.3
+
+
+def test_imagefolder_identity_is_its_content_not_its_path(tmp_path: Path) -> None:
+    import shutil
+
+    from workbench.study import DataConfig
+    from workbench.training.loop import data_identity
+
+    _make_tree(tmp_path / "tree")
+    shutil.copytree(tmp_path / "tree", tmp_path / "copy")
+    a = _load_if(tmp_path / "tree", tmp_path / "cache")
+    b = _load_if(tmp_path / "copy", tmp_path / "cache")
+    assert a.digest and len(a.digest) == 64 and a.digest == b.digest  # a moved copy: same models
+    cached = _load_if(tmp_path / "tree", tmp_path / "cache")  # digest read back from the decode cache
+    assert cached.digest == a.digest
+    cfg_a = DataConfig(name="imagefolder", root=str(tmp_path / "tree"))
+    cfg_b = DataConfig(name="imagefolder", root=str(tmp_path / "copy"))
+    assert data_identity(cfg_a, a) == data_identity(cfg_b, b)
+    assert "root" not in data_identity(cfg_a, a)
+    # one changed pixel in one image: another data set, so other model keys
+    _save(tmp_path / "copy" / "train" / "cat" / "00.png", _pattern(1, 0) ^ np.uint8(1))
+    c = _load_if(tmp_path / "copy", tmp_path / "cache")
+    assert c.digest != a.digest
+    assert data_identity(cfg_b, c) != data_identity(cfg_a, a)
+    # named data sets are fixed by their name: no digest, no root in the identity
+    d = load_dataset("digits", val_fraction=0.0)
+    assert d.digest is None and "root" not in data_identity(DataConfig(name="digits"), d)

@@ -133,7 +133,7 @@ def train_models(
     study: Study, data: DataSplits, store: ModelStore, device: torch.device, *, progress: Progress, retrain: bool = False
 ) -> dict[str, TrainedModel]:
     """Train (or reuse) every model of the study: architectures × recipes."""
-    ident = data_identity(study.data)
+    ident = data_identity(study.data, data)
     monitor_eps = study.main_eps()
     out: dict[str, TrainedModel] = {}
     specs = study.models()
@@ -192,7 +192,7 @@ def result_inputs(study: Study, data: DataSplits, trained: dict[str, TrainedMode
         "models": [{"id": spec.id, "key": trained[spec.id].key} for spec in study.models()],
         "pairs": [list(p) for p in study.pairs()],
         "data": {
-            **data_identity(study.data),
+            **data_identity(study.data, data),
             "limit_test": study.data.limit_test,
             "sizes": {"train": len(data.train_y), "val": len(data.val_y), "test": len(data.test_y)},
             "num_classes": data.num_classes,

@@ -48,6 +48,24 @@ class RawData:
     test_x: torch.Tensor | None
     test_y: torch.Tensor | None
     classes: list[str]
+    #: sha256 of the contents (:func:`content_digest`), set by loaders whose data is not
+    #: fixed by its name (``imagefolder``): then the data's identity is what it holds, not
+    #: where it lies, so a changed file retrains models and a moved copy reuses them.
+    digest: str | None = None
+
+
+def content_digest(raw: RawData) -> str:
+    """sha256 of a data set's images, labels and class names (train, then test)."""
+    h = hashlib.sha256()
+    h.update(repr(list(raw.classes)).encode())
+    for t in (raw.train_x, raw.train_y, raw.test_x, raw.test_y):
+        if t is None:
+            h.update(b"none")
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
 
 
 @dataclass
@@ -74,6 +92,7 @@ class DataSplits:
     std: tuple[float, ...]
     indices: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     test_carved: bool = False
+    digest: str | None = None  # the loader's content digest (RawData.digest), if any
 
     def describe(self) -> dict[str, Any]:
         """Sizes, shape, classes and statistics as plain Python values (for run records)."""
@@ -195,6 +214,7 @@ def load_dataset(
         std=std,
         indices={"train": train_idx, "val": val_idx, "test": test_idx},
         test_carved=raw.test_x is None,
+        digest=raw.digest,
     )
 
 

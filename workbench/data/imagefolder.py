@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from .base import DATASETS, RawData
+from .base import DATASETS, RawData, content_digest
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ def load_imagefolder(
         return raw
     t0 = time.perf_counter()
     raw = decode_source(source, image_size=image_size, grayscale=grayscale)
+    raw.digest = content_digest(raw)
     n = len(raw.train_y) + (len(raw.test_y) if raw.test_y is not None else 0)
     log.info("imagefolder: decoded %d images from %s in %.1f s", n, root, time.perf_counter() - t0)
     _write_cache(cache, key, raw)
@@ -460,7 +461,10 @@ def _payload_to_raw(obj: Any, key: str) -> RawData:
         )
         if not ok:
             raise ValueError("malformed tensors")
-    return RawData(obj["train_x"], obj["train_y"], obj["test_x"], obj["test_y"], list(classes))
+    raw = RawData(obj["train_x"], obj["train_y"], obj["test_x"], obj["test_y"], list(classes))
+    digest = obj.get("digest")
+    raw.digest = digest if isinstance(digest, str) and len(digest) == 64 else content_digest(raw)
+    return raw
 
 
 def _write_cache(path: Path, key: str, raw: RawData) -> None:
@@ -473,6 +477,7 @@ def _write_cache(path: Path, key: str, raw: RawData) -> None:
         "train_y": raw.train_y,
         "test_x": raw.test_x,
         "test_y": raw.test_y,
+        "digest": raw.digest,
     }
     tmp = None
     try:

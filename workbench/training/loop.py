@@ -41,11 +41,19 @@ from .distillation import TeacherAtTemperature
 log = logging.getLogger("workbench")
 
 
-def data_identity(cfg: DataConfig) -> dict[str, Any]:
+def data_identity(cfg: DataConfig, data: DataSplits | None = None) -> dict[str, Any]:
     """The part of the data section that determines training data (not the test subset,
-    not whether downloads are allowed; the root only where it *is* the data set)."""
+    not whether downloads are allowed, not where a named data set is stored).
+
+    A data set that is not fixed by its name (``imagefolder``) is identified by the
+    digest of its contents when the loaded ``data`` is given (moving or copying the files
+    keeps the key; changing one image changes it), else by its root path.
+    """
     ident = cfg.model_dump(mode="json", exclude={"download", "limit_test"})
-    if cfg.name != "imagefolder":
+    if data is not None and data.digest:
+        ident.pop("root")
+        ident["content"] = data.digest
+    elif cfg.name != "imagefolder":
         ident.pop("root")
     return ident
 
