@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.errors import CheckpointError
+from workbench.errors import CheckpointError, StudyError
 from workbench.runner import load_study_data
 from workbench.store import ModelStore
 from workbench.study import study_from_dict
 from workbench.training import RECIPES, TrainJob, build_model, fit
 from workbench.training import loop as loop_mod
-from workbench.training.loop import data_identity, lr_factor
+from workbench.training.loop import cycle_momentum, data_identity, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,6 +141,44 @@ def test_lr_schedules():
     assert lr_factor(one, 0, 100) == 0 and lr_factor(one, 40, 100) == pytest.approx(1) and lr_factor(one, 70, 100) == pytest.approx(0.5)
     step = t.model_copy(update={"schedule": "step", "milestones": (0.5, 0.75), "gamma": 0.1})
     assert [lr_factor(step, s, 100) for s in (10, 60, 80)] == pytest.approx([1, 0.1, 0.01])
+
+
+def test_onecycle_with_cycled_momentum_is_torchs_cyclic_lr_step_for_step():
+    # Wong et al.'s code: CyclicLR(base_lr=0, max_lr=0.2, step_size_up=total/2, step_size_down=total/2)
+    # with its default momentum cycling 0.9 -> 0.8 -> 0.9. Ours must give the same lr and
+    # momentum at every optimiser step.
+    from workbench.study import TrainConfig
+
+    total = 40
+    t = TrainConfig(schedule="onecycle", lr=0.2, onecycle_pct=0.5, onecycle_momentum=(0.8, 0.9))
+    p1, p2 = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    ours = torch.optim.SGD([p1], lr=t.lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(ours, lambda s: lr_factor(t, s, total))
+    cycle_momentum(ours, t)
+    ref = torch.optim.SGD([p2], lr=0.2, momentum=0.9)
+    ref_sched = torch.optim.lr_scheduler.CyclicLR(ref, base_lr=0.0, max_lr=0.2, step_size_up=total / 2, step_size_down=total / 2)
+    for _ in range(total):
+        assert ours.param_groups[0]["lr"] == pytest.approx(ref.param_groups[0]["lr"], abs=1e-12)
+        assert ours.param_groups[0]["momentum"] == pytest.approx(ref.param_groups[0]["momentum"], abs=1e-12)
+        ours.step(), ref.step()
+        sched.step(), ref_sched.step()
+        cycle_momentum(ours, t)
+    fixed = t.model_copy(update={"onecycle_momentum": None})
+    cycle_momentum(ours, fixed)  # unset: momentum is left alone
+    assert ours.param_groups[0]["momentum"] == pytest.approx(0.9)
+
+
+def test_cycled_momentum_validation_and_model_key():
+    study = tiny_study()
+    with pytest.raises(StudyError, match="onecycle_momentum needs schedule: onecycle"):
+        tiny_study(train={"epochs": 1, "onecycle_momentum": [0.8, 0.9]})
+    with pytest.raises(StudyError, match="low <= high"):
+        tiny_study(train={"epochs": 1, "schedule": "onecycle", "onecycle_momentum": [0.9, 0.8]})
+    spec = study.models()[0]
+    plain = TrainJob(spec, data_identity(study.data), 0.1)
+    assert "onecycle_momentum" not in plain.identity()["train"]  # unset: keys of earlier versions stand
+    cyc = tiny_study(train={"epochs": 1, "schedule": "onecycle", "onecycle_momentum": [0.8, 0.9]}).models()[0]
+    assert TrainJob(cyc, data_identity(study.data), 0.1).identity()["train"]["onecycle_momentum"] == [0.8, 0.9]
 
 
 # --------------------------------------------------------------------------- processes

@@ -177,6 +177,11 @@ class TrainConfig(Strict):
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up (cosine and step schedules)")
     onecycle_pct: float = Field(0.4, gt=0, lt=1, description="one-cycle: share of training spent rising to the peak")
+    onecycle_momentum: tuple[float, float] | None = Field(
+        None,
+        description="one-cycle with sgd: (low, high) momentum, cycled against the learning rate (high at lr 0, low at "
+        "the peak), as torch's CyclicLR does by default (0.8, 0.9) and so Wong et al.'s code; null: momentum stays fixed",
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="off by default: it inflates robustness under CE attacks")
     grad_clip: float | None = Field(None, gt=0)
     precision: Precision = Field("fp32", description="bf16 autocast (CUDA only)")
@@ -191,6 +196,16 @@ class TrainConfig(Strict):
         if any(not 0 < m < 1 for m in v) or list(v) != sorted(v):
             raise ValueError("milestones are increasing fractions of training between 0 and 1")
         return v
+
+    @model_validator(mode="after")
+    def _cycled_momentum(self) -> TrainConfig:
+        if self.onecycle_momentum is not None:
+            low, high = self.onecycle_momentum
+            if self.schedule != "onecycle" or self.optimizer != "sgd":
+                raise ValueError("onecycle_momentum needs schedule: onecycle and optimizer: sgd")
+            if not 0 <= low <= high < 1:
+                raise ValueError(f"onecycle_momentum is (low, high) with 0 <= low <= high < 1, got {list(self.onecycle_momentum)}")
+        return self
 
 
 class RecipeBase(Strict):

@@ -81,7 +81,7 @@ class TrainJob:
             "recipe": recipe,
             # the per-epoch monitoring (ε, examples, steps) is recorded in the history but does
             # not change the weights, so studies with other main ε still share the model
-            "train": self.train_config.model_dump(mode="json", exclude={"monitor_examples", "monitor_steps"}),
+            "train": _train_identity(self.train_config),
             "seed": self.spec.seed,
         }
 
@@ -94,6 +94,24 @@ class TrainJob:
 
     def key(self) -> str:
         return content_hash(self.identity())[:24]
+
+
+def _train_identity(t: TrainConfig) -> dict[str, Any]:
+    ident = t.model_dump(mode="json", exclude={"monitor_examples", "monitor_steps"})
+    if ident.get("onecycle_momentum") is None:  # added later: unset, it leaves earlier keys as they were
+        ident.pop("onecycle_momentum", None)
+    return ident
+
+
+def cycle_momentum(opt: torch.optim.Optimizer, t: TrainConfig) -> None:
+    """Set SGD momentum against the current learning rate (``train.onecycle_momentum``):
+    high at lr 0, low at the peak, linear in between, as torch's CyclicLR. A function of
+    the learning rate alone, so a resumed run sets the same values."""
+    if t.onecycle_momentum is None:
+        return
+    low, high = t.onecycle_momentum
+    for group in opt.param_groups:
+        group["momentum"] = high - (high - low) * min(1.0, group["lr"] / t.lr)
 
 
 @dataclass
@@ -247,6 +265,7 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
     steps_per_epoch = n_train // t.batch_size if drop_last else 1
     total_steps = steps_per_epoch * t.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(t, s, total_steps))
+    cycle_momentum(opt, t)
     augment = Augmentation(**job.data["augment"])  # the data identity holds the augment section
     if len(data.val_y):
         mon_x, mon_y = data.val_x[: t.monitor_examples], data.val_y[: t.monitor_examples]
@@ -293,6 +312,7 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
                         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                     opt.step()
                     sched.step()
+                    cycle_momentum(opt, t)
                     loss_sum += loss.detach().float() * len(yb)
                     correct += (logits.detach().argmax(1) == yb).sum()
                     seen += len(yb)
