@@ -95,7 +95,7 @@ def main() -> None:
         ratio, lo, hi = paired_ratio(t_mine, t_other)
         print(
             f"{name:9s} workbench {median(t_mine) * 1e3:9.1f} ms  torchattacks {median(t_other) * 1e3:9.1f} ms  "
-            f"ratio {ratio:.2f}x (95% CI {lo:.2f}-{hi:.2f}: {verdict(ratio, lo, hi, limit)})  | robust acc workbench {sum(a_mine) / len(a_mine):.4f} "
+            f"ratio {ratio:.3f}x (95% CI {lo:.3f}-{hi:.3f}: {verdict(ratio, lo, hi, limit)})  | robust acc workbench {sum(a_mine) / len(a_mine):.4f} "
             f"(range {min(a_mine):.4f}-{max(a_mine):.4f})  torchattacks {sum(a_other) / len(a_other):.4f} "
             f"(range {min(a_other):.4f}-{max(a_other):.4f})"
         )
