@@ -143,6 +143,26 @@ def test_lr_schedules():
     assert [lr_factor(step, s, 100) for s in (10, 60, 80)] == pytest.approx([1, 0.1, 0.01])
 
 
+@pytest.mark.parametrize("name", sorted(RECIPE_CFGS))
+def test_every_recipe_trains_in_bf16_on_the_cpu(name, digits, tmp_path):
+    # train.precision: bf16 autocasts on the CPU too (it used to be silently ignored there)
+    study = tiny_study(("standard", name) if name != "standard" else ("standard",), train={"epochs": 1})
+    job = job_for(study, len(study.recipes) - 1)
+    bf16 = tiny_study(("standard", name) if name != "standard" else ("standard",), train={"epochs": 1, "precision": "bf16"})
+    job16 = job_for(bf16, len(bf16.recipes) - 1)
+    assert job16.key() != job.key()
+    out32 = fit(job, digits, ModelStore(tmp_path))
+    out16 = fit(job16, digits, ModelStore(tmp_path))
+    assert out16.history["train_loss"].notna().all()
+    assert all(torch.isfinite(v).all() for v in out16.model.state_dict().values() if v.is_floating_point())
+    # same seed, data order and initial weights: only the precision differs, and it shows
+    w16, w32 = out16.model.state_dict(), out32.model.state_dict()
+    assert any(not torch.equal(w16[k], w32[k]) for k in w32 if w32[k].is_floating_point())
+    assert all(v.dtype != torch.bfloat16 for v in out16.model.state_dict().values())  # weights stay float32
+    with loop_mod._autocast(torch.device("cpu"), "bf16"):
+        assert out16.model(digits.test_x[:2]).dtype == torch.bfloat16
+
+
 def test_onecycle_with_cycled_momentum_is_torchs_cyclic_lr_step_for_step():
     # Wong et al.'s code: CyclicLR(base_lr=0, max_lr=0.2, step_size_up=total/2, step_size_down=total/2)
     # with its default momentum cycling 0.9 -> 0.8 -> 0.9. Ours must give the same lr and

@@ -184,7 +184,9 @@ class TrainConfig(Strict):
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="off by default: it inflates robustness under CE attacks")
     grad_clip: float | None = Field(None, gt=0)
-    precision: Precision = Field("fp32", description="bf16 autocast (CUDA only)")
+    precision: Precision = Field(
+        "fp32", description="bf16: autocast while training (CUDA; CPUs with native bf16 such as AVX512-BF16, else slow)"
+    )
     channels_last: bool = Field(False, description="channels_last memory format (helps convs on GPU)")
     compile: bool = Field(False, description="torch.compile the model (GPU; costs compile time)")
     monitor_examples: PositiveInt = Field(256, description="held-out validation examples scored after every epoch")
