@@ -23,6 +23,8 @@ def main(run_dir: str) -> None:
         if n_train:
             line += f", {n_train * m.epochs / m.train_seconds:.0f} training images/s"
         print(line + ("" if not m.cached else " [cached]"))
+        if getattr(m, "stopped_early", ""):
+            print(f"    stopped early: {m.stopped_early}")
         cols = [c for c in ("epoch", "lr", "train_loss", "train_acc", "val_acc", "val_robust_acc", "co_pgd5_acc", "co_fgsm_acc", "seconds")
                 if c in h.columns]
         if len(h) and cols:  # the learning curve: the first place to look when accuracy falls short
