@@ -583,6 +583,13 @@ def test_imagefolder_identity_is_its_content_not_its_path(tmp_path: Path) -> Non
     assert a.digest and len(a.digest) == 64 and a.digest == b.digest  # a moved copy: same models
     cached = _load_if(tmp_path / "tree", tmp_path / "cache")  # digest read back from the decode cache
     assert cached.digest == a.digest
+    # a decode cache written before digests existed gets its digest once, and keeps it
+    (path,) = [p for p in (tmp_path / "cache").iterdir() if p.suffix == ".pt" and "-tree-" in p.name]
+    payload = torch.load(path, weights_only=True)
+    payload.pop("digest")
+    torch.save(payload, path)
+    assert _load_if(tmp_path / "tree", tmp_path / "cache").digest == a.digest
+    assert torch.load(path, weights_only=True)["digest"] == a.digest
     cfg_a = DataConfig(name="imagefolder", root=str(tmp_path / "tree"))
     cfg_b = DataConfig(name="imagefolder", root=str(tmp_path / "copy"))
     assert data_identity(cfg_a, a) == data_identity(cfg_b, b)

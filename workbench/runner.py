@@ -306,9 +306,9 @@ def run_study(
 
             t0 = time.perf_counter()
             sound_inputs = {
-                "evaluation": study.evaluation.model_dump(mode="json"),
+                # the rest of the evaluation section, and the examples, are in the evaluation's key
+                "soundness": study.evaluation.soundness.model_dump(mode="json"),
                 "main_eps": study.main_eps(),
-                "examples": _index_digest(idx),
                 "evaluate_key": result_keys["evaluate"],  # the checks read the evaluation's tables
             }
             tables.update(stage("soundness", sound_inputs, lambda: {

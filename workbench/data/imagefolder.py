@@ -101,6 +101,9 @@ def load_imagefolder(
     raw = _read_cache(cache, key)
     if raw is not None:
         log.debug("imagefolder: %s read from cache %s", root, cache)
+        if raw.digest is None:  # a cache from before content digests: hash once, keep it
+            raw.digest = content_digest(raw)
+            _write_cache(cache, key, raw)
         return raw
     t0 = time.perf_counter()
     raw = decode_source(source, image_size=image_size, grayscale=grayscale)
@@ -461,10 +464,9 @@ def _payload_to_raw(obj: Any, key: str) -> RawData:
         )
         if not ok:
             raise ValueError("malformed tensors")
-    raw = RawData(obj["train_x"], obj["train_y"], obj["test_x"], obj["test_y"], list(classes))
-    digest = obj.get("digest")
-    raw.digest = digest if isinstance(digest, str) and len(digest) == 64 else content_digest(raw)
-    return raw
+    digest = obj.get("digest")  # None in caches written before digests: load_imagefolder adds it
+    digest = digest if isinstance(digest, str) and len(digest) == 64 else None
+    return RawData(obj["train_x"], obj["train_y"], obj["test_x"], obj["test_y"], list(classes), digest)
 
 
 def _write_cache(path: Path, key: str, raw: RawData) -> None:

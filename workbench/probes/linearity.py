@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import fgsm, pgd
-from ..attacks.base import attack_mode, crafting
+from ..attacks.base import attack_mode, crafting, uniform_like
 from ..errors import WorkbenchError
 from ..tables import TABLES
 from ..training.base import derive_seed
@@ -67,8 +67,10 @@ def _generator(device: torch.device, *parts) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(derive_seed(*parts))
 
 
-def _uniform(like: torch.Tensor, eps: float, g: torch.Generator) -> torch.Tensor:
-    return torch.empty(like.shape, dtype=like.dtype, device=like.device).uniform_(-eps, eps, generator=g)
+def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device):
+    """(start, x batch as float32 on ``device``, y batch) over the examples, in order."""
+    for start in range(0, len(x), batch_size):
+        yield start, x[start:start + batch_size].to(device).detach().float(), y[start:start + batch_size].to(device)
 
 
 # --------------------------------------------------------------------------- local linearity
@@ -105,13 +107,11 @@ def local_linearity(
     device = _device(model)
     out = []
     with crafting(), attack_mode(model):
-        for start in range(0, len(x), batch_size):
-            xb = x[start:start + batch_size].to(device).detach().float()
-            yb = y[start:start + batch_size].to(device)
+        for start, xb, yb in _batches(x, y, batch_size, device):
             g = _generator(device, seed, "local-linearity", start, eps)
             l0, g0 = _loss_and_grad(model, xb, yb, loss_fn)
             lo, hi = (xb - eps).clamp(min=0.0), (xb + eps).clamp(max=1.0)
-            x_adv = torch.min(torch.max(xb + _uniform(xb, eps, g), lo), hi)
+            x_adv = torch.min(torch.max(xb + uniform_like(xb, -eps, eps, g), lo), hi)
             best = torch.full((len(xb),), -math.inf, device=device)
             for t in range(steps + 1):
                 last = t == steps
@@ -153,12 +153,10 @@ def gradient_alignment(
     device = _device(model)
     out = []
     with crafting(), attack_mode(model):
-        for start in range(0, len(x), batch_size):
-            xb = x[start:start + batch_size].to(device).detach().float()
-            yb = y[start:start + batch_size].to(device)
+        for start, xb, yb in _batches(x, y, batch_size, device):
             g = _generator(device, seed, "grad-alignment", start, eps)
             _, g1 = _loss_and_grad(model, xb, yb, loss_fn)
-            _, g2 = _loss_and_grad(model, (xb + _uniform(xb, eps, g)).clamp(0.0, 1.0), yb, loss_fn)
+            _, g2 = _loss_and_grad(model, (xb + uniform_like(xb, -eps, eps, g)).clamp(0.0, 1.0), yb, loss_fn)
             g1, g2 = g1.reshape(len(xb), -1).double(), g2.reshape(len(xb), -1).double()
             n1, n2 = torch.linalg.vector_norm(g1, dim=1), torch.linalg.vector_norm(g2, dim=1)
             cos = (g1 * g2).sum(dim=1) / (n1 * n2).clamp_min(1e-300)
