@@ -371,3 +371,69 @@ def test_bad_normalization_rejected():
         create_model("small_cnn", num_classes=10, in_shape=(1, 8, 8), mean=[0.1, 0.2])
     with pytest.raises(WorkbenchError, match="std"):
         create_model("small_cnn", num_classes=10, in_shape=(1, 8, 8), std=[0.0])
+
+
+class _RefPreActBlock(nn.Module):
+    """The basic block as defined by He et al. 2016 (pre-activation) in the form of Wong et
+    al.'s fast_adversarial code: BN-ReLU-conv, BN-ReLU-conv, plus a shortcut that is the
+    identity or a strided 1x1 conv of the block input."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False)) if stride != 1 or cin != cout else None
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(x))
+        short = self.proj(x) if self.proj is not None else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + short
+
+
+class _RefPreActResNet(nn.Module):
+    def __init__(self, blocks, width, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        layers, cin = [], width
+        for i, n in enumerate(blocks):
+            cout = width * 2**i
+            layers.append(nn.Sequential(*[_RefPreActBlock(cin if j == 0 else cout, cout, (1 if i == 0 else 2) if j == 0 else 1)
+                                          for j in range(n)]))
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(cin)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        out = torch.relu(self.bn(self.layers(self.conv1(x))))
+        return self.linear(torch.nn.functional.avg_pool2d(out, 4).flatten(1))
+
+
+@pytest.mark.parametrize("name,blocks", [("preact_resnet18", (2, 2, 2, 2)), ("preact_resnet34", (3, 4, 6, 3))])
+def test_preact_resnets_compute_the_reference_network(name, blocks):
+    torch.manual_seed(0)
+    ref = _RefPreActResNet(blocks, width=8)
+    ours = create_model(name, num_classes=10, in_shape=(3, 32, 32), width=8)  # mean 0, std 1: no-op normalisation
+    ref_state, our_state = ref.state_dict(), ours.net.state_dict()
+    assert [v.shape for v in ref_state.values()] == [v.shape for v in our_state.values()]
+    # random BatchNorm statistics and affine parameters too, so that a block reading the
+    # wrong tensor cannot agree by accident
+    g = torch.Generator().manual_seed(1)
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_((torch.rand(c, generator=g) - 0.5) * 0.2)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
+            m.bias.data.copy_((torch.rand(c, generator=g) - 0.5) * 0.2)
+    ours.net.load_state_dict(dict(zip(our_state, ref.state_dict().values())))
+    ref.eval(), ours.eval()
+    x = torch.rand(4, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        out = ours(x)
+        torch.testing.assert_close(out, ref(x), rtol=1e-5, atol=1e-5)
+        assert out.isfinite().all() and out.std() > 1e-3

@@ -267,3 +267,34 @@ def test_two_processes_share_a_store(tmp_path):
     assert sorted(cached) == [False, True]  # one trained, the other waited and reused
     a, b = (pd.read_parquet(tmp_path / f"r{i}" / "tables" / "robustness.parquet").drop(columns="seconds") for i in range(2))
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_fixed_batches_are_class_stratified_on_class_sorted_data(digits, tmp_path, monkeypatch):
+    """An imagefolder set is stored class by class; the overfitting check and the monitor
+    must still see every class (the first 256 CIFAR-10 images are all airplanes)."""
+    import dataclasses
+
+    from workbench.training.loop import FitContext
+
+    order = torch.argsort(digits.train_y, stable=True)
+    sorted_data = dataclasses.replace(digits, train_x=digits.train_x[order], train_y=digits.train_y[order],
+                                      val_x=digits.val_x[:0], val_y=digits.val_y[:0])
+    assert sorted_data.train_y[:64].unique().numel() <= 3  # the old first-n batch saw at most 3 classes
+    study = tiny_study(("fgsm_rs",), train={"batch_size": 64, "epochs": 1, "monitor_examples": 40})
+    store = ModelStore(tmp_path / "store")
+    x, y = FitContext(job_for(study), sorted_data, store, torch.device("cpu")).check_batch()
+    counts = torch.bincount(y, minlength=10)
+    assert len(y) == 256 and (counts >= 25).all() and (counts <= 26).all()
+    x2, _ = FitContext(job_for(study), sorted_data, store, torch.device("cpu")).check_batch()
+    assert torch.equal(x, x2)  # seeded: the same batch every epoch and every run
+
+    seen = {}
+    real_pgd = loop_mod.pgd
+
+    def spy(model, x, y, *a, **k):
+        seen.setdefault("y", y.clone())
+        return real_pgd(model, x, y, *a, **k)
+
+    monkeypatch.setattr(loop_mod, "pgd", spy)
+    fit(job_for(study), sorted_data, store, "cpu")
+    assert torch.bincount(seen["y"], minlength=10).min() >= 4  # the monitor batch (40 examples) has every class

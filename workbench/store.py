@@ -44,7 +44,8 @@ from .errors import CheckpointError, RunFolderError
 log = logging.getLogger("workbench")
 
 #: bump when a change to training code changes what a given spec produces
-TRAINING_CODE_VERSION = 1
+#: (2: the reference PreActBlock shortcut, class-stratified overfitting-check and monitor batches)
+TRAINING_CODE_VERSION = 2
 
 
 def default_store() -> Path:

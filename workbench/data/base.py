@@ -247,6 +247,20 @@ def stratified_pick(y: torch.Tensor, k: int, generator: torch.Generator) -> tupl
     return mask.nonzero().flatten(), (~mask).nonzero().flatten()
 
 
+def stratified_subset(y: torch.Tensor, n: int, seed: int, purpose: str) -> torch.Tensor:
+    """Sorted positions of a seeded, class-stratified subset of ``n`` of the labels ``y``
+    (all of them when ``n >= len(y)``), on ``y``'s device.
+
+    For every "fixed batch" (the overfitting check, the training monitor): splits keep the
+    stored order, and an ``imagefolder`` set is stored class by class, so the first 256
+    CIFAR-10 training images are all airplanes.
+    """
+    if n >= len(y):
+        return torch.arange(len(y), device=y.device)
+    picked, _ = stratified_pick(y, n, _generator(seed, purpose))
+    return picked.to(y.device)
+
+
 def _generator(seed: int, purpose: str) -> torch.Generator:
     """A CPU generator for one purpose, derived from the study seed by a stable hash."""
     digest = hashlib.sha256(f"{int(seed)}:{purpose}".encode()).digest()

@@ -4,7 +4,14 @@ He et al. 2016, "Identity Mappings in Deep Residual Networks", in the CIFAR form
 Madry et al.'s robustness code and Wong et al. 2020 ("Fast is better than free"): a 3×3
 stem conv with 64 channels and no max-pool, four stages of pre-activation basic blocks
 (BN-ReLU-conv ×2, strides 1, 2, 2, 2), then BN-ReLU, global average pool and a linear
-classifier. Parameter names differ from those repositories (stem, pool.bn, fc).
+classifier. Parameter names differ from those repositories (stem, pool.bn, fc), but the
+parameters come in the same order, so a state dict maps across one to one.
+
+The basic block is the reference ``PreActBlock`` of locuslab/fast_adversarial (and
+kuangliu's pytorch-cifar): a projection shortcut takes the block *input* ``x``. Taking the
+activated ``relu(bn1(x))`` instead is the reference's Bottleneck; an earlier version of this
+file did that in the basic block, which overfit catastrophically under FGSM-RS where the
+reference does not, and computes something else on a reference checkpoint.
 """
 
 from __future__ import annotations
@@ -36,8 +43,7 @@ class PreActBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(x))
-        # As in the reference code, a projection shortcut takes the activated input.
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        shortcut = self.shortcut(x) if self.shortcut is not None else x
         out = self.conv1(out)
         out = self.conv2(self.relu2(self.bn2(out)))
         return out + shortcut  # not `+=`: never modify a tensor a hook may hold
@@ -75,7 +81,7 @@ def preact_resnet(num_classes: int, in_shape: tuple[int, int, int], blocks: Sequ
 
 @MODELS.register("preact_resnet18")
 def preact_resnet18(num_classes: int, in_shape: tuple[int, int, int], width: int = 64) -> Built:
-    """PreAct ResNet-18 (He et al. 2016), CIFAR stem; the model of Wong et al. 2020's fast AT.
+    """PreAct ResNet-18, CIFAR stem: exactly the PreActResNet18 of Wong et al. 2020's fast AT code.
 
     Layers: ``stem``, ``layer1`` … ``layer4`` (stage outputs: pre-activation residual
     sums, as the architecture has no nonlinearity there), ``pool`` (penultimate: final
@@ -87,5 +93,5 @@ def preact_resnet18(num_classes: int, in_shape: tuple[int, int, int], width: int
 
 @MODELS.register("preact_resnet34")
 def preact_resnet34(num_classes: int, in_shape: tuple[int, int, int], width: int = 64) -> Built:
-    """PreAct ResNet-34 (He et al. 2016), CIFAR stem; layers as for ``preact_resnet18``."""
+    """PreAct ResNet-34, CIFAR stem, with the reference PreActBlock; layers as for ``preact_resnet18``."""
     return preact_resnet(num_classes, in_shape, (3, 4, 6, 3), width)

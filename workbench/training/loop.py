@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ from torch import nn
 
 from ..attacks import pgd
 from ..data import Augmentation, DataSplits, iterate_batches
+from ..data.base import stratified_subset
 from ..errors import CheckpointError
 from ..models import WorkbenchModel, create_model
 from ..progress import QUIET, Progress
@@ -136,10 +138,14 @@ class FitContext:
     retrain: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @functools.cached_property
+    def _check_index(self) -> torch.Tensor:
+        n = max(self.job.train_config.batch_size, 256)
+        return stratified_subset(self.data.train_y, n, self.job.spec.seed, "overfit-check")
+
     def check_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One fixed, un-augmented training batch (the catastrophic-overfitting check)."""
-        n = min(len(self.data.train_y), max(self.job.train_config.batch_size, 256))
-        return self.data.train_x[:n], self.data.train_y[:n]
+        """One fixed, un-augmented, class-stratified training batch (the catastrophic-overfitting check)."""
+        return self.data.train_x[self._check_index], self.data.train_y[self._check_index]
 
     def fit_teacher(self) -> nn.Module:
         teacher_job = dataclasses.replace(self.job, role="teacher")
@@ -284,10 +290,9 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(t, s, total_steps))
     cycle_momentum(opt, t)
     augment = Augmentation(**job.data["augment"])  # the data identity holds the augment section
-    if len(data.val_y):
-        mon_x, mon_y = data.val_x[: t.monitor_examples], data.val_y[: t.monitor_examples]
-    else:
-        mon_x, mon_y = data.train_x[: t.monitor_examples], data.train_y[: t.monitor_examples]
+    pool_x, pool_y = (data.val_x, data.val_y) if len(data.val_y) else (data.train_x, data.train_y)
+    mon_idx = stratified_subset(pool_y, t.monitor_examples, job.spec.seed, "monitor")
+    mon_x, mon_y = pool_x[mon_idx], pool_y[mon_idx]
 
     history: list[dict[str, Any]] = []
     start_epoch, resumed_from, elapsed = 0, None, 0.0
