@@ -228,7 +228,7 @@ def trained_cnn():
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.0)])
 def test_feature_search_beats_the_loss_attack_which_beats_random(trained_cnn, norm, eps):
-    # METHODS.md: D(feat) ≥ D(loss) ≥ D(rand) at every layer. The feature search here starts
+    # docs/methods.md: D(feat) ≥ D(loss) ≥ D(rand) at every layer. The feature search here starts
     # only from random points (feat_from_loss=False), so feat ≥ loss is a real test of its
     # strength, not a consequence of starting at δ_loss.
     model, x, y = trained_cnn

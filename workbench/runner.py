@@ -253,7 +253,7 @@ def run_study(
         env["data"] = data.describe()
         folder.write_json("environment.json", env)
         folder.write_text("study.yaml", study.to_yaml())
-        log.info("study %s on %s: %s", study.name, device, data.describe())
+        log.info("Study %s runs on %s. Data: %s.", study.name, device, data.summary())
 
         t0 = time.perf_counter()
         trained = train_models(study, data, store, device, progress=progress, retrain=retrain)

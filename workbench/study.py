@@ -352,7 +352,7 @@ ATTACK_CONFIGS = {"fgsm": FGSMAttack, "pgd": PGDAttack}
 
 
 class SoundnessConfig(Strict):
-    """Evaluation soundness checks (Carlini et al. 2019); see METHODS.md."""
+    """Evaluation soundness checks (Carlini et al. 2019); see docs/methods.md."""
 
     enabled: bool = True
     examples: PositiveInt = Field(500, description="test examples used by the extra attacks of the checks")
@@ -423,7 +423,7 @@ class EvaluationConfig(Strict):
 
 
 class LipschitzProbe(Strict):
-    """Feature-space Lipschitz ratios ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖ per layer (METHODS.md), for δ from
+    """Feature-space Lipschitz ratios ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖ per layer (docs/methods.md), for δ from
     PGD on cross-entropy (``loss``), PGD on the feature change at the layer (``feat``) and a
     random direction (``rand``); plus Yang et al. 2020's logit local Lipschitz estimate."""
 

@@ -100,7 +100,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
         },
     ),
     "soundness": (
-        "evaluation soundness checks (METHODS.md): model × check",
+        "evaluation soundness checks (docs/methods.md): model × check",
         {
             "model": "model id",
             "check": "check name",

@@ -94,7 +94,7 @@ def working_copy(x: Tensor, memory_format: torch.memory_format = torch.preserve_
 
 
 def default_alpha(eps: float, steps: int) -> float:
-    """Step size rule α = 2.5·ε/steps (Madry et al. 2018; METHODS.md)."""
+    """Step size rule α = 2.5·ε/steps (Madry et al. 2018; docs/methods.md)."""
     return 2.5 * eps / max(int(steps), 1)
 
 
@@ -142,7 +142,7 @@ def forward_context(device: torch.device, precision: str) -> contextlib.Abstract
     ``"bf16"`` runs the forward under ``torch.autocast(device.type, dtype=torch.bfloat16)``
     (meant for CUDA; on CPU this is CPU autocast). ``"fp32"`` explicitly *disables*
     autocast, so an attack called inside a trainer's mixed-precision region still computes
-    its gradient in float32 (METHODS.md: attack in float32 unless shown harmless).
+    its gradient in float32 (docs/methods.md: attack in float32 unless shown harmless).
     """
     if device.type not in ("cpu", "cuda"):
         if precision == "bf16":
@@ -406,7 +406,7 @@ def random_perturbation(
     """A random direction at the attack's budget, returned as x + δ clipped to [0, 1].
 
     L∞: δ = ε·sign(u), u ~ N(0, I) (a vertex of the box); L2: δ = ε·u/‖u‖₂ per example
-    (METHODS.md, δ_rand). ``eps`` is a float or a per-example (N,) tensor (e.g. the norms
+    (docs/methods.md, δ_rand). ``eps`` is a float or a per-example (N,) tensor (e.g. the norms
     of PGD perturbations, to draw a random δ of the same size). Measure ‖δ‖ after the clip
     with :func:`perturbation_norm` (x_rand − x), since clipping can shorten it.
     """

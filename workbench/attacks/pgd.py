@@ -86,7 +86,7 @@ def pgd(
         x: clean inputs in [0, 1], shape (N, ...).
         y: int64 labels, shape (N,).
         eps: budget in pixel units (L∞: per coordinate; L2: Euclidean norm per example).
-        alpha: step size in the same units; default 2.5·ε/steps (METHODS.md).
+        alpha: step size in the same units; default 2.5·ε/steps (docs/methods.md).
         steps: gradient steps per restart (0 returns the start point).
         norm: ``"linf"`` or ``"l2"``.
         random_start: start from a random point of the ball (else from x).

@@ -94,6 +94,15 @@ class DataSplits:
     test_carved: bool = False
     digest: str | None = None  # the loader's content digest (RawData.digest), if any
 
+    def summary(self) -> str:
+        """One sentence for the run log, e.g. "digits: 1,294 training, 144 validation and 359
+        test images of 1×8×8 in 10 classes (test carved from train), on cpu"."""
+        shape = "×".join(str(v) for v in self.in_shape)
+        source = "carved from train" if self.test_carved else "own test split"
+        return (f"{self.name}: {self.train_y.numel():,} training, {self.val_y.numel():,} validation and "
+                f"{self.test_y.numel():,} test images of {shape} in {self.num_classes} classes ({source}), "
+                f"on {self.train_x.device}")
+
     def describe(self) -> dict[str, Any]:
         """Sizes, shape, classes and statistics as plain Python values (for run records)."""
         return {

@@ -91,7 +91,7 @@ NONDETERMINISM_RTOL = 1e-4
 #: probability_outputs: tolerated share of probability-like rows. Logits of a real network
 #: are almost never all ≥ 0 with a sum within 1e-4 of 1; a softmax output always is.
 PROBABILITY_RATE = 0.01
-#: large_eps: accuracy allowed above the majority-class rate (METHODS.md: chance + 1%).
+#: large_eps: accuracy allowed above the majority-class rate (docs/methods.md: chance + 1%).
 LARGE_EPS_MARGIN = 0.01
 #: Accuracies are float32 means: a value within this of its threshold is on it, not past it.
 ROUNDING = 1e-6

@@ -3,7 +3,7 @@
 Each probe is one module with a notebook function (``lipschitz(model, x, y, ...)``,
 ``cka(X, Y)``, ...) and a study runner registered by name in :data:`PROBES`. A runner takes
 a :class:`ProbeContext` and returns tidy DataFrames (one row per model × layer × setting),
-which the run folder stores as tables. Formulas and pitfalls: ../shared/METHODS.md.
+which the run folder stores as tables. Formulas and pitfalls: docs/methods.md.
 """
 
 from .base import PROBES, ProbeContext, probe_context, probe_examples, run_probe, run_probes

@@ -1,4 +1,4 @@
-"""How locally linear is the loss? Four views (METHODS.md, "Linearity probes").
+"""How locally linear is the loss? Four views (docs/methods.md, "Linearity probes").
 
 - :func:`local_linearity` (Qin et al. 2019, arXiv:1907.02610): g(δ; x) = ℓ(x+δ) − ℓ(x) −
   δᵀ∇ₓℓ(x), γ(ε, x) = max_{‖δ‖∞≤ε} |g(δ; x)|, found by PGD on |g|;

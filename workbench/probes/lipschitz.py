@@ -4,7 +4,7 @@ For a layer l with features φ_l (flattened per example, float32) and a perturba
 
     D_l(x, δ) = ‖φ_l(x+δ) − φ_l(x)‖₂ / ‖δ‖_p        (‖δ‖ measured after the [0, 1] clip)
 
-for three kinds of δ at the same ε (METHODS.md, "Feature-space Lipschitz ratio"):
+for three kinds of δ at the same ε (docs/methods.md, "Feature-space Lipschitz ratio"):
 
 - ``loss``: PGD on cross-entropy (Madry et al. 2018), one search per ε shared by all layers;
 - ``feat``: PGD maximising Σᵢ‖φ_l(xᵢ+δᵢ) − φ_l(xᵢ)‖₂ at that layer (one search per layer);
@@ -171,7 +171,7 @@ def feature_search(
         eps: radius in pixel units (L∞ per coordinate, L2 per example).
         norm: ``"linf"`` (sign steps) or ``"l2"`` (steps α·g/‖g‖₂).
         steps: gradient steps per start.
-        alpha: step size; default 2.5·ε/steps (the PGD rule of METHODS.md).
+        alpha: step size; default 2.5·ε/steps (the PGD rule of docs/methods.md).
         starts: one entry per restart: ``None`` draws a random start (L∞: U[−ε, ε]; L2:
             uniform in the ball), a tensor is a starting point x+δ₀ (e.g. the PGD-CE
             example, to refine the loss attack towards the feature worst case).

@@ -11,7 +11,7 @@ from .base import RECIPES, Recipe
 class PGDAT(Recipe):
     """PGD adversarial training (Madry et al. 2018): train on the PGD worst case.
 
-    The inner attack runs in eval mode (BatchNorm statistics frozen), as METHODS.md asks.
+    The inner attack runs in eval mode (BatchNorm statistics frozen), as docs/methods.md asks.
     """
 
     def loss(self, model, x, y):
