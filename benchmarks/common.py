@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workbench.progress import Progress  # noqa: E402
-from workbench.runner import default_threads, tune_cpu_allocator, load_study_data, resolve_device, train_models  # noqa: E402
+from workbench.cli import tune_cpu_allocator  # noqa: E402
+from workbench.runner import default_threads, load_study_data, resolve_device, train_models  # noqa: E402
 from workbench.store import ModelStore  # noqa: E402
 from workbench.study import load_study  # noqa: E402
 

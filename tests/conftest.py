@@ -11,11 +11,11 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from workbench.runner import tune_cpu_allocator
+from workbench.cli import tune_cpu_allocator
 
 torch.set_num_threads(1)
 threadpool_limits(1)  # numpy / scikit-learn BLAS threads, same reason
-tune_cpu_allocator()  # fewer page faults (see runner.tune_cpu_allocator)
+tune_cpu_allocator()  # fewer page faults (see cli.tune_cpu_allocator)
 
 
 @pytest.fixture(autouse=True)

@@ -41,6 +41,28 @@ app = typer.Typer(
 _err = logging.getLogger("workbench")
 
 
+def tune_cpu_allocator() -> bool:
+    """Keep freed tensor memory in the process instead of returning it to the OS at once.
+
+    glibc serves allocations above 128 KiB with mmap and unmaps them on free, so every
+    attack step's activations cost page faults: a third of PGD's time on the quickstart
+    was system time. Raising the mmap and trim thresholds (256/512 MiB) removed it (PGD
+    0.87 s -> 0.59 s). Process-wide, so only the CLI calls it (a library call must not retune its caller's
+    process); harmless elsewhere, a no-op off glibc.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 256 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 512 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
 def _fail(e: WorkbenchError) -> None:
     typer.echo(f"error: {e.one_line()}", err=True)
     raise typer.Exit(e.exit_code)
@@ -99,6 +121,7 @@ def run(
     from .study import load_study
 
     _console_logging(quiet)
+    tune_cpu_allocator()
     try:
         s = load_study(study, set_)
         result = run_study(s, out, device=device, store=store, retrain=retrain, recompute=recompute,

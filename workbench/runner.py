@@ -6,6 +6,7 @@ determines them, so a rerun with nothing changed reuses them."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -23,6 +24,7 @@ from .data import DataSplits, load_dataset
 from .errors import WorkbenchError
 from .evaluation import EvalResult, evaluate, evaluation_subset
 from .progress import Progress
+from .state import cpu_threads, cudnn_benchmark, preserved_rng
 from .store import ModelStore, RunFolder, environment, now
 from .study import Study
 from .training import TrainedModel, TrainJob, fit
@@ -44,27 +46,6 @@ def default_threads() -> int:
     if os.environ.get("WORKBENCH_THREADS"):
         return max(1, int(os.environ["WORKBENCH_THREADS"]))
     return max(1, (os.cpu_count() or 2) // 2)
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep freed tensor memory in the process instead of returning it to the OS at once.
-
-    glibc serves allocations above 128 KiB with mmap and unmaps them on free, so every
-    attack step's activations cost page faults: a third of PGD's time on the quickstart
-    was system time. Raising the mmap and trim thresholds (256/512 MiB) removed it (PGD
-    0.87 s -> 0.59 s). Process-wide and harmless elsewhere; a no-op off glibc.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 256 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 512 << 20))
-    except (OSError, AttributeError):
-        return False
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -220,25 +201,31 @@ def run_study(
     each probe) and overwrite them with fresh ones; ``report``: write figures and
     ``index.html`` (default: the study's ``report.enabled``); ``threads``: torch CPU
     threads (default :func:`default_threads`; only set when the device is the CPU).
+
+    The thread counts (torch's and, through threadpoolctl, BLAS's), cuDNN's benchmark flag
+    and the global RNG are set for the run only and restored on return.
     """
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    with contextlib.ExitStack() as scope:
+        scope.enter_context(preserved_rng(device))
+        if device.type == "cuda":
+            scope.enter_context(cudnn_benchmark(True))
+        else:
+            # numpy/scikit-learn (OpenBLAS) ignore torch's setting and have the same spin-wait
+            # problem: the linear probe was measured 18x slower with 2 BLAS threads on a busy box
+            scope.enter_context(cpu_threads(threads or default_threads()))
+        return _run_study(study, out, device=device, store=store, retrain=retrain, recompute=recompute,
+                          progress=progress, report=report)
+
+
+def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool, recompute: bool, progress,
+               report: bool | None) -> Run:
     recompute = recompute or retrain
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    device = device if isinstance(device, torch.device) else resolve_device(device)
     store = store if isinstance(store, ModelStore) else ModelStore(store)
     progress = progress if isinstance(progress, Progress) else Progress(progress)
     folder = RunFolder(out if out is not None else Path("reports") / study.name)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    else:
-        n_threads = threads or default_threads()
-        torch.set_num_threads(n_threads)
-        tune_cpu_allocator()
-        # numpy/scikit-learn (OpenBLAS) ignore torch's setting and have the same spin-wait
-        # problem: the linear probe was measured 18x slower with 2 BLAS threads on a busy box
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(n_threads)
 
     # Data first: a missing data root fails before the run folder is touched.
     t0 = time.perf_counter()

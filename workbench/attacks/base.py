@@ -5,7 +5,9 @@
 - :func:`forward_context`: the forward's numeric precision (fp32, or bf16 autocast);
 - :func:`run_attack` / :func:`run_steps`: input copies, memory layout, CUDA-graph replay;
 - the geometry of the ε-ball: :func:`project`, :func:`perturbation_norm`,
-  :func:`random_perturbation`, :func:`random_start`, :func:`default_alpha`.
+  :func:`random_perturbation`, :func:`random_start`, :func:`default_alpha` (the α rule).
+
+The ascent loop itself (steps, projection, restarts) is :mod:`workbench.attacks.ascent`.
 
 Speed (none of it changes the attack): no host-device synchronisation anywhere in an
 attack; the iterate is updated in place; 4-D inputs to conv nets are attacked in
@@ -180,17 +182,6 @@ def input_gradient(
     finally:
         x_adv.requires_grad_(False)
     return grad
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, x_adv: Tensor, y: Labels, loss_fn: LossFn, precision: str
-) -> tuple[Tensor, Tensor]:
-    """Per-example (loss, fooled) at ``x_adv``, both (N,); fooled = argmax ≠ y."""
-    with forward_context(x_adv.device, precision):
-        logits = model(x_adv)
-    logits = logits.float()
-    return loss_fn(logits, y), logits.argmax(dim=1) != y
 
 
 def compile_for_attacks(model: nn.Module) -> nn.Module:

@@ -5,14 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..types import Images, Labels, Tensor
-from .base import (
-    ATTACKS,
-    check_batch,
-    check_eps,
-    check_precision,
-    input_gradient,
-    run_attack,
-)
+from .ascent import ascend
+from .base import ATTACKS, check_batch, check_eps, check_precision, run_attack
 from .losses import LOSSES
 
 
@@ -49,7 +43,8 @@ def fgsm(
         return x.detach().clone()
 
     def craft(x0: Tensor, y: Labels) -> Tensor:
-        grad = input_gradient(model, x0, y, loss_fn, precision)
-        return x0.add(grad.sign(), alpha=eps).clamp_(0.0, 1.0)
+        # one step of size ε from x: the ε-box clamp is the [0, 1] clip (x ± ε lies on the box)
+        loss = lambda x_adv: loss_fn(model(x_adv).float(), y)  # noqa: E731
+        return ascend(loss, x0, eps, 1, alpha=eps, starts=["clean"], precision=precision, model=model).x
 
     return run_attack(model, x, y, craft)

@@ -6,57 +6,18 @@ import torch
 from torch import nn
 
 from ..types import Images, Labels, Tensor
+from .ascent import ascend
 from .base import (
     ATTACKS,
     LossFn,
-    _per_example,
     check_batch,
     check_eps,
     check_norm,
     check_precision,
     default_alpha,
-    evaluate,
-    input_gradient,
-    perturbation_norm,
-    random_start as _random_start,
     run_attack,
-    run_steps,
 )
 from .losses import LOSSES
-
-
-def _pgd_linf(model, x, y, eps, alpha, steps, start, loss_fn, precision, generator) -> Tensor:
-    # The ε-box intersected with [0, 1], computed once: projection and clip01 are then a
-    # single clamp per step, identical to clip01(Π_ε(·)) because the box contains x.
-    lo = (x - eps).clamp_(min=0.0)
-    hi = (x + eps).clamp_(max=1.0)
-    x_adv = _random_start(x, eps, "linf", generator) if start else x.clone()
-
-    def step() -> None:  # in place: sign, add, clamp = three elementwise passes
-        grad = input_gradient(model, x_adv, y, loss_fn, precision)
-        x_adv.add_(grad.sign(), alpha=alpha).clamp_(lo, hi)
-
-    run_steps(step, steps, model, x)
-    return x_adv
-
-
-def _pgd_l2(model, x, y, eps, alpha, steps, start, loss_fn, precision, generator) -> Tensor:
-    x_adv = _random_start(x, eps, "l2", generator) if start else x.clone()
-    tiny = torch.finfo(x.dtype).tiny
-
-    def step() -> None:  # in place throughout
-        grad = input_gradient(model, x_adv, y, loss_fn, precision)
-        # α·g/‖g‖₂ per example, evaluated as (α·g)/‖g‖: a zero gradient gives a zero step,
-        # never 0·∞ = NaN (the clamp only touches norms below the smallest normal float).
-        g_norm = _per_example(perturbation_norm(grad, "l2"), x).clamp_min(tiny)
-        x_adv.addcdiv_(grad, g_norm, value=alpha)
-        # Π: rescale δ to ‖δ‖₂ ≤ ε, then clip01 (which only shortens δ, so ‖δ‖₂ ≤ ε holds).
-        delta = x_adv.sub_(x)
-        d_norm = _per_example(perturbation_norm(delta, "l2"), x).clamp_min(tiny)
-        torch.addcmul(x, delta, (eps / d_norm).clamp_(max=1.0), out=x_adv).clamp_(0.0, 1.0)
-
-    run_steps(step, steps, model, x)
-    return x_adv
 
 
 @ATTACKS.register("pgd")
@@ -125,22 +86,17 @@ def pgd(
     if eps == 0.0:
         return x.detach().clone()
 
-    run = _pgd_linf if norm == "linf" else _pgd_l2
-
     def craft(x0: Tensor, y: Labels) -> Tensor:
-        best = run(model, x0, y, eps, alpha, steps, random_start, loss_fn, precision, generator)
-        if restarts == 1:
-            return best
-        # Worst case per example: fooling beats not fooling; among equal status the higher
-        # loss wins. Tensor ops only (no host sync); one extra forward per restart.
-        best_loss, best_fooled = evaluate(model, best, y, loss_fn, precision)
-        for _ in range(restarts - 1):
-            cand = run(model, x0, y, eps, alpha, steps, random_start, loss_fn, precision, generator)
-            loss_r, fooled_r = evaluate(model, cand, y, loss_fn, precision)
-            better = (fooled_r & ~best_fooled) | ((fooled_r == best_fooled) & (loss_r > best_loss))
-            best = torch.where(_per_example(better, x0), cand, best)
-            best_loss = torch.where(better, loss_r, best_loss)
-            best_fooled = best_fooled | fooled_r
-        return best
+        def loss(x_adv: Tensor) -> Tensor:
+            return loss_fn(model(x_adv).float(), y)
+
+        def worst_case(x_adv: Tensor) -> tuple[Tensor, Tensor]:
+            # fooling beats not fooling; among equal status the higher loss wins
+            logits = model(x_adv).float()
+            return logits.argmax(dim=1) != y, loss_fn(logits, y)
+
+        start = "random" if random_start else "clean"
+        return ascend(loss, x0, eps, steps, norm=norm, alpha=alpha, starts=[start] * restarts, keep="last",
+                      score=worst_case, generator=generator, precision=precision, model=model).x
 
     return run_attack(model, x, y, craft, generator)

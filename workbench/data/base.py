@@ -24,6 +24,7 @@ import torch
 
 from ..errors import DataError, WorkbenchError
 from ..registry import Registry
+from ..seeds import purpose_seed
 
 Loader = Callable[..., "RawData"]
 
@@ -272,8 +273,7 @@ def stratified_subset(y: torch.Tensor, n: int, seed: int, purpose: str) -> torch
 
 def _generator(seed: int, purpose: str) -> torch.Generator:
     """A CPU generator for one purpose, derived from the study seed by a stable hash."""
-    digest = hashlib.sha256(f"{int(seed)}:{purpose}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return torch.Generator().manual_seed(purpose_seed(seed, purpose))
 
 
 def _device(device: str | torch.device) -> torch.device:

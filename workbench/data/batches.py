@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import hashlib
 
 import torch
+
+from ..seeds import purpose_seed
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def iterate_batches(
     if augment is not None and augment.active:
         # A different stream from the permutation's, on the data's device (CUDA generators
         # do not accept CPU draws and vice versa).
-        aug_gen = torch.Generator(device=x.device).manual_seed(_derive(seed, "augment"))
+        aug_gen = torch.Generator(device=x.device).manual_seed(purpose_seed(seed, "augment"))
     end = n - n % batch_size if drop_last else n
     for start in range(0, end, batch_size):
         stop = min(start + batch_size, n)
@@ -114,8 +115,3 @@ def iterate_batches(
             bx = augment(bx, aug_gen)  # type: ignore[misc]
         yield bx, by
 
-
-def _derive(seed: int, purpose: str) -> int:
-    """A seed for one purpose, unrelated to ``seed + k`` (callers often use seed + epoch)."""
-    digest = hashlib.sha256(f"{int(seed)}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)

@@ -24,8 +24,9 @@ from torch import nn
 
 from ..attacks import ATTACKS, compile_for_attacks
 from ..progress import QUIET, Progress
+from ..seeds import derive_seed, seeded_generator, seeded_subset
+from ..state import eval_mode, seeded_rng
 from ..study import EvaluationConfig, FGSMAttack, PGDAttack
-from ..training.base import derive_seed
 
 
 @dataclass
@@ -39,23 +40,18 @@ class EvalResult:
 
 def evaluation_subset(n_total: int, examples: int | None, seed: int) -> torch.Tensor:
     """Sorted indices of a seeded random subset of the test split (all when ``examples`` is None)."""
-    if examples is None or examples >= n_total:
-        return torch.arange(n_total)
-    g = torch.Generator().manual_seed(derive_seed(seed, "evaluation-subset"))
-    return torch.randperm(n_total, generator=g)[:examples].sort().values
+    return seeded_subset(n_total, examples, seeded_generator("cpu", seed, "evaluation-subset"))
 
 
 @torch.no_grad()
 def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example (correct, cross-entropy) in eval mode and float32."""
-    was = model.training
-    model.eval()
     correct, losses = [], []
-    for i in range(0, len(y), batch_size):
-        logits = model(x[i : i + batch_size]).float()
-        correct.append(logits.argmax(1) == y[i : i + batch_size])
-        losses.append(F.cross_entropy(logits, y[i : i + batch_size], reduction="none"))
-    model.train(was)
+    with eval_mode(model):
+        for i in range(0, len(y), batch_size):
+            logits = model(x[i : i + batch_size]).float()
+            correct.append(logits.argmax(1) == y[i : i + batch_size])
+            losses.append(F.cross_entropy(logits, y[i : i + batch_size], reduction="none"))
     if not correct:
         return torch.zeros(0, dtype=torch.bool), torch.zeros(0)
     return torch.cat(correct), torch.cat(losses)
@@ -141,11 +137,11 @@ def evaluate(
             for attack in cfg.attacks:
                 for eps in cfg.grid(attack):
                     # each setting has its own random stream: results do not depend on order
-                    torch.manual_seed(derive_seed(seed, "attack", mid, attack.id, eps))
                     t0 = time.perf_counter()
-                    x_adv = attack_batched(
-                        crafter, attack, x, y, eps, batch_size=cfg.batch_size, precision=cfg.precision, advance=advance
-                    )
+                    with seeded_rng(derive_seed(seed, "attack", mid, attack.id, eps), x.device):
+                        x_adv = attack_batched(
+                            crafter, attack, x, y, eps, batch_size=cfg.batch_size, precision=cfg.precision, advance=advance
+                        )
                     correct, loss = score(model, x_adv, y, cfg.batch_size)
                     if x.is_cuda:
                         torch.cuda.synchronize()

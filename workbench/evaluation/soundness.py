@@ -75,9 +75,10 @@ from torch import nn
 from ..attacks import ATTACKS, LOSSES, default_alpha, random_perturbation
 from ..attacks.base import attack_mode, crafting, input_gradient
 from ..progress import QUIET, Progress
+from ..seeds import derive_seed, seeded_generator, seeded_subset
+from ..state import seeded_rng
 from ..study import FGSMAttack, PGDAttack, SoundnessConfig, Study
 from ..tables import TABLES
-from ..training.base import derive_seed
 from .robustness import EvalResult, score
 
 VERDICT_OK = "sound"
@@ -183,11 +184,7 @@ class _Checker:
         self.num_classes, self.seed = num_classes, seed
         self.x, self.y = x, y
         n = len(y)
-        if self.cfg.examples >= n:
-            self.pos = np.arange(n)
-        else:
-            g = torch.Generator().manual_seed(derive_seed(seed, "soundness-subset"))
-            self.pos = torch.randperm(n, generator=g)[: self.cfg.examples].sort().values.numpy()
+        self.pos = seeded_subset(n, self.cfg.examples, seeded_generator("cpu", seed, "soundness-subset")).numpy()
         idx = torch.as_tensor(self.pos, device=x.device)
         self.xs, self.ys = x[idx], y[idx]
         self.n = len(self.pos)
@@ -277,9 +274,9 @@ class _Checker:
             fn = ATTACKS.get(job.attack.name)
             advs = []
             for b, i in enumerate(range(0, self.n, bs)):
-                torch.manual_seed(derive_seed(self.seed, "soundness", mid, job.stream, job.eps, b))
-                advs.append(fn(model, self.xs[i : i + bs], self.ys[i : i + bs], job.eps, precision=self.ev.precision,
-                               **job.attack.options()))
+                with seeded_rng(derive_seed(self.seed, "soundness", mid, job.stream, job.eps, b), self.xs.device):
+                    advs.append(fn(model, self.xs[i : i + bs], self.ys[i : i + bs], job.eps, precision=self.ev.precision,
+                                   **job.attack.options()))
                 advance(1)
             out[job.name] = score(model, torch.cat(advs), self.ys, bs)[0].cpu().numpy()
         return out
@@ -432,7 +429,7 @@ class _Checker:
     def _noise(self, model: nn.Module, norm: str, eps: float, mid: str) -> np.ndarray:
         """Per example: correct under every one of ``noise_draws`` random perturbations
         (L∞: ε·sign(u), a vertex of the box; L2: ε·u/‖u‖₂)."""
-        g = torch.Generator().manual_seed(derive_seed(self.seed, "soundness-noise", mid, norm, eps))
+        g = seeded_generator("cpu", self.seed, "soundness-noise", mid, norm, eps)
         ok = torch.ones(self.n, dtype=torch.bool)
         for _ in range(self.cfg.noise_draws):
             x_r = random_perturbation(self.xs, eps, norm, generator=g)

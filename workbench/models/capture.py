@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import UnknownNameError, WorkbenchError
+from ..state import eval_mode
 from .base import WorkbenchModel
 
 
@@ -132,16 +133,11 @@ def extract_features(
     if batch_size < 1:
         raise WorkbenchError(f"batch_size must be positive, got {batch_size}")
     device = _device(model)
-    modes = [(m, m.training) for m in model.modules()]
     parts: dict[str, list[torch.Tensor]] = {}
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad(), capture(model, layers) as cap:
             for start in range(0, len(x), batch_size):
                 model(x[start:start + batch_size].to(device))
                 for name in cap.layers:
                     parts.setdefault(name, []).append(cap.feats[name].float().cpu())
-    finally:
-        for m, mode in modes:
-            m.training = mode
     return {name: torch.cat(chunks) for name, chunks in parts.items()}

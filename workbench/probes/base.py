@@ -13,9 +13,9 @@ from ..data import DataSplits
 from ..models import WorkbenchModel
 from ..progress import QUIET, Progress
 from ..registry import Registry
+from ..seeds import derive_seed, seeded_generator, seeded_subset
 from ..store import RunFolder
 from ..study import Study
-from ..training.base import derive_seed
 
 #: probe runners by name (study field ``probes.<name>``): ProbeContext -> {table name: DataFrame}
 PROBES: Registry[Callable[["ProbeContext"], dict[str, pd.DataFrame]]] = Registry("probe")
@@ -53,12 +53,7 @@ class ProbeContext:
 
 def probe_examples(data: DataSplits, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A seeded subset of ``n`` test examples (sorted indices), the same for every model."""
-    total = len(data.test_y)
-    if n >= total:
-        idx = torch.arange(total)
-    else:
-        g = torch.Generator().manual_seed(derive_seed(seed, "probe-examples"))
-        idx = torch.randperm(total, generator=g)[:n].sort().values
+    idx = seeded_subset(len(data.test_y), n, seeded_generator("cpu", seed, "probe-examples"))
     dev_idx = idx.to(data.test_x.device)
     return data.test_x[dev_idx], data.test_y[dev_idx], idx
 

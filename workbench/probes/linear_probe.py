@@ -236,6 +236,7 @@ def _splits(ctx: ProbeContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     n = len(data.train_y)
     k = n if cfg.train_examples is None else min(cfg.train_examples, n)
     g = torch.Generator().manual_seed(ctx.seed_for("linear_probe", "train"))
+    # always drawn, even when k = n: the carved validation split below continues this stream
     idx = torch.randperm(n, generator=g)[:k].sort().values.to(data.train_x.device)
     tx, ty = data.train_x[idx], data.train_y[idx]
     if len(data.val_y) > 0:

@@ -27,10 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import fgsm, pgd
+from ..attacks.ascent import ascend
 from ..attacks.base import attack_mode, crafting, uniform_like
 from ..errors import WorkbenchError
+from ..seeds import seeded_generator
+from ..state import eval_mode
 from ..tables import TABLES
-from ..training.base import derive_seed
 from .base import PROBES, ProbeContext
 from .lipschitz import _device, summarize
 
@@ -61,10 +63,6 @@ def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
     loss = loss_fn(model, xg, y)
     (grad,) = torch.autograd.grad(loss.sum(), xg)
     return loss.detach(), grad.detach()
-
-
-def _generator(device: torch.device, *parts) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(derive_seed(*parts))
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device):
@@ -103,27 +101,18 @@ def local_linearity(
         raise WorkbenchError("need steps >= 0 and batch_size >= 1")
     loss_fn = loss_fn or cross_entropy
     eps = float(eps)
-    alpha = 2.5 * eps / max(steps, 1) if alpha is None else float(alpha)
     device = _device(model)
     out = []
     with crafting(), attack_mode(model):
         for start, xb, yb in _batches(x, y, batch_size, device):
-            g = _generator(device, seed, "local-linearity", start, eps)
+            g = seeded_generator(device, seed, "local-linearity", start, eps)
             l0, g0 = _loss_and_grad(model, xb, yb, loss_fn)
-            lo, hi = (xb - eps).clamp(min=0.0), (xb + eps).clamp(max=1.0)
-            x_adv = torch.min(torch.max(xb + uniform_like(xb, -eps, eps, g), lo), hi)
-            best = torch.full((len(xb),), -math.inf, device=device)
-            for t in range(steps + 1):
-                last = t == steps
-                x_adv.requires_grad_(not last)
-                with torch.set_grad_enabled(not last):
-                    gap = (loss_fn(model, x_adv, yb) - l0 - _flat_dot(x_adv - xb, g0)).abs()
-                    grad = None if last else torch.autograd.grad(gap.sum(), x_adv)[0]
-                x_adv = x_adv.detach()
-                best = torch.maximum(best, gap.detach())
-                if grad is not None:
-                    x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), lo), hi)
-            out.append(best.float().cpu())
+
+            def gap(x_adv: torch.Tensor) -> torch.Tensor:
+                return (loss_fn(model, x_adv, yb) - l0 - _flat_dot(x_adv - xb, g0)).abs()
+
+            found = ascend(gap, xb, eps, steps, alpha=alpha, keep="best", generator=g)
+            out.append(found.score.float().cpu())
     return torch.cat(out)
 
 
@@ -154,7 +143,7 @@ def gradient_alignment(
     out = []
     with crafting(), attack_mode(model):
         for start, xb, yb in _batches(x, y, batch_size, device):
-            g = _generator(device, seed, "grad-alignment", start, eps)
+            g = seeded_generator(device, seed, "grad-alignment", start, eps)
             _, g1 = _loss_and_grad(model, xb, yb, loss_fn)
             _, g2 = _loss_and_grad(model, (xb + uniform_like(xb, -eps, eps, g)).clamp(0.0, 1.0), yb, loss_fn)
             g1, g2 = g1.reshape(len(xb), -1).double(), g2.reshape(len(xb), -1).double()
@@ -169,13 +158,9 @@ def gradient_alignment(
 
 @torch.no_grad()
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
                       for i in range(0, len(y), batch_size))
-    finally:
-        model.train(was)
     return correct / len(y)
 
 
@@ -202,7 +187,7 @@ def fgsm_pgd_gap(
     device = _device(model)
     rows = []
     for e in grid:
-        g = _generator(device, seed, "fgsm-pgd-gap", e)
+        g = seeded_generator(device, seed, "fgsm-pgd-gap", e)
         x_f, x_p = [], []
         for i in range(0, len(y), batch_size):
             xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
@@ -233,7 +218,7 @@ def slice_directions(
     with crafting(), attack_mode(model):
         _, grad = _loss_and_grad(model, xb, y.to(device), loss_fn)
     d1 = grad.sign()
-    g = _generator(device, seed, "slice-direction")
+    g = seeded_generator(device, seed, "slice-direction")
     r = torch.randn(xb.shape, generator=g, device=device).sign()
     r = torch.where(r == 0, torch.ones_like(r), r)
     n = len(xb)
@@ -298,9 +283,7 @@ def loss_slices(
     aa, bb = torch.meshgrid(axis, axis, indexing="ij")
     name = getattr(model, "name", "model")
     surface, slices = [], []
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         for i in range(len(x)):
             xi, yi = x[i:i + 1].to(device).float(), y[i].to(device)
             shape = (-1,) + (1,) * (xi.dim() - 1)
@@ -318,9 +301,6 @@ def loss_slices(
                 loss = _losses_at(model, points(a, b), yi, loss_fn, batch_size)
                 slices.append(pd.DataFrame({"model": name, "example": i, "eps": eps, "direction": direction,
                                             "t": fine.numpy(), "loss": loss.numpy()}))
-    finally:
-        for m, mode in modes:
-            m.training = mode
     return (pd.DataFrame(pd.concat(surface, ignore_index=True), columns=list(TABLES["loss_surface"][1])),
             pd.DataFrame(pd.concat(slices, ignore_index=True), columns=list(TABLES["loss_slice"][1])))
 

@@ -33,13 +33,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..attacks import perturbation_norm, pgd, project, random_perturbation
-from ..attacks.base import random_start, run_attack
+from ..attacks import perturbation_norm, pgd, random_perturbation
+from ..attacks.ascent import ascend as _ascend
+from ..attacks.ascent import gaussian_start
+from ..attacks.base import run_attack
 from ..errors import UnknownNameError, WorkbenchError
 from ..models import WorkbenchModel, capture, resolve_layers
 from ..progress import QUIET, Progress
+from ..seeds import seeded_generator
+from ..state import eval_mode
 from ..tables import TABLES
-from ..training.base import derive_seed
 from .base import PROBES, ProbeContext
 
 #: the kinds of δ, in table order
@@ -126,18 +129,9 @@ def _device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _generator(device: torch.device, *parts) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(derive_seed(*parts))
-
-
 def _ratio(dphi: torch.Tensor, dnorm: torch.Tensor) -> torch.Tensor:
     """‖Δφ‖ / ‖δ‖ per example; NaN where ‖δ‖ = 0 (excluded, not counted as 0)."""
     return torch.where(dnorm > 0, dphi / dnorm.clamp_min(torch.finfo(dnorm.dtype).tiny), torch.nan)
-
-
-def _starts_like(starts: Sequence[torch.Tensor | None], like: torch.Tensor) -> list[torch.Tensor | None]:
-    """Starting points in ``like``'s dtype and memory layout (attacks may run channels_last)."""
-    return [None if s is None else torch.empty_like(like).copy_(s) for s in starts]
 
 
 def _check_eps_norm(eps, norm: str) -> tuple[float, ...]:
@@ -183,41 +177,13 @@ def feature_search(
     """
     with torch.no_grad():
         phi0 = features(x)
-    alpha = 2.5 * eps / max(steps, 1) if alpha is None else float(alpha)
-    lo, hi = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
-    tiny = torch.finfo(x.dtype).tiny
-    best = x.clone()
-    best_ratio = torch.full((x.shape[0],), -math.inf, device=x.device)
 
-    def per_example(v: torch.Tensor) -> torch.Tensor:
-        return v.reshape((-1,) + (1,) * (x.dim() - 1))
+    def change(x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dphi = torch.linalg.vector_norm(features(x_adv) - phi0, dim=1)
+        return dphi, _ratio(dphi.detach(), perturbation_norm(x_adv.detach() - x, norm))
 
-    for start in starts:
-        if start is None:
-            x_adv = random_start(x, eps, norm, generator)
-        else:
-            x_adv = start.detach().to(dtype=x.dtype).clone()
-        for t in range(steps + 1):
-            last = t == steps
-            x_adv.requires_grad_(not last)
-            with torch.set_grad_enabled(not last):
-                dphi = torch.linalg.vector_norm(features(x_adv) - phi0, dim=1)
-                grad = None if last else torch.autograd.grad(dphi.sum(), x_adv)[0]
-            x_adv = x_adv.detach()
-            with torch.no_grad():
-                ratio = _ratio(dphi.detach(), perturbation_norm(x_adv - x, norm)).nan_to_num(nan=-math.inf)
-                better = ratio > best_ratio
-                best = torch.where(per_example(better), x_adv, best)
-                best_ratio = torch.where(better, ratio, best_ratio)
-                if last:
-                    break
-                if norm == "linf":
-                    x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), lo), hi)
-                else:
-                    g = per_example(perturbation_norm(grad, "l2")).clamp_min(tiny)
-                    delta = project(x_adv + alpha * grad / g - x, eps, "l2")
-                    x_adv = (x + delta).clamp(0.0, 1.0)
-    return best
+    starts = ["random" if s is None else s for s in starts]
+    return _ascend(change, x, eps, steps, norm=norm, alpha=alpha, starts=starts, keep="best", generator=generator).x
 
 
 # --------------------------------------------------------------------------- notebook API
@@ -291,9 +257,7 @@ def lipschitz(
     rel: dict[tuple[str, float, str], list[torch.Tensor]] = {}
     dims: dict[str, int] = {}
     batches = range(0, len(x), batch_size)
-    was_training = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         with progress.task(f"lipschitz {model.name} {norm}", len(batches) * len(grid)) as advance:
             for start in batches:
                 xb = x[start:start + batch_size].to(device)
@@ -314,7 +278,7 @@ def lipschitz(
                     rel.setdefault((layer, e, kind), []).append(rl.cpu())
 
                 for e in grid:
-                    gen = lambda kind, layer="": _generator(device, seed, "lipschitz", start, norm, e, kind, layer)  # noqa: E731
+                    gen = lambda kind, layer="": seeded_generator(device, seed, "lipschitz", start, norm, e, kind, layer)  # noqa: E731
                     x_loss = None
                     if "loss" in kinds:
                         x_loss = pgd(model, xb, yb, e, steps=steps, norm=norm, generator=gen("loss"))
@@ -338,17 +302,13 @@ def lipschitz(
                                 x_feat = run_attack(
                                     model, xb, yb,
                                     lambda x0, _y: feature_search(
-                                        features, x0, e, norm, steps, alpha=feat_step * e,
-                                        starts=_starts_like(starts, x0), generator=g,
+                                        features, x0, e, norm, steps, alpha=feat_step * e, starts=starts, generator=g,
                                     ),
                                     g,
                                 )
                                 with torch.no_grad():
                                     record(name, e, "feat", x_feat, features(x_feat))
                     advance(1, status=f"ε={e:g}")
-    finally:
-        for m, mode in was_training:
-            m.training = mode
 
     rows = []
     for name in names:
@@ -410,7 +370,6 @@ def logit_lipschitz(
     if ascend not in ("change", "ratio"):
         raise UnknownNameError("ascent objective", ascend, ("change", "ratio"))
     eps = float(eps)
-    alpha = 2.5 * eps / max(steps, 1) if alpha is None else float(alpha)
     device = _device(model)
     out = []
 
@@ -421,43 +380,23 @@ def logit_lipschitz(
 
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].to(device)
-        g = _generator(device, seed, "logit-lipschitz", start, eps)
+        g = seeded_generator(device, seed, "logit-lipschitz", start, eps)
 
         def craft(x0: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 f0 = model(x0).float()
-            lo, hi = (x0 - eps).clamp(min=0.0), (x0 + eps).clamp(max=1.0)
-            best, best_r = x0.clone(), torch.full((len(x0),), -math.inf, device=x0.device)
-            per = (-1,) + (1,) * (x0.dim() - 1)
-            for _ in range(restarts):
-                noise = torch.randn(x0.shape, generator=g, device=device, dtype=x0.dtype)
-                xa = torch.min(torch.max(x0 + init_std * noise, lo), hi)
-                for t in range(steps + 1):
-                    last = t == steps
-                    xa.requires_grad_(not last)
-                    with torch.set_grad_enabled(not last):
-                        change, size = change_and_size(f0, x0, xa)
-                        ratio = _ratio(change, size)
-                        objective = change if ascend == "change" else ratio
-                        grad = None if last else torch.autograd.grad(objective.sum(), xa)[0]
-                    xa = xa.detach()
-                    r = ratio.detach().nan_to_num(nan=-math.inf)
-                    better = r > best_r
-                    best = torch.where(better.reshape(per), xa, best)
-                    best_r = torch.where(better, r, best_r)
-                    if grad is not None:
-                        xa = torch.min(torch.max(xa + alpha * grad.sign(), lo), hi)
-            return best
+
+            def objective(xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                change, size = change_and_size(f0, x0, xa)
+                ratio = _ratio(change, size)
+                return (change if ascend == "change" else ratio), ratio.detach()
+
+            return _ascend(objective, x0, eps, steps, alpha=alpha, starts=[gaussian_start(init_std)] * restarts,
+                           keep="best", generator=g, model=model).x
 
         x_best = run_attack(model, xb, torch.zeros(len(xb), dtype=torch.long, device=device), craft, g)
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
-            with torch.no_grad():
-                change, size = change_and_size(model(xb).float(), xb, x_best)
-        finally:
-            for m, mode in modes:
-                m.training = mode
+        with eval_mode(model), torch.no_grad():
+            change, size = change_and_size(model(xb).float(), xb, x_best)
         out.append(_ratio(change, size).float().cpu())
     return torch.cat(out)
 

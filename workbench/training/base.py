@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,16 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Registry
+from ..seeds import derive_seed  # noqa: F401  (re-exported: workbench.training.derive_seed)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..study import TrainConfig
     from .loop import FitContext
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 31-bit seed from any JSON-able parts: independent streams from one study seed."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 @contextlib.contextmanager
@@ -82,11 +75,6 @@ class Recipe:
 
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, label_smoothing=self.train.label_smoothing)
-
-    def alpha(self, steps: int) -> float:
-        """Step size: the recipe's alpha, else 2.5·ε/steps (Madry et al.'s rule of thumb)."""
-        a = getattr(self.cfg, "alpha", None)
-        return float(a) if a is not None else 2.5 * float(self.cfg.eps) / steps
 
 
 #: training recipes by name (study field ``recipes[].name``)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks import fgsm, pgd
+from ..state import eval_mode
 from .base import RECIPES, EpochReport, Recipe, frozen_parameters
 
 
@@ -38,14 +39,11 @@ class FGSMRS(Recipe):
             return None
         x, y = ctx.check_batch()
         eps = float(self.cfg.eps)
-        x_pgd = pgd(model, x, y, eps, 2.5 * eps / 5, 5, random_start=True)
+        x_pgd = pgd(model, x, y, eps, steps=5, random_start=True)
         x_fgsm = fgsm(model, x, y, eps)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             pgd_acc = (model(x_pgd).argmax(1) == y).float().mean().item()
             fgsm_acc = (model(x_fgsm).argmax(1) == y).float().mean().item()
-        model.train(was_training)
         report = EpochReport(metrics={"co_pgd5_acc": pgd_acc, "co_fgsm_acc": fgsm_acc})
         drop = self.cfg.co_drop
         if self.best_pgd is not None and self.best_pgd - pgd_acc > drop and fgsm_acc - pgd_acc > drop:

@@ -35,9 +35,11 @@ from ..data.base import stratified_subset
 from ..errors import CheckpointError
 from ..models import WorkbenchModel, create_model
 from ..progress import QUIET, Progress
+from ..state import eval_mode, preserved_rng, seed_global_rng, seeded_rng
 from ..store import TRAINING_CODE_VERSION, ModelStore
 from ..study import DataConfig, ModelSpec, TrainConfig, content_hash
-from .base import RECIPES, EpochReport, Recipe, derive_seed
+from ..seeds import derive_seed
+from .base import RECIPES, EpochReport, Recipe
 from .distillation import TeacherAtTemperature
 
 log = logging.getLogger("workbench")
@@ -154,16 +156,17 @@ class FitContext:
 
 def build_model(spec: ModelSpec, data: DataSplits, device: torch.device | str = "cpu") -> WorkbenchModel:
     """Seeded by (study seed, architecture): every recipe of an architecture starts from
-    the same weights."""
-    torch.manual_seed(derive_seed(spec.seed, "init", spec.arch.name, dict(spec.arch.options)))
-    model = create_model(
-        spec.arch.name,
-        num_classes=data.num_classes,
-        in_shape=data.in_shape,
-        mean=data.mean,
-        std=data.std,
-        **dict(spec.arch.options),
-    )
+    the same weights. The initialisation draws from torch's global generator (as every
+    ``nn.Module`` does), seeded inside :func:`seeded_rng`: the caller's RNG state is kept."""
+    with seeded_rng(derive_seed(spec.seed, "init", spec.arch.name, dict(spec.arch.options))):
+        model = create_model(
+            spec.arch.name,
+            num_classes=data.num_classes,
+            in_shape=data.in_shape,
+            mean=data.mean,
+            std=data.std,
+            **dict(spec.arch.options),
+        )
     return model.to(device)
 
 
@@ -215,13 +218,10 @@ def lr_factor(t: TrainConfig, step: int, total: int) -> float:
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
-    was = model.training
-    model.eval()
     correct = torch.zeros((), device=x.device)
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for i in range(0, len(y), batch):
             correct += (model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()
-    model.train(was)
     return correct.item() / max(1, len(y))
 
 
@@ -239,7 +239,10 @@ def fit(
     key = job.key()
     model = build_model(job.spec, data, device)
     try:
-        return _fit_locked(job, key, model, data, store, device, progress, retrain)
+        # every epoch reseeds the global RNG (dropout and recipes' draws cannot take a
+        # generator); the caller's state comes back afterwards
+        with preserved_rng(device):
+            return _fit_locked(job, key, model, data, store, device, progress, retrain)
     except CheckpointError as e:
         if "--retrain" in e.message:
             raise
@@ -313,7 +316,7 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
         advance_epoch(start_epoch)
         for epoch in range(start_epoch, t.epochs):
             e0 = time.perf_counter()
-            torch.manual_seed(derive_seed(seed, "epoch", epoch))  # attack starts, dropout
+            seed_global_rng(derive_seed(seed, "epoch", epoch), device)  # attack starts, dropout
             model.train()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device)
@@ -348,7 +351,7 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
             row["val_acc"] = _accuracy(model, mon_x, mon_y)
             row["monitor_eps"] = job.monitor_eps
             if job.monitor_eps > 0:
-                x_adv = pgd(model, mon_x, mon_y, job.monitor_eps, 2.5 * job.monitor_eps / t.monitor_steps, t.monitor_steps)
+                x_adv = pgd(model, mon_x, mon_y, job.monitor_eps, steps=t.monitor_steps)
                 row["val_robust_acc"] = _accuracy(model, x_adv, mon_y)
             report: EpochReport | None = recipe.after_epoch(model, ctx, epoch)
             if report is not None:

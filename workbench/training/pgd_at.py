@@ -16,7 +16,7 @@ class PGDAT(Recipe):
 
     def loss(self, model, x, y):
         c = self.cfg
-        x_adv = pgd(model, x, y, c.eps, self.alpha(c.steps), c.steps, norm=c.norm, random_start=True,
+        x_adv = pgd(model, x, y, c.eps, c.alpha, c.steps, norm=c.norm, random_start=True,
                     precision=self.train.precision)
         logits = model(x_adv)
         return self.ce(logits, y), logits

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import RECIPES, Recipe, frozen_parameters
+from ..attacks.ascent import ascend
+from ..attacks.base import attack_mode
+from .base import RECIPES, Recipe
 
 
 @RECIPES.register("trades")
@@ -17,20 +19,16 @@ class TRADES(Recipe):
     def loss(self, model, x, y):
         c = self.cfg
         eps, steps = float(c.eps), c.steps
-        alpha = self.alpha(steps)
-        was_training = model.training
-        model.eval()
-        with frozen_parameters(model):
+        with attack_mode(model):
             with torch.no_grad():
                 p_clean = F.softmax(model(x).float(), dim=1)
-            x_adv = (x + 0.001 * torch.randn_like(x)).clamp_(0, 1)
-            lo, hi = (x - eps).clamp_(min=0), (x + eps).clamp_(max=1)
-            for _ in range(steps):
-                x_adv.requires_grad_(True)
-                kl = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), p_clean, reduction="sum")
-                (g,) = torch.autograd.grad(kl, x_adv)
-                x_adv = torch.max(torch.min(x_adv.detach() + alpha * g.sign(), hi), lo)
-        model.train(was_training)
+            # the reference code's start: x + 0.001·N(0, I), clipped to [0, 1] only
+            x0 = (x + 0.001 * torch.randn_like(x)).clamp_(0, 1)
+
+            def kl(x_adv: torch.Tensor) -> torch.Tensor:
+                return F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), p_clean, reduction="none").sum(1)
+
+            x_adv = ascend(kl, x, eps, steps, alpha=c.alpha, starts=[x0], precision=self.train.precision, model=model).x
         logits = model(x)
         logits_adv = model(x_adv)
         robust = F.kl_div(
