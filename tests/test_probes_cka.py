@@ -158,12 +158,19 @@ def test_cka_matrix_labels_and_values():
     x, y = _pair(20, 5, 6)
     z = torch.randn(20, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     a, b = {"l1": x, "l2": y}, {"m1": y, "m2": z, "m3": x}
+
+    def naive(fa, fb, kind):  # the reference formulas above, not cka()
+        if kind == "linear":
+            return naive_linear_cka(fa.numpy(), fb.numpy())
+        k, l = (fa @ fa.T).numpy(), (fb @ fb.T).numpy()
+        return naive_unbiased_hsic(k, l) / np.sqrt(naive_unbiased_hsic(k, k) * naive_unbiased_hsic(l, l))
+
     for kind in ("linear", "debiased"):
         mat = cka_matrix(a, b, kind)
         assert list(mat.index) == ["l1", "l2"] and list(mat.columns) == ["m1", "m2", "m3"]
         for la, fa in a.items():
             for lb, fb in b.items():
-                assert mat.loc[la, lb] == pytest.approx(cka(fa, fb, kind), abs=1e-12)
+                assert mat.loc[la, lb] == pytest.approx(naive(fa, fb, kind), rel=1e-9, abs=1e-12)
     assert cka_matrix(a, b).loc["l2", "m1"] == pytest.approx(1.0)
 
 
@@ -200,12 +207,13 @@ def test_runner_table_schema_and_values(tmp_path):
     self_rows = df[(df.model_a == df.model_b) & (df.layer_a == df.layer_b)]
     assert np.allclose(self_rows.value, 1.0)
     assert all(layers[i] == n for i, n in zip(df.layer_a_index, df.layer_a))
-    # linear values equal cka() on the extracted features (row order does not matter for it)
+    # linear values equal Kornblith et al.'s formula on the extracted features (row order does not matter)
     fa = extract_features(ctx.models["small_cnn/standard"], ctx.x, "all")
     fb = extract_features(ctx.models["small_cnn/pgd_at"], ctx.x, "all")
     row = df[(df.model_a == "small_cnn/standard") & (df.model_b == "small_cnn/pgd_at") & (df.kind == "linear")
              & (df.layer_a == "conv2") & (df.layer_b == "fc1")]
-    assert float(row.value.iloc[0]) == pytest.approx(cka(fa["conv2"], fb["fc1"]), abs=1e-9)
+    want = naive_linear_cka(fa["conv2"].double().numpy(), fb["fc1"].double().numpy())
+    assert float(row.value.iloc[0]) == pytest.approx(want, abs=1e-6)
 
 
 def test_runner_respects_layers_and_kinds(tmp_path):

@@ -23,7 +23,6 @@ computes, the other waits and reuses the result.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import io
@@ -40,7 +39,7 @@ from typing import Any
 
 import pandas as pd
 
-from .store import _UMASK, atomic_write_bytes, now
+from .store import _UMASK, atomic_write_bytes, file_lock, now
 from .study import content_hash
 
 log = logging.getLogger("workbench")
@@ -114,14 +113,9 @@ class ResultCache:
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        """Exclusive per-key lock (flock: released by the kernel if the process dies)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f"{key}.lock", "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        """Exclusive per-key lock, held while one process computes or reads that key."""
+        with file_lock(self.root / f"{key}.lock"):
+            yield
 
     # ---- read
 

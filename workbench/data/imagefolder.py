@@ -28,7 +28,6 @@ import os
 import posixpath
 import re
 import tarfile
-import tempfile
 import time
 import warnings
 import zlib
@@ -42,6 +41,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
+from ..store import atomic_write
 from .base import DATASETS, RawData, content_digest
 
 log = logging.getLogger(__name__)
@@ -481,23 +481,9 @@ def _write_cache(path: Path, key: str, raw: RawData) -> None:
         "test_y": raw.test_y,
         "digest": raw.digest,
     }
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, lambda f: torch.save(payload, f))
         log.debug("imagefolder: wrote cache %s", path)
     except OSError as e:
         # A read-only or full cache folder costs speed, not correctness.
         log.warning("imagefolder: could not write cache %s (%s); the next load decodes again", path, e)
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass

@@ -2,7 +2,8 @@
 resumes and caches paired models."""
 
 from . import distillation, fgsm_rs, pgd_at, standard, trades  # noqa: F401  (registration)
-from .base import RECIPES, EpochReport, Recipe, derive_seed, frozen_parameters
+from ..seeds import derive_seed
+from .base import RECIPES, EpochReport, Recipe, frozen_parameters
 from .loop import FitContext, TrainJob, TrainedModel, build_model, fit
 from .distillation import TeacherAtTemperature
 

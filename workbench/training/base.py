@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Registry
-from ..seeds import derive_seed  # noqa: F401  (re-exported: workbench.training.derive_seed)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..study import TrainConfig
