@@ -58,6 +58,7 @@ from scipy.stats import spearmanr
 
 from ..attacks import attack_mode
 from ..errors import RunFolderError, WorkbenchError
+from ..state import seeded_rng
 from ..store import RunFolder, atomic_write_bytes
 from .base import PROBES, ProbeContext
 
@@ -78,9 +79,7 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     if seed is None:
         yield
         return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded_rng(seed, device):
         yield
 
 
