@@ -1,5 +1,5 @@
 """Library calls leave the caller's process as they found it: torch's thread count, the
-BLAS thread limits (threadpoolctl), torch's global RNG and cuDNN's benchmark flag."""
+BLAS thread limits (threadpoolctl) and torch's global RNG."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import workbench.runner as runner_mod
 from workbench.probes.linearity import local_linearity
 from workbench.probes.lipschitz import lipschitz, logit_lipschitz
 from workbench.runner import load_study_data, run_study
-from workbench.state import cpu_threads, eval_mode, seeded_rng
+from workbench.state import cpu_threads, cudnn_benchmark, eval_mode, seeded_rng
 from workbench.study import study_from_dict
 from workbench.training import build_model
 
@@ -47,7 +47,6 @@ def test_run_study_restores_threads_blas_limits_and_the_global_rng(tmp_path, mon
     assert torch.get_num_threads() == threads
     assert _blas_limits() == blas
     assert torch.equal(torch.get_rng_state(), rng)
-    assert torch.backends.cudnn.benchmark is False
 
 
 def test_build_model_keeps_the_callers_rng_and_still_pairs_weights():
@@ -82,16 +81,17 @@ def test_scoped_state_helpers_restore_on_exceptions():
     model.train()
     model[0].eval()  # a mixed state comes back exactly
     torch.manual_seed(3)
-    rng = torch.get_rng_state()
+    rng, bench = torch.get_rng_state(), torch.backends.cudnn.benchmark
     try:
-        with eval_mode(model), seeded_rng(11), cpu_threads(2):
+        with eval_mode(model), seeded_rng(11), cpu_threads(2), cudnn_benchmark(not bench):
             assert not any(m.training for m in model.modules())
-            assert torch.get_num_threads() == 2
+            assert torch.get_num_threads() == 2 and torch.backends.cudnn.benchmark is not bench
             first = torch.rand(2)
             raise RuntimeError("boom")
     except RuntimeError:
         pass
     assert [m.training for m in model.modules()] == [True, False, True]
     assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == 1
+    assert torch.backends.cudnn.benchmark is bench
     with seeded_rng(11):
         assert torch.equal(torch.rand(2), first)  # the seed alone decides the draws inside
