@@ -154,7 +154,7 @@ def validate(studies: list[Path] = typer.Argument(..., help="study files to chec
     for path in studies:
         try:
             s = load_study(path)
-            typer.echo(f"ok: {path} ({len(s.models())} models, {len(s.evaluation.attacks)} attacks, probes: {', '.join(s.probes.enabled()) or 'none'})")
+            typer.echo(f"ok: {path} ({len(s.model_ids())} models, {len(s.evaluation.attacks)} attacks, probes: {', '.join(s.probes.enabled()) or 'none'})")
         except WorkbenchError as e:
             typer.echo(f"error: {e.one_line()}", err=True)
             failed += 1
@@ -184,21 +184,92 @@ KINDS = ("datasets", "models", "recipes", "attacks", "losses", "probes")
 
 @app.command("list")
 def list_(
-    kind: Optional[str] = typer.Argument(None, help=f"one of: {', '.join(KINDS)} (default: all)"),
+    kind: Optional[str] = typer.Argument(None, help=f"one of: {', '.join(KINDS)}, layers (default: all)"),
+    model: Optional[str] = typer.Argument(None, help="layers: the model source, e.g. torchvision:resnet50"),
     pattern: str = typer.Option("*", help="filter names, e.g. 'resnet*'"),
+    classes: int = typer.Option(1000, help="layers: number of classes the model is built for"),
+    in_shape: str = typer.Option("3,224,224", help="layers: input shape C,H,W"),
 ) -> None:
-    """List what studies can name: data sets, models, recipes, attacks, losses, probes.
+    """List what studies can name: data sets, models, recipes, attacks, losses, probes; or a model's layers.
 
-    Example: workbench list models --pattern 'torchvision:resnet*'
+    Examples: workbench list models --pattern 'torchvision:resnet*'
+
+      workbench list layers torchvision:resnet50
+
+      workbench list layers small_cnn --classes 10 --in-shape 1,8,8
     """
     from . import registries
 
+    if kind == "layers":
+        _list_layers(model, classes, in_shape)
+        return
     if kind is not None and kind not in KINDS:
-        _fail(WorkbenchError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}", field="list"))
+        _fail(WorkbenchError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}, layers", field="list"))
     for k in (kind,) if kind else KINDS:
         typer.echo(f"{k}:")
         for name, doc in registries.listing(k, pattern):
             typer.echo(f"  {name:<28} {doc}")
+
+
+def _list_layers(model: Optional[str], classes: int, in_shape: str) -> None:
+    import torch
+
+    from .models.sources import SourceConfig, load_source
+
+    if not model:
+        _fail(WorkbenchError("name the model, e.g. workbench list layers torchvision:resnet50", field="list layers"))
+    try:
+        shape = tuple(int(v) for v in in_shape.split(","))
+        if len(shape) != 3:
+            raise ValueError
+    except ValueError:
+        _fail(WorkbenchError(f"--in-shape {in_shape!r} is not C,H,W (e.g. 3,224,224)", field="--in-shape"))
+    try:
+        src = SourceConfig.model_validate(model)
+        # no weights are needed to list layers: the architecture is built on the meta device
+        src = src.model_copy(update={"checkpoint": None, "pretrained": False}) if src.kind == "arch" else src
+        with torch.device("meta") if src.kind == "arch" else _nullcontext():
+            lm = load_source(src, num_classes=classes, in_shape=shape, device="meta" if src.kind == "arch" else "cpu")
+    except WorkbenchError as e:
+        _fail(e)
+    except Exception as e:  # noqa: BLE001 - pydantic's ValidationError for a malformed source
+        errs = getattr(e, "errors", None)
+        msg = errs()[0]["msg"].removeprefix("Value error, ") if callable(errs) else str(e)
+        _fail(WorkbenchError(f"invalid model source {model!r}: {msg}", field="list layers"))
+    m = lm.model
+    typer.echo(f"layers of {lm.source} (input {shape}, {classes} classes), input → output:")
+    for name, path in m.layer_paths().items():
+        mark = "  (penultimate)" if name == m.penultimate else ""
+        typer.echo(f"  {name:<28} {path}{mark}")
+    typer.echo(f"  {'logits':<28} (the model's output)")
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+@app.command("convert-checkpoint")
+def convert_checkpoint(
+    src: Path = typer.Argument(..., help="a pickled checkpoint that torch.load(weights_only=True) refuses"),
+    dst: Path = typer.Argument(..., help="where to write the plain-tensor copy (.pt)"),
+    trust: bool = typer.Option(False, "--trust", help="required: converting unpickles SRC, which runs any code in it"),
+) -> None:
+    """Rewrite a checkpoint you trust as plain tensors that load with weights_only=True.
+
+    Unpickling runs whatever code the file holds: only for files whose origin you trust.
+    Non-tensor objects are dropped; the copy then loads safely everywhere.
+
+    Example: workbench convert-checkpoint downloaded.pt converted.pt --trust
+    """
+    from .models.checkpoint import convert_checkpoint as convert
+
+    try:
+        out = convert(src, dst, trust=trust)
+    except WorkbenchError as e:
+        _fail(e)
+    typer.echo(f"converted: {out}")
 
 
 @app.command()

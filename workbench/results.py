@@ -73,8 +73,54 @@ class Results:
 
     @property
     def model_ids(self) -> list[str]:
-        """Model ids in study order (architectures × recipes)."""
-        return [m.id for m in self.study.models()]
+        """Model ids in study order (architectures × recipes, then the loaded models)."""
+        return self.study.model_ids()
+
+    def model(self, model_id: str, *, store: Any = None, device: Any = "cpu") -> Any:
+        """A model of this run, ready (eval mode, inputs in [0, 1]).
+
+        A trained model comes from the model store (``store``: default ``$WORKBENCH_STORE``)
+        by the key the models table recorded; a loaded one from its source again, checked
+        against the sha256 recorded. Raises :class:`RunFolderError` when neither is there.
+        """
+        from .models.sources import load_study_models
+
+        mt = self.get("models")
+        if mt is None or model_id not in set(mt["model"].astype(str)):
+            raise RunFolderError(f"no model {model_id!r} in this run; models: {', '.join(self.model_ids)}",
+                                 file=str(self.path / "tables" / "models.parquet"))
+        row = mt[mt["model"].astype(str) == model_id].iloc[0]
+        num_classes = int(self.environment.get("data", {}).get("num_classes") or 0)
+        in_shape = tuple(self.environment.get("data", {}).get("in_shape") or ())
+        if not num_classes or len(in_shape) != 3:
+            raise RunFolderError("environment.json lacks the data's num_classes/in_shape", file=str(self.path / "environment.json"))
+        decl = next((m for m in self.study.models if m.id == model_id), None)
+        if decl is not None:
+            import types
+
+            study = types.SimpleNamespace(models=[decl])
+            data = types.SimpleNamespace(num_classes=num_classes, in_shape=in_shape)
+            lm = load_study_models(study, data, device)[model_id]
+            if str(row.get("sha256", "")) and lm.sha256 != str(row["sha256"]):
+                raise RunFolderError(f"the weights of {model_id} changed since the run (sha256 differs)", file=lm.file)
+            return lm.model
+        return _trained_model(self, model_id, str(row["key"]), num_classes, in_shape, store, device)
+
+
+def _trained_model(res: Results, model_id: str, key: str, num_classes: int, in_shape: tuple, store: Any, device: Any) -> Any:
+    from .models import create_model
+    from .store import ModelStore
+
+    store = store if isinstance(store, ModelStore) else ModelStore(store)
+    if not store.has_model(key):
+        raise RunFolderError(f"model {model_id} (key {key}) is not in the store", file=str(store.entry(key)))
+    state, _meta = store.load_model(key)
+    spec = next(s for s in res.study.models_trained() if s.id == model_id)
+    data = res.environment.get("data", {})
+    model = create_model(spec.arch.name, num_classes=num_classes, in_shape=in_shape, mean=data.get("mean"),
+                         std=data.get("std"), **dict(spec.arch.options))
+    model.load_state_dict(state)
+    return model.to(device).eval()
 
 
 def _read_json(path: Path) -> dict[str, Any]:

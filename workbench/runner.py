@@ -128,7 +128,8 @@ def train_models(
     return out
 
 
-def model_table(study: Study, trained: dict[str, TrainedModel]) -> pd.DataFrame:
+def model_table(study: Study, trained: dict[str, TrainedModel], loaded: dict[str, Any] | None = None) -> pd.DataFrame:
+    """One row per model: the trained ones (architectures × recipes), then the loaded ones."""
     rows = []
     ref = study.recipes[0].id
     for spec in study.models():
@@ -151,6 +152,20 @@ def model_table(study: Study, trained: dict[str, TrainedModel]) -> pd.DataFrame:
                 "train_seconds": float(t.meta.get("train_seconds", 0.0)),
                 "stopped_early": t.meta.get("stopped_early") or "",
                 "parameters": sum(p.numel() for p in t.model.parameters()),
+                "source": "",
+                "file": "",
+                "sha256": "",
+            }
+        )
+    for m in study.models:
+        lm = (loaded or {})[m.id]
+        rows.append(
+            {
+                "model": m.id, "architecture": "loaded", "arch_name": type(lm.model.net).__name__,
+                "recipe": "loaded", "recipe_name": "loaded", "train_eps": 0.0, "train_norm": "none", "role": "loaded",
+                "key": lm.key, "cached": True, "resumed_from_epoch": None, "epochs": 0, "train_seconds": 0.0,
+                "stopped_early": "", "parameters": sum(p.numel() for p in lm.model.parameters()),
+                "source": lm.source, "file": lm.file, "sha256": lm.sha256,
             }
         )
     return pd.DataFrame(rows)
@@ -161,7 +176,8 @@ def _index_digest(idx: torch.Tensor) -> dict[str, Any]:
     return {"n": int(len(a)), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
 
 
-def result_inputs(study: Study, data: DataSplits, trained: dict[str, TrainedModel], device: torch.device) -> dict[str, Any]:
+def result_inputs(study: Study, data: DataSplits, trained: dict[str, TrainedModel], device: torch.device,
+                  loaded: dict[str, Any] | None = None) -> dict[str, Any]:
     """What every cached stage result depends on (each stage adds its own study section):
     the models (store keys, which hash everything that determines the weights, and ids) in
     order, the pairs, the data, the seed, the device type, torch and the workbench code."""
@@ -170,7 +186,8 @@ def result_inputs(study: Study, data: DataSplits, trained: dict[str, TrainedMode
         "torch": torch.__version__,
         "device": device.type,
         "seed": study.seed,
-        "models": [{"id": spec.id, "key": trained[spec.id].key} for spec in study.models()],
+        "models": [{"id": spec.id, "key": trained[spec.id].key} for spec in study.models()]
+        + [{"id": m.id, "key": (loaded or {})[m.id].key} for m in study.models],
         "pairs": [list(p) for p in study.pairs()],
         "data": {
             **data_identity(study.data, data),
@@ -231,6 +248,12 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
     t0 = time.perf_counter()
     data = load_study_data(study, device)
     timings["data"] = time.perf_counter() - t0
+    # Loaded models next, for the same reason: a missing or refused file fails first.
+    from .models.sources import load_study_models
+
+    t0 = time.perf_counter()
+    loaded = load_study_models(study, data, device)
+    timings["load_models"] = time.perf_counter() - t0
 
     archived = folder.prepare()
     with _log_to(folder.path / "run.log"):
@@ -245,8 +268,8 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         t0 = time.perf_counter()
         trained = train_models(study, data, store, device, progress=progress, retrain=retrain)
         timings["train"] = time.perf_counter() - t0
-        models = {k: v.model for k, v in trained.items()}
-        tables: dict[str, pd.DataFrame] = {"models": model_table(study, trained)}
+        models = {k: v.model for k, v in trained.items()} | {k: v.model for k, v in loaded.items()}
+        tables: dict[str, pd.DataFrame] = {"models": model_table(study, trained, loaded)}
         tables["pairs"] = pd.DataFrame(
             [{"pair": f"{ref}~{other}", "architecture": a, "reference": ref, "model": other} for a, ref, other in study.pairs()],
             columns=["pair", "architecture", "reference", "model"],
@@ -258,7 +281,7 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         # Results are cached in the store under a hash of everything that determines them
         # (workbench/cache.py): a rerun with nothing changed reads them back.
         cache = ResultCache(store.root)
-        common = result_inputs(study, data, trained, device)
+        common = result_inputs(study, data, trained, device, loaded)
         cached_stages: list[str] = []
         result_keys: dict[str, str] = {}
 

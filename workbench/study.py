@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from .errors import StudyError, UnknownNameError, WorkbenchError
+from .models.sources import SourceConfig
 
 # --------------------------------------------------------------------------- value types
 
@@ -158,7 +159,40 @@ class ArchitectureConfig(Strict):
 
     @property
     def id(self) -> str:
-        return self.label or self.name.replace("torchvision:", "tv-")
+        return self.label or self.name.replace("torchvision:", "tv-").replace("timm:", "timm-")
+
+
+class LoadedModelConfig(Strict):
+    """A model loaded from a source (checkpoint, zoo, user code), not trained (docs/models.md)."""
+
+    id: str = Field(description="model id in tables (letters, digits, '.', '_', '-')")
+    source: SourceConfig = Field(
+        description="torchvision:NAME, timm:NAME, a built-in name, or a mapping: {arch, checkpoint}, {arch, pretrained}, "
+        "{robustbench, dataset, threat_model, model_dir}, {python: 'package.module:factory', options, checkpoint}",
+    )
+    mean: tuple[float, ...] | None = Field(
+        None, description="per-channel normalisation applied inside the model (default: none, or the checkpoint's own)")
+    std: tuple[float, ...] | None = Field(None, description="per-channel std (with mean)")
+    layers: tuple[str, ...] | dict[str, str] | None = Field(
+        None, description="probe layers: module paths, or name -> module path (default: found automatically)")
+    penultimate: str | None = Field(None, description="layer whose output feeds the classifier (default: the last layer)")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v):
+        if not _SAFE_NAME.match(v):
+            raise ValueError(f"id {v!r} may hold only letters, digits, '.', '_' and '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _norm(self) -> LoadedModelConfig:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give mean and std together")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError("std values must be positive")
+        if self.source.kind == "robustbench" and self.mean is not None:
+            raise ValueError("robustbench models take inputs in [0, 1] and normalise inside; leave mean/std out")
+        return self
 
 
 # --------------------------------------------------------------------------- training
@@ -567,13 +601,23 @@ class ReportConfig(Strict):
 
 
 class Study(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     name: str = Field(description="study name; the default run folder is reports/<name>/")
     description: str = ""
     seed: int = Field(0, description="seeds weights, data order, splits and attacks")
     data: DataConfig = Field(default_factory=DataConfig)
-    architectures: tuple[ArchitectureConfig, ...] = Field(min_length=1)
+    architectures: tuple[ArchitectureConfig, ...] = Field((), description="architectures trained with every recipe")
     recipes: tuple[RecipeConfig, ...] = Field(
-        min_length=1, description="training recipes; the first is the reference of every pair"
+        (), description="training recipes; the first is the reference of every pair"
+    )
+    models: tuple[LoadedModelConfig, ...] = Field(
+        (), description="models loaded from checkpoints, zoos or user code, studied beside the trained ones")
+    # the YAML key is `pairs`; the attribute is `pairing` so that pairs() stays the list of pairs
+    pairing: Union[Literal["reference", "all"], tuple[tuple[str, str], ...]] = Field(
+        "reference", alias="pairs",
+        description="pairs compared by transfer, CKA and saliency agreement: reference (each architecture's models "
+        "with its first recipe's), all (every two models), or a list of [model, model]",
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -594,6 +638,23 @@ class Study(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Study:
+        if bool(self.architectures) != bool(self.recipes):
+            missing = "recipes" if self.architectures else "architectures"
+            raise ValueError(f"{missing}: required field is missing (architectures are trained with recipes)")
+        if not self.architectures and not self.models:
+            raise ValueError("architectures: required field is missing (declare architectures and recipes, or models)")
+        ids = [spec.id for spec in self.models_trained()]
+        for i, m in enumerate(self.models):
+            if m.id in ids:
+                raise ValueError(f"models[{i}].id: {m.id!r} appears twice")
+            ids.append(m.id)
+        if not isinstance(self.pairing, str):
+            for i, (a, b) in enumerate(self.pairing):
+                for x in (a, b):
+                    if x not in ids:
+                        raise ValueError(f"pairs[{i}]: unknown model {x!r}; models: {', '.join(ids)}")
+                if a == b:
+                    raise ValueError(f"pairs[{i}]: a model is not paired with itself")
         for kind, items in (("architectures", self.architectures), ("recipes", self.recipes)):
             ids = [i.id for i in items]
             for i, x in enumerate(ids):
@@ -618,19 +679,45 @@ class Study(Strict):
         return TrainConfig.model_validate({**self.train.model_dump(), **recipe.train})
 
     def models(self) -> list[ModelSpec]:
-        """architectures × recipes, in declaration order."""
+        """The trained models: architectures × recipes, in declaration order."""
+        return self.models_trained()
+
+    def models_trained(self) -> list[ModelSpec]:
         return [
             ModelSpec(arch=a, recipe=r, train=self.train_for(r), seed=self.seed)
             for a in self.architectures
             for r in self.recipes
         ]
 
+    def model_ids(self) -> list[str]:
+        """Every model of the study: the trained ones, then the loaded ones."""
+        return [s.id for s in self.models_trained()] + [m.id for m in self.models]
+
+    def group_of(self, model_id: str) -> str:
+        """The architecture label of a trained model; ``loaded`` for a loaded one."""
+        for spec in self.models_trained():
+            if spec.id == model_id:
+                return spec.arch.id
+        return "loaded"
+
     def pairs(self) -> list[tuple[str, str, str]]:
-        """(architecture id, reference model id, other model id): the first recipe is the reference."""
-        ref = self.recipes[0]
-        return [
-            (a.id, f"{a.id}/{ref.id}", f"{a.id}/{r.id}") for a in self.architectures for r in self.recipes[1:]
-        ]
+        """(group, model a, model b) per the study's ``pairs``. ``reference``: each architecture's
+        first-recipe model with each of its others. The group is the models' architecture when
+        they share one, else ``<group a>~<group b>`` (a loaded model's group is ``loaded``)."""
+        if self.pairing == "reference":
+            if not self.recipes:
+                return []
+            ref = self.recipes[0]
+            return [
+                (a.id, f"{a.id}/{ref.id}", f"{a.id}/{r.id}") for a in self.architectures for r in self.recipes[1:]
+            ]
+        ids = self.model_ids()
+        combos = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]] if self.pairing == "all" else list(self.pairing)
+        out = []
+        for a, b in combos:
+            ga, gb = self.group_of(a), self.group_of(b)
+            out.append((ga if ga == gb else f"{ga}~{gb}", a, b))
+        return out
 
     def main_eps(self) -> float:
         if self.evaluation.main_eps is not None:
@@ -642,7 +729,7 @@ class Study(Strict):
         return float(grid[len(grid) // 2]) if grid else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        d = self.model_dump(mode="json")
+        d = self.model_dump(mode="json", by_alias=True)
         # a disabled probe is left out: in YAML an empty `lipschitz:` (null) means "on, defaults"
         d["probes"] = {k: v for k, v in d["probes"].items() if v is not None}
         return d

@@ -11,32 +11,37 @@ from __future__ import annotations
 TABLES: dict[str, tuple[str, dict[str, str]]] = {
     # ------------------------------------------------------------------ runner
     "models": (
-        "one row per trained model (architecture × recipe)",
+        "one row per model: each trained one (architecture × recipe), then each loaded one (study `models`)",
         {
-            "model": "model id `<architecture>/<recipe>`",
-            "architecture": "architecture label",
-            "arch_name": "registry name of the architecture",
-            "recipe": "recipe label",
-            "recipe_name": "registry name of the recipe",
+            "model": "model id: `<architecture>/<recipe>`, or the id of a loaded model",
+            "architecture": "architecture label (`loaded` for a loaded model)",
+            "arch_name": "registry name of the architecture (a loaded model: its network's class)",
+            "recipe": "recipe label (`loaded` for a loaded model)",
+            "recipe_name": "registry name of the recipe (`loaded` for a loaded model)",
             "train_eps": "training ε (0 for non-adversarial recipes)",
             "train_norm": "training norm (`none` for non-adversarial recipes)",
-            "role": "`reference` (first recipe) or `paired`",
-            "key": "model-store key (hash of everything that determines the weights)",
+            "role": "`reference` (first recipe), `paired` (other recipes) or `loaded`",
+            "key": "model-store key (hash of everything that determines the weights; a loaded model: of its source, "
+            "weight file and declaration)",
             "cached": "weights reused from the store",
             "resumed_from_epoch": "epoch a resumed training started from (empty if none)",
             "epochs": "epochs trained",
             "train_seconds": "training time (seconds, when trained)",
             "stopped_early": "why training stopped early (e.g. catastrophic overfitting), else empty",
             "parameters": "number of parameters",
+            "source": "where a loaded model came from (e.g. `robustbench:cifar10/Linf/Wong2020Fast`); empty if trained",
+            "file": "the weight file a loaded model was read from; empty if trained or built without weights",
+            "sha256": "sha256 of that weight file; empty if none",
         },
     ),
     "pairs": (
-        "which models pair up: same architecture, initial weights and data order",
+        "which models are compared (study `pairs`): by default each architecture's first-recipe model with its others "
+        "(same initial weights and data order)",
         {
             "pair": "`<reference>~<model>`",
-            "architecture": "architecture label",
-            "reference": "model id of the reference (first recipe)",
-            "model": "model id of the paired model",
+            "architecture": "the two models' architecture label, or `<a>~<b>` when they differ (`loaded` for loaded models)",
+            "reference": "model id of the reference (first recipe), or of the pair's first model",
+            "model": "model id of the other model",
         },
     ),
     "history": (
@@ -84,7 +89,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
     "transfer": (
         "examples crafted on one model of a pair, scored on the other (both directions)",
         {
-            "architecture": "architecture label",
+            "architecture": "the pair's architecture label (as in `pairs`)",
             "source": "model the examples were crafted on",
             "target": "model that scored them",
             "attack": "attack label",

@@ -8,7 +8,12 @@
 
 Registered: ``mlp``, ``small_cnn``, ``preact_resnet18``, ``preact_resnet34``,
 ``resnet18``, ``wide_resnet``; plus ``"torchvision:<name>"`` for any torchvision
-classification model.
+classification model and ``"timm:<name>"`` for any timm model (optional extra).
+
+Models from anywhere (docs/models.md)::
+
+    model = load({"robustbench": "Wong2020Fast", "model_dir": "~/zoo"})   # ready, inputs in [0, 1]
+    model = wrap(my_net, in_shape=(3, 32, 32), mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
 """
 
 from . import mlp, preact_resnet, resnet, small_cnn, tv, wide_resnet  # noqa: F401  (register)
@@ -23,18 +28,24 @@ from .base import (
     model_options,
 )
 from .capture import Capture, capture, extract_features, resolve_layers
+from .sources import LoadedModel, SourceConfig, load, load_source, wrap
 
 __all__ = [
     "MODELS",
     "TORCHVISION_PREFIX",
     "Built",
     "Capture",
+    "LoadedModel",
+    "SourceConfig",
     "WorkbenchModel",
     "capture",
     "check_model_options",
     "create_model",
     "extract_features",
+    "load",
+    "load_source",
     "model_names",
     "model_options",
     "resolve_layers",
+    "wrap",
 ]

@@ -33,6 +33,9 @@ from ..registry import Registry
 #: Prefix that selects a torchvision classification model, e.g. ``"torchvision:resnet18"``.
 TORCHVISION_PREFIX = "torchvision:"
 
+#: Prefix that selects a timm model, e.g. ``"timm:resnet18"`` (optional extra).
+TIMM_PREFIX = "timm:"
+
 #: Names with a meaning of their own in layer specs; no model layer may use them.
 RESERVED_LAYER_NAMES = ("all", "penultimate", "logits")
 
@@ -183,6 +186,8 @@ def model_options(name: str) -> dict[str, Any]:
         from . import tv
 
         return tv.default_options(name[len(TORCHVISION_PREFIX):])
+    if name.startswith(TIMM_PREFIX):
+        return {}
     return _builder_params(MODELS.get(name))[0]
 
 
@@ -206,6 +211,10 @@ def check_model_options(
         from . import tv
 
         tv.check_options(name[len(TORCHVISION_PREFIX):], options)
+    elif name.startswith(TIMM_PREFIX):
+        from . import timm_models
+
+        timm_models.check_options(name[len(TIMM_PREFIX):], options)
     else:
         valid, var_kw = _builder_params(MODELS.get(name))
         unknown = sorted(set(options) - set(valid))
@@ -227,6 +236,10 @@ def _build(name: str, num_classes: int, in_shape: tuple[int, int, int],
 
         return tv.build(name[len(TORCHVISION_PREFIX):], num_classes=num_classes,
                         in_shape=in_shape, options=options)
+    if name.startswith(TIMM_PREFIX):
+        from . import timm_models
+
+        return timm_models.build(name[len(TIMM_PREFIX):], num_classes=num_classes, in_shape=in_shape, options=options)
     builder = MODELS.get(name)
     try:
         built = builder(num_classes, in_shape, **options)
@@ -257,7 +270,7 @@ def create_model(
     check_model_options(name, options)
     built, resolved = _build(name, num_classes, in_shape, options)
     # torchvision networks expect RGB: grey input is repeated after normalization.
-    repeat = 3 if name.startswith(TORCHVISION_PREFIX) and in_shape[0] == 1 else None
+    repeat = 3 if name.startswith((TORCHVISION_PREFIX, TIMM_PREFIX)) and in_shape[0] == 1 else None
     return WorkbenchModel(
         built.net, built.layers, built.penultimate, name=name, options=resolved,
         in_shape=in_shape, num_classes=num_classes, mean=mean, std=std,

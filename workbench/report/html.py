@@ -214,7 +214,9 @@ def summary_table(res: Results) -> pd.DataFrame:
         if info is not None and m in info.index:
             r = info.loc[m]
             training = str(r["recipe"])
-            if r["train_norm"] != "none" and float(r["train_eps"]) > 0:
+            if r.get("role") == "loaded":
+                training = f"loaded: {r.get('source', '')}"
+            elif r["train_norm"] != "none" and float(r["train_eps"]) > 0:
                 training += f" ({F.NORM_LABEL.get(str(r['train_norm']), r['train_norm'])} ε={F.eps_label(float(r['train_eps']))})"
             if isinstance(r["stopped_early"], str) and r["stopped_early"]:
                 training += f"; stopped early: {r['stopped_early']}"
@@ -407,8 +409,10 @@ def _models_table(res: Results) -> HtmlTable:
     if mt is None:
         return HtmlTable([Column("models table absent")])
     cols = [c for c in ("model", "key", "cached", "resumed_from_epoch", "epochs", "train_seconds", "stopped_early",
-                        "parameters") if c in mt.columns]
-    return html_table(mt[cols], {"train_seconds": "sec", "key": "text"})
+                        "parameters", "source", "file", "sha256") if c in mt.columns]
+    if "source" in cols and not mt["source"].astype(str).str.len().any():
+        cols = [c for c in cols if c not in ("source", "file", "sha256")]  # nothing loaded: keep the table narrow
+    return html_table(mt[cols], {"train_seconds": "sec", "key": "text", "sha256": "text", "file": "text", "source": "text"})
 
 
 def _timings(res: Results) -> HtmlTable | None:
