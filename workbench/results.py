@@ -94,11 +94,11 @@ class Results:
         in_shape = tuple(self.environment.get("data", {}).get("in_shape") or ())
         if not num_classes or len(in_shape) != 3:
             raise RunFolderError("environment.json lacks the data's num_classes/in_shape", file=str(self.path / "environment.json"))
-        decl = next((m for m in self.study.models if m.id == model_id), None)
+        decl = next((m for m in self.study.loaded if m.id == model_id), None)
         if decl is not None:
             import types
 
-            study = types.SimpleNamespace(models=[decl])
+            study = types.SimpleNamespace(loaded=[decl])
             data = types.SimpleNamespace(num_classes=num_classes, in_shape=in_shape)
             lm = load_study_models(study, data, device)[model_id]
             if str(row.get("sha256", "")) and lm.sha256 != str(row["sha256"]):

@@ -157,7 +157,7 @@ def model_table(study: Study, trained: dict[str, TrainedModel], loaded: dict[str
                 "sha256": "",
             }
         )
-    for m in study.models:
+    for m in study.loaded:
         lm = (loaded or {})[m.id]
         rows.append(
             {
@@ -187,7 +187,7 @@ def result_inputs(study: Study, data: DataSplits, trained: dict[str, TrainedMode
         "device": device.type,
         "seed": study.seed,
         "models": [{"id": spec.id, "key": trained[spec.id].key} for spec in study.models()]
-        + [{"id": m.id, "key": (loaded or {})[m.id].key} for m in study.models],
+        + [{"id": m.id, "key": (loaded or {})[m.id].key} for m in study.loaded],
         "pairs": [list(p) for p in study.pairs()],
         "data": {
             **data_identity(study.data, data),

@@ -611,8 +611,9 @@ class Study(Strict):
     recipes: tuple[RecipeConfig, ...] = Field(
         (), description="training recipes; the first is the reference of every pair"
     )
-    models: tuple[LoadedModelConfig, ...] = Field(
-        (), description="models loaded from checkpoints, zoos or user code, studied beside the trained ones")
+    # YAML key `models`; the attribute is `loaded` so that models() stays the trained models
+    loaded: tuple[LoadedModelConfig, ...] = Field(
+        (), alias="models", description="models loaded from checkpoints, zoos or user code, studied beside the trained ones")
     # the YAML key is `pairs`; the attribute is `pairing` so that pairs() stays the list of pairs
     pairing: Union[Literal["reference", "all"], tuple[tuple[str, str], ...]] = Field(
         "reference", alias="pairs",
@@ -641,10 +642,10 @@ class Study(Strict):
         if bool(self.architectures) != bool(self.recipes):
             missing = "recipes" if self.architectures else "architectures"
             raise ValueError(f"{missing}: required field is missing (architectures are trained with recipes)")
-        if not self.architectures and not self.models:
+        if not self.architectures and not self.loaded:
             raise ValueError("architectures: required field is missing (declare architectures and recipes, or models)")
         ids = [spec.id for spec in self.models_trained()]
-        for i, m in enumerate(self.models):
+        for i, m in enumerate(self.loaded):
             if m.id in ids:
                 raise ValueError(f"models[{i}].id: {m.id!r} appears twice")
             ids.append(m.id)
@@ -691,7 +692,7 @@ class Study(Strict):
 
     def model_ids(self) -> list[str]:
         """Every model of the study: the trained ones, then the loaded ones."""
-        return [s.id for s in self.models_trained()] + [m.id for m in self.models]
+        return [s.id for s in self.models_trained()] + [m.id for m in self.loaded]
 
     def group_of(self, model_id: str) -> str:
         """The architecture label of a trained model; ``loaded`` for a loaded one."""

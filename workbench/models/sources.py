@@ -339,7 +339,7 @@ def load_study_models(study: Any, data: Any, device: torch.device | str = "cpu",
 
     log = logging.getLogger("workbench")
     out: dict[str, LoadedModel] = {}
-    for i, decl in enumerate(study.models):
+    for i, decl in enumerate(study.loaded):
         try:
             lm = load_source(decl.source, num_classes=data.num_classes, in_shape=data.in_shape, id=decl.id,
                              mean=decl.mean, std=decl.std, layers=decl.layers, penultimate=decl.penultimate,
