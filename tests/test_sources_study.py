@@ -180,19 +180,10 @@ def test_a_rerun_reuses_every_result_and_results_give_the_models_back(mixed_run)
             m = res.model(mid, store=mixed_run["base"] / "store")
         finally:
             sys.path.remove(str(mixed_run["base"] / "code"))
+        run = mixed_run["run"]
+        original = run.models[mid].model if mid in run.models else run.loaded[mid].model
         with torch.no_grad():
-            assert torch.allclose(m(x), mixed_run["run"].models[mid].model(x) if mid in mixed_run["run"].models
-                                  else _loaded(mixed_run, mid)(x), atol=1e-6)
-
-
-def _loaded(mixed_run, mid):
-    from workbench.models.sources import load_study_models
-
-    sys.path.insert(0, str(mixed_run["base"] / "code"))
-    try:
-        return load_study_models(mixed_run["run"].study, mixed_run["data"])[mid].model
-    finally:
-        sys.path.remove(str(mixed_run["base"] / "code"))
+            assert torch.allclose(m(x), original(x), atol=1e-6)
 
 
 # --------------------------------------------------------------------------- study validation
@@ -275,7 +266,7 @@ def test_zoo_study_runs_shrunk_on_zoo_files_made_here(tmp_path, monkeypatch):
     ref = load_model("Wong2020Fast", model_dir=str(tmp_path / "zoo"), dataset="cifar10", threat_model="Linf").eval()
     x = run.data.test_x[:6]
     with torch.no_grad():
-        assert torch.allclose(run.models["Wong2020Fast"].model(x), ref(x), atol=1e-5)
+        assert torch.allclose(run.loaded["Wong2020Fast"].model(x), ref(x), atol=1e-5)
 
 
 def test_imagenet_study_runs_shrunk_on_checkpoints_made_here(tmp_path, monkeypatch):
@@ -301,7 +292,7 @@ def test_imagenet_study_runs_shrunk_on_checkpoints_made_here(tmp_path, monkeypat
                     threads=1, report=False)
     mt = run.tables["models"].set_index("model")
     assert mt.loc["standard", "file"] == str(cache)
-    robust = run.models["robust-linf-4"].model
+    robust = run.loaded["robust-linf-4"].model
     assert robust.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
     cka = run.tables["cka"]
     pairs = {("standard", "robust-linf-4"), ("standard", "robust-l2-3"), ("robust-linf-4", "robust-l2-3")}

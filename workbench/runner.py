@@ -76,6 +76,8 @@ class Run:
     evaluation: EvalResult | None = None
     #: stages whose tables came from the result cache (``evaluate``, ``soundness``, ``probe:<name>``)
     cached_stages: list[str] = field(default_factory=list)
+    #: the study's loaded models (``models:``), by id
+    loaded: dict[str, Any] = field(default_factory=dict)
 
 
 @contextmanager
@@ -131,7 +133,7 @@ def train_models(
 def model_table(study: Study, trained: dict[str, TrainedModel], loaded: dict[str, Any] | None = None) -> pd.DataFrame:
     """One row per model: the trained ones (architectures × recipes), then the loaded ones."""
     rows = []
-    ref = study.recipes[0].id
+    ref = study.recipes[0].id if study.recipes else None
     for spec in study.models():
         t = trained[spec.id]
         hist = t.meta.get("history", [])
@@ -375,4 +377,4 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         manifest["timings"] = timings
         folder.write_json("run.json", manifest)
         log.info("run finished in %.1fs", timings["total"])
-    return Run(folder.path, study, device, data, trained, tables, timings, result, cached_stages)
+    return Run(folder.path, study, device, data, trained, tables, timings, result, cached_stages, loaded)
