@@ -212,6 +212,8 @@ def list_(
 
 
 def _list_layers(model: Optional[str], classes: int, in_shape: str) -> None:
+    import types
+
     import torch
 
     from .models.sources import SourceConfig, load_source
@@ -228,8 +230,16 @@ def _list_layers(model: Optional[str], classes: int, in_shape: str) -> None:
         src = SourceConfig.model_validate(model)
         # no weights are needed to list layers: the architecture is built on the meta device
         src = src.model_copy(update={"checkpoint": None, "pretrained": False}) if src.kind == "arch" else src
-        with torch.device("meta") if src.kind == "arch" else _nullcontext():
-            lm = load_source(src, num_classes=classes, in_shape=shape, device="meta" if src.kind == "arch" else "cpu")
+        if src.kind == "robustbench":  # its own architecture with initial weights: the zoo file is not read
+            from .models import zoo
+            from .models.sources import wrap
+
+            net = zoo.build(src.robustbench, src.dataset, src.threat_model)
+            m = wrap(net, in_shape=shape, num_classes=classes, name=src.describe())
+            lm = types.SimpleNamespace(model=m, source=src.describe())
+        else:
+            with torch.device("meta") if src.kind == "arch" else _nullcontext():
+                lm = load_source(src, num_classes=classes, in_shape=shape, device="meta" if src.kind == "arch" else "cpu")
     except WorkbenchError as e:
         _fail(e)
     except Exception as e:  # noqa: BLE001 - pydantic's ValidationError for a malformed source

@@ -640,11 +640,14 @@ class Study(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Study:
         if bool(self.architectures) != bool(self.recipes):
-            missing = "recipes" if self.architectures else "architectures"
-            raise ValueError(f"{missing}: required field is missing (architectures are trained with recipes)")
+            missing, other = ("recipes", "architectures") if self.architectures else ("architectures", "recipes")
+            what = "at least 1 item is needed" if missing in self.model_fields_set else "required field is missing"
+            raise ValueError(f"{missing}: {what} with {other} (architectures are trained with recipes; a study of "
+                             "loaded models only declares models and neither)")
         if not self.architectures and not self.loaded:
-            raise ValueError("architectures: required field is missing (declare architectures and recipes, or models)")
-        ids = [spec.id for spec in self.models_trained()]
+            what = "at least 1 item is needed" if "architectures" in self.model_fields_set else "required field is missing"
+            raise ValueError(f"architectures: {what} (declare architectures and recipes, or models)")
+        ids = [f"{a.id}/{r.id}" for a in self.architectures for r in self.recipes]  # as ModelSpec.id
         for i, m in enumerate(self.loaded):
             if m.id in ids:
                 raise ValueError(f"models[{i}].id: {m.id!r} appears twice")
