@@ -108,6 +108,8 @@ def load_study_data(study: Study, device: torch.device) -> DataSplits:
         limit_train=d.limit_train,
         limit_test=d.limit_test,
         device=device,
+        stream=d.stream,
+        workers=d.workers,
         **dict(d.options),
     )
 

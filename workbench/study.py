@@ -108,6 +108,11 @@ class DataConfig(Strict):
     limit_test: PositiveInt | None = Field(None, description="use at most this many test examples")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     options: dict[str, Any] = Field(default_factory=dict, description="data-set specific options (imagefolder: image_size)")
+    stream: bool | None = Field(
+        None, description="read images from their files batch by batch (imagefolder folders, imagenet); "
+        "default: when they would not fit the device's memory budget"
+    )
+    workers: int = Field(4, ge=0, description="DataLoader worker processes of a streamed data set (0: in the main process)")
 
     @field_validator("name")
     @classmethod
@@ -225,6 +230,9 @@ class TrainConfig(Strict):
     compile: bool = Field(False, description="torch.compile the model (GPU; costs compile time)")
     monitor_examples: PositiveInt = Field(256, description="held-out validation examples scored after every epoch")
     monitor_steps: PositiveInt = Field(10, description="PGD steps for the per-epoch robust accuracy")
+    checkpoint_steps: PositiveInt | None = Field(
+        None, description="also checkpoint every this many batches inside an epoch (long epochs; resumes mid-epoch)"
+    )
 
     @field_validator("milestones")
     @classmethod

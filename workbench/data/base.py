@@ -94,6 +94,8 @@ class DataSplits:
     indices: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     test_carved: bool = False
     digest: str | None = None  # the loader's content digest (RawData.digest), if any
+    #: the x of each split are :class:`~.stream.StreamedImages` (decoded when read), not tensors
+    streamed: bool = False
 
     def summary(self) -> str:
         """One sentence for the run log, e.g. "digits: 1,294 training, 144 validation and 359
@@ -118,6 +120,7 @@ class DataSplits:
             "mean": [round(m, 6) for m in self.mean],
             "std": [round(s, 6) for s in self.std],
             "device": str(self.train_x.device),
+            "streamed": self.streamed,
         }
 
 
@@ -147,6 +150,8 @@ def load_dataset(
     limit_test: int | None = None,
     device: str | torch.device = "cpu",
     cache_dir: Path | None = None,
+    stream: bool | None = False,
+    workers: int = 4,
     **options: Any,
 ) -> DataSplits:
     """Load data set ``name`` and split it, fixed by ``seed``.
@@ -174,39 +179,30 @@ def load_dataset(
             raise WorkbenchError(f"{name}: {label} must be a positive integer, got {lim!r}")
     dev = _device(device)
 
-    raw = loader(
-        root=Path(root).expanduser() if root is not None else None,
-        download=download,
-        cache_dir=Path(cache_dir).expanduser() if cache_dir is not None else None,
-        **options,
-    )
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else None
+    root_path = Path(root).expanduser() if root is not None else None
+    if stream is not False:
+        # Image-file data sets can be read batch by batch instead of decoded whole
+        # (data.stream; by default when they would not fit the device's memory budget).
+        from .stream import STREAM_SOURCES, load_streamed, should_stream
+
+        if name in STREAM_SOURCES:
+            files = STREAM_SOURCES[name](root_path, cache, **options)
+            if stream or should_stream(files, dev):
+                return load_streamed(name, files, dev, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                                     limit_train=limit_train, limit_test=limit_test, workers=workers, cache_dir=cache)
+        elif stream:
+            raise WorkbenchError(f"{name}: data.stream needs a data set read from image files ({', '.join(sorted(STREAM_SOURCES))})",
+                                 field="data.stream")
+
+    raw = loader(root=root_path, download=download, cache_dir=cache, **options)
     _check_raw(name, raw)
 
-    # Test: own split, or a stratified carve-out of train.
-    train_idx = torch.arange(len(raw.train_y))
-    if raw.test_x is None:
-        n_test = round(test_fraction * len(train_idx))
-        test_idx, train_idx = stratified_pick(raw.train_y, n_test, _generator(seed, "test"))
-        test_pool_x, test_pool_y = raw.train_x, raw.train_y
-    else:
-        assert raw.test_y is not None
-        test_idx = torch.arange(len(raw.test_y))
-        test_pool_x, test_pool_y = raw.test_x, raw.test_y
-
-    # Val: a stratified share of what is left of train.
-    n_val = round(val_fraction * len(train_idx))
-    pick, rest = stratified_pick(raw.train_y[train_idx], n_val, _generator(seed, "val"))
-    val_idx, train_idx = train_idx[pick], train_idx[rest]
-    if len(train_idx) == 0:
-        raise DataError(f"{name}: no training examples left after the val/test splits")
-
-    if limit_train is not None and limit_train < len(train_idx):
-        pick, _ = stratified_pick(raw.train_y[train_idx], limit_train, _generator(seed, "limit_train"))
-        train_idx = train_idx[pick]
-    if limit_test is not None and limit_test < len(test_idx):
-        pick, _ = stratified_pick(test_pool_y[test_idx], limit_test, _generator(seed, "limit_test"))
-        test_idx = test_idx[pick]
-
+    train_idx, val_idx, test_idx = split_indices(
+        name, raw.train_y, raw.test_y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+        limit_train=limit_train, limit_test=limit_test,
+    )
+    test_pool_x, test_pool_y = (raw.train_x, raw.train_y) if raw.test_x is None else (raw.test_x, raw.test_y)
     train_x = _to_device(raw.train_x[train_idx], dev)
     mean, std = _channel_stats(train_x)
     return DataSplits(
@@ -226,6 +222,44 @@ def load_dataset(
         test_carved=raw.test_x is None,
         digest=raw.digest,
     )
+
+
+def split_indices(
+    name: str,
+    train_y: torch.Tensor,
+    test_y: torch.Tensor | None,
+    *,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    limit_train: int | None,
+    limit_test: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train, val, test) positions from the labels alone (see :func:`load_dataset`): the
+    in-memory and the streamed path share it, so both pick the same examples."""
+    train_idx = torch.arange(len(train_y))
+    if test_y is None:
+        n_test = round(test_fraction * len(train_idx))
+        test_idx, train_idx = stratified_pick(train_y, n_test, _generator(seed, "test"))
+        test_pool_y = train_y
+    else:
+        test_idx = torch.arange(len(test_y))
+        test_pool_y = test_y
+
+    # Val: a stratified share of what is left of train.
+    n_val = round(val_fraction * len(train_idx))
+    pick, rest = stratified_pick(train_y[train_idx], n_val, _generator(seed, "val"))
+    val_idx, train_idx = train_idx[pick], train_idx[rest]
+    if len(train_idx) == 0:
+        raise DataError(f"{name}: no training examples left after the val/test splits")
+
+    if limit_train is not None and limit_train < len(train_idx):
+        pick, _ = stratified_pick(train_y[train_idx], limit_train, _generator(seed, "limit_train"))
+        train_idx = train_idx[pick]
+    if limit_test is not None and limit_test < len(test_idx):
+        pick, _ = stratified_pick(test_pool_y[test_idx], limit_test, _generator(seed, "limit_test"))
+        test_idx = test_idx[pick]
+    return train_idx, val_idx, test_idx
 
 
 def stratified_pick(y: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

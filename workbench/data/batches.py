@@ -41,24 +41,37 @@ class Augmentation:
     def active(self) -> bool:
         return self.crop_padding > 0 or self.flip
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, *, total: int | None = None,
+                 offset: int = 0) -> torch.Tensor:
+        """``total``/``offset``: ``x`` is rows ``offset..offset+len(x)`` of a batch of
+        ``total`` (one rank's shard): the draws are made for the whole batch, so every
+        shard gets the augmentation one process would give its rows."""
         if x.ndim != 4:
             raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(x.shape)}")
+        total = x.shape[0] if total is None else total
+        rows = slice(offset, offset + x.shape[0])
         if self.crop_padding > 0:
-            x = random_crop(x, self.crop_padding, generator)
+            x = random_crop(x, self.crop_padding, generator, total=total, offset=offset)
         if self.flip:
-            flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+            flip = (torch.rand(total, generator=generator, device=x.device) < 0.5)[rows]
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         return x
 
+    def skip(self, n: int, generator: torch.Generator) -> None:
+        """Advance ``generator`` past the draws of one batch of ``n`` (resuming mid-epoch):
+        the draws depend on the batch size only, so a 1×1 stand-in batch replays them."""
+        self(torch.zeros(n, 1, 1, 1, device=generator.device), generator)
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, *, total: int | None = None,
+                offset: int = 0) -> torch.Tensor:
     """Per-example random H×W window of ``x`` zero-padded by ``padding`` on each side."""
     n, _, h, w = x.shape
     p = padding
+    total = n if total is None else total
     padded = torch.nn.functional.pad(x, (p, p, p, p))  # zeros
-    dy = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=x.device)
-    dx = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=x.device)
+    dy = torch.randint(0, 2 * p + 1, (total,), generator=generator, device=x.device)[offset : offset + n]
+    dx = torch.randint(0, 2 * p + 1, (total,), generator=generator, device=x.device)[offset : offset + n]
     rows = dy[:, None] + torch.arange(h, device=x.device)  # (N, H)
     cols = dx[:, None] + torch.arange(w, device=x.device)  # (N, W)
     batch = torch.arange(n, device=x.device)[:, None, None]
@@ -76,6 +89,8 @@ def iterate_batches(
     seed: int | None = None,
     augment: Augmentation | None = None,
     drop_last: bool = False,
+    start_batch: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of (x, y) batches from tensors already on their device.
 
@@ -86,32 +101,67 @@ def iterate_batches(
     different seed per epoch (e.g. ``seed + epoch``) for a new order each epoch. Without
     shuffle, batches are views in stored order. Every example appears exactly once per
     epoch unless ``drop_last`` drops the final short batch.
+
+    ``start_batch``: begin with that batch (a run resumed mid-epoch), the augmentation
+    stream advanced past the batches before it. ``shard=(rank, world)``: yield only this
+    rank's equal, contiguous share of every batch (data-parallel training), augmented as
+    one process would augment those rows.
+    ``x`` may be streamed images (:class:`~.stream.StreamedImages`): the same batches are
+    then read from their files.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
-    n = len(x)
     needs_seed = shuffle or (augment is not None and augment.active)
     if seed is None and needs_seed:
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    perm = None
-    if shuffle:
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(x.device)
+    from .stream import is_streamed, stream_batches
+
+    if is_streamed(x):
+        yield from stream_batches(x, y, batch_size, shuffle=shuffle, seed=seed, augment=augment,  # type: ignore[arg-type]
+                                  drop_last=drop_last, start_batch=start_batch, shard=shard)
+        return
+    order, aug_gen = epoch_plan(len(x), batch_size, shuffle=shuffle, seed=seed, augment=augment, drop_last=drop_last,
+                                start_batch=start_batch, device=x.device)
+    rank, world = shard
+    for rows in order:
+        per = len(rows) // world
+        lo, hi = rank * per, (rank + 1) * per if world > 1 else len(rows)
+        if not shuffle:  # views in stored order
+            start = int(rows[0]) if len(rows) else 0
+            bx, by = x[start + lo : start + hi], y[start + lo : start + hi]
+        else:
+            idx = rows[lo:hi].to(x.device)
+            bx, by = x[idx], y[idx]
+        if aug_gen is not None:
+            bx = augment(bx, aug_gen, total=len(rows), offset=lo)  # type: ignore[misc]
+        yield bx, by
+
+
+def epoch_plan(
+    n: int,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int | None,
+    augment: Augmentation | None,
+    drop_last: bool,
+    start_batch: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[list[torch.Tensor], torch.Generator | None]:
+    """The rows (CPU index tensors) of every batch of an epoch from ``start_batch`` on, and
+    the augmentation generator positioned at that batch (shared by both data paths)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
     aug_gen = None
     if augment is not None and augment.active:
         # A different stream from the permutation's, on the data's device (CUDA generators
         # do not accept CPU draws and vice versa).
-        aug_gen = torch.Generator(device=x.device).manual_seed(purpose_seed(seed, "augment"))
+        aug_gen = torch.Generator(device=device).manual_seed(purpose_seed(seed, "augment"))
     end = n - n % batch_size if drop_last else n
-    for start in range(0, end, batch_size):
-        stop = min(start + batch_size, n)
-        if perm is None:
-            bx, by = x[start:stop], y[start:stop]
-        else:
-            idx = perm[start:stop]
-            bx, by = x[idx], y[idx]
-        if aug_gen is not None:
-            bx = augment(bx, aug_gen)  # type: ignore[misc]
-        yield bx, by
+    order = [perm[start : min(start + batch_size, n)] for start in range(0, end, batch_size)]
+    if aug_gen is not None:
+        for rows in order[:start_batch]:
+            augment.skip(len(rows), aug_gen)  # type: ignore[union-attr]
+    return order[start_batch:], aug_gen
 

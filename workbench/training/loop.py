@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .. import distributed
 from ..attacks import pgd
 from ..data import Augmentation, DataSplits, iterate_batches
 from ..data.base import stratified_subset
@@ -53,7 +54,8 @@ def data_identity(cfg: DataConfig, data: DataSplits | None = None) -> dict[str, 
     digest of its contents when the loaded ``data`` is given (moving or copying the files
     keeps the key; changing one image changes it), else by its root path.
     """
-    ident = cfg.model_dump(mode="json", exclude={"download", "limit_test"})
+    # how the images are read (streamed or in memory, by how many workers) is not what they are
+    ident = cfg.model_dump(mode="json", exclude={"download", "limit_test", "stream", "workers"})
     if data is not None and data.digest:
         ident.pop("root")
         ident["content"] = data.digest
@@ -101,7 +103,7 @@ class TrainJob:
 
 
 def _train_identity(t: TrainConfig) -> dict[str, Any]:
-    ident = t.model_dump(mode="json", exclude={"monitor_examples", "monitor_steps"})
+    ident = t.model_dump(mode="json", exclude={"monitor_examples", "monitor_steps", "checkpoint_steps"})
     if ident.get("onecycle_momentum") is None:  # added later: unset, it leaves earlier keys as they were
         ident.pop("onecycle_momentum", None)
     return ident
@@ -252,12 +254,14 @@ def fit(
 
 
 def _fit_locked(job, key, model, data, store, device, progress, retrain) -> TrainedModel:
-    with store.lock(key):
-        if retrain:
+    # data-parallel: rank 0 alone locks and writes the store; every rank follows its decisions
+    main = distributed.world().main
+    with distributed.main_only_lock(store.lock(key)):
+        if retrain and main:
             moved = store.quarantine(key)
             if moved:
                 log.info("%s: previous store entry moved to %s", job.id, moved)
-        if store.has_model(key):
+        if distributed.broadcast(store.has_model(key) if main else None):
             state, meta = store.load_model(key)
             _load_state(model, state, store.entry(key) / "model.pt")
             log.info("%s: reusing trained model %s", job.id, key)
@@ -284,7 +288,10 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
     _warn_slow_bf16(device, t.precision, job.id)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_model = torch.compile(model) if t.compile else model
+    parallel = distributed.wrap(model, device)  # DistributedDataParallel under torchrun, else model
+    train_model = torch.compile(parallel) if t.compile else parallel
+    world = distributed.world()
+    shard = distributed.shard_of(t.batch_size)
     opt = _make_optimizer(model, t)
     n_train = len(data.train_y)
     drop_last = n_train > t.batch_size  # a last batch of one breaks BatchNorm in train mode
@@ -298,8 +305,8 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
     mon_x, mon_y = pool_x[mon_idx], pool_y[mon_idx]
 
     history: list[dict[str, Any]] = []
-    start_epoch, resumed_from, elapsed = 0, None, 0.0
-    ckpt = store.load_checkpoint(key)
+    start_epoch, resumed_from, elapsed, start_step = 0, None, 0.0, 0
+    ckpt = distributed.broadcast(store.load_checkpoint(key) if world.main else None)
     if ckpt is not None:
         _load_state(model, ckpt["model"], store.entry(key) / "checkpoint.pt")
         opt.load_state_dict(ckpt["optimizer"])
@@ -308,24 +315,38 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
         history = list(ckpt["history"])
         start_epoch = resumed_from = int(ckpt["epoch"])
         elapsed = float(ckpt.get("elapsed", 0.0))
-        log.info("%s: resuming after epoch %d of %d", job.id, start_epoch, t.epochs)
-    previous_state = copy.deepcopy(model.state_dict())
+        start_step = int(ckpt.get("step", 0))
+        if start_step:
+            log.info("%s: resuming after step %d of epoch %d of %d", job.id, start_step, start_epoch + 1, t.epochs)
+        else:
+            log.info("%s: resuming after epoch %d of %d", job.id, start_epoch, t.epochs)
+    previous_state = copy.deepcopy(ckpt["previous_model"] if start_step else model.state_dict())
     stop_message = None
     t0 = time.perf_counter()
     with progress.task(f"train {job.id}", t.epochs) as advance_epoch:
         advance_epoch(start_epoch)
         for epoch in range(start_epoch, t.epochs):
             e0 = time.perf_counter()
-            seed_global_rng(derive_seed(seed, "epoch", epoch), device)  # attack starts, dropout
-            model.train()
+            step = start_step if epoch == start_epoch else 0  # batches of this epoch already trained
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device)
             seen = 0
+            if step:  # resumed mid-epoch: the random streams and sums as they were at that step
+                assert ckpt is not None
+                _set_rng_state(ckpt["rng"][world.rank], device)
+                if world.main:  # the sums in the checkpoint are over all ranks
+                    loss_sum += ckpt["sums"]["loss"]
+                    correct += ckpt["sums"]["correct"]
+                    seen = int(ckpt["sums"]["seen"])
+            else:  # attack starts, dropout; each further rank its own stream
+                seed_global_rng(derive_seed(seed, "epoch", epoch, *(("rank", world.rank) if world.rank else ())), device)
+            model.train()
             batches = iterate_batches(
                 data.train_x, data.train_y, t.batch_size, shuffle=True, seed=derive_seed(seed, "order", epoch),
-                augment=augment, drop_last=drop_last,
+                augment=augment, drop_last=drop_last, start_batch=step, shard=shard,
             )
             with progress.task(f"  epoch {epoch + 1}/{t.epochs}", steps_per_epoch) as advance:
+                advance(step)
                 for xb, yb in batches:
                     if t.channels_last:
                         xb = xb.contiguous(memory_format=torch.channels_last)
@@ -341,12 +362,17 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
                     loss_sum += loss.detach().float() * len(yb)
                     correct += (logits.detach().argmax(1) == yb).sum()
                     seen += len(yb)
+                    step += 1
                     advance()
+                    if t.checkpoint_steps and step % t.checkpoint_steps == 0 and step < steps_per_epoch:
+                        _save_mid_epoch(store, key, epoch, step, model, opt, sched, recipe, history, previous_state,
+                                        (loss_sum, correct, seen), device, elapsed + time.perf_counter() - t0)
+            sums = distributed.all_sum(torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)]))
             row: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "lr": opt.param_groups[0]["lr"],
-                "train_loss": loss_sum.item() / max(seen, 1),
-                "train_acc": correct.item() / max(seen, 1),
+                "train_loss": sums[0].item() / max(sums[2].item(), 1),
+                "train_acc": sums[1].item() / max(sums[2].item(), 1),
             }
             row["val_acc"] = _accuracy(model, mon_x, mon_y)
             row["monitor_eps"] = job.monitor_eps
@@ -367,18 +393,19 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
                     row["rolled_back"] = 1.0
                 break
             previous_state = copy.deepcopy(model.state_dict())
-            store.save_checkpoint(
+            if world.main:
+                store.save_checkpoint(
                 key,
-                {
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "recipe": recipe.state_dict(),
-                    "history": history,
-                    "elapsed": elapsed + time.perf_counter() - t0,
-                },
-            )
+                    {
+                        "epoch": epoch + 1,
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "recipe": recipe.state_dict(),
+                        "history": history,
+                        "elapsed": elapsed + time.perf_counter() - t0,
+                    },
+                )
             advance_epoch(1, status=f"acc {row['val_acc']:.2f}" + (f" rob {row['val_robust_acc']:.2f}" if "val_robust_acc" in row else ""))
             if os.environ.get("WORKBENCH_TEST_EPOCH_DELAY"):  # test hook: widen the window for a kill
                 time.sleep(float(os.environ["WORKBENCH_TEST_EPOCH_DELAY"]))
@@ -392,6 +419,48 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
         "device": str(device),
         "stopped_early": stop_message,
     }
-    store.save_model(key, model.state_dict(), meta)
+    if world.main:
+        store.save_model(key, model.state_dict(), meta)
     log.info("%s: trained in %.1fs (%d epochs)", job.id, seconds, len(history))
     return TrainedModel(job.id, key, model, pd.DataFrame(history), meta, cached=False, resumed_from_epoch=resumed_from, seconds=seconds)
+
+
+# --------------------------------------------------------------------------- mid-epoch checkpoints
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _save_mid_epoch(store, key, epoch, step, model, opt, sched, recipe, history, previous_state, sums, device,
+                    elapsed) -> None:
+    """``train.checkpoint_steps``: the state after ``step`` batches of ``epoch`` (0-based),
+    with every rank's random streams and the epoch's running sums, so a resumed run goes
+    on exactly as the uninterrupted one (the epoch's batches come from the seeded plan)."""
+    loss_sum, correct, seen = sums
+    totals = distributed.all_sum(torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)]))
+    rngs = distributed.gather(_rng_state(device))
+    if not distributed.world().main:
+        return
+    store.save_checkpoint(key, {
+        "epoch": epoch,
+        "step": step,
+        "model": model.state_dict(),
+        "previous_model": previous_state,  # the weights a rollback at the epoch's end restores
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "recipe": recipe.state_dict(),
+        "history": list(history),
+        "rng": rngs,
+        "sums": {"loss": totals[0].cpu(), "correct": totals[1].cpu(), "seen": int(totals[2].item())},
+        "elapsed": elapsed,
+    })

@@ -1,0 +1,461 @@
+"""Streamed image data: splits whose images are read from their files batch by batch.
+
+A data set read from image files (``imagefolder`` folders, ``imagenet``) streams when the
+study asks for it (``data.stream: true``) or, by default, when its decoded float32 images
+would not fit the device's memory budget (:func:`should_stream`). Then nothing is decoded
+up front: the splits hold :class:`StreamedImages`, which decode the examples they are
+asked for, and training epochs are read by a torch ``DataLoader`` (worker processes,
+pinned memory on CUDA) with augmentation on the device.
+
+The streamed path is built to give the same batches as the in-memory one: the splits are
+drawn from the labels by the same function (:func:`~.base.split_indices`), the epoch
+permutation and the augmentation come from the same seeded generators
+(:func:`~.batches.iterate_batches`), and each image is decoded by the same decoder, then
+converted to [0, 1] the same way. So pairs see the same batches in the same order, and a
+tiny model trained on the CPU from either ends with the same weights (tested).
+
+Channel statistics (the model's normalisation) are those of the whole training split,
+computed exactly as in memory when the split's float32 images take at most
+``EXACT_STATS_BYTES``; beyond that from a seeded class-stratified sample of
+``STATS_SAMPLE`` training images in float64, cached next to the decode cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DataError
+from .base import DATASETS, DataSplits, RawData, _channel_stats, _generator, split_indices, stratified_pick
+from .batches import Augmentation
+from .imagefolder import _decode_one, _DirSource, _File, _quiet_torchvision_deprecation, default_cache_dir, plan_layout
+
+log = logging.getLogger(__name__)
+
+#: up to this many bytes of float32 training images the statistics are computed exactly as in memory
+EXACT_STATS_BYTES = 2 << 30
+#: training images the channel statistics are estimated from above that size
+STATS_SAMPLE = 50_000
+#: share of the device memory (CUDA) or of the machine's RAM (CPU) data sets may take in memory
+MEMORY_SHARE = 0.4
+
+
+@dataclass
+class FileSet:
+    """The images of a data set as files: relative paths and labels, in stored order."""
+
+    name: str
+    root: Path
+    classes: list[str]
+    train: list[str]
+    train_y: torch.Tensor
+    test: list[str] | None
+    test_y: torch.Tensor | None
+    image_size: int | None = None
+    grayscale: bool = False
+
+    def decoder(self) -> ImageFiles:
+        return ImageFiles(self.root, self.train + (self.test or []), self.image_size, self.grayscale, self.name)
+
+    def fingerprint(self) -> str:
+        """Hash of the listing with every file's size and mtime (for caches of what is derived)."""
+        h = hashlib.sha256(repr((self.name, str(self.root), self.image_size, self.grayscale, self.classes)).encode())
+        for rel in self.train + (self.test or []):
+            st = (self.root / rel).stat()
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(self.train_y.numpy().tobytes())
+        if self.test_y is not None:
+            h.update(b"test" + self.test_y.numpy().tobytes())
+        return h.hexdigest()
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Decoded uint8 (C, H, W) images of a list of files, one per index (picklable, so
+    DataLoader workers can hold it)."""
+
+    def __init__(self, root: Path, rels: list[str], image_size: int | None, grayscale: bool, name: str):
+        self.root, self.rels, self.image_size, self.grayscale, self.name = root, rels, image_size, grayscale, name
+        self.shape: tuple[int, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rels)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        _quiet_torchvision_deprecation()
+        rel = self.rels[i]
+        path = self.root / rel
+        img = _decode_one(_File(rel, path.read_bytes), image_size=self.image_size, grayscale=self.grayscale,
+                          where=str(self.root))
+        if self.shape is not None and tuple(img.shape) != self.shape:
+            raise DataError(
+                f"{self.name}: {path} is {img.shape[-1]}×{img.shape[-2]}, other images "
+                f"{self.shape[-1]}×{self.shape[-2]}; set data.options.image_size to resize them all"
+            )
+        return img
+
+    def read_bytes(self, i: int) -> bytes:
+        return (self.root / self.rels[i]).read_bytes()
+
+
+def _stack(images: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(images)
+
+
+class StreamedImages:
+    """A split's images, decoded when asked for: ``x[i:j]`` or ``x[index_tensor]`` gives a
+    float32 [0, 1] tensor on ``device``; :meth:`batches` reads an epoch through a
+    DataLoader. Behaves like the in-memory tensor where the workbench reads it
+    (``len``, ``shape``, ``device``, ``is_cuda``, slicing)."""
+
+    dtype = torch.float32
+
+    def __init__(self, files: ImageFiles, positions: torch.Tensor, shape: tuple[int, int, int], device: torch.device,
+                 workers: int = 4):
+        self.files, self.positions, self.item_shape, self.device, self.workers = files, positions, shape, device, workers
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), *self.item_shape))
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def subset(self, idx: torch.Tensor) -> StreamedImages:
+        """The examples at ``idx`` (positions in this split), still undecoded."""
+        return StreamedImages(self.files, self.positions[idx.cpu()], self.item_shape, self.device, self.workers)
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, slice):
+            pos = self.positions[key]
+        else:
+            pos = self.positions[torch.as_tensor(key).cpu()]
+        return self._decode(pos.tolist())
+
+    def load(self) -> torch.Tensor:
+        """Every example, decoded (for stages that need the whole subset at once)."""
+        return self._decode(self.positions.tolist())
+
+    def _decode(self, pos: list[int]) -> torch.Tensor:
+        if not pos:
+            return torch.zeros((0, *self.item_shape), device=self.device)
+        threads = max(1, min(self.workers or 1, 16, len(pos) // 32 or 1))
+        if threads == 1:
+            images = [self.files[i] for i in pos]
+        else:  # torchvision's decoders release the GIL
+            with ThreadPoolExecutor(threads) as pool:
+                images = list(pool.map(self.files.__getitem__, pos))
+        return to_unit_float(torch.stack(images), self.device)
+
+    def batches(self, order: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Decoded batches of the given (split-local) index lists, in that order, read ahead
+        by ``workers`` DataLoader processes (none: in this process)."""
+        batch_pos = [self.positions[b.cpu()].tolist() for b in order]
+        if not batch_pos:
+            return iter(())
+        loader = torch.utils.data.DataLoader(
+            self.files,
+            batch_sampler=batch_pos,
+            num_workers=self.workers,
+            collate_fn=_stack,
+            pin_memory=self.is_cuda,
+            prefetch_factor=4 if self.workers else None,
+            persistent_workers=False,
+            # its own generator: the loader's worker seed must not be drawn from torch's
+            # global one, which the training's attack starts and dropout read
+            generator=torch.Generator().manual_seed(0),
+        )
+        return (to_unit_float(b, self.device) for b in loader)
+
+
+def to_unit_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 → float32 in [0, 1] on ``device``, as the in-memory path converts (after the move)."""
+    x = x.to(device, non_blocking=True)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def is_streamed(x: Any) -> bool:
+    return isinstance(x, StreamedImages)
+
+
+def stream_batches(
+    x: StreamedImages,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    augment: Augmentation | None = None,
+    drop_last: bool = False,
+    start_batch: int = 0,
+    shard: tuple[int, int] = (0, 1),
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of :func:`~.batches.iterate_batches` from streamed images: the same
+    permutation and augmentation draws, so the same batches (see that function for
+    ``start_batch`` and ``shard``)."""
+    from .batches import epoch_plan
+
+    order, aug_gen = epoch_plan(len(y), batch_size, shuffle=shuffle, seed=seed, augment=augment, drop_last=drop_last,
+                                start_batch=start_batch, device=x.device)
+    rank, world = shard
+    local = [rows[rank * (len(rows) // world):(rank + 1) * (len(rows) // world)] for rows in order]
+    for rows, mine, bx in zip(order, local, x.batches(local)):
+        by = y[mine.to(y.device)]
+        if aug_gen is not None:
+            bx = augment(bx, aug_gen, total=len(rows), offset=rank * (len(rows) // world))  # type: ignore[misc]
+        yield bx, by
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _check_options(name: str, image_size: Any, grayscale: Any) -> None:
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0):
+        raise DataError(f"{name}: data.options.image_size must be a positive integer, got {image_size!r}")
+    if not isinstance(grayscale, bool):
+        raise DataError(f"{name}: data.options.grayscale must be true or false, got {grayscale!r}")
+
+
+def imagefolder_files(root: Path | None, cache_dir: Path | None, image_size: int | None = None,
+                      grayscale: bool = False) -> FileSet | None:
+    """An ``imagefolder`` directory as files (the layout the in-memory loader reads); None
+    for an archive, which is decoded in memory (extract it to stream it)."""
+    if root is None or not root.expanduser().is_dir():
+        return None  # the in-memory loader reports a missing root or reads the archive
+    _check_options("imagefolder", image_size, grayscale)
+    src = _DirSource(root.expanduser().absolute())
+    files, dirs = src.listing()
+    plan = plan_layout(files, dirs, str(src.root))
+    return FileSet(
+        "imagefolder", src.root, plan.classes,
+        [f.rel for f, _ in plan.train], torch.tensor([c for _, c in plan.train], dtype=torch.int64),
+        None if plan.test is None else [f.rel for f, _ in plan.test],
+        None if plan.test is None else torch.tensor([c for _, c in plan.test], dtype=torch.int64),
+        image_size, grayscale,
+    )
+
+
+def imagenet_files(root: Path | None, cache_dir: Path | None, image_size: int = 224) -> FileSet:
+    """A local ImageNet folder: ``train/<synset>/*`` and ``val/<synset>/*`` (val is the test
+    split; the validation split is carved from train as for every data set)."""
+    if root is None:
+        raise DataError("imagenet: no data root given; set data.root to a folder with train/<synset>/ and val/<synset>/",
+                        field="data.root")
+    root = root.expanduser().absolute()
+    if not (root / "train").is_dir() or not (root / "val").is_dir():
+        raise DataError(f"imagenet: {root} must hold train/<synset>/ and val/<synset>/ folders "
+                        "(a val/ of loose images needs sorting into synset folders first)", field="data.root")
+    _check_options("imagenet", image_size, False)
+    src = _DirSource(root)
+    files, _ = src.listing()
+    by_split: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}}
+    for f in files:
+        parts = f.rel.split("/")
+        if len(parts) == 3 and parts[0] in by_split:
+            by_split[parts[0]].setdefault(parts[1], []).append(f.rel)
+    classes = sorted(by_split["train"])
+    if not classes:
+        raise DataError(f"imagenet: no images under {root}/train/<synset>/", field="data.root")
+    unknown = sorted(set(by_split["val"]) - set(classes))
+    if unknown:
+        raise DataError(f"imagenet: val synsets not in train under {root}: {', '.join(unknown[:5])}", field="data.root")
+    index = {c: i for i, c in enumerate(classes)}
+    train = [(r, index[c]) for c in classes for r in by_split["train"][c]]
+    test = [(r, index[c]) for c in sorted(by_split["val"]) for r in by_split["val"][c]]
+    return FileSet("imagenet", root, classes, [r for r, _ in train], torch.tensor([c for _, c in train], dtype=torch.int64),
+                   [r for r, _ in test], torch.tensor([c for _, c in test], dtype=torch.int64), image_size, False)
+
+
+#: data sets that can stream, and how to list their files (same options as their loaders)
+STREAM_SOURCES: dict[str, Callable[..., FileSet | None]] = {"imagefolder": imagefolder_files, "imagenet": imagenet_files}
+
+
+@DATASETS.register("imagenet")
+def load_imagenet(root: Path | None, download: bool, cache_dir: Path | None, image_size: int = 224) -> RawData:
+    """A local ImageNet folder (train/ and val/ by synset; nothing is downloaded), images
+    resized (shorter side) and centre-cropped to ``image_size``. Far beyond any device's
+    memory at full size, so it streams unless ``data.stream: false`` (a small subset)."""
+    files = imagenet_files(root, cache_dir, image_size)
+    raw_files = [_File(r, (files.root / r).read_bytes) for r in files.train + (files.test or [])]
+    from .imagefolder import _decode_all
+
+    images = _decode_all(raw_files, image_size=image_size, grayscale=False, where=str(files.root))
+    x = torch.stack(images)
+    n = len(files.train)
+    raw = RawData(x[:n], files.train_y, x[n:], files.test_y, files.classes)
+    from .base import content_digest
+
+    raw.digest = content_digest(raw)
+    return raw
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes a data set may take on ``device`` (``MEMORY_SHARE`` of its memory)."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total = 16 << 30
+    return int(total * MEMORY_SHARE)
+
+
+def _item_shape(files: FileSet) -> tuple[int, int, int]:
+    if not files.train:
+        raise DataError(f"{files.name}: no training images under {files.root}")
+    return tuple(files.decoder()[0].shape)  # type: ignore[return-value]
+
+
+def should_stream(files: FileSet | None, device: torch.device) -> bool:
+    """Whether the decoded float32 images would exceed the device's memory budget."""
+    if files is None:
+        return False
+    if files.name == "imagenet":
+        return True
+    c, h, w = _item_shape(files)
+    n = len(files.train) + len(files.test or [])
+    need = n * c * h * w * 4
+    if need > memory_budget(device):
+        log.info("%s: %d images (%.1f GB as float32) exceed the memory budget of %s: streaming them",
+                 files.name, n, need / 1e9, device)
+        return True
+    return False
+
+
+def load_streamed(
+    name: str,
+    files: FileSet | None,
+    device: torch.device,
+    *,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    limit_train: int | None,
+    limit_test: int | None,
+    workers: int = 4,
+    cache_dir: Path | None = None,
+) -> DataSplits:
+    """Streamed splits of ``files`` (the same examples :func:`~.base.load_dataset` picks)."""
+    if files is None:
+        raise DataError(f"{name}: only a folder streams (an archive is decoded in memory; extract it to stream it)",
+                        field="data.stream")
+    train_idx, val_idx, test_idx = split_indices(
+        name, files.train_y, files.test_y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+        limit_train=limit_train, limit_test=limit_test,
+    )
+    decoder = files.decoder()
+    shape = _item_shape(files)
+    decoder.shape = shape
+    n_train_pool = len(files.train)
+    test_carved = files.test is None
+    test_pos = test_idx if test_carved else test_idx + n_train_pool
+    test_pool_y = files.train_y if test_carved else files.test_y
+    assert test_pool_y is not None
+
+    def split(pos: torch.Tensor) -> StreamedImages:
+        return StreamedImages(decoder, pos, shape, device, workers)
+
+    train = split(train_idx)
+    fingerprint = files.fingerprint()
+    cache = (cache_dir or default_cache_dir()) / f"stream-{name}-{fingerprint[:20]}.json"
+    stats = _read_json(cache)
+    index_key = hashlib.sha256(train_idx.numpy().tobytes()).hexdigest()
+    if stats is None or stats.get("train_index") != index_key:
+        mean, std = channel_stats(train, files.train_y[train_idx], seed)
+        digest = stats["digest"] if stats else content_digest_files(decoder, files)
+        stats = {"train_index": index_key, "mean": list(mean), "std": list(std), "digest": digest}
+        _write_json(cache, stats)
+    return DataSplits(
+        name=name,
+        train_x=train,  # type: ignore[arg-type]
+        train_y=files.train_y[train_idx].to(device),
+        val_x=split(val_idx),  # type: ignore[arg-type]
+        val_y=files.train_y[val_idx].to(device),
+        test_x=split(test_pos),  # type: ignore[arg-type]
+        test_y=test_pool_y[test_idx].to(device),
+        classes=list(files.classes),
+        num_classes=len(files.classes),
+        in_shape=shape,
+        mean=tuple(stats["mean"]),
+        std=tuple(stats["std"]),
+        indices={"train": train_idx, "val": val_idx, "test": test_idx},
+        test_carved=test_carved,
+        digest=stats["digest"],
+        streamed=True,
+    )
+
+
+def channel_stats(train: StreamedImages, labels: torch.Tensor, seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the training split: exactly as in memory (one float32
+    tensor on the CPU) when it is small enough, else from a seeded stratified sample."""
+    cpu = StreamedImages(train.files, train.positions, train.item_shape, torch.device("cpu"), train.workers)
+    c, h, w = train.item_shape
+    if len(cpu) * c * h * w * 4 <= EXACT_STATS_BYTES:
+        return _channel_stats(cpu.load())
+    pick, _ = stratified_pick(labels, STATS_SAMPLE, _generator(seed, "stream-stats"))
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    count = 0
+    sample = cpu.subset(pick)
+    for start in range(0, len(sample), 1024):
+        chunk = sample[start:start + 1024].double()
+        total += chunk.sum(dim=(0, 2, 3))
+        squares += chunk.square().sum(dim=(0, 2, 3))
+        count += chunk.shape[0] * h * w
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def content_digest_files(decoder: ImageFiles, files: FileSet) -> str:
+    """sha256 of every file's bytes with its relative path and label, and the class names:
+    what identifies a streamed data set (a moved copy keeps it, a changed image does not)."""
+    h = hashlib.sha256(repr(list(files.classes)).encode())
+    labels = files.train_y.tolist() + (files.test_y.tolist() if files.test_y is not None else [])
+    n_train = len(files.train)
+
+    def one(i: int) -> bytes:
+        split = "train" if i < n_train else "test"
+        return hashlib.sha256(decoder.read_bytes(i)).digest() + f"{split}\0{decoder.rels[i]}\0{labels[i]}".encode()
+
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        for part in pool.map(one, range(len(decoder)), chunksize=256):
+            h.update(part)
+    h.update(repr((files.image_size, files.grayscale)).encode())
+    return "files-" + h.hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    from ..store import atomic_write_text
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(obj))
+    except OSError as e:  # a read-only cache only costs recomputing next time
+        log.warning("could not write %s: %s", path, e)
+
+
+__all__ = ["FileSet", "ImageFiles", "StreamedImages", "is_streamed", "load_streamed", "should_stream", "stream_batches"]
