@@ -103,6 +103,10 @@ def run(
         None, min=1, help="CPU threads for torch (default: half the cores; $WORKBENCH_THREADS)"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars, warnings only"),
+    gpus: Optional[int] = typer.Option(
+        None, min=1, help="train each model on this many GPUs of this machine with DistributedDataParallel "
+        "(starts the same command under torchrun; see docs/scaling.md)"
+    ),
 ) -> None:
     """Train, attack and probe the models of a study; write its run folder.
 
@@ -117,10 +121,13 @@ def run(
 
     Example: workbench run studies/quickstart.yaml --recompute
     """
+    from . import distributed
     from .runner import run_study
     from .study import load_study
 
-    _console_logging(quiet)
+    if gpus is not None and gpus > 1 and not distributed.launched():
+        _relaunch_under_torchrun(gpus)
+    _console_logging(quiet or not _is_rank_zero())
     tune_cpu_allocator()
     try:
         s = load_study(study, set_)
@@ -131,6 +138,10 @@ def run(
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume from the last finished epoch", err=True)
         raise typer.Exit(130)
+    finally:
+        distributed.teardown()
+    if not _is_rank_zero():
+        return  # rank 0 reports
     rob = result.tables["robustness"]
     summary = rob[rob.attack == "clean"][["model", "accuracy"]]
     for _, r in summary.iterrows():
@@ -140,6 +151,34 @@ def run(
     if result.cached_stages:
         typer.echo(f"reused cached results: {', '.join(result.cached_stages)} (--recompute to compute them anew)")
     typer.echo(f"finished in {result.timings['total']:.1f}s")
+
+
+def _is_rank_zero() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _relaunch_under_torchrun(gpus: int) -> None:
+    """Replace this process by ``torchrun --standalone --nproc-per-node GPUS`` running the
+    same ``workbench run`` (without ``--gpus``)."""
+    import os
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--gpus":
+            skip = True
+            continue
+        if a.startswith("--gpus="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", "-m", "workbench.cli", *args]
+    typer.echo("starting: " + " ".join(cmd), err=True)
+    sys.stdout.flush()
+    os.execv(sys.executable, cmd)
 
 
 @app.command()

@@ -23,6 +23,7 @@ from .cache import ResultCache, cached_stage, code_hash
 from .data import DataSplits, load_dataset
 from .errors import WorkbenchError
 from .evaluation import EvalResult, evaluate, evaluation_subset
+from . import distributed
 from .progress import Progress
 from .state import cpu_threads, cudnn_benchmark, preserved_rng
 from .store import ModelStore, RunFolder, environment, now
@@ -227,6 +228,7 @@ def run_study(
     and the global RNG are set for the run only and restored on return.
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
+    device = distributed.setup(device)  # under torchrun: join the process group, on the rank's own GPU
     with contextlib.ExitStack() as scope:
         scope.enter_context(preserved_rng(device))
         if device.type == "cuda":
@@ -258,6 +260,12 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
     t0 = time.perf_counter()
     loaded = load_study_models(study, data, device)
     timings["load_models"] = time.perf_counter() - t0
+
+    if not distributed.world().main:
+        # the other ranks train with rank 0 (DistributedDataParallel) and leave the rest to it:
+        # the evaluation, the checks, the probes, the tables and the run folder
+        trained = train_models(study, data, store, device, progress=Progress(False), retrain=retrain)
+        return Run(folder.path, study, device, data, trained, {}, timings)
 
     archived = folder.prepare()
     with _log_to(folder.path / "run.log"):
@@ -298,11 +306,16 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
 
         t0 = time.perf_counter()
         idx = evaluation_subset(len(data.test_y), study.evaluation.examples, study.seed)
-        x, y = data.test_x[idx.to(data.test_x.device)], data.test_y[idx.to(data.test_y.device)]
+        if data.streamed:  # the evaluation reads its batches from the files; the checks get them decoded
+            x_eval = data.test_x.subset(idx)  # type: ignore[attr-defined]
+            y = data.test_y[idx.to(data.test_y.device)]
+        else:
+            x_eval, y = data.test_x[idx.to(data.test_x.device)], data.test_y[idx.to(data.test_y.device)]
+        x = x_eval
         fresh: list[EvalResult] = []
 
         def run_evaluation() -> dict[str, pd.DataFrame]:
-            fresh.append(evaluate(models, x, y, study.evaluation, study.pairs(), seed=study.seed, progress=progress, index=idx))
+            fresh.append(evaluate(models, x_eval, y, study.evaluation, study.pairs(), seed=study.seed, progress=progress, index=idx))
             return {"robustness": fresh[0].robustness, "per_example": fresh[0].per_example, "transfer": fresh[0].transfer}
 
         eval_inputs = {
@@ -319,6 +332,8 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
             from .evaluation.soundness import run_checks
 
             t0 = time.perf_counter()
+            if data.streamed:
+                x = x_eval.load()
             sound_inputs = {
                 # the rest of the evaluation section, and the examples, are in the evaluation's key
                 "soundness": study.evaluation.soundness.model_dump(mode="json"),

@@ -240,7 +240,7 @@ def _splits(ctx: ProbeContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     idx = torch.randperm(n, generator=g)[:k].sort().values.to(data.train_x.device)
     tx, ty = data.train_x[idx], data.train_y[idx]
     if len(data.val_y) > 0:
-        return tx, ty, data.val_x, data.val_y
+        return tx, ty, data.val_x[:], data.val_y  # [:] decodes a streamed split (a view of a tensor)
     n_val = max(1, int(round(CARVED_VAL_FRACTION * k)))
     if k - n_val < 2:
         raise WorkbenchError("linear_probe: too few training examples to carve a validation split")
