@@ -14,8 +14,18 @@
 #    PGD-10 evaluation pass on the same images
 # PART=2: the same training in float32 (TF32 convolutions), evaluated on 2,000 images, to tell
 #    whether bf16 costs accuracy (the first H200 run gave 76.4% clean against the published 83-86%).
-# PART=all: both, so one call gives clean, PGD-50-10 and training time in bf16 and in fp32
-#    against the published 83-86% / 46% and the 60 s goal (H100-class GPU).
+# PART=3: streamed data (issue 13), about 4 minutes: the tarball is extracted to a folder, then
+#    5. cifar10_fast trained with data.stream=true (DataLoader, WORKERS processes, augmentation on
+#       the GPU): training time and images/s next to step 1's in-memory run (same model key? no:
+#       a streamed folder is identified by its file bytes, so it trains anew);
+#    6. benchmarks/data.py: images/s of PreActResNet-18 on streamed vs in-memory vs synthetic data
+#       (goal: streamed at least 0.9x synthetic).
+# PART=all: 1, 2 and 3, so one call gives clean, PGD-50-10 and training time in bf16 and in fp32
+#    against the published 83-86% / 46% and the 60 s goal (H100-class GPU), and the streaming cost.
+# CPU dry run of part 3 (tiny): DEVICE=cpu PART=3 STREAM_ARGS="--arch small_cnn --batch 32 --steps 2
+#    --rounds 1 --workers 0 --precision fp32" EXTRA="--set data.limit_train=256 --set train.epochs=1
+#    --set evaluation.examples=64 --set 'architectures=[{name: small_cnn, options: {width: 4, fc: 16}}]'"
+#    bash benchmarks/gpu_check.sh FOLDER_OR_TARBALL
 #
 # CIFAR10_DATA is the JPEG tarball (or its extracted folder); for torchvision's copy use
 # DATA_NAME=cifar10 and a torchvision root. Logs go to $OUT (default gpu-check/).
@@ -74,6 +84,25 @@ if [[ $PART == 2 || $PART == all ]]; then
     --set train.precision=fp32 --set evaluation.examples=2000 --out "$OUT/fast-fp32" --device "$DEVICE" -q 2>&1 \
     | tee "$OUT/fast-fp32.log" | tail -n 5
   $PY benchmarks/summarize_run.py "$OUT/fast-fp32" 2>&1 | tee "$OUT/fast-fp32-summary.txt"
+  elapsed
+fi
+if [[ $PART == 3 || $PART == all ]]; then
+  FOLDER=$DATA
+  if [[ -f $DATA ]]; then  # streaming reads folders: extract the tarball once
+    FOLDER=$OUT/data-folder
+    [[ -d $FOLDER ]] || { mkdir -p "$FOLDER" && tar -xzf "$DATA" -C "$FOLDER"; }
+  fi
+  echo "== 5. cifar10_fast with data.stream=true (${WORKERS:-8} DataLoader workers), evaluation on ${EVAL_EXAMPLES:-2000} test images"
+  timeout ${T6:-300} $PY -m workbench.cli run studies/cifar10_fast.yaml "${SETS[@]}" --set "data.root=$FOLDER" \
+    --set data.stream=true --set "data.workers=${WORKERS:-8}" --set "evaluation.examples=${EVAL_EXAMPLES:-2000}" \
+    --out "$OUT/fast-stream" --device "$DEVICE" -q 2>&1 | tee "$OUT/fast-stream.log" | tail -n 5
+  $PY benchmarks/summarize_run.py "$OUT/fast-stream" 2>&1 | tee "$OUT/fast-stream-summary.txt"
+  [[ -f $OUT/fast-summary.txt ]] && { echo "   in memory (step 1):"; grep -i "images/s\|train" "$OUT/fast-summary.txt" | head -n 4; }
+  elapsed
+  echo "== 6. benchmarks/data.py: images/s streamed vs in-memory vs synthetic"
+  eval "STREAM_ARGS=(${STREAM_ARGS:-})"
+  timeout ${T7:-240} $PY benchmarks/data.py --root "$FOLDER" --device "$DEVICE" --workers "${WORKERS:-8}" "${STREAM_ARGS[@]}" 2>&1 \
+    | tee "$OUT/data.txt"
   elapsed
 fi
 echo "== done in $(( $(date +%s) - t0 )) s"
