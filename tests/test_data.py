@@ -46,7 +46,7 @@ def test_every_dataset_is_described_and_has_introspectable_options(name: str) ->
 
 
 def test_registry_names_and_options() -> None:
-    assert set(DATASETS.names()) == {"digits", "mnist", "fashion-mnist", "cifar10", "svhn", "imagefolder"}
+    assert set(DATASETS.names()) == {"digits", "mnist", "fashion-mnist", "cifar10", "svhn", "imagefolder", "imagenet"}
     assert dataset_options("digits") == {}
     assert dataset_options("imagefolder") == {"image_size": None, "grayscale": False}
 

@@ -192,3 +192,24 @@ def test_auto_streams_beyond_the_memory_budget(folder: Path, tmp_path: Path, mon
     assert _load(folder, tmp_path, None).streamed
     with pytest.raises(WorkbenchError, match="data.stream"):
         load_dataset("digits", stream=True)
+
+
+def test_imagenet_study_is_the_declared_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workbench.runner import load_study_data
+    from workbench.study import load_study
+
+    path = Path(__file__).resolve().parents[1] / "studies" / "imagenet_pgd_at.yaml"
+    s = load_study(path)
+    assert [m.arch.name for m in s.models()] == ["torchvision:resnet50"] * 2
+    assert [m.recipe.name for m in s.models()] == ["standard", "pgd_at"]
+    pgd = s.models()[1].recipe
+    assert pgd.norm == "linf" and pgd.eps == pytest.approx(4 / 255) and s.main_eps() == pytest.approx(4 / 255)
+    assert s.data.name == "imagenet" and s.data.stream is True
+    assert s.cluster.gpus_per_job == 8 and s.train.batch_size % 8 == 0  # the global batch splits over 8 ranks
+    # its data section reads a local ImageNet folder ($IMAGENET) by streaming
+    root = _folder(tmp_path / "inet", "imagenet", n=5, classes=("n01440764", "n01443537"))
+    monkeypatch.setenv("IMAGENET", str(root))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    s = load_study(path, ["data.options.image_size=8", "data.workers=0"])
+    data = load_study_data(s, torch.device("cpu"))
+    assert data.streamed and data.num_classes == 2 and data.in_shape == (3, 8, 8)

@@ -605,6 +605,17 @@ class ReportConfig(Strict):
     formats: tuple[Literal["png", "svg"], ...] = ("png", "svg")
 
 
+class ClusterConfig(Strict):
+    """Where ``workbench run --executor slurm|local`` runs the jobs (the command line overrides)."""
+
+    partition: str | None = Field(None, description="SLURM partition (--partition)")
+    gpus_per_job: int = Field(0, ge=0, description="GPUs of each training job (more than 1: DDP inside the job)")
+    cpus_per_job: PositiveInt = Field(8, description="CPU cores of each job (DataLoader workers, decoding)")
+    mem_gb: PositiveInt | None = Field(None, description="memory of each job in GB (default: the partition's)")
+    time_min: PositiveInt = Field(240, description="time limit of each job in minutes (a timed-out job is requeued and resumes)")
+    slurm: dict[str, Any] = Field(default_factory=dict, description="further sbatch options, e.g. {account: abc, qos: high}")
+
+
 # --------------------------------------------------------------------------- study
 
 
@@ -632,6 +643,7 @@ class Study(Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @field_validator("architectures", "recipes", mode="before")
     @classmethod
