@@ -107,6 +107,18 @@ def run(
         None, min=1, help="train each model on this many GPUs of this machine with DistributedDataParallel "
         "(starts the same command under torchrun; see docs/scaling.md)"
     ),
+    executor: str = typer.Option(
+        "inprocess", help="inprocess (default), slurm (each model a SLURM job, then the evaluation as a dependent "
+        "job) or local (the same jobs on this machine); slurm and local need the cluster extra (submitit)"
+    ),
+    gpus_per_job: Optional[int] = typer.Option(None, min=0, help="--executor slurm/local: GPUs per training job "
+                                               "(default: the study's cluster.gpus_per_job)"),
+    partition: Optional[str] = typer.Option(None, help="--executor slurm: the SLURM partition"),
+    time_min: Optional[int] = typer.Option(None, min=1, help="--executor slurm/local: time limit per job in minutes"),
+    slurm_opt: list[str] = typer.Option([], "--slurm", help="--executor slurm: a further sbatch option KEY=VALUE "
+                                        "(repeatable), e.g. --slurm account=vision"),
+    parallel: Optional[int] = typer.Option(None, min=1, help="--executor local: jobs at once (default: one per "
+                                           "--gpus-per-job GPUs, or 1 without GPUs)"),
 ) -> None:
     """Train, attack and probe the models of a study; write its run folder.
 
@@ -129,6 +141,13 @@ def run(
         _relaunch_under_torchrun(gpus)
     _console_logging(quiet or not _is_rank_zero())
     tune_cpu_allocator()
+    if executor not in ("inprocess", "slurm", "local"):
+        _fail(WorkbenchError(f"unknown executor {executor!r}; use inprocess, slurm or local", field="--executor"))
+    if executor != "inprocess":
+        _run_jobs(study, set_, out, store, executor, retrain=retrain, recompute=recompute, report=report, quiet=quiet,
+                  threads=threads, gpus_per_job=gpus_per_job, partition=partition, time_min=time_min,
+                  slurm_opt=slurm_opt, parallel=parallel)
+        return
     try:
         s = load_study(study, set_)
         result = run_study(s, out, device=device, store=store, retrain=retrain, recompute=recompute,
@@ -151,6 +170,41 @@ def run(
     if result.cached_stages:
         typer.echo(f"reused cached results: {', '.join(result.cached_stages)} (--recompute to compute them anew)")
     typer.echo(f"finished in {result.timings['total']:.1f}s")
+
+
+def _run_jobs(study_path, set_, out, store, executor, *, retrain, recompute, report, quiet, threads, gpus_per_job,
+              partition, time_min, slurm_opt, parallel) -> None:
+    """``workbench run --executor slurm|local``: the driver of a study's jobs (workbench.cluster)."""
+    import pandas as pd
+
+    from .cluster import ClusterOptions, run_grid
+    from .progress import Progress
+    from .study import load_study
+
+    try:
+        s = load_study(study_path, set_)
+        extra = {}
+        for item in slurm_opt:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise WorkbenchError(f"expected KEY=VALUE, got {item!r}", field="--slurm")
+            extra[key.strip()] = value.strip()
+        opts = ClusterOptions.from_study(s, executor, partition=partition, gpus_per_job=gpus_per_job,
+                                         time_min=time_min, parallel=parallel, threads=threads)
+        opts.slurm.update(extra)
+        path = run_grid(s, out, opts, store=store, retrain=retrain, recompute=recompute, report=report,
+                        progress=Progress(False if quiet else None))
+    except WorkbenchError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        typer.echo("driver stopped: SLURM jobs keep running (local jobs stop); run the same command again to "
+                   "follow them or resubmit what is missing", err=True)
+        raise typer.Exit(130)
+    rob = pd.read_parquet(path / "tables" / "robustness.parquet")
+    for _, r in rob[rob.attack == "clean"][["model", "accuracy"]].iterrows():
+        typer.echo(f"  {r['model']:<32} clean accuracy {r['accuracy']:.3f}")
+    where = path / "index.html"
+    typer.echo(f"run folder: {path}" + (f"\nreport: {where}" if where.exists() else ""))
 
 
 def _is_rank_zero() -> bool:

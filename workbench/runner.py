@@ -115,18 +115,25 @@ def load_study_data(study: Study, device: torch.device) -> DataSplits:
     )
 
 
+def model_jobs(study: Study, data: DataSplits) -> list[TrainJob]:
+    """The training job of every model of the study (architectures × recipes, in order)."""
+    ident = data_identity(study.data, data)
+    monitor_eps = study.main_eps()
+    jobs = []
+    for spec in study.models():
+        eps = getattr(spec.recipe, "eps", None)
+        jobs.append(TrainJob(spec, ident, float(eps) if eps and spec.recipe.norm == "linf" else monitor_eps))
+    return jobs
+
+
 def train_models(
     study: Study, data: DataSplits, store: ModelStore, device: torch.device, *, progress: Progress, retrain: bool = False
 ) -> dict[str, TrainedModel]:
     """Train (or reuse) every model of the study: architectures × recipes."""
-    ident = data_identity(study.data, data)
-    monitor_eps = study.main_eps()
     out: dict[str, TrainedModel] = {}
     specs = study.models()
     with progress.task("models", len(specs)) as advance:
-        for spec in specs:
-            eps = getattr(spec.recipe, "eps", None)
-            job = TrainJob(spec, ident, float(eps) if eps and spec.recipe.norm == "linf" else monitor_eps)
+        for spec, job in zip(specs, model_jobs(study, data)):
             out[spec.id] = fit(job, data, store, device, progress=progress, retrain=retrain)
             out[spec.id].model.eval()
             advance(1)

@@ -235,8 +235,12 @@ def fit(
     *,
     progress: Progress = QUIET,
     retrain: bool = False,
+    lock: bool = True,
 ) -> TrainedModel:
-    """Train one model, or load it from the store; resume from its last checkpoint."""
+    """Train one model, or load it from the store; resume from its last checkpoint.
+
+    ``lock=False``: take no file lock on the store entry (cluster jobs on NFS, where the
+    driver guarantees one job per model)."""
     device = torch.device(device)
     key = job.key()
     model = build_model(job.spec, data, device)
@@ -244,7 +248,7 @@ def fit(
         # every epoch reseeds the global RNG (dropout and recipes' draws cannot take a
         # generator); the caller's state comes back afterwards
         with preserved_rng(device):
-            return _fit_locked(job, key, model, data, store, device, progress, retrain)
+            return _fit_locked(job, key, model, data, store, device, progress, retrain, lock)
     except CheckpointError as e:
         if "--retrain" in e.message:
             raise
@@ -253,10 +257,10 @@ def fit(
         ) from None
 
 
-def _fit_locked(job, key, model, data, store, device, progress, retrain) -> TrainedModel:
+def _fit_locked(job, key, model, data, store, device, progress, retrain, lock=True) -> TrainedModel:
     # data-parallel: rank 0 alone locks and writes the store; every rank follows its decisions
     main = distributed.world().main
-    with distributed.main_only_lock(store.lock(key)):
+    with distributed.main_only_lock(store.lock(key) if lock else contextlib.nullcontext()):
         if retrain and main:
             moved = store.quarantine(key)
             if moved:
