@@ -101,5 +101,8 @@ def test_sbatch_file_has_the_study_and_command_line_options(tmp_path: Path, monk
                  "#SBATCH --account=vision", "#SBATCH --qos=high", "#SBATCH --reservation=wb",
                  "#SBATCH --dependency=afterok:101:102"):
         assert line in script, (line, script)
+    # the stages job is one process on one GPU, after the training jobs
+    stages = ClusterDriver(opts, tmp_path, study.name).sbatch_script("stages", after=["101"])
+    assert "#SBATCH --ntasks-per-node=1" in stages and "#SBATCH --gpus-per-node=1" in stages
     with pytest.raises(WorkbenchError, match="--executor"):
         ClusterOptions.from_study(study, "kubernetes")

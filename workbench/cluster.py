@@ -208,7 +208,10 @@ class ClusterDriver:
 
     def _executor(self, name: str, gpus: list[int], after: list[str]):
         o = self.o
-        tasks = max(1, o.gpus_per_job)
+        # a training job runs one task per GPU (DDP); the stages job is one process on one GPU
+        stages = name == "stages"
+        tasks = 1 if stages else max(1, o.gpus_per_job)
+        job_gpus = min(1, o.gpus_per_job) if stages else o.gpus_per_job
         if o.kind == "slurm":
             ex = self.submitit.SlurmExecutor(folder=self.folder / "logs", max_num_timeout=20)
             extra = dict(o.slurm)
@@ -216,8 +219,8 @@ class ClusterDriver:
                 job_name=f"wb-{name}"[:60].replace(" ", "-"), time=o.time_min, nodes=1, ntasks_per_node=tasks,
                 cpus_per_task=max(1, o.cpus_per_job // tasks), signal_delay_s=120,
             )
-            if o.gpus_per_job:
-                params["gpus_per_node"] = o.gpus_per_job
+            if job_gpus:
+                params["gpus_per_node"] = job_gpus
             if o.partition:
                 params["partition"] = o.partition
             if o.mem_gb:
@@ -371,7 +374,7 @@ class ClusterDriver:
         """The downstream job (after every training job) and its result."""
         training = list(getattr(self, "training", []))
         after = [str(s.job.job_id) for s in training]
-        gpus = self.o.local_slots()[0] if self.o.kind == "local" and self.o.gpus_per_job else []
+        gpus = self.o.local_slots()[0][:1] if self.o.kind == "local" and self.o.gpus_per_job else []
         task = StagesTask(study_dict, str(Path(out).absolute()), str(self.store_root), recompute, report, self.o.threads)
         s = self._submit("stages", None, task, gpus, after)
         out_result: dict[str, Any] = {}
