@@ -244,6 +244,27 @@ def test_timm_model_from_safetensors_equals_timm_and_lists_its_feature_info_stag
     assert cap.feats["global_pool"].shape == (4, net.num_features)
 
 
+def test_timm_pretrained_reads_the_hub_cache_folder_and_never_downloads(tmp_path, monkeypatch):
+    import timm
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    src = {"arch": "timm:resnet10t", "pretrained": True}
+    hub_id = timm.models.get_pretrained_cfg("resnet10t").hf_hub_id
+    repo = tmp_path / "hub" / ("models--" + hub_id.replace("/", "--"))
+    with pytest.raises(CheckpointError) as e:
+        load(src, num_classes=1000, in_shape=(3, 32, 32))
+    assert str(repo) in str(e.value) and "\n" not in str(e.value)
+    torch.manual_seed(0)
+    net = timm.create_model("resnet10t", pretrained=False).eval()
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(repo / "snapshots" / "abc123" / "model.safetensors"))
+    m = load(src, num_classes=1000, in_shape=(3, 32, 32))
+    x = _x((3, 32, 32), n=2)
+    with torch.no_grad():
+        _same(m(x), net(x))
+
+
 # --------------------------------------------------------------------------- robustbench
 
 

@@ -51,7 +51,8 @@ class SourceConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the builder or factory")
     checkpoint: str | None = Field(None, description="weight file: .pt, .pth (weights_only) or .safetensors")
     state_dict_key: str | None = Field(None, description="entry of the file holding the weights (default: found)")
-    pretrained: bool = Field(False, description="torchvision:NAME: its default weights, from torch's cache folder")
+    pretrained: bool = Field(False, description="torchvision:NAME / timm:NAME: default weights from torch's / the "
+                             "Hugging Face hub's cache folder (never downloaded)")
     dataset: str = Field("cifar10", description="robustbench: data set (cifar10, cifar100, imagenet)")
     threat_model: str = Field("Linf", description="robustbench: Linf, L2 or corruptions")
     model_dir: str = Field("models", description="robustbench: local zoo folder, <dir>/<dataset>/<threat>/<name>.pt")
@@ -76,9 +77,9 @@ class SourceConfig(BaseModel):
                 check_model_options(self.arch, dict(self.options))
             except WorkbenchError as e:
                 raise ValueError(e.message) from None
-            if self.pretrained and not self.arch.startswith(TORCHVISION_PREFIX):
-                raise ValueError("pretrained: only torchvision:NAME has a weight cache the workbench reads; "
-                                 "for others give a checkpoint file")
+            if self.pretrained and not self.arch.startswith((TORCHVISION_PREFIX, TIMM_PREFIX)):
+                raise ValueError("pretrained: only torchvision:NAME and timm:NAME have weight caches the workbench "
+                                 "reads; for others give a checkpoint file")
             if self.pretrained and self.checkpoint:
                 raise ValueError("give pretrained or checkpoint, not both")
         if kind == "python" and (":" not in self.python or not all(self.python.split(":", 1))):
@@ -158,6 +159,30 @@ def _torchvision_cache_file(name: str) -> Path:
     return Path(get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
+def _timm_cache_file(name: str) -> Path:
+    """timm's default weights in the Hugging Face hub cache (``$HF_HUB_CACHE``, else
+    ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``), as timm itself stores them."""
+    from .timm_models import _timm
+
+    timm = _timm()
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        raise WorkbenchError(f"timm:{name} has no hub weights to look for; give its weight file as checkpoint")
+    if os.environ.get("HF_HUB_CACHE"):
+        cache = Path(os.environ["HF_HUB_CACHE"])
+    elif os.environ.get("HF_HOME"):
+        cache = Path(os.environ["HF_HOME"]) / "hub"
+    else:
+        cache = Path("~/.cache/huggingface/hub").expanduser()
+    repo = cache / ("models--" + hub_id.replace("/", "--"))
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        hits = sorted((repo / "snapshots").glob(f"*/{fname}"))
+        if hits:
+            return hits[-1]
+    return repo / "snapshots" / "<revision>" / "model.safetensors"
+
+
 def _build_net(src: SourceConfig, num_classes: int, in_shape: tuple[int, int, int]) -> tuple[nn.Module, dict[str, Any]]:
     """(network, extra provenance) for arch and python sources, weights not yet loaded."""
     from .base import _build
@@ -183,10 +208,13 @@ def _checkpoint_file(src: SourceConfig) -> Path | None:
     if src.checkpoint:
         return expand(src.checkpoint)
     if src.pretrained:
-        path = _torchvision_cache_file(src.arch[len(TORCHVISION_PREFIX):])
+        if src.arch.startswith(TIMM_PREFIX):
+            path, cache = _timm_cache_file(src.arch[len(TIMM_PREFIX):]), "the Hugging Face hub cache"
+        else:
+            path, cache = _torchvision_cache_file(src.arch[len(TORCHVISION_PREFIX):]), "torch's cache"
         if not path.is_file():
             raise CheckpointError(
-                f"pretrained weights of {src.arch} are not in torch's cache; nothing is downloaded: put the file there "
+                f"pretrained weights of {src.arch} are not in {cache}; nothing is downloaded: put the file there "
                 "(or give its path as checkpoint)", file=str(path))
         return path
     return None
