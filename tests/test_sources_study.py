@@ -125,6 +125,12 @@ def test_mixed_study_writes_every_table_and_the_report_with_all_four_models(mixe
     html = (mixed_run["run"].path / "index.html").read_text()
     assert all(i in html for i in ids)
     assert "loaded: python:mixed_user_pkg.nets:tiny_cnn" in html
+    # every figure drew, across architectures too (CKA heatmaps of pairs with different layers)
+    from workbench.report import figures as F
+
+    assert "drawing failed" not in html
+    missing = [s.name for s in F.FIGURES if not (mixed_run["run"].path / "figures" / f"{s.name}.png").is_file()]
+    assert not missing, missing
 
 
 def test_models_table_records_source_file_and_sha256_of_loaded_models(mixed_run):
