@@ -459,7 +459,7 @@ def test_float64_inputs_stay_float64():
 
 
 def test_registry_and_validation_errors():
-    assert ATTACKS.names() == ["fgsm", "pgd"]
+    assert ATTACKS.names() == ["autoattack", "fgsm", "pgd"]
     assert ATTACKS.get("pgd") is pgd and ATTACKS.get("fgsm") is fgsm
     model = linear_model(W2)
     x, y = torch.full((1, 3), 0.5), torch.tensor([0])

@@ -1,6 +1,7 @@
 """Attacks on models taking inputs in [0, 1]; ε and α in pixel units.
 
-``ATTACKS.get(name)(model, x, y, eps, **options)`` is the uniform call (names: fgsm, pgd);
+``ATTACKS.get(name)(model, x, y, eps, **options)`` is the uniform call (names: fgsm, pgd,
+autoattack);
 ``LOSSES`` holds the per-example losses they ascend (ce, margin, dlr).
 """
 
@@ -15,6 +16,7 @@ from .base import (
     project,
     random_perturbation,
 )
+from . import autoattack  # noqa: F401  (registers 'autoattack'; the module keeps its name)
 from .fgsm import fgsm
 from .losses import LOSSES
 from .pgd import pgd
