@@ -96,3 +96,25 @@ def test_soundness_checks_flag_the_distilled_model_and_its_masked_gradients(dist
     rob = distillation_run.tables["robustness"]
     acc = rob[rob.eps == 0.1].set_index(["model", "attack"]).accuracy
     assert acc[("small_cnn/distillation", "pgd5-linf")] - acc[("small_cnn/distillation", "pgd5-linf-margin")] > 0.2
+
+
+def test_worst_case_headline_is_at_or_below_every_attack_and_counts_the_checks(tmp_path_factory):
+    import numpy as np
+
+    res = load(shrunk_runs(tmp_path_factory)["full"])
+    rob, pe = res.tables["robustness"], res.tables["per_example"]
+    worst = rob[rob.attack == "worst_case"]
+    assert len(worst)
+    for _, w in worst.iterrows():
+        same = rob[(rob.model == w.model) & (rob.norm == w.norm) & np.isclose(rob.eps, w.eps) & (rob.attack != "worst_case")]
+        assert len(same) and (w.accuracy <= same.accuracy + 1e-12).all()
+        assert w.ci_low <= w.accuracy <= w.ci_high
+    extra = res.tables.get("soundness_per_example")
+    if extra is not None and len(extra):
+        # every example a check's attack broke at an evaluated setting is broken in the worst case
+        w_pe = pe[pe.attack == "worst_case"].set_index(["model", "norm", "eps", "index"])["correct"]
+        broken = extra[~extra.correct]
+        hits = [(r.model, r.norm, r.eps, r.index) for r in broken.itertuples() if (r.model, r.norm, r.eps, r.index) in w_pe.index]
+        assert all(not w_pe[h] for h in hits)
+    sig = res.tables["significance"]
+    assert {"clean", "worst_case"} <= set(sig.measure)

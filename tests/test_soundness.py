@@ -8,6 +8,7 @@ points of every class (a working attack leaves 0% accuracy).
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -187,37 +188,69 @@ def test_underpowered_attack_fails_more_steps():
 
 
 # ----------------------------------------------------------------------------- crafted tables
+def _set_correct(result, attack, eps, correct):
+    """Doctor one setting's per-example outcomes and its robustness row consistently."""
+    pe, rob = result.per_example, result.robustness
+    sel = (pe["attack"] == attack) & np.isclose(pe["eps"], eps)
+    pe.loc[sel, "correct"] = correct
+    rob.loc[(rob["attack"] == attack) & np.isclose(rob["eps"], eps), "accuracy"] = float(np.mean(correct))
+
+
+def _correct(result, attack, eps):
+    pe = result.per_example
+    return pe[(pe["attack"] == attack) & np.isclose(pe["eps"], eps)]["correct"].to_numpy(bool).copy()
+
+
 def test_accuracy_rising_with_eps_warns():
     w, _, _ = make_data()
 
-    def edit(result):
-        rob = result.robustness
-        pgd = rob["attack"] == "pgd10-linf"
-        lowest = rob.loc[pgd & (rob["eps"] < 0.1), "accuracy"].min()
-        rob.loc[pgd & (rob["eps"] == 0.1), "accuracy"] = lowest + 0.05  # 5 points above a smaller ε's
+    def edit(result, k):
+        # k examples wrong at ε 0.05 become right at ε 0.1
+        low = _correct(result, "pgd10-linf", 0.05)
+        high = low.copy()  # first: ε 0.1 breaks exactly what ε 0.05 does
+        flip = np.flatnonzero(~low & _correct(result, "clean", 0.0))[:k]
+        assert len(flip) == k
+        high[flip] = True
+        _set_correct(result, "pgd10-linf", 0.1, high)
 
-    df, _ = checks({"linear": Linear(w)}, edit=edit)
+    df, _ = checks({"linear": Linear(w)}, edit=lambda r: edit(r, 12))
     r = row(df, "linear", "monotonic_eps")
     assert r["status"] == "warn"
-    assert r["value"] == pytest.approx(0.05)
-    assert "pgd10-linf" in r["detail"]
+    assert r["value"] == pytest.approx(12 / N, abs=1e-6)
+    assert r["p_value"] < SoundnessConfig().level
+    assert "pgd10-linf" in r["detail"] and "p = " in r["detail"]
+    # two examples: past the 1-example tolerance, but well within what chance allows
+    df, _ = checks({"linear": Linear(w)}, edit=lambda r: edit(r, 2))
+    r = row(df, "linear", "monotonic_eps")
+    assert r["value"] > r["threshold"] and r["p_value"] > 0.2 and r["status"] == "pass"
+
+
+def test_a_check_warns_only_when_past_its_threshold_and_significant():
+    from workbench.evaluation.soundness import _row
+
+    assert _row("m", "more_steps", 0.60, 0.65, "", p=0.001, level=0.01)["status"] == "warn"
+    assert _row("m", "more_steps", 0.60, 0.65, "", p=0.2, level=0.01)["status"] == "pass"  # restart noise
+    assert _row("m", "more_steps", 0.66, 0.65, "", p=0.001, level=0.01)["status"] == "pass"  # within tolerance
+    assert _row("m", "zero_gradients", 0.5, 0.01, "")["status"] == "warn"  # exact property: no test
+    r = _row("m", "more_steps", 0.60, 0.65, "text.", p=0.2, level=0.01)
+    assert r["p_value"] == 0.2 and "p = 0.2" in r["detail"]
 
 
 def test_pgd_correct_fgsm_wrong_violations_warn():
     w, _, _ = make_data()
 
     def edit(result):
-        pe = result.per_example
-        pgd = (pe["attack"] == "pgd10-linf") & (pe["eps"] == 0.05)
-        fgsm = (pe["attack"] == "fgsm") & (pe["eps"] == 0.05)
-        pe.loc[pgd, "correct"] = [True] * 6 + list(pe.loc[pgd, "correct"])[6:]
-        pe.loc[fgsm, "correct"] = [False] * 6 + list(pe.loc[fgsm, "correct"])[6:]
+        pgd, fgsm = _correct(result, "pgd10-linf", 0.05), _correct(result, "fgsm", 0.05)
+        pgd[:6], fgsm[:6] = True, False
+        _set_correct(result, "pgd10-linf", 0.05, pgd)
+        _set_correct(result, "fgsm", 0.05, fgsm)
 
     df, _ = checks({"linear": Linear(w)}, edit=edit)
     r = row(df, "linear", "pgd_subset_fgsm")
     assert r["status"] == "warn"
     assert r["value"] >= 6 / N
     assert r["threshold"] == SoundnessConfig().violation_rate
+    assert r["p_value"] < 0.01  # 6 of 120 against a tolerated 1%
 
 
 def test_transfer_beating_whitebox_warns():
@@ -225,18 +258,23 @@ def test_transfer_beating_whitebox_warns():
     models = {"a": Linear(w), "b": Linear(w, scale=2.0)}
 
     def edit(result, gap=0.0):
-        tr = result.transfer
-        rob = result.robustness.set_index(["model", "attack", "eps"])["accuracy"]
-        # every transfer row exactly `gap` below the target's strongest white-box attack
+        tr, pe = result.transfer, result.per_example
+        # every transfer row exactly `gap` below the per-example worst case of the target's
+        # white-box attacks (the strongest white-box evidence), never below 0
         for i, r in tr.iterrows():
-            best = min(rob[(r["target"], a, r["eps"])] for a in ("fgsm", "pgd10-linf"))
-            tr.loc[i, "accuracy"] = best - gap
+            d = pe[(pe["model"] == r["target"]) & np.isclose(pe["eps"], r["eps"])]
+            ok = np.logical_and.reduce([d[d["attack"] == a]["correct"].to_numpy(bool) for a in ("fgsm", "pgd10-linf")])
+            tr.loc[i, "accuracy"] = max(ok.mean() - gap, 0.0)
 
     df, _ = checks(models, pairs=[("lin", "a", "b")], edit=lambda r: edit(r, 0.0))
     assert row(df, "b", "transfer_vs_whitebox")["status"] == "pass"
+    # 5 points on 120 examples: past the tolerance, not significant
     df, _ = checks(models, pairs=[("lin", "a", "b")], edit=lambda r: edit(r, 0.05))
     r = row(df, "b", "transfer_vs_whitebox")
-    assert r["status"] == "warn" and r["value"] == pytest.approx(0.05)
+    assert r["status"] == "pass" and r["value"] == pytest.approx(0.05, abs=1e-6) and r["p_value"] > 0.1
+    df, _ = checks(models, pairs=[("lin", "a", "b")], edit=lambda r: edit(r, 0.25))
+    r = row(df, "b", "transfer_vs_whitebox")
+    assert r["status"] == "warn" and r["value"] == pytest.approx(0.25, abs=1e-6) and r["p_value"] < 0.01
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -276,4 +314,4 @@ def test_extra_attacks_run_on_the_configured_number_of_examples():
     for check in ("large_eps", "more_steps", "more_restarts", "margin_vs_ce", "zero_gradients", "noise_vs_whitebox"):
         assert "n=50" in row(df, "linear", check)["detail"] or "of 50 " in row(df, "linear", check)["detail"], check
     # on 50 examples one example is 2 points: the tolerance never goes below it
-    assert row(df, "linear", "more_steps")["detail"].endswith("tolerance 2.0 points).")
+    assert "tolerance 2.0 points)." in row(df, "linear", "more_steps")["detail"]

@@ -336,7 +336,7 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         timings["evaluate"] = time.perf_counter() - t0
 
         if study.evaluation.soundness.enabled:
-            from .evaluation.soundness import run_checks
+            from .evaluation.soundness import run_checks_full
 
             t0 = time.perf_counter()
             if data.streamed:
@@ -347,11 +347,21 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
                 "main_eps": study.main_eps(),
                 "evaluate_key": result_keys["evaluate"],  # the checks read the evaluation's tables
             }
-            tables.update(stage("soundness", sound_inputs, lambda: {
-                "soundness": run_checks(study, models, x, y, result, num_classes=data.num_classes, progress=progress,
-                                        seed=study.seed)
-            }))
+            def run_soundness() -> dict[str, pd.DataFrame]:
+                table, outcomes = run_checks_full(study, models, x, y, result, num_classes=data.num_classes,
+                                                  progress=progress, seed=study.seed)
+                return {"soundness": table, "soundness_per_example": outcomes}
+
+            tables.update(stage("soundness", sound_inputs, run_soundness))
             timings["soundness"] = time.perf_counter() - t0
+
+        # the headline: per example, robust only if no white-box attack run on it broke it
+        # (the checks' attacks included), then paired tests between the models of each pair
+        from .evaluation.worst_case import with_worst_case
+        from .significance import significance_table
+
+        tables["robustness"], tables["per_example"] = with_worst_case(
+            tables["robustness"], tables["per_example"], tables.get("soundness_per_example"))
 
         if study.probes.enabled():
             from .probes.base import add_probe_tables, probe_context, run_probe
@@ -372,6 +382,7 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
             timings["probes"] = time.perf_counter() - t0
         if cached_stages:
             log.info("reused cached results: %s", ", ".join(cached_stages))
+        tables["significance"] = significance_table(tables, study.pairs())
 
         for name, df in tables.items():
             folder.write_table(name, df)

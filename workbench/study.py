@@ -471,6 +471,12 @@ class SoundnessConfig(Strict):
     zero_gradient_rate: float = Field(
         0.01, ge=0, le=1, description="zero_gradients: tolerated share of examples whose CE input gradient is exactly zero"
     )
+    level: float = Field(
+        0.01, gt=0, lt=1,
+        description="significance level: a check comparing attacks warns only when its one-sided exact test "
+        "(binomial on the discordant examples, or on a count against its tolerated rate) gives p below it, "
+        "and the difference is past the tolerance",
+    )
 
 
 class EvaluationConfig(Strict):

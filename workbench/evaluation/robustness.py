@@ -26,7 +26,8 @@ from ..attacks import ATTACKS, compile_for_attacks
 from ..progress import QUIET, Progress
 from ..seeds import derive_seed, seeded_generator, seeded_subset
 from ..state import eval_mode, seeded_rng
-from ..study import EvaluationConfig, FGSMAttack, PGDAttack
+from ..stats import wilson_interval
+from ..study import AutoAttackAttack, EvaluationConfig, FGSMAttack, PGDAttack
 
 
 @dataclass
@@ -59,7 +60,7 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 
 
 def attack_batched(
     model: nn.Module,
-    attack: FGSMAttack | PGDAttack,
+    attack: FGSMAttack | PGDAttack | AutoAttackAttack,
     x: torch.Tensor,
     y: torch.Tensor,
     eps: float,
@@ -76,6 +77,12 @@ def attack_batched(
     return torch.cat(out)
 
 
+def accuracy_interval(k: int, n: int) -> dict[str, float]:
+    """The 95% Wilson interval of an accuracy k/n as the tables' ``ci_low``/``ci_high``."""
+    lo, hi = wilson_interval(k, n)
+    return {"ci_low": float(lo), "ci_high": float(hi)}
+
+
 def _row(model_id: str, attack, eps: float, correct: torch.Tensor, loss: torch.Tensor, seconds: float) -> dict:
     return {
         "model": model_id,
@@ -88,6 +95,7 @@ def _row(model_id: str, attack, eps: float, correct: torch.Tensor, loss: torch.T
         "eps": float(eps),
         "n": int(len(correct)),
         "accuracy": correct.float().mean().item() if len(correct) else float("nan"),
+        **accuracy_interval(int(correct.sum()), len(correct)),
         "adv_risk": loss.mean().item() if len(loss) else float("nan"),
         "seconds": seconds,
     }
@@ -119,6 +127,7 @@ def evaluate(
                 {
                     "model": mid,
                     "attack": attack.id if attack is not None else "clean",
+                    "norm": attack.norm if attack is not None else "none",
                     "eps": float(eps),
                     "index": index.cpu().numpy(),
                     "correct": correct.cpu().numpy(),

@@ -77,6 +77,7 @@ from ..attacks.base import attack_mode, crafting, input_gradient
 from ..progress import QUIET, Progress
 from ..seeds import derive_seed, seeded_generator, seeded_subset
 from ..state import seeded_rng
+from ..stats import binomial_excess, discordant
 from ..study import FGSMAttack, PGDAttack, SoundnessConfig, Study
 from ..tables import TABLES
 from .robustness import EvalResult, score
@@ -136,16 +137,39 @@ def _pts(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
-def _row(model: str, check: str, value: float, threshold: float, detail: str) -> dict:
+def _p_text(p: float | None, level: float) -> str:
+    if p is None or not math.isfinite(p):
+        return ""
+    return f" One-sided exact test: p = {p:.2g} ({'below' if p < level else 'not below'} the level {level:g})."
+
+
+def _row(model: str, check: str, value: float, threshold: float, detail: str, p: float | None = None,
+         level: float = 0.01) -> dict:
+    """A table row. With a p-value the check warns only when the value is past the threshold
+    *and* the evidence is significant (p < level): a difference restart noise explains is none."""
     bad = value > threshold + ROUNDING if CHECKS[check].rule == "max" else value < threshold - ROUNDING
+    if p is not None and math.isfinite(p):
+        bad = bad and p < level
     return {
         "model": model,
         "check": check,
         "status": "warn" if bad else "pass",
         "value": float(value),
         "threshold": float(threshold),
-        "detail": detail,
+        "p_value": float(p) if p is not None else math.nan,
+        "detail": detail + _p_text(p, level),
     }
+
+
+def _paired(weaker: np.ndarray, stronger: np.ndarray) -> tuple[int, int, float]:
+    """(b, c, p): b examples only the stronger attack breaks, c only the weaker one, and the
+    one-sided exact binomial (McNemar) p-value that the stronger breaks more than chance."""
+    b, c = discordant(weaker, stronger)
+    return b, c, binomial_excess(b, b + c, 0.5)
+
+
+def _counts(b: int, c: int) -> str:
+    return f" {b} examples broken only by the second attack, {c} only by the first."
 
 
 def reference_attack(study: Study) -> PGDAttack:
@@ -191,6 +215,9 @@ class _Checker:
         self.main_eps = float(study.main_eps())
         self.ref = reference_attack(study)
         self.jobs: dict[str, _Job] = {}
+        self.level = float(self.cfg.level)
+        #: model -> job -> per-example cross-entropy at the job's adversarial examples
+        self.losses: dict[str, dict[str, np.ndarray]] = {}
         # (model, attack id, ε) -> per-example correctness on all evaluated examples, in x's order
         self.pe: dict[tuple[str, str, float], np.ndarray] = {}
         pe = result.per_example
@@ -278,8 +305,20 @@ class _Checker:
                     advs.append(fn(model, self.xs[i : i + bs], self.ys[i : i + bs], job.eps, precision=self.ev.precision,
                                    **job.attack.options()))
                 advance(1)
-            out[job.name] = score(model, torch.cat(advs), self.ys, bs)[0].cpu().numpy()
+            correct, loss = score(model, torch.cat(advs), self.ys, bs)
+            out[job.name] = correct.cpu().numpy()
+            self.losses.setdefault(mid, {})[job.name] = loss.cpu().numpy()
         return out
+
+    def row(self, *args, **kw) -> dict:
+        return _row(*args, level=self.level, **kw)
+
+    def measured_full(self, mid: str, attack_id: str, eps: float) -> np.ndarray | None:
+        """Per-example correctness the evaluation measured on all its examples (None if not run)."""
+        for (m, a, e), c in self.pe.items():
+            if m == mid and a == attack_id and math.isclose(e, eps, rel_tol=1e-9, abs_tol=1e-12):
+                return c if len(c) == len(self.y) else None
+        return None
 
     # ------------------------------------------------------------------ the checks
     def monotonic_eps(self, mid: str) -> dict | None:
@@ -300,14 +339,22 @@ class _Checker:
                     lowest = (e, acc)
         rise, attack, e0, a0, e1, a1 = worst
         tol = tolerance(self.cfg, n)
+        p, counts = None, ""
+        if rise > 0:
+            low_c = self.measured_full(mid, "clean" if e0 == 0 else attack, e0)
+            high_c = self.measured_full(mid, attack, e1)
+            if low_c is not None and high_c is not None:
+                # "stronger" = the larger ε: it should break every example the smaller one does
+                b, c, p = _paired(high_c, low_c)
+                counts = f" {b} examples are correct at the larger ε but not at the smaller one, {c} the reverse."
         if rise == 0:
             detail = f"accuracy never rises with ε for any attack ({len(set(rob['attack'])) - 1} attacks, n={n}; tolerance {100 * tol:.1f} points)."
         else:
             detail = (
                 f"{attack}: accuracy rises from {_pts(a0)} at ε={e0:g} to {_pts(a1)} at ε={e1:g} "
-                f"(+{100 * rise:.1f} points, n={n}; tolerance {100 * tol:.1f} points)."
+                f"(+{100 * rise:.1f} points, n={n}; tolerance {100 * tol:.1f} points)." + counts
             )
-        return _row(mid, "monotonic_eps", rise, tol, detail)
+        return self.row(mid, "monotonic_eps", rise, tol, detail, p=p)
 
     def large_eps(self, mid: str, got: dict[str, np.ndarray]) -> dict:
         acc = float(got["large_eps"].mean())
@@ -318,10 +365,12 @@ class _Checker:
         threshold = majority + LARGE_EPS_MARGIN
         eps = float(self.cfg.large_eps)
         attack = self.jobs["large_eps"].attack
-        return _row(
+        k = int(got["large_eps"].sum())
+        return self.row(
             mid, "large_eps", acc, threshold,
-            f"{attack.id} at ε={eps:g} leaves {_pts(acc)} accuracy (n={self.n}); a perfect attack leaves at most the "
-            f"majority-class rate {_pts(majority)} (1/K = {_pts(1 / self.num_classes)}), bound {_pts(threshold)}.",
+            f"{attack.id} at ε={eps:g} leaves {k} of {self.n} examples ({_pts(acc)}) correct; a perfect attack leaves at "
+            f"most the majority-class rate {_pts(majority)} (1/K = {_pts(1 / self.num_classes)}), bound {_pts(threshold)}.",
+            p=binomial_excess(k, self.n, majority),
         )
 
     def pgd_subset_fgsm(self, mid: str, got: dict[str, np.ndarray]) -> dict | None:
@@ -344,10 +393,11 @@ class _Checker:
         if worst is None:
             return None
         rate, viol, n, aid, fid, e = worst
-        return _row(
+        return self.row(
             mid, "pgd_subset_fgsm", rate, self.cfg.violation_rate,
             f"worst at {aid} vs {fid}, ε={e:g}: {viol} of {n} examples ({_pts(rate)}) are correct under PGD but not "
-            f"under FGSM (tolerated {_pts(self.cfg.violation_rate)}).",
+            f"under FGSM (tolerated {_pts(self.cfg.violation_rate)}; the test asks whether the rate exceeds it).",
+            p=binomial_excess(viol, n, self.cfg.violation_rate),
         )
 
     def _reported_reference(self, mid: str, got: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
@@ -360,11 +410,13 @@ class _Checker:
         acc = float(got["more_steps"].mean())
         tol = tolerance(self.cfg, self.n)
         attack = self.jobs["more_steps"].attack
-        return _row(
+        b, c, p = _paired(got["reference"], got["more_steps"])
+        return self.row(
             mid, "more_steps", acc, base - tol,
             f"at ε={self.main_eps:g} {attack.id} (α={attack.alpha:.3g}) leaves {_pts(acc)} against {_pts(base)} for "
             f"{self.ref.id} from the same random starts ({100 * (acc - base):+.1f} points, n={self.n}; "
-            f"tolerance {100 * tol:.1f} points).",
+            f"tolerance {100 * tol:.1f} points)." + _counts(b, c),
+            p=p,
         )
 
     def more_restarts(self, mid: str, got: dict[str, np.ndarray]) -> dict:
@@ -375,11 +427,16 @@ class _Checker:
         acc = float((ref_c & got["extra_restarts"]).mean())
         tol = tolerance(self.cfg, self.n)
         total = self.ref.restarts + self.cfg.restarts
-        return _row(
+        # the test: do the fresh restarts alone break significantly more examples than the
+        # reference's own? If restart noise were all, each discordant example goes either way
+        b, c, p = _paired(ref_c, got["extra_restarts"])
+        return self.row(
             mid, "more_restarts", acc, base - tol,
             f"at ε={self.main_eps:g} {self.ref.id} with {total} restarts instead of {self.ref.restarts} leaves "
             f"{_pts(acc)} against {_pts(base)} ({how}; {100 * (acc - base):+.1f} points, n={self.n}; "
-            f"tolerance {100 * tol:.1f} points).",
+            f"tolerance {100 * tol:.1f} points). {b} examples fall only to the {self.cfg.restarts} fresh restarts, "
+            f"{c} only to the reference's {self.ref.restarts}.",
+            p=p,
         )
 
     def margin_vs_ce(self, mid: str, got: dict[str, np.ndarray]) -> dict:
@@ -390,10 +447,13 @@ class _Checker:
         ce_c, _ = self._reported_reference(mid, got)
         ce = float(ce_c.mean())
         tol = tolerance(self.cfg, self.n)
-        return _row(
+        b, cc, p = _paired(ce_c, c if c is not None else got["margin"])
+        return self.row(
             mid, "margin_vs_ce", m_acc, ce - tol,
             f"at ε={self.main_eps:g} logit-margin PGD ({margin_id or margin.id}) leaves {_pts(m_acc)} against {_pts(ce)} "
-            f"under CE PGD ({self.ref.id}) ({100 * (m_acc - ce):+.1f} points, n={self.n}; tolerance {100 * tol:.1f} points).",
+            f"under CE PGD ({self.ref.id}) ({100 * (m_acc - ce):+.1f} points, n={self.n}; tolerance {100 * tol:.1f} points)."
+            + _counts(b, cc),
+            p=p,
         )
 
     def noise_vs_whitebox(self, mid: str, model: nn.Module, got: dict[str, np.ndarray]) -> dict | None:
@@ -413,17 +473,20 @@ class _Checker:
                 survived[key] = self._noise(model, a.norm, e, mid)
             gap = float(wb.mean() - survived[key].mean())
             if worst is None or gap > worst[0]:
-                worst = (gap, a.id, a.norm, e, float(wb.mean()), float(survived[key].mean()))
+                worst = (gap, a.id, a.norm, e, float(wb.mean()), float(survived[key].mean()), wb, survived[key])
         if worst is None:
             return None
-        gap, aid, norm, e, wb_acc, noise_acc = worst
+        gap, aid, norm, e, wb_acc, noise_acc, wb_c, noise_c = worst
+        b, c, p = _paired(wb_c, noise_c)
         tol = tolerance(self.cfg, self.n)
         k = self.cfg.noise_draws
         draws = "one draw per example" if k == 1 else f"worst of {k} draws per example"
-        return _row(
+        return self.row(
             mid, "noise_vs_whitebox", gap, tol,
             f"closest at {aid}, ε={e:g}: white-box {_pts(wb_acc)} against {_pts(noise_acc)} under random {norm} noise "
-            f"({draws}, n={self.n}; tolerance {100 * tol:.1f} points).",
+            f"({draws}, n={self.n}; tolerance {100 * tol:.1f} points). {b} examples fall only to the noise, {c} only "
+            "to the white-box attack.",
+            p=p,
         )
 
     def _noise(self, model: nn.Module, norm: str, eps: float, mid: str) -> np.ndarray:
@@ -436,31 +499,50 @@ class _Checker:
             ok &= score(model, x_r, self.ys, self.ev.batch_size)[0].cpu()
         return ok.numpy()
 
+    def _worst_white_box(self, mid: str, norm: str, eps: float) -> tuple[np.ndarray, list[str]] | None:
+        """Per-example worst case of the evaluation's white-box attacks at (norm, ε) on all its examples."""
+        ok, names = None, []
+        for a in self.ev.attacks:
+            if a.norm != norm or not any(math.isclose(e, eps, rel_tol=1e-9) for e in self.ev.grid(a)):
+                continue
+            c = self.measured_full(mid, a.id, eps)
+            if c is not None:
+                ok = c.copy() if ok is None else ok & c
+                names.append(a.id)
+        return (ok, names) if ok is not None else None
+
     def transfer_vs_whitebox(self, mid: str) -> dict | None:
         tr = self.result.transfer
         if tr is None or tr.empty:
             return None
         tr = tr[tr["target"] == mid]
-        rob = self.result.robustness
-        rob = rob[(rob["model"] == mid) & (rob["attack"] != "clean")]
         worst = None
         for _, r in tr.iterrows():
-            same = rob[(rob["norm"] == r["norm"]) & np.isclose(rob["eps"].astype(float), float(r["eps"]))]
-            if same.empty:
+            wb = self._worst_white_box(mid, str(r["norm"]), float(r["eps"]))
+            if wb is None:
                 continue
-            best = same.loc[same["accuracy"].idxmin()]
-            gap = float(best["accuracy"] - r["accuracy"])
+            # the strongest white-box evidence is the per-example worst case of every attack
+            wb_acc = float(wb[0].mean())
+            gap = wb_acc - float(r["accuracy"])
             if worst is None or gap > worst[0]:
-                worst = (gap, r, best)
+                worst = (gap, r, wb_acc, wb[1], int(wb[0].sum()))
         if worst is None:
             return None
-        gap, r, best = worst
-        tol = tolerance(self.cfg, int(r["n"]))
-        return _row(
+        gap, r, wb_acc, names, k_wb = worst
+        n = int(r["n"])
+        k_tr = int(round(float(r["accuracy"]) * n))
+        tol = tolerance(self.cfg, n)
+        # the transferred examples' per-example outcomes are not kept, so the two accuracies
+        # are compared as independent proportions (Fisher's exact test; conservative when paired)
+        from scipy.stats import fisher_exact
+
+        p = float(fisher_exact([[k_wb, n - k_wb], [k_tr, n - k_tr]], alternative="greater").pvalue) if gap > 0 else 1.0
+        return self.row(
             mid, "transfer_vs_whitebox", gap, tol,
             f"closest at ε={float(r['eps']):g} ({r['norm']}): {r['attack']} crafted on {r['source']} leaves "
-            f"{_pts(float(r['accuracy']))}, the strongest white-box attack ({best['attack']}) {_pts(float(best['accuracy']))} "
-            f"(n={int(r['n'])}; tolerance {100 * tol:.1f} points).",
+            f"{k_tr} of {n} ({_pts(float(r['accuracy']))}), the per-example worst case of the white-box attacks "
+            f"({', '.join(names)}) {k_wb} ({_pts(wb_acc)}) (tolerance {100 * tol:.1f} points).",
+            p=p,
         )
 
     def gradients_and_outputs(self, mid: str, model: nn.Module) -> list[dict]:
@@ -482,12 +564,12 @@ class _Checker:
         probs = (z1.amin(1) >= 0) & ((z1.sum(1) - 1).abs() <= PROBABILITY_ATOL)
         rows = []
         zf, pf = zero_t.float().mean().item(), probs.float().mean().item()
-        rows.append(_row(
+        rows.append(self.row(
             mid, "zero_gradients", zf, self.cfg.zero_gradient_rate,
             f"{int(zero_t.sum())} of {self.n} examples ({_pts(zf)}) have an exactly zero cross-entropy input gradient "
             f"(tolerated {_pts(self.cfg.zero_gradient_rate)}).",
         ))
-        rows.append(_row(
+        rows.append(self.row(
             mid, "probability_outputs", pf, PROBABILITY_RATE,
             f"{int(probs.sum())} of {self.n} output rows ({_pts(pf)}) are non-negative and sum to 1 "
             f"(probabilities, not logits; tolerated {_pts(PROBABILITY_RATE)}).",
@@ -500,7 +582,7 @@ class _Checker:
         top = diff.max().item() if diff.numel() else 0.0
         rel = math.inf if not math.isfinite(top) else top / max(scale, 1e-12)
         flips = int((z1.argmax(1) != z2.argmax(1)).sum())
-        rows.append(_row(
+        rows.append(self.row(
             mid, "nondeterministic", rel, NONDETERMINISM_RTOL,
             f"two eval-mode passes differ by at most {rel:.2g} of the largest output ({flips} of {self.n} predictions "
             f"change; tolerated {NONDETERMINISM_RTOL:g}).",
@@ -526,14 +608,38 @@ def run_checks(
     that does not apply (no transfer rows, no attack) is left out rather than reported as
     passed.
     """
+    return run_checks_full(study, models, x, y, result, num_classes=num_classes, progress=progress, seed=seed)[0]
+
+
+def run_checks_full(
+    study: Study,
+    models: Mapping[str, nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    result: EvalResult,
+    *,
+    num_classes: int,
+    progress: Progress = QUIET,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(soundness table, per-example outcomes of the checks' white-box attacks): the second
+    is the ``soundness_per_example`` table, which enters the worst case."""
     ck = _Checker(study, x, y, result, num_classes, seed)
     jobs = ck.plan()
     ck.jobs = {j.name: j for j in jobs}
     n_batches = -(-ck.n // study.evaluation.batch_size)
     rows: list[dict] = []
+    outcomes: list[pd.DataFrame] = []
+    index = _test_index(result, len(y))
     with progress.task("soundness", len(models) * len(jobs) * n_batches) as advance:
         for mid, model in models.items():
             got = ck.run_plan(mid, model, jobs, advance)
+            for job in jobs:
+                outcomes.append(pd.DataFrame({
+                    "model": mid, "job": job.name, "attack": job.attack.id, "norm": job.attack.norm,
+                    "eps": float(job.eps), "index": index[ck.pos], "correct": got[job.name],
+                    "loss": ck.losses[mid][job.name],
+                }))
             rows.append(ck.monotonic_eps(mid))
             rows.append(ck.large_eps(mid, got))
             rows.append(ck.pgd_subset_fgsm(mid, got))
@@ -545,7 +651,19 @@ def run_checks(
             rows.extend(ck.gradients_and_outputs(mid, model))
             if ck.main_eps > 0:
                 rows.append(ck.margin_vs_ce(mid, got))
-    return pd.DataFrame([r for r in rows if r is not None], columns=COLUMNS)
+    per_example = (pd.concat(outcomes, ignore_index=True) if outcomes
+                   else pd.DataFrame(columns=list(TABLES["soundness_per_example"][1])))
+    return pd.DataFrame([r for r in rows if r is not None], columns=COLUMNS), per_example
+
+
+def _test_index(result: EvalResult, n: int) -> np.ndarray:
+    """Test-split positions of the evaluated examples, in x's order (positions if unknown)."""
+    pe = result.per_example
+    if len(pe):
+        first = pe[(pe["attack"] == "clean") & (pe["model"] == pe["model"].iloc[0])]
+        if len(first) == n:
+            return first["index"].to_numpy()
+    return np.arange(n)
 
 
 def verdicts(df: pd.DataFrame) -> dict[str, str]:

@@ -42,6 +42,7 @@ from ..models import WorkbenchModel, capture, resolve_layers
 from ..progress import QUIET, Progress
 from ..seeds import seeded_generator
 from ..state import eval_mode
+from ..stats import bootstrap_interval
 from ..tables import TABLES
 from .base import PROBES, ProbeContext
 
@@ -56,10 +57,12 @@ FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 # --------------------------------------------------------------------------- statistics
 
 
-def summarize(values: torch.Tensor | np.ndarray | Sequence[float]) -> dict[str, float]:
+def summarize(values: torch.Tensor | np.ndarray | Sequence[float], seed: int = 0) -> dict[str, float]:
     """n, mean, median, q10, q90 and sem of the finite entries (NaN marks an excluded example).
 
-    ``sem`` is the sample standard deviation (ddof 1) over √n; NaN when n < 2. All NaN
+    ``sem`` is the sample standard deviation (ddof 1) over √n; NaN when n < 2;
+    ``ci_low``/``ci_high`` the 95% percentile-bootstrap interval of the mean over examples
+    (1,000 resamples from a generator seeded with ``seed``: reruns are identical). All NaN
     when nothing is left.
     """
     if isinstance(values, torch.Tensor):
@@ -68,7 +71,9 @@ def summarize(values: torch.Tensor | np.ndarray | Sequence[float]) -> dict[str, 
     v = v[np.isfinite(v)]
     n = int(v.size)
     if n == 0:
-        return {"n": 0, "mean": math.nan, "median": math.nan, "q10": math.nan, "q90": math.nan, "sem": math.nan}
+        return {"n": 0, "mean": math.nan, "median": math.nan, "q10": math.nan, "q90": math.nan, "sem": math.nan,
+                "ci_low": math.nan, "ci_high": math.nan}
+    lo, hi = bootstrap_interval(v, seed=seed)
     return {
         "n": n,
         "mean": float(v.mean()),
@@ -76,6 +81,8 @@ def summarize(values: torch.Tensor | np.ndarray | Sequence[float]) -> dict[str, 
         "q10": float(np.quantile(v, 0.10)),
         "q90": float(np.quantile(v, 0.90)),
         "sem": float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+        "ci_low": lo,
+        "ci_high": hi,
     }
 
 
@@ -430,7 +437,7 @@ def run_lipschitz(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
                         model, ctx.x, e, cfg.steps, batch_size=ctx.batch_size, seed=ctx.seed_for("logit-lipschitz")
                     ))
                     logit_rows.append({"model": model_id, "eps": e, "steps": cfg.steps,
-                                       **{k: s[k] for k in ("n", "mean", "median", "sem")}})
+                                       **{k: s[k] for k in ("n", "mean", "median", "sem", "ci_low", "ci_high")}})
                     advance(1)
     out = {"lipschitz": pd.concat(frames, ignore_index=True) if frames
            else pd.DataFrame(columns=list(TABLES["lipschitz"][1]))}

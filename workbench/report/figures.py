@@ -155,15 +155,19 @@ def _architectures(tables: Tables, models: Sequence[str]) -> dict[str, list[str]
 
 
 def accuracy_vs_eps(tables: Tables, *, main_eps: float | None = None) -> Figure | None:
-    """Accuracy against ε, one panel per attack (rows: architectures), the models of a pair
-    in one panel; transferred examples (crafted on the other model of the pair) dashed."""
+    """Accuracy against ε, one panel per attack and norm (rows: architectures), the models of
+    a pair in one panel, with 95% Wilson bands; transferred examples (crafted on the other
+    model of the pair) dashed. The per-example worst case comes first."""
     rob = table(tables, "robustness")
     if rob is None:
         return None
     models = model_order(tables)
     colours = palette(models)
     clean = rob[rob["attack"] == "clean"].groupby("model")["accuracy"].first()
-    attacks = rob[rob["attack"] != "clean"].drop_duplicates("attack")
+    has_ci = "ci_low" in rob.columns
+    clean_ci = rob[rob["attack"] == "clean"].groupby("model")[["ci_low", "ci_high"]].first() if has_ci else None
+    attacks = rob[rob["attack"] != "clean"].drop_duplicates(["attack", "norm"])
+    attacks = pd.concat([attacks[attacks["attack"] == "worst_case"], attacks[attacks["attack"] != "worst_case"]])
     if attacks.empty:
         return None
     transfer = table(tables, "transfer")
@@ -174,10 +178,16 @@ def accuracy_vs_eps(tables: Tables, *, main_eps: float | None = None) -> Figure 
             for c, (_, att) in enumerate(attacks.iterrows()):
                 ax = axes[r, c]
                 for m in arch_models:
-                    d = rob[(rob["model"] == m) & (rob["attack"] == att["attack"])].sort_values("eps")
+                    d = rob[(rob["model"] == m) & (rob["attack"] == att["attack"]) & (rob["norm"] == att["norm"])]
+                    d = d.sort_values("eps")
                     x = np.r_[0.0, d["eps"].to_numpy()] if m in clean else d["eps"].to_numpy()
                     y = np.r_[clean[m], d["accuracy"].to_numpy()] if m in clean else d["accuracy"].to_numpy()
                     ax.plot(x, y, marker="o", ms=3.5, color=colours[m], label=m)
+                    if has_ci:
+                        lo, hi = d["ci_low"].to_numpy(), d["ci_high"].to_numpy()
+                        if m in clean:
+                            lo, hi = np.r_[clean_ci.loc[m, "ci_low"], lo], np.r_[clean_ci.loc[m, "ci_high"], hi]
+                        ax.fill_between(x, lo, hi, color=colours[m], alpha=0.18, lw=0)
                     if transfer is not None:
                         t = transfer[(transfer["target"] == m) & (transfer["attack"] == att["attack"])]
                         for src, ts in t.groupby("source", sort=False):
@@ -194,6 +204,10 @@ def accuracy_vs_eps(tables: Tables, *, main_eps: float | None = None) -> Figure 
             axes[r, 0].set_ylabel("accuracy")
         handles = model_handles(models, colours)
         handles.append(Line2D([], [], color="0.3", label="white-box"))
+        if has_ci:
+            from matplotlib.patches import Patch
+
+            handles.append(Patch(color="0.3", alpha=0.18, label="95% interval"))
         if transfer is not None:
             handles.append(Line2D([], [], color="0.3", ls="--", marker="x", label="transferred from\nthe pair's other model"))
         if main_eps:

@@ -165,12 +165,16 @@ def html_table(df: pd.DataFrame, formats: Mapping[str, str] | None = None, *, ti
 
 VERDICT_OK = "sound"
 VERDICT_WARN = "robustness may be overestimated"
+WORST = "worst_case"
 
 
-def robust_eps(rob: pd.DataFrame, attack: str, main_eps: float) -> float | None:
+def robust_eps(rob: pd.DataFrame, attack: str, main_eps: float, norm: str | None = None) -> float | None:
     """The ε at which the summary reports ``attack``: for L∞, the evaluated ε closest to the
-    main ε; for L2, the middle of the attack's own grid (an L∞ radius means nothing in L2)."""
+    main ε; for L2, the middle of the attack's own grid (an L∞ radius means nothing in L2).
+    ``norm`` picks one norm of an attack that has several (the worst case)."""
     d = rob[(rob["attack"] == attack) & (rob["eps"] > 0)]
+    if norm is not None:
+        d = d[d["norm"] == norm]
     if d.empty:
         return None
     if (d["norm"] == "linf").all():
@@ -222,12 +226,33 @@ def summary_table(res: Results) -> pd.DataFrame:
                 training += f"; stopped early: {r['stopped_early']}"
         rows[m]["training"] = training
 
-    clean = rob[rob["attack"] == "clean"].groupby("model")["accuracy"].first()
+    def interval_text(d: pd.DataFrame, m: str) -> str:
+        hit = d[d["model"] == m]
+        if hit.empty or "ci_low" not in hit.columns:
+            return ""
+        return f"[{100 * float(hit['ci_low'].iloc[0]):.1f}, {100 * float(hit['ci_high'].iloc[0]):.1f}]"
+
+    clean_rows = rob[rob["attack"] == "clean"]
+    clean = clean_rows.groupby("model")["accuracy"].first()
     formats["clean accuracy (%)"] = "pct"
+    formats["clean 95% CI"] = "text"
     for m in models:
         rows[m]["clean accuracy (%)"] = clean.get(m, np.nan)
+        rows[m]["clean 95% CI"] = interval_text(clean_rows, m)
 
-    for attack in rob.loc[rob["attack"] != "clean", "attack"].drop_duplicates():
+    # the headline: per-example worst case over every white-box attack, one column per norm
+    for norm in [n for n in ("linf", "l2") if ((rob["attack"] == WORST) & (rob["norm"] == n)).any()]:
+        eps = robust_eps(rob, WORST, main_eps, norm)
+        d = rob[(rob["attack"] == WORST) & (rob["norm"] == norm) & np.isclose(rob["eps"], eps)]
+        label = f"worst case (%) {F.NORM_LABEL.get(norm, norm)} ε={F.eps_label(eps)}"
+        formats[label] = "pct"
+        formats[f"{label} 95% CI"] = "text"
+        acc = d.groupby("model")["accuracy"].first()
+        for m in models:
+            rows[m][label] = acc.get(m, np.nan)
+            rows[m][f"{label} 95% CI"] = interval_text(d, m)
+
+    for attack in rob.loc[~rob["attack"].isin(["clean", WORST]), "attack"].drop_duplicates():
         eps = robust_eps(rob, attack, main_eps)
         if eps is None:
             continue
@@ -272,7 +297,11 @@ def _summary_notes(res: Results) -> list[str]:
     n = sorted({int(v) for v in rob["n"]})
     main_eps = res.study.main_eps()
     notes = [
-        f"Accuracies are percentages of {' / '.join(map(str, n))} evaluated test examples.",
+        f"Accuracies are percentages of {' / '.join(map(str, n))} evaluated test examples; the bracketed ranges are "
+        "95% Wilson intervals (the robustness table has them for every attack: ci_low, ci_high).",
+        "Worst case: an example counts as robust only if it is classified correctly clean and under every white-box "
+        "attack run on it at that norm and ε, the soundness checks' attacks included; it is at or below every single "
+        "attack's accuracy.",
         f"Robust accuracy is white-box accuracy at the main ε = {F.eps_label(main_eps)} (evaluation.main_eps, else the "
         "training ε of the first L∞-adversarial recipe). An L∞ attack not evaluated at that ε shows its evaluated ε "
         "closest to it; an L2 attack shows the middle value of its own ε grid, since an L∞ radius has no meaning in L2. "
@@ -285,6 +314,12 @@ def _summary_notes(res: Results) -> list[str]:
             "Lipschitz D = ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖∞ at the deepest measured layer before the logits (the penultimate "
             "layer when the probe covers all layers), δ from PGD on the cross-entropy; lower means a more stable "
             "representation.")
+    sig = res.get("significance")
+    if sig is not None and len(sig):
+        from ..significance import describe
+
+        notes.append("Paired tests (exact McNemar on per-example correctness for accuracies, paired bootstrap for the "
+                     "saliency metrics; Holm-corrected across the run's comparisons): " + " ".join(describe(sig)))
     if res.get("soundness") is None:
         notes.append("Soundness: the checks were not run (evaluation.soundness.enabled: false).")
     else:
@@ -449,7 +484,7 @@ def _soundness_section(res: Results, entries: list[FigureEntry]) -> dict[str, An
         return None
     order = {m: i for i, m in enumerate(F.model_order(res.tables))}
     snd = snd.assign(_o=snd["model"].map(lambda m: order.get(m, 99))).sort_values("_o", kind="stable").drop(columns="_o")
-    cols = ["model", "check", "status", "value", "threshold", "detail"]
+    cols = [c for c in ["model", "check", "status", "value", "threshold", "p_value", "detail"] if c in snd.columns]
     table = html_table(snd[cols], {"detail": "text", "check": "text"},
                        row_cls=["warn" if s == "warn" else "" for s in snd["status"]], id="soundness-table")
     return {"figures": [e for e in entries if e.section == "soundness"], "table": table}
@@ -470,9 +505,18 @@ def _details(res: Results) -> list[dict[str, Any]]:
     out = []
     rob = res.get("robustness")
     if rob is not None:
-        cols = ["model", "attack", "norm", "loss", "steps", "restarts", "eps", "n", "accuracy", "adv_risk", "seconds"]
-        out.append({"summary": "All white-box numbers (robustness table)",
-                    "table": html_table(rob[cols], {"accuracy": "num", "adv_risk": "num", "eps": "num", "seconds": "sec"})})
+        cols = ["model", "attack", "norm", "loss", "steps", "restarts", "eps", "n", "accuracy", "ci_low", "ci_high",
+                "adv_risk", "seconds"]
+        cols = [c for c in cols if c in rob.columns]
+        out.append({"summary": "All white-box numbers (robustness table; ci: 95% Wilson interval)",
+                    "table": html_table(rob[cols], {"accuracy": "num", "ci_low": "num", "ci_high": "num", "adv_risk": "num",
+                                                    "eps": "num", "seconds": "sec"})})
+    sig = res.get("significance")
+    if sig is not None and len(sig):
+        out.append({"summary": "Paired tests between the models of each pair (significance table; Holm-corrected)",
+                    "table": html_table(sig, {"eps": "num", "reference_value": "num", "model_value": "num",
+                                              "difference": "num", "ci_low": "num", "ci_high": "num",
+                                              "p_value": "num", "p_holm": "num"})})
     tr = res.get("transfer")
     if tr is not None:
         cols = ["source", "target", "attack", "eps", "n", "accuracy", "adv_risk"]

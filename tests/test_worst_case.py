@@ -1,0 +1,117 @@
+"""The per-example worst case and the paired significance table, on hand-made tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.evaluation.worst_case import with_worst_case, worst_case
+from workbench.significance import describe, significance_table
+from workbench.stats import mcnemar, wilson_interval
+
+N = 40
+
+
+def _tables(seed=0):
+    rng = np.random.default_rng(seed)
+    idx = np.arange(100, 100 + N)  # test-split positions, not 0..N-1
+    rob, pe = [], []
+    for m in ("a", "b"):
+        clean = rng.random(N) < 0.95
+        for attack, norm, eps, p in (("clean", "none", 0.0, 1.0), ("fgsm", "linf", 0.1, 0.7), ("pgd", "linf", 0.1, 0.6),
+                                     ("pgd", "linf", 0.2, 0.3), ("pgd-l2", "l2", 0.5, 0.5)):
+            c = clean & (rng.random(N) < p) if attack != "clean" else clean
+            loss = rng.random(N) + (0 if attack == "clean" else 1)
+            rob.append({"model": m, "attack": attack, "method": attack.split("-")[0], "norm": norm, "loss": "ce",
+                        "steps": 1, "restarts": 1, "eps": eps, "n": N, "accuracy": c.mean(), "ci_low": 0.0,
+                        "ci_high": 1.0, "adv_risk": loss.mean(), "seconds": 0.0})
+            pe.append(pd.DataFrame({"model": m, "attack": attack, "norm": norm, "eps": eps, "index": idx, "correct": c,
+                                    "loss": loss}))
+    return pd.DataFrame(rob), pd.concat(pe, ignore_index=True), idx
+
+
+def test_worst_case_is_the_per_example_and_of_every_attack_at_its_norm_and_eps():
+    rob, pe, idx = _tables()
+    w_rob, w_pe = worst_case(rob, pe)
+    assert set(zip(w_rob["norm"], w_rob["eps"])) == {("linf", 0.1), ("linf", 0.2), ("l2", 0.5)}
+    for m in ("a", "b"):
+        d = pe[pe["model"] == m]
+        get = lambda a, e: d[(d["attack"] == a) & np.isclose(d["eps"], e)]["correct"].to_numpy()  # noqa: E731
+        want = get("clean", 0) & get("fgsm", 0.1) & get("pgd", 0.1)
+        row = w_rob[(w_rob["model"] == m) & (w_rob["norm"] == "linf") & np.isclose(w_rob["eps"], 0.1)].iloc[0]
+        assert row["accuracy"] == want.mean()
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(wilson_interval(int(want.sum()), N))
+        # the headline is at or below every single attack at that setting
+        same = rob[(rob["model"] == m) & (rob["norm"] == "linf") & np.isclose(rob["eps"], 0.1)]
+        assert (row["accuracy"] <= same["accuracy"]).all()
+        # per-example loss: the highest any attack reached
+        lw = w_pe[(w_pe["model"] == m) & (w_pe["norm"] == "linf") & np.isclose(w_pe["eps"], 0.1)]
+        assert np.allclose(lw["loss"], np.maximum(get_loss(d, "fgsm", 0.1), get_loss(d, "pgd", 0.1)))
+        assert lw["index"].tolist() == idx.tolist()
+
+
+def get_loss(d, attack, eps):
+    return d[(d["attack"] == attack) & np.isclose(d["eps"], eps)]["loss"].to_numpy()
+
+
+def test_extra_attacks_count_only_on_their_examples_and_all_of_them_count():
+    rob, pe, idx = _tables(1)
+    base = worst_case(rob, pe)[0].set_index(["model", "norm", "eps"])["accuracy"]
+    # two extra attacks on the same subset (one group: the duplicates must both count), each
+    # breaking a different example that every evaluated attack left correct
+    ok = worst_case(rob, pe)[1]
+    ok = ok[(ok["model"] == "a") & (ok["norm"] == "linf") & np.isclose(ok["eps"], 0.2)]
+    survivors = ok.loc[ok["correct"], "index"].to_numpy()
+    assert len(survivors) >= 2
+    sub = idx[:30]
+    rows = []
+    for job, broken in (("more_steps", survivors[0]), ("margin", survivors[1])):
+        rows.append(pd.DataFrame({"model": "a", "job": job, "attack": job, "norm": "linf", "eps": 0.2,
+                                  "index": np.r_[sub, broken], "correct": np.r_[np.ones(len(sub), bool), False],
+                                  "loss": 9.0}))
+    # an extra attack at an ε the evaluation never ran adds no row; one breaking everything
+    # outside the subset... cannot, it only ran on its subset
+    rows.append(pd.DataFrame({"model": "a", "job": "large_eps", "attack": "x", "norm": "linf", "eps": 0.5, "index": sub,
+                              "correct": False, "loss": 1.0}))
+    extra = pd.concat(rows, ignore_index=True)
+    w = worst_case(rob, pe, extra)[0].set_index(["model", "norm", "eps"])["accuracy"]
+    assert w[("a", "linf", 0.2)] == pytest.approx(base[("a", "linf", 0.2)] - 2 / N)
+    assert w[("a", "linf", 0.1)] == base[("a", "linf", 0.1)]
+    assert w[("b", "linf", 0.2)] == base[("b", "linf", 0.2)]
+    assert ("a", "linf", 0.5) not in w.index
+
+
+def test_with_worst_case_replaces_earlier_rows():
+    rob, pe, _ = _tables()
+    r1, p1 = with_worst_case(rob, pe)
+    r2, p2 = with_worst_case(r1, p1)
+    assert len(r1) == len(r2) and len(p1) == len(p2)
+    assert (r1["attack"] == "worst_case").sum() == 6
+
+
+def test_significance_mcnemar_rows_and_holm():
+    rob, pe, _ = _tables(2)
+    _, pe = with_worst_case(rob, pe)
+    sig = significance_table({"per_example": pe}, [("arch", "a", "b")])
+    assert set(sig["measure"]) == {"clean", "worst_case"}
+    row = sig[sig["measure"] == "clean"].iloc[0]
+    a = pe[(pe["model"] == "a") & (pe["attack"] == "clean")]["correct"].to_numpy()
+    b = pe[(pe["model"] == "b") & (pe["attack"] == "clean")]["correct"].to_numpy()
+    assert (row["b"], row["c"]) == (int((a & ~b).sum()), int((~a & b).sum()))
+    assert row["p_value"] == mcnemar(int(row["b"]), int(row["c"]))
+    assert row["difference"] == pytest.approx(b.mean() - a.mean())
+    assert (sig["p_holm"] >= sig["p_value"] - 1e-15).all()
+    assert (sig["significant"] == (sig["p_holm"] < 0.05)).all()
+    assert all(isinstance(t, str) for t in describe(sig))
+
+
+def test_significance_flags_a_real_difference():
+    idx = np.arange(200)
+    a = np.r_[np.ones(150, bool), np.zeros(50, bool)]
+    b = np.r_[np.ones(100, bool), np.zeros(100, bool)]
+    pe = pd.concat([pd.DataFrame({"model": m, "attack": "clean", "norm": "none", "eps": 0.0, "index": idx,
+                                  "correct": c, "loss": 0.0}) for m, c in (("a", a), ("b", b))])
+    sig = significance_table({"per_example": pe}, [("x", "a", "b")])
+    assert sig["significant"].tolist() == [True] and sig["difference"].iloc[0] == pytest.approx(-0.25)
+    assert "clean accuracy" in describe(sig)[0]

@@ -1,0 +1,122 @@
+"""Paired tests between the models of each pair: the ``significance`` table.
+
+The models of a study are scored on the same examples, so their differences are tested
+pairwise (docs/statistics.md):
+
+- accuracies (clean, and the worst case at every norm and ε): exact McNemar test on the
+  per-example correctness; the interval of the difference is the paired Wald interval
+  ``(c − b)/n ± z·√(b + c − (c − b)²/n)/n``;
+- per-example representation measures (the saliency probe's Gini sparsity, infidelity and
+  sensitivity of each method, on the examples both models share): paired bootstrap of the
+  difference of means;
+- Holm's correction across every row of the run; ``significant`` is ``p_holm < 0.05``.
+
+:func:`significance_table` works on a run's tables (``results.load(run).tables``), so a
+notebook gets the same table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .stats import discordant, holm, mcnemar, paired_bootstrap
+
+ALPHA = 0.05
+COLUMNS = ["reference", "model", "measure", "norm", "eps", "test", "n", "reference_value", "model_value", "difference",
+           "ci_low", "ci_high", "b", "c", "p_value", "p_holm", "significant"]
+#: saliency_metrics columns compared per example
+SALIENCY_MEASURES = ("gini", "infidelity", "sensitivity")
+
+
+def _accuracy_rows(pe: pd.DataFrame, ref: str, other: str) -> list[dict]:
+    rows = []
+    sel = pe[pe["attack"].isin(["clean", "worst_case"]) & pe["model"].isin([ref, other])]
+    norm_col = "norm" if "norm" in sel.columns else None
+    keys = ["attack", "eps"] + ([norm_col] if norm_col else [])
+    for key, d in sel.groupby(keys, sort=False):
+        attack, eps = key[0], float(key[1])
+        norm = str(key[2]) if norm_col else ("none" if attack == "clean" else "")
+        a = d[d["model"] == ref][["index", "correct"]]
+        b_ = d[d["model"] == other][["index", "correct"]]
+        m = a.merge(b_, on="index", suffixes=("_ref", "_model"))
+        if m.empty:
+            continue
+        first, second = m["correct_ref"].to_numpy(bool), m["correct_model"].to_numpy(bool)
+        b, c = discordant(first, second)
+        n = len(m)
+        diff = (c - b) / n
+        se = math.sqrt(max(b + c - (c - b) ** 2 / n, 0.0)) / n
+        rows.append({
+            "reference": ref, "model": other, "measure": attack, "norm": norm, "eps": eps, "test": "mcnemar", "n": n,
+            "reference_value": float(first.mean()), "model_value": float(second.mean()), "difference": diff,
+            "ci_low": diff - 1.959964 * se, "ci_high": diff + 1.959964 * se, "b": b, "c": c, "p_value": mcnemar(b, c),
+        })
+    return rows
+
+
+def _saliency_rows(sal: pd.DataFrame, ref: str, other: str, seed: int) -> list[dict]:
+    rows = []
+    for method, d in sal[sal["model"].isin([ref, other])].groupby("method", sort=False):
+        a, b_ = d[d["model"] == ref], d[d["model"] == other]
+        m = a.merge(b_, on="index", suffixes=("_ref", "_model"))
+        for measure in SALIENCY_MEASURES:
+            if f"{measure}_ref" not in m.columns:
+                continue
+            x, y = m[f"{measure}_ref"].to_numpy(float), m[f"{measure}_model"].to_numpy(float)
+            if not np.isfinite(x).any():
+                continue
+            t = paired_bootstrap(x, y, seed=seed)
+            keep = np.isfinite(x) & np.isfinite(y)
+            rows.append({
+                "reference": ref, "model": other, "measure": f"{measure} ({method})", "norm": "none", "eps": 0.0,
+                "test": "paired_bootstrap", "n": t["n"], "reference_value": float(x[keep].mean()) if keep.any() else math.nan,
+                "model_value": float(y[keep].mean()) if keep.any() else math.nan, "difference": t["diff"],
+                "ci_low": t["ci_low"], "ci_high": t["ci_high"], "b": np.nan, "c": np.nan, "p_value": t["p_value"],
+            })
+    return rows
+
+
+def significance_table(tables: Mapping[str, pd.DataFrame], pairs: Sequence[tuple[str, str, str]] | pd.DataFrame,
+                       *, seed: int = 0) -> pd.DataFrame:
+    """One row per pair × measure; ``pairs`` is ``study.pairs()`` or a run's ``pairs`` table."""
+    if isinstance(pairs, pd.DataFrame):
+        pairs = [(r["architecture"], r["reference"], r["model"]) for _, r in pairs.iterrows()]
+    pe = tables.get("per_example")
+    sal = tables.get("saliency_metrics")
+    rows: list[dict] = []
+    for _, ref, other in pairs:
+        if pe is not None and len(pe):
+            rows += _accuracy_rows(pe, ref, other)
+        if sal is not None and len(sal):
+            rows += _saliency_rows(sal, ref, other, seed)
+    df = pd.DataFrame(rows, columns=COLUMNS[:-2])
+    df["p_holm"] = holm(df["p_value"].to_numpy(float)) if len(df) else []
+    df["significant"] = df["p_holm"] < ALPHA
+    return df[COLUMNS]
+
+
+def describe(df: pd.DataFrame, limit: int = 12) -> list[str]:
+    """Sentences naming the significant differences (for the report and compare)."""
+    if df is None or df.empty:
+        return []
+    out = []
+    sig = df[df["significant"]]
+    for _, r in sig.head(limit).iterrows():
+        what = r["measure"] if r["measure"] != "worst_case" else f"worst-case robust accuracy ({r['norm']} ε={r['eps']:g})"
+        if r["measure"] == "clean":
+            what = "clean accuracy"
+        if r["test"] == "mcnemar":
+            delta = f"{100 * r['difference']:+.1f} points ({100 * r['reference_value']:.1f}% → {100 * r['model_value']:.1f}%)"
+        else:
+            delta = f"{r['difference']:+.3g} ({r['reference_value']:.3g} → {r['model_value']:.3g})"
+        out.append(f"{r['model']} differs from {r['reference']} in {what}: {delta}, Holm-adjusted p = {r['p_holm']:.2g}.")
+    if len(sig) > limit:
+        out.append(f"… and {len(sig) - limit} more significant differences (table significance).")
+    n_not = int((~df["significant"]).sum())
+    if n_not:
+        out.append(f"{n_not} of {len(df)} compared differences are not significant at {ALPHA:g} after Holm's correction.")
+    return out
