@@ -25,6 +25,7 @@ from workbench.report.compare import differences, run_names
 from workbench.report.html import VERDICT_OK, VERDICT_WARN
 from workbench.results import load
 from workbench.store import RunFolder
+from workbench.stats import wilson_interval
 from workbench.tables import TABLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,11 +214,15 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
             rows["history"].append(dict(model=m, epoch=ep, lr=0.1, train_loss=1 / ep, train_acc=0.5 + ep / 10,
                                         val_acc=0.5 + ep / 10, val_robust_acc=0.1 * ep * (1 + i), seconds=0.1))
         for attack, method, norm, grid in (("clean", "clean", "none", [0.0]), ("fgsm", "fgsm", "linf", eps),
-                                          ("pgd20-linf", "pgd", "linf", eps), ("pgd20-l2", "pgd", "l2", [0.5, 1.0, 2.0])):
+                                          ("pgd20-linf", "pgd", "linf", eps), ("pgd20-l2", "pgd", "l2", [0.5, 1.0, 2.0]),
+                                          ("worst_case", "worst_case", "linf", eps)):
             for e in grid:
-                acc = max(0.0, 0.95 - e * (1 if robust else 3) - (0.05 if method == "pgd" else 0))
+                acc = max(0.0, 0.95 - e * (1 if robust else 3) - (0.06 if method == "worst_case" else
+                                                                    0.05 if method == "pgd" else 0))
+                lo, hi = wilson_interval(round(100 * acc), 100)
                 rows["robustness"].append(dict(model=m, attack=attack, method=method, norm=norm, loss="ce", steps=20,
-                                               restarts=1, eps=e, n=100, accuracy=acc, adv_risk=1 - acc, seconds=0.1))
+                                               restarts=1, eps=e, n=100, accuracy=acc, ci_low=lo, ci_high=hi,
+                                               adv_risk=1 - acc, seconds=0.1))
         for e in eps:
             f, p = 0.9 - e * (1 + 2 * (1 - i)), 0.85 - e * (1 + 2 * (1 - i))
             rows["fgsm_pgd_gap"].append(dict(model=m, eps=e, fgsm_acc=f, pgd_acc=p, gap=f - p))
@@ -256,7 +261,7 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
                                                      sensitivity=float(rng.uniform(0.05, 0.2))))
         for check, status in (("monotone_in_eps", "pass"), ("large_eps_chance", "warn" if robust else "pass")):
             rows["soundness"].append(dict(model=m, check=check, status=status, value=0.3, threshold=0.11,
-                                          detail=f"{check} on {m}"))
+                                          p_value=0.001, detail=f"{check} on {m}"))
     ref = models[0]
     for m in models[1:]:
         pair = f"{ref}~{m}"
@@ -280,7 +285,13 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
     for m in models:
         for e in (0.1, 0.2):
             for ex in range(3):
-                rows["per_example"].append(dict(model=m, attack="fgsm", eps=e, index=ex, correct=True, loss=0.1))
+                rows["per_example"].append(dict(model=m, attack="fgsm", norm="linf", eps=e, index=ex, correct=True, loss=0.1))
+                rows["soundness_per_example"].append(dict(model=m, job="more_steps", attack="pgd40-linf", norm="linf",
+                                                          eps=e, index=ex, correct=ex > 0, loss=0.2))
+    for m in models[1:]:
+        rows["significance"].append(dict(reference=ref, model=m, measure="worst_case", norm="linf", eps=0.2, test="mcnemar",
+                                         n=100, reference_value=0.3, model_value=0.7, difference=0.4, ci_low=0.3,
+                                         ci_high=0.5, b=2, c=42, p_value=1e-10, p_holm=3e-10, significant=True))
     return {k: pd.DataFrame(v, columns=list(TABLES[k][1])) for k, v in rows.items()}
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -156,6 +157,10 @@ def _read_study(path: Path) -> Study:
         raise RunFolderError(f"study does not validate: {e.field or ''} {e.message}", file=str(path)) from None
 
 
+#: columns later versions added to existing tables (intervals, p-values, per-example norm)
+ADDED_COLUMNS = {"ci_low", "ci_high", "p_value", "norm"}
+
+
 def read_table(path: Path, name: str | None = None) -> pd.DataFrame:
     """One parquet table, checked against its schema when ``name`` is a known table."""
     try:
@@ -166,6 +171,10 @@ def read_table(path: Path, name: str | None = None) -> pd.DataFrame:
     name = name or path.stem
     if name in TABLES and len(df.columns):  # an empty frame with no columns = "nothing recorded"
         missing = [c for c in TABLES[name][1] if c not in df.columns]
+        # columns added since older runs were written: those runs still load, with them empty
+        for c in [c for c in missing if c in ADDED_COLUMNS]:
+            df[c] = np.nan if c != "norm" else ""
+        missing = [c for c in missing if c not in ADDED_COLUMNS]
         if missing:
             raise RunFolderError(f"table {name!r} lacks column(s) {', '.join(missing)}", file=str(path))
     return df

@@ -157,6 +157,12 @@ def lipschitz_profiles(runs: Sequence[Results], names: Sequence[str]) -> Figure 
     return fig
 
 
+def _measure_scatter(runs, names):
+    from .cross_model import measure_scatter
+
+    return measure_scatter(runs, names)
+
+
 COMPARE_FIGURES = (
     ("accuracy_vs_eps", "Accuracy against ε, every run", accuracy_vs_eps,
      "Each panel is one attack; colours are models and line styles runs (ε = 0 is clean accuracy), so curves of "
@@ -164,6 +170,10 @@ COMPARE_FIGURES = (
     ("lipschitz_profiles", "Lipschitz profiles, every run", lipschitz_profiles,
      "Feature-space Lipschitz ratio D per layer (left, log scale) and relative change (right) under PGD on the "
      "cross-entropy (L∞, each run's main ε), colours models and line styles runs: lower is a more stable representation."),
+    ("measure_scatter", "Representation measures against worst-case robust accuracy", _measure_scatter,
+     "One point per model of every run (colour: model, marker: run), worst-case robust accuracy (L∞, each run's main ε) "
+     "with its 95% Wilson interval against each measure; the title gives Spearman's ρ across the models with its "
+     "Fisher-z interval. Few models make a wide interval: ρ is a description, not evidence, below about ten."),
 )
 
 
@@ -255,6 +265,11 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         entries.append(FigureEntry(stem, title, caption, "compare", data_uri(png), w, h,
                                    [(fmt, f"figures/{p.name}") for fmt, p in files.items()]))
 
+    from .cross_model import correlations, cross_model_table
+
+    cross = cross_model_table(runs, names)
+    folder.write_table("cross_model", cross)
+    corr = correlations(cross) if len(cross) else pd.DataFrame()
     diff = differences(runs, names)
     runs_df = pd.DataFrame([
         {"run": n, "folder": str(r.path.resolve()), "study": r.study.name,
@@ -269,12 +284,21 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         "Δ is this run's accuracy minus that of the first run given (command-line order) with the same model id, "
         "attack and ε, in percentage points; blank for that first run and where no earlier run matches.",
         f"Joined tables (with a leading run column) are in {out.name}/tables/.",
-    ]
+        "Every model: clean and worst-case accuracy (%, L∞ at the run's main ε) with 95% Wilson intervals; the last "
+        "column says whether the worst case differs significantly from the pair's reference (exact McNemar, Holm-"
+        "corrected within its run). Table cross_model.",
+    ] + [f"Spearman ρ of {r['measure']} with worst-case accuracy: {r['rho']:.2f} "
+         f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] over {r['n']} models." for _, r in corr.iterrows()
+         if np.isfinite(r["rho"]) and np.isfinite(r["ci_low"])]
     page = render_page(
         "compare.html.j2",
         runs=runs,
         written=now_text(),
         runs_table=html_table(runs_df, {"main ε": "text"}, id="runs-table"),
+        cross=html_table(cross.drop(columns=[c for c in ("main ε", "worst-case ε") if c in cross.columns]),
+                         {"clean": "pct", "clean ci_low": "pct", "clean ci_high": "pct", "worst case": "pct",
+                          "worst ci_low": "pct", "worst ci_high": "pct", "autoattack": "pct",
+                          "worst case vs reference": "text"}, id="cross-model-table") if len(cross) else None,
         differences=html_table(diff.rename(columns={"accuracy": "accuracy (%)"}),
                                {"accuracy (%)": "pct", "eps": "num", "Δ accuracy (points)": "delta"},
                                id="differences-table"),

@@ -1,0 +1,152 @@
+"""Every model of every run in one table, and its representation measures against robust accuracy.
+
+``cross_model_table(runs, names)`` has one row per run × model: clean and worst-case robust
+accuracy (L∞, at the run's main ε) with their 95 % Wilson intervals, AutoAttack's accuracy
+where it ran, the penultimate-layer Lipschitz ratio (δ_loss, L∞), local linearity γ and
+gradient alignment (means at the main ε), the Gini sparsity of the saliency maps, linear CKA
+to the pair's reference at the penultimate layer, and whether the model's worst case differs
+significantly from its reference (the run's ``significance`` table, Holm-corrected).
+``measure_scatter`` draws each measure against worst-case accuracy across all models with
+Spearman's ρ and its Fisher interval. Both take :func:`workbench.results.load` results, so a
+notebook gets the same table and figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..results import Results
+from ..stats import spearman
+from . import figures as F
+from .html import penultimate_layers, robust_eps
+
+MEASURES = {
+    "lipschitz_penultimate": "Lipschitz D, penultimate (δ_loss, L∞)",
+    "gamma": "local linearity γ",
+    "grad_alignment": "gradient alignment",
+    "saliency_gini": "saliency Gini sparsity",
+    "cka_to_reference": "linear CKA to the reference, penultimate",
+}
+
+
+def _at(df: pd.DataFrame, **eq) -> pd.DataFrame:
+    for k, v in eq.items():
+        df = df[np.isclose(df[k], v)] if isinstance(v, float) else df[df[k] == v]
+    return df
+
+
+def _first(df: pd.DataFrame, col: str) -> float:
+    return float(df[col].iloc[0]) if len(df) else np.nan
+
+
+def _run_rows(res: Results, name: str) -> list[dict]:
+    rob = res.get("robustness")
+    if rob is None:
+        return []
+    main = res.study.main_eps()
+    lip, lin = res.get("lipschitz"), res.get("linearity")
+    sal, cka, sig = res.get("saliency_metrics"), res.get("cka"), res.get("significance")
+    pairs = res.get("pairs")
+    ref_of = dict(zip(pairs["model"], pairs["reference"])) if pairs is not None and len(pairs) else {}
+    w_eps = robust_eps(rob, "worst_case", main, "linf") if (rob["attack"] == "worst_case").any() else None
+    aa = rob[(rob["method"] == "autoattack") & (rob["norm"] == "linf")]
+    lip_d, pen = None, {}
+    if lip is not None:
+        e = F.lipschitz_eps(lip, "linf", main)
+        if e is not None:
+            lip_d = _at(lip, norm="linf", kind="loss", eps=e)
+            pen = penultimate_layers(lip_d)
+    lin_e = F.closest(lin["eps"], main) if lin is not None and len(lin) else None
+    rows = []
+    for m in F.model_order(res.tables):
+        clean = _at(rob, model=m, attack="clean")
+        worst = _at(rob, model=m, attack="worst_case", norm="linf", eps=w_eps) if w_eps is not None else rob.iloc[0:0]
+        a = aa[aa["model"] == m]
+        a = _at(a, eps=F.closest(a["eps"], main)) if len(a) else a
+        row = {
+            "run": name, "model": m, "main ε": main,
+            "clean": _first(clean, "accuracy"), "clean ci_low": _first(clean, "ci_low"),
+            "clean ci_high": _first(clean, "ci_high"),
+            "worst case": _first(worst, "accuracy"), "worst ci_low": _first(worst, "ci_low"),
+            "worst ci_high": _first(worst, "ci_high"), "worst-case ε": w_eps if w_eps is not None else np.nan,
+            "autoattack": _first(a, "accuracy"),
+        }
+        row["lipschitz_penultimate"] = (
+            _first(lip_d[(lip_d["model"] == m) & (lip_d["layer"] == pen[m][0])], "mean") if lip_d is not None and m in pen
+            else np.nan)
+        for metric in ("gamma", "grad_alignment"):
+            row[metric] = _first(_at(lin, model=m, metric=metric, eps=lin_e), "mean") if lin_e is not None else np.nan
+        row["saliency_gini"] = (float(sal[(sal["model"] == m) & (sal["method"] == "saliency")]["gini"].mean())
+                                if sal is not None and len(sal) else np.nan)
+        ref = ref_of.get(m)
+        row["cka_to_reference"] = np.nan
+        if cka is not None and len(cka) and ref is not None and m in pen:
+            layer = pen[m][0]
+            row["cka_to_reference"] = _first(cka[(cka["model_a"] == ref) & (cka["model_b"] == m) & (cka["kind"] == "linear")
+                                                 & (cka["layer_a"] == layer) & (cka["layer_b"] == layer)], "value")
+        row["worst case vs reference"] = ""
+        if sig is not None and len(sig) and ref is not None and w_eps is not None:
+            s = _at(sig, model=m, measure="worst_case", norm="linf", eps=w_eps)
+            if len(s):
+                r = s.iloc[0]
+                row["worst case vs reference"] = (
+                    f"{'significant' if r['significant'] else 'not significant'}: {100 * r['difference']:+.1f} points, "
+                    f"p_holm = {r['p_holm']:.2g}")
+        rows.append(row)
+    return rows
+
+
+def cross_model_table(runs: Sequence[Results], names: Sequence[str]) -> pd.DataFrame:
+    """One row per run × model (see the module docstring); accuracies are fractions."""
+    rows = [r for res, n in zip(runs, names) for r in _run_rows(res, n)]
+    return pd.DataFrame(rows)
+
+
+def correlations(table: pd.DataFrame) -> pd.DataFrame:
+    """Spearman's ρ (Fisher interval) of each measure with worst-case accuracy across models."""
+    out = []
+    for col, label in MEASURES.items():
+        if col in table.columns:
+            s = spearman(table[col], table["worst case"])
+            out.append({"measure": label, **s})
+    return pd.DataFrame(out, columns=["measure", "n", "rho", "ci_low", "ci_high"])
+
+
+def measure_scatter(runs: Sequence[Results], names: Sequence[str]) -> Figure | None:
+    """Each representation measure against worst-case robust accuracy, one point per model."""
+    table = cross_model_table(runs, names)
+    if table.empty:
+        return None
+    cols = [c for c in MEASURES if c in table.columns and table[c].notna().sum() >= 2 and table["worst case"].notna().any()]
+    if not cols:
+        return None
+    models = list(dict.fromkeys(table["model"]))
+    colours = F.palette(models)
+    markers = ["o", "s", "^", "D", "v", "P", "X"]
+    run_marker = {n: markers[i % len(markers)] for i, n in enumerate(dict.fromkeys(table["run"]))}
+    with F.theme():
+        fig, axes = F.new_figure(len(cols), extra_w=2.6)
+        for i, col in enumerate(cols):
+            ax = axes[0, i]
+            d = table[table[col].notna() & table["worst case"].notna()]
+            for _, r in d.iterrows():
+                err = [[r["worst case"] - r["worst ci_low"]], [r["worst ci_high"] - r["worst case"]]]
+                ax.errorbar(r[col], r["worst case"], yerr=err, fmt=run_marker[r["run"]], color=colours[r["model"]],
+                            ms=5, capsize=2, lw=0.8)
+            s = spearman(d[col], d["worst case"])
+            rho = "ρ undefined" if not np.isfinite(s["rho"]) else (
+                f"ρ = {s['rho']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if np.isfinite(s["ci_low"])
+                else f"ρ = {s['rho']:.2f}")
+            ax.set_title(f"{MEASURES[col]}\nSpearman {rho}, n = {s['n']}", fontsize="small")
+            ax.set_xlabel(MEASURES[col])
+        axes[0, 0].set_ylabel("worst-case robust accuracy")
+        from matplotlib.lines import Line2D
+
+        handles = F.model_handles(models, colours) + [
+            Line2D([], [], color="0.3", marker=mk, ls="", label=f"run {n}") for n, mk in run_marker.items()]
+        F.legend(fig, handles)
+    return fig
