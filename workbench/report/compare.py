@@ -100,7 +100,7 @@ def accuracy_vs_eps(runs: Sequence[Results], names: Sequence[str]) -> Figure | N
     robs = [(n, d) for n, d in robs if d is not None]
     if not robs:
         return None
-    attacks = pd.concat([d[d["attack"] != "clean"] for _, d in robs]).drop_duplicates("attack")
+    attacks = pd.concat([d[d["attack"] != "clean"] for _, d in robs]).drop_duplicates(["attack", "norm"])
     if attacks.empty:
         return None
     models = _all_models(runs)
@@ -112,7 +112,7 @@ def accuracy_vs_eps(runs: Sequence[Results], names: Sequence[str]) -> Figure | N
             ax = axes[0, c]
             for n, rob in robs:
                 clean = rob[rob["attack"] == "clean"].groupby("model")["accuracy"].first()
-                for m, d in rob[rob["attack"] == att["attack"]].groupby("model", sort=False):
+                for m, d in rob[(rob["attack"] == att["attack"]) & (rob["norm"] == att["norm"])].groupby("model", sort=False):
                     d = d.sort_values("eps")
                     x, y = d["eps"].to_numpy(), d["accuracy"].to_numpy()
                     if m in clean:
@@ -193,11 +193,11 @@ def differences(runs: Sequence[Results], names: Sequence[str]) -> pd.DataFrame:
             dm = rob[rob["model"] == m]
             if dm.empty:
                 continue
-            for attack in dm["attack"].drop_duplicates():
-                eps = 0.0 if attack == "clean" else robust_eps(rob, attack, main_eps)
+            for attack, norm in dm[["attack", "norm"]].drop_duplicates().itertuples(index=False):
+                eps = 0.0 if attack == "clean" else robust_eps(rob, attack, main_eps, norm)
                 if eps is None:
                     continue
-                d = dm[(dm["attack"] == attack) & np.isclose(dm["eps"], eps)]
+                d = dm[(dm["attack"] == attack) & (dm["norm"] == norm) & np.isclose(dm["eps"], eps)]
                 if d.empty:
                     continue
                 rows.append({"run": n, "model": m, "attack": attack, "norm": str(d["norm"].iloc[0]), "eps": eps,
@@ -211,7 +211,8 @@ def differences(runs: Sequence[Results], names: Sequence[str]) -> pd.DataFrame:
             rob = r.get("robustness")
             if rob is None:
                 continue
-            hit = rob[(rob["model"] == row["model"]) & (rob["attack"] == row["attack"]) & np.isclose(rob["eps"], row["eps"])]
+            hit = rob[(rob["model"] == row["model"]) & (rob["attack"] == row["attack"]) & (rob["norm"] == row["norm"])
+                      & np.isclose(rob["eps"], row["eps"])]
             if len(hit):
                 found = (n, float(hit["accuracy"].iloc[0]))
                 break
