@@ -107,7 +107,7 @@ def test_worst_case_headline_is_at_or_below_every_attack_and_counts_the_checks(t
     assert len(worst)
     for _, w in worst.iterrows():
         same = rob[(rob.model == w.model) & (rob.norm == w.norm) & np.isclose(rob.eps, w.eps) & (rob.attack != "worst_case")]
-        assert len(same) and (w.accuracy <= same.accuracy + 1e-12).all()
+        assert len(same) and (w.accuracy <= same.accuracy + 1e-6).all()  # accuracies are float32 means
         assert w.ci_low <= w.accuracy <= w.ci_high
     extra = res.tables.get("soundness_per_example")
     if extra is not None and len(extra):

@@ -509,8 +509,17 @@ def test_rewriting_a_report_drops_figures_no_longer_drawn(runs, tmp_path):
 def test_comparison_joins_runs_and_computes_differences(runs):
     out = runs["compare"]
     page = page_of(out / "index.html")
-    assert {f["name"] for f in page.figures} == ({"accuracy_vs_eps", "lipschitz_profiles"} if runs["probes"]
-                                                 else {"accuracy_vs_eps"})
+    assert {f["name"] for f in page.figures} == ({"accuracy_vs_eps", "lipschitz_profiles", "measure_scatter"}
+                                                 if runs["probes"] else {"accuracy_vs_eps"})
+    # every model of every run in one table, worst case with its interval, below clean
+    cross = pd.read_parquet(out / "tables" / "cross_model.parquet")
+    assert len(cross) == 4 and set(cross.run) == {"full", "plain"}
+    assert (cross["worst case"] <= cross["clean"]).all()
+    assert (cross["worst ci_low"] <= cross["worst case"]).all() and (cross["worst case"] <= cross["worst ci_high"]).all()
+    assert len(page.rows("cross-model-table")) == 4
+    if runs["probes"]:
+        full_rows = cross[cross.run == "full"]
+        assert full_rows["lipschitz_penultimate"].notna().all() and full_rows["gamma"].notna().all()
     for f in page.figures:
         decode_png(f["img"]["src"])
     rob = pd.read_parquet(out / "tables" / "robustness.parquet")
