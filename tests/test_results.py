@@ -21,7 +21,8 @@ ROBUSTNESS = pd.DataFrame({
     "model": ["small_cnn/standard", "small_cnn/standard", "small_cnn/pgd_at"],
     "attack": ["clean", "fgsm", "clean"], "method": ["clean", "fgsm", "clean"], "norm": ["none", "linf", "none"],
     "loss": ["ce"] * 3, "steps": [0, 1, 0], "restarts": [0, 1, 0], "eps": [0.0, 0.2, 0.0], "n": [10] * 3,
-    "accuracy": [0.9, 0.3, 0.8], "adv_risk": [0.1, 2.0, 0.2], "seconds": [0.1] * 3,
+    "accuracy": [0.9, 0.3, 0.8], "ci_low": [0.6, 0.1, 0.5], "ci_high": [0.98, 0.6, 0.95],
+    "adv_risk": [0.1, 2.0, 0.2], "seconds": [0.1] * 3,
 })
 
 
@@ -55,6 +56,14 @@ def test_load_reads_study_tables_environment_and_run(run_dir):
     assert res.environment["versions"]["torch"] == "x" and res.run["timings"]["train"] == 1.5
     assert res.get("history") is None  # an empty table counts as "not recorded"
     assert res.get("cka") is None
+
+
+def test_a_run_written_before_the_intervals_loads_with_them_empty(run_dir):
+    (run_dir / "tables" / "robustness.parquet").unlink()
+    RunFolder(run_dir).write_table("robustness", ROBUSTNESS.drop(columns=["ci_low", "ci_high"]))
+    rob = load(run_dir).robustness
+    assert rob["ci_low"].isna().all() and rob["ci_high"].isna().all()
+    assert rob["accuracy"].tolist() == ROBUSTNESS["accuracy"].tolist()
 
 
 def test_absent_table_errors_list_what_is_there(run_dir):
