@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -46,6 +47,9 @@ log = logging.getLogger("workbench")
 
 #: the version of the entry layout; part of every key
 FORMAT_VERSION = 1
+#: run-folder subfolders where a stage may write files that its entry keeps
+STAGE_FILE_FOLDERS = ("arrays",)
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_]+\Z")
 
 
 def source_hash(root: str | Path) -> str:
@@ -139,8 +143,15 @@ class ResultCache:
             raise CorruptEntry(f"meta.json unreadable: {e}") from None
         if not isinstance(meta, dict) or meta.get("key") != key or not isinstance(meta.get("tables"), dict):
             raise CorruptEntry("meta.json does not describe this key")
+        if not isinstance(meta.get("files") or {}, dict):
+            raise CorruptEntry("meta.json: files is not a mapping")
+        for name, sha in [*meta["tables"].items(), *(meta.get("files") or {}).items()]:
+            if not isinstance(sha, str):
+                raise CorruptEntry(f"meta.json: {name!r} has no sha256")
         tables: dict[str, pd.DataFrame] = {}
         for name, sha in meta["tables"].items():
+            if not _TABLE_NAME.match(name):  # a table name becomes a file name in the run folder
+                raise CorruptEntry(f"table name {name!r} is not a plain name")
             data = self._checked(d / "tables" / f"{name}.parquet", sha)
             try:
                 tables[name] = pd.read_parquet(io.BytesIO(data))
@@ -149,8 +160,9 @@ class ResultCache:
         files: dict[str, Path] = {}
         for rel, sha in (meta.get("files") or {}).items():
             parts = Path(rel).parts
-            if not parts or Path(rel).is_absolute() or ".." in parts:
-                raise CorruptEntry(f"file path {rel!r} is not inside the run folder")
+            # a stage writes only below arrays/; anything else would overwrite another stage's files
+            if len(parts) < 2 or parts[0] not in STAGE_FILE_FOLDERS or Path(rel).is_absolute() or ".." in parts:
+                raise CorruptEntry(f"file path {rel!r} is outside the folders a stage writes ({', '.join(STAGE_FILE_FOLDERS)})")
             path = d / "files" / rel
             self._checked(path, sha)
             files[rel] = path
@@ -263,7 +275,8 @@ def cached_stage(
         files: dict[str, Path] = {}
         if folder is not None:
             after = _snapshot(folder)
-            files = {rel: folder / rel for rel, st in sorted(after.items()) if before.get(rel) != st}
+            files = {rel: folder / rel for rel, st in sorted(after.items())
+                     if before.get(rel) != st and rel.split("/")[0] in STAGE_FILE_FOLDERS}
         try:
             cache.save(key, inputs, tables, files, seconds=seconds)
         except OSError as e:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .errors import WorkbenchError
+from .errors import WorkbenchError, os_error
 
 app = typer.Typer(
     name="workbench",
@@ -68,16 +70,41 @@ def _fail(e: WorkbenchError) -> None:
     raise typer.Exit(e.exit_code)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (not the one at creation), so commands run
+    in-process one after another (tests, notebooks) each see their own messages."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _console_logging(quiet: bool) -> None:
     logger = logging.getLogger("workbench")
-    if any(getattr(h, "_workbench_console", False) for h in logger.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler = next((h for h in logger.handlers if getattr(h, "_workbench_console", False)), None)
+    if handler is None:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._workbench_console = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
     handler.setLevel(logging.WARNING if quiet else logging.INFO)
-    handler._workbench_console = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """A user error, or the operating system refusing (disk full, read-only, a file where a
+    folder belongs), as one line and exit 2."""
+    try:
+        yield
+    except WorkbenchError as e:
+        _fail(e)
+    except OSError as e:
+        _fail(os_error(e))
 
 
 @app.command()
@@ -149,11 +176,10 @@ def run(
                   slurm_opt=slurm_opt, parallel=parallel)
         return
     try:
-        s = load_study(study, set_)
-        result = run_study(s, out, device=device, store=store, retrain=retrain, recompute=recompute,
-                           progress=False if quiet else None, report=report, threads=threads)
-    except WorkbenchError as e:
-        _fail(e)
+        with _user_errors():
+            s = load_study(study, set_)
+            result = run_study(s, out, device=device, store=store, retrain=retrain, recompute=recompute,
+                               progress=False if quiet else None, report=report, threads=threads)
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume from the last finished epoch", err=True)
         raise typer.Exit(130)
@@ -248,8 +274,9 @@ def validate(studies: list[Path] = typer.Argument(..., help="study files to chec
         try:
             s = load_study(path)
             typer.echo(f"ok: {path} ({len(s.model_ids())} models, {len(s.evaluation.attacks)} attacks, probes: {', '.join(s.probes.enabled()) or 'none'})")
-        except WorkbenchError as e:
-            typer.echo(f"error: {e.one_line()}", err=True)
+        except (WorkbenchError, OSError) as e:
+            err = e if isinstance(e, WorkbenchError) else os_error(e)
+            typer.echo(f"error: {err.one_line()}", err=True)
             failed += 1
     if failed:
         raise typer.Exit(2)
@@ -266,7 +293,8 @@ def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="write t
 
     text = json.dumps(study_schema(), indent=2)
     if out:
-        out.write_text(text + "\n")
+        with _user_errors():
+            out.write_text(text + "\n")
         typer.echo(f"schema written to {out}")
     else:
         typer.echo(text)
@@ -383,10 +411,8 @@ def report(run_dir: Path = typer.Argument(..., help="a run folder written by `wo
     """
     from .report import write_report
 
-    try:
+    with _user_errors():
         path = write_report(run_dir)
-    except WorkbenchError as e:
-        _fail(e)
     typer.echo(f"report: {path}")
 
 
@@ -401,10 +427,8 @@ def compare(
     """
     from .report import write_comparison
 
-    try:
+    with _user_errors():
         path = write_comparison(run_dirs, out)
-    except WorkbenchError as e:
-        _fail(e)
     typer.echo(f"comparison: {path}")
 
 

@@ -51,3 +51,22 @@ class CheckpointError(WorkbenchError):
 
 class RunFolderError(WorkbenchError):
     """A run folder that is missing or malformed."""
+
+
+class StoreError(WorkbenchError):
+    """A model store that cannot be used (a file, not writable)."""
+
+
+class TrainingError(WorkbenchError):
+    """Training that cannot go on (a non-finite loss)."""
+
+
+def os_error(e: OSError, what: str = "") -> WorkbenchError:
+    """An operating-system failure (disk full, read-only, a file where a folder belongs) as
+    one line naming the path; the CLI's last guard, where no closer code knew better."""
+    import errno
+
+    name = errno.errorcode.get(e.errno or 0, "")
+    reason = e.strerror or str(e) or type(e).__name__
+    return WorkbenchError(f"{what + ': ' if what else ''}{reason}{f' ({name})' if name else ''}",
+                          file=str(e.filename) if e.filename is not None else None)

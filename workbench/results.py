@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 
 from .errors import RunFolderError, WorkbenchError
-from .study import Study, study_from_dict
+from .study import Study, safe_yaml, study_from_dict
 from .tables import TABLES
 
 
@@ -143,7 +143,7 @@ def _read_study(path: Path) -> Study:
     if not path.is_file():
         raise RunFolderError("not a run folder: study.yaml is missing", file=str(path))
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_yaml(path.read_text())
     except (OSError, UnicodeDecodeError) as e:
         raise RunFolderError(f"cannot read: {getattr(e, 'strerror', None) or e}", file=str(path)) from None
     except yaml.YAMLError as e:

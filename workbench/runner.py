@@ -45,7 +45,11 @@ def default_threads() -> int:
     import os
 
     if os.environ.get("WORKBENCH_THREADS"):
-        return max(1, int(os.environ["WORKBENCH_THREADS"]))
+        text = os.environ["WORKBENCH_THREADS"]
+        try:
+            return max(1, int(text))
+        except ValueError:
+            raise WorkbenchError(f"expected a whole number of threads, got {text!r}", field="$WORKBENCH_THREADS") from None
     return max(1, (os.cpu_count() or 2) // 2)
 
 
@@ -256,6 +260,8 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
     store = store if isinstance(store, ModelStore) else ModelStore(store)
     progress = progress if isinstance(progress, Progress) else Progress(progress)
     folder = RunFolder(out if out is not None else Path("reports") / study.name)
+    folder.check()  # refuse a folder that is not ours before any work
+    store.check()
 
     # Data first: a missing data root fails before the run folder is touched.
     t0 = time.perf_counter()
@@ -274,10 +280,8 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         trained = train_models(study, data, store, device, progress=Progress(False), retrain=retrain)
         return Run(folder.path, study, device, data, trained, {}, timings)
 
-    archived = folder.prepare()
-    with _log_to(folder.path / "run.log"):
-        if archived:
-            log.info("previous run moved to %s", archived)
+    # Written into a staging folder, published when complete: a failure leaves the previous run as it was.
+    with folder.staged(), _log_to(folder.path / "run.log"):
         env = environment(device, study.seed)
         env["data"] = data.describe()
         folder.write_json("environment.json", env)
@@ -400,7 +404,7 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
             "recompute": recompute,
         }
         folder.write_json("run.json", manifest)
-        log.info("tables written to %s", folder.tables)
+        log.info("tables written to %s", folder.target / folder.TABLES)
 
         if report if report is not None else study.report.enabled:
             from .report import write_report
@@ -412,4 +416,7 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         manifest["timings"] = timings
         folder.write_json("run.json", manifest)
         log.info("run finished in %.1fs", timings["total"])
+        archived = folder.publish()
+        if archived:
+            log.info("previous run moved to %s", archived)
     return Run(folder.path, study, device, data, trained, tables, timings, result, cached_stages, loaded)

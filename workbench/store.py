@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from .errors import CheckpointError, RunFolderError
+from .errors import CheckpointError, RunFolderError, StoreError
 
 log = logging.getLogger("workbench")
 
@@ -134,6 +134,21 @@ class ModelStore:
     def entry(self, key: str) -> Path:
         return self.root / "models" / key
 
+    def check(self) -> None:
+        """The store is (or can become) a writable folder: fail before any work otherwise."""
+        for anc in (self.root, *self.root.parents):
+            if anc.exists() and not anc.is_dir():
+                raise StoreError(f"{anc} is a file, not a folder; pass --store DIR or set $WORKBENCH_STORE",
+                                 file=str(self.root))
+        try:
+            (self.root / "models").mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.root / "models", prefix=".probe.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            raise StoreError(f"model store is not writable ({e.strerror or e}); pass --store DIR or set "
+                             "$WORKBENCH_STORE", file=str(self.root)) from None
+
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """Exclusive per-key lock, held while one process trains that key."""
@@ -148,12 +163,25 @@ class ModelStore:
 
     def load_model(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         d = self.entry(key)
+        where = str(d / "meta.json")
         try:
-            meta = json.loads((d / "meta.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"corrupt model metadata ({e})", file=str(d / "meta.json")) from None
-        state = load_torch_file(d / "model.pt", what="model", sha256=meta.get("sha256"))
-        if not isinstance(state, dict):
+            meta = json.loads((d / "meta.json").read_bytes().decode("utf-8"))
+        except OSError as e:
+            raise CheckpointError(f"cannot read model metadata ({e.strerror or e})", file=where) from None
+        except UnicodeDecodeError:
+            raise CheckpointError("corrupt model metadata (not UTF-8 text)", file=where) from None
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"corrupt model metadata (line {e.lineno}: {e.msg})", file=where) from None
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"corrupt model metadata (a JSON {type(meta).__name__}, not an object)", file=where)
+        sha = meta.get("sha256")
+        if not isinstance(sha, str):
+            raise CheckpointError("corrupt model metadata (no sha256 of model.pt)", file=where)
+        history = meta.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+            raise CheckpointError("corrupt model metadata (history is not a list of epochs)", file=where)
+        state = load_torch_file(d / "model.pt", what="model", sha256=sha)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError("corrupt model: not a state dict", file=str(d / "model.pt"))
         return state, meta
 
@@ -168,13 +196,31 @@ class ModelStore:
 
     # ---- per-epoch checkpoints
 
-    def load_checkpoint(self, key: str) -> dict[str, Any] | None:
+    #: what :meth:`load_checkpoint` requires of a checkpoint, and the types
+    CHECKPOINT_FIELDS = {"epoch": int, "model": dict, "optimizer": dict, "scheduler": dict, "history": list}
+
+    def load_checkpoint(self, key: str, *, epochs: int | None = None) -> dict[str, Any] | None:
+        """The checkpoint of ``key`` (None when there is none); one with missing fields, or an
+        epoch outside 1..``epochs``, raises :class:`CheckpointError`."""
         path = self.entry(key) / "checkpoint.pt"
         if not path.is_file():
             return None
         state = load_torch_file(path, what="checkpoint")
-        if not isinstance(state, dict) or "epoch" not in state:
-            raise CheckpointError("corrupt checkpoint: missing fields", file=str(path))
+        if not isinstance(state, dict):
+            raise CheckpointError("corrupt checkpoint: not a mapping of fields", file=str(path))
+        missing = [k for k in self.CHECKPOINT_FIELDS if k not in state]
+        if missing:
+            raise CheckpointError(f"corrupt checkpoint: missing field(s) {', '.join(missing)}", file=str(path))
+        for k, kind in self.CHECKPOINT_FIELDS.items():
+            if not isinstance(state[k], kind) or isinstance(state[k], bool):
+                raise CheckpointError(f"corrupt checkpoint: {k} is a {type(state[k]).__name__}, not a {kind.__name__}",
+                                      file=str(path))
+        epoch = state["epoch"]
+        if epoch < 1 or (epochs is not None and epoch > epochs) or len(state["history"]) != epoch:
+            raise CheckpointError(
+                f"impossible checkpoint: epoch {epoch} with {len(state['history'])} epochs of history"
+                + (f" (training has {epochs} epochs)" if epochs is not None else ""), file=str(path),
+            )
         return state
 
     def save_checkpoint(self, key: str, state: dict[str, Any]) -> None:
@@ -198,13 +244,37 @@ def now() -> str:
 
 
 class RunFolder:
-    """One folder per run. ``prepare`` moves a previous run's files to ``archive/<time>/``
-    so nothing already there is lost."""
+    """One folder per run, written so that no result is ever lost.
+
+    ``workbench run`` writes through :meth:`staged`: the run is written into a staging folder
+    beside the run folder (``<parent>/.<name>.staging-<pid>-<random>/<name>/``) and published
+    by :meth:`publish` when complete, in two renames: the previous run folder moves as a
+    whole into the new one's ``archive/<time>/``, then the new folder takes its place. A
+    failure or interruption before that leaves the previous run exactly as it was; the
+    staging folder is removed, or, after a kill, by the next run into the folder. An
+    ``flock`` on ``<parent>/.<name>.lock`` makes a second run into the same folder wait (the
+    kernel releases it when the holder dies, ``kill -9`` included).
+
+    Only the files a run writes (:data:`RUN_FILES`) stay archived; the previous archive's
+    entries join the new ``archive/``, and anything else the user put into the folder moves
+    back to the top. A folder that holds files but no run is refused (:meth:`check`).
+    ``prepare`` makes the folder for writing in place (tests, library use), archiving nothing.
+    """
 
     TABLES, FIGURES, ARRAYS = "tables", "figures", "arrays"
+    #: the names a run writes at the top of its folder
+    RUN_FILES = frozenset({"study.yaml", "environment.json", "run.json", "run.log", "index.html", TABLES, FIGURES,
+                           ARRAYS})
+    #: any of these marks a folder as a run folder (written at the start of every run)
+    MARKERS = ("study.yaml", "environment.json", "run.json")
+    #: room left in NAME_MAX (255 bytes) for the staging and lock names built from the folder name
+    MAX_NAME_BYTES = 200
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(path)  # where files are written (the staging folder while a run is staged)
+        self.target = self.path  # where the run is published
+        self._lock: Any = None
+        self._staging: Path | None = None
 
     @property
     def tables(self) -> Path:
@@ -218,26 +288,146 @@ class RunFolder:
     def arrays(self) -> Path:
         return self.path / self.ARRAYS
 
-    def prepare(self) -> Path | None:
-        """Create the folder; archive the files of an earlier run. Returns the archive path."""
-        if self.path.exists() and not self.path.is_dir():
-            raise RunFolderError("run folder path exists and is not a folder", file=str(self.path))
-        self.path.mkdir(parents=True, exist_ok=True)
-        previous = [p for p in self.path.iterdir() if p.name != "archive"]
+    # ---- where a run may go
+
+    def check(self) -> None:
+        """Refuse targets that are not ours to replace; touches nothing."""
+        target = self.target
+        where = str(target)
+        try:
+            real = _real(target)
+            here = Path.cwd().resolve()
+        except OSError as e:
+            raise RunFolderError(f"cannot resolve the run folder path ({e.strerror or e})", file=where) from None
+        if real == here or real in here.parents:
+            raise RunFolderError(
+                "refusing to use the current folder (or one above it) as the run folder: a run replaces its folder "
+                "when it finishes; pass a new folder, e.g. --out reports/<study name>", file=where or "--out",
+            )
+        if len(real.name.encode()) > self.MAX_NAME_BYTES:
+            raise RunFolderError(f"run folder name longer than {self.MAX_NAME_BYTES} bytes", file=where)
+        if real.exists() and not real.is_dir():
+            raise RunFolderError("run folder path exists and is not a folder", file=where)
+        if real.is_dir():
+            try:
+                entries = [p.name for p in real.iterdir()]
+            except OSError as e:
+                raise RunFolderError(f"cannot list the run folder ({e.strerror or e})", file=where) from None
+            if entries and not any(m in entries for m in self.MARKERS):
+                raise RunFolderError(
+                    "folder exists and holds files but no run (no study.yaml, environment.json or run.json); "
+                    "refusing to archive what a run did not write: pass a new or empty folder, or the folder of "
+                    "an earlier run", file=where,
+                )
+        for anc in (real.parent, *real.parent.parents):
+            if anc.exists() and not anc.is_dir():
+                raise RunFolderError(f"{anc} is a file, not a folder", file=where)
+
+    def prepare(self) -> None:
+        """Create the folder and its subfolders for writing in place (no staging, no archive)."""
+        self.check()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            for sub in (self.tables, self.figures, self.arrays):
+                sub.mkdir(exist_ok=True)
+        except OSError as e:
+            raise RunFolderError(f"cannot create the run folder ({e.strerror or e})", file=str(e.filename or self.path)) from None
+
+    # ---- staged runs
+
+    @contextlib.contextmanager
+    def staged(self) -> Iterator[RunFolder]:
+        """Write into a staging folder while the block runs (lock held); call :meth:`publish`
+        inside it. Leaving it otherwise (an error, Ctrl-C) removes the staging folder."""
+        self.begin()
+        try:
+            yield self
+        finally:
+            self.abandon()
+
+    def begin(self) -> None:
+        self.check()
+        real = _real(self.target)
+        try:
+            real.parent.mkdir(parents=True, exist_ok=True)
+            self._acquire(real)
+            _recover(real)
+            self._staging = Path(tempfile.mkdtemp(dir=real.parent, prefix=f".{real.name}.staging-{os.getpid()}-"))
+            os.chmod(self._staging, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders
+            self.path = self._staging / real.name
+            for sub in (self.path, self.tables, self.figures, self.arrays):
+                sub.mkdir()
+        except OSError as e:
+            self.abandon()
+            raise RunFolderError(f"cannot prepare the run folder ({e.strerror or e})",
+                                 file=str(e.filename or self.target)) from None
+        except BaseException:
+            self.abandon()
+            raise
+
+    def _acquire(self, real: Path) -> None:
+        f = open(real.parent / f".{real.name}.lock", "a+")  # noqa: SIM115 - held until release
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            log.warning("another run (pid %s) is writing %s; waiting for it to finish", holder, self.target)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except BaseException:
+            f.close()
+            raise
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock = f
+
+    def publish(self) -> Path | None:
+        """Put the staged run in place of the run folder; returns where the previous run went."""
+        if self._staging is None:
+            raise RuntimeError("publish() without begin()")
+        real = _real(self.target)
         archived = None
-        if previous:
-            stamp = _previous_stamp(self.path)
+        if real.is_dir() and not any(real.iterdir()):
+            real.rmdir()  # an empty folder holds nothing to archive
+        if real.exists():
+            stamp = _previous_stamp(real)
+            # The marker lets the next run finish a publish killed between the two renames.
+            atomic_write_text(self._staging / "PUBLISH", stamp)
+            (self.path / "archive").mkdir()
             archived = self.path / "archive" / stamp
-            n = 1
-            while archived.exists():
-                archived = self.path / "archive" / f"{stamp}-{n}"
-                n += 1
-            archived.mkdir(parents=True)
-            for p in previous:
-                shutil.move(str(p), archived / p.name)
-        for sub in (self.tables, self.figures, self.arrays):
-            sub.mkdir(exist_ok=True)
+            os.rename(real, archived)
+        try:
+            os.rename(self.path, real)
+        except BaseException:
+            if archived is not None:  # put the previous run back before the staging folder goes
+                os.rename(archived, real)
+            raise
+        shutil.rmtree(self._staging, ignore_errors=True)
+        self._staging = None
+        self.path = self.target
+        if archived is not None:
+            archived = real / "archive" / archived.name
+            _flatten_archive(real, archived)
+        self.release()
         return archived
+
+    def abandon(self) -> None:
+        """Remove an unpublished staging folder; release the lock."""
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+            self.path = self.target
+        self.release()
+
+    def release(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    # ---- writing
 
     def write_table(self, name: str, df) -> None:
         """Tidy table as parquet (types kept) and CSV (for anything else)."""
@@ -252,6 +442,55 @@ class RunFolder:
 
     def write_text(self, name: str, text: str) -> None:
         atomic_write_text(self.path / name, text)
+
+
+def _real(path: Path) -> Path:
+    """Absolute path with symlinks resolved (a linked run folder is replaced where it lives)."""
+    return Path(os.path.abspath(path)).resolve() if str(path) else Path.cwd().resolve()
+
+
+def _unique(path: Path) -> Path:
+    out, n = path, 1
+    while out.exists():
+        out = path.with_name(f"{path.name}-{n}")
+        n += 1
+    return out
+
+
+def _recover(real: Path) -> None:
+    """With the folder's lock held: finish a publish killed between its two renames, drop
+    stale staging folders (every staging folder is stale: only the lock holder writes one)."""
+    for staging in sorted(real.parent.glob(f".{real.name}.staging-*")):
+        inner = staging / real.name
+        marker = staging / "PUBLISH"
+        if marker.is_file() and inner.is_dir() and not real.exists():
+            stamp = marker.read_text().strip()
+            os.rename(inner, real)
+            log.warning("finished publishing the run interrupted in %s", staging)
+            if stamp and (real / "archive" / stamp).is_dir():
+                _flatten_archive(real, real / "archive" / stamp)
+        elif marker.is_file() and not inner.exists():
+            pass  # published; only the marker was left
+        else:
+            log.info("removing %s, left by an interrupted run", staging)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _flatten_archive(real: Path, archived: Path) -> None:
+    """The previous folder moved whole into ``archive/<time>/``: its own archive joins the new
+    ``archive/`` and what no run writes goes back to the top. Each step is a rename; an
+    interruption only leaves things nested, never lost."""
+    try:
+        old_archive = archived / "archive"
+        if old_archive.is_dir():
+            for entry in sorted(old_archive.iterdir()):
+                os.rename(entry, _unique(real / "archive" / entry.name))
+            old_archive.rmdir()
+        for entry in sorted(archived.iterdir()):
+            if entry.name not in RunFolder.RUN_FILES and not (real / entry.name).exists():
+                os.rename(entry, real / entry.name)
+    except OSError as e:
+        log.warning("could not tidy the archive %s (%s); its files are all there", archived, e)
 
 
 def _previous_stamp(path: Path) -> str:

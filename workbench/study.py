@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,9 +49,11 @@ def parse_eps(value: Any) -> Any:
     if isinstance(value, str):
         text = value.strip()
         try:
-            return float(Fraction(text))
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"expected a number or a fraction such as '8/255', got {value!r}") from None
+            value = float(Fraction(text))
+        except (ValueError, ZeroDivisionError, OverflowError):
+            raise ValueError(f"expected a finite number or a fraction such as '8/255', got {value!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value}")
     return value
 
 
@@ -60,13 +63,17 @@ Norm = Literal["linf", "l2"]
 Precision = Literal["fp32", "bf16"]
 LayerSpec = Union[str, tuple[str, ...]]
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# \Z, not $: "$" also matches before a final newline, which would let "name\n" through
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+#: a study name becomes a folder name (plus a staging suffix): well inside NAME_MAX (255 bytes)
+MAX_NAME_LENGTH = 128
 
 
 class Strict(BaseModel):
     """Unknown keys are errors; loaded studies are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: "inf" and "nan" (also as strings) are refused in every float field
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _name_shorthand(value: Any) -> Any:
@@ -85,6 +92,8 @@ def _check_registry(kind: str, name: str, valid: Sequence[str], extra_ok=lambda 
 def _check_label(label: str | None) -> str | None:
     if label is not None and not _SAFE_NAME.match(label):
         raise ValueError(f"label {label!r} may hold only letters, digits, '.', '_' and '-'")
+    if label is not None and len(label) > MAX_NAME_LENGTH:
+        raise ValueError(f"a label is at most {MAX_NAME_LENGTH} characters, got {len(label)}")
     return label
 
 
@@ -716,6 +725,8 @@ class Study(Strict):
     def _safe_name(cls, v: str) -> str:
         if not _SAFE_NAME.match(v):
             raise ValueError(f"{v!r}: a study name may hold only letters, digits, '.', '_' and '-'")
+        if len(v) > MAX_NAME_LENGTH:
+            raise ValueError(f"a study name is a folder name: at most {MAX_NAME_LENGTH} characters, got {len(v)}")
         return v
 
     @model_validator(mode="after")
@@ -884,18 +895,122 @@ def _error_from_validation(e: ValidationError, file: str) -> StudyError:
     return StudyError(msg, file=file, field=field or "(top level)")
 
 
+# --------------------------------------------------------------------------- safe YAML
+
+#: limits of a study file: far above any real study, far below what hurts
+MAX_STUDY_BYTES = 1 << 20
+MAX_YAML_DEPTH = 64
+#: nodes after expanding every alias (a "billion laughs" file has few nodes but expands to 10⁹)
+MAX_YAML_NODES = 100_000
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and nesting past :data:`MAX_YAML_DEPTH`
+    while composing, so hostile input fails before it is built into Python objects."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _check_nodes(node: yaml.Node) -> None:
+    """Refuse a node graph whose alias-expanded size passes :data:`MAX_YAML_NODES`, that refers
+    to itself (recursive alias) or repeats a key. Sizes are memoised per node, so the check
+    is linear in the file, whatever the expansion would be."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in active:
+            raise yaml.composer.ComposerError(None, None, "recursive alias (a node that contains itself)", n.start_mark)
+        active.add(id(n))
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            total += sum(size(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for k, v in n.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if k.value in seen:
+                        raise yaml.composer.ComposerError(
+                            None, None, f"duplicate key {k.value!r} (first at line {seen[k.value].start_mark.line + 1})",
+                            k.start_mark,
+                        )
+                    seen[k.value] = k
+                total += size(k) + size(v)
+        active.discard(id(n))
+        sizes[id(n)] = total
+        if total > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases expand to more than {MAX_YAML_NODES} values", n.start_mark
+            )
+        return total
+
+    size(node)
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse YAML like ``yaml.safe_load``, refusing alias bombs, recursive aliases, absurd
+    nesting and duplicate keys (``yaml.YAMLError`` with a mark)."""
+    loader = _StudyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _yaml_error(e: yaml.YAMLError, file: str) -> StudyError:
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(syntax)"
+    problem = getattr(e, "problem", None) or str(e)
+    return StudyError(f"invalid YAML: {problem}", file=file, field=where)
+
+
+def check_numbers(obj: Any, file: str, where: str = "") -> None:
+    """Every number in a raw study is finite and fits 64 bits: an ``.inf`` or a 10³⁰⁰ hidden
+    in free-form options would otherwise surface as an overflow deep inside torch."""
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise StudyError(f"{obj} is not a finite number", file=file, field=where or "(top level)")
+    if isinstance(obj, int) and not -(2**63) <= obj < 2**63:
+        raise StudyError("integer too large (at most 64 bits)", file=file, field=where or "(top level)")
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            check_numbers(v, file, f"{where}.{k}" if where else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_numbers(v, file, f"{where}[{i}]")
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise StudyError("no such study file" if not path.exists() else "not a file", file=str(path))
     try:
-        data = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_STUDY_BYTES:
+            raise StudyError(f"file larger than {MAX_STUDY_BYTES >> 20} MiB; a study is a short text file", file=str(path))
+        data = safe_yaml(path.read_text())
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(syntax)"
-        problem = getattr(e, "problem", None) or str(e)
-        raise StudyError(f"invalid YAML: {problem}", file=str(path), field=where) from None
+        raise _yaml_error(e, str(path)) from None
     except UnicodeDecodeError:
         raise StudyError("not a text file", file=str(path)) from None
+    except OSError as e:
+        raise StudyError(f"cannot read: {e.strerror or e}", file=str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -932,6 +1047,7 @@ def _resolve_extends(raw: dict[str, Any], path: Path, chain: tuple[Path, ...] = 
 
 def study_from_dict(raw: Mapping[str, Any], *, source: str = "<study>") -> Study:
     """Validate a study given as a mapping (notebooks, tests); errors name ``source``."""
+    check_numbers(raw, source)
     try:
         return Study.model_validate(dict(raw))
     except ValidationError as e:
@@ -957,9 +1073,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str] | Mapping[str,
                 raise StudyError(f"override {text!r} is not key=value (e.g. train.epochs=2)", file=file, field="--set")
             key, value = text.split("=", 1)
             try:
-                parsed.append((key.strip(), yaml.safe_load(value)))
-            except yaml.YAMLError:
-                raise StudyError(f"override {text!r}: value is not valid YAML", file=file, field="--set") from None
+                parsed.append((key.strip(), safe_yaml(value)))
+            except yaml.YAMLError as e:
+                problem = getattr(e, "problem", None) or "not valid YAML"
+                raise StudyError(f"override {text!r}: value is {problem}", file=file, field="--set") from None
         items = parsed
     out = copy.deepcopy(raw)
     for key, value in items:

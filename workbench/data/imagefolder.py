@@ -156,16 +156,22 @@ class _DirSource(_Source):
                     if entry.name.startswith(".") or entry.name == "__MACOSX":
                         continue
                     rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                    if entry.is_dir():  # follows symlinks, as ImageFolder does
-                        dst = entry.stat()
-                        if (dst.st_dev, dst.st_ino) in seen:
-                            continue
-                        seen.add((dst.st_dev, dst.st_ino))
-                        self._dirs.add(rel)
-                        stack.append(rel)
-                    elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                        st = entry.stat()
-                        files.append((rel, st.st_size, st.st_mtime_ns))
+                    try:
+                        if entry.is_dir():  # follows symlinks, as ImageFolder does
+                            dst = entry.stat()
+                            if (dst.st_dev, dst.st_ino) in seen:
+                                continue
+                            seen.add((dst.st_dev, dst.st_ino))
+                            self._dirs.add(rel)
+                            stack.append(rel)
+                        elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                            st = entry.stat()
+                            files.append((rel, st.st_size, st.st_mtime_ns))
+                    except FileNotFoundError:
+                        raise DataError(f"imagefolder: {self.root / rel} is a dangling symbolic link "
+                                        "(its target is gone); remove it or restore the target") from None
+                    except OSError as e:
+                        raise DataError(f"imagefolder: cannot read {self.root / rel}: {e.strerror or e}") from None
             files.sort()
             self._files = files
         return self._files

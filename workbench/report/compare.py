@@ -90,8 +90,13 @@ def _all_models(runs: Sequence[Results]) -> list[str]:
     return list(dict.fromkeys(m for r in runs for m in F.model_order(r.tables)))
 
 
+def _plain(text: str) -> str:
+    """Folder names as literal text: matplotlib reads ``$...$`` as math (``a$^$b`` is a parse error)."""
+    return text.replace("$", r"\$")
+
+
 def _run_handles(names: Sequence[str], styles: dict[str, Any]) -> list[Line2D]:
-    return [Line2D([], [], color="0.3", ls=styles[n], label=f"run {n}") for n in names]
+    return [Line2D([], [], color="0.3", ls=styles[n], label=f"run {_plain(n)}") for n in names]
 
 
 def accuracy_vs_eps(runs: Sequence[Results], names: Sequence[str]) -> Figure | None:
@@ -140,7 +145,7 @@ def lipschitz_profiles(runs: Sequence[Results], names: Sequence[str]) -> Figure 
         eps_used = []
         for n, r, d in present:
             eps = F.lipschitz_eps(d, "linf", r.study.main_eps())
-            eps_used.append(f"{n}: ε={F.eps_label(eps)}")
+            eps_used.append(f"{_plain(n)}: ε={F.eps_label(eps)}")
             d = d[np.isclose(d["eps"], eps)]
             for m, dm in d.groupby("model", sort=False):
                 dm = dm.sort_values("layer_index")

@@ -33,7 +33,7 @@ from .. import distributed
 from ..attacks import pgd
 from ..data import Augmentation, DataSplits, iterate_batches
 from ..data.base import stratified_subset
-from ..errors import CheckpointError
+from ..errors import CheckpointError, TrainingError
 from ..models import WorkbenchModel, create_model
 from ..progress import QUIET, Progress
 from ..state import eval_mode, preserved_rng, seed_global_rng, seeded_rng
@@ -310,12 +310,18 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
 
     history: list[dict[str, Any]] = []
     start_epoch, resumed_from, elapsed, start_step = 0, None, 0.0, 0
-    ckpt = distributed.broadcast(store.load_checkpoint(key) if world.main else None)
+    ckpt = distributed.broadcast(store.load_checkpoint(key, epochs=t.epochs) if world.main else None)
     if ckpt is not None:
-        _load_state(model, ckpt["model"], store.entry(key) / "checkpoint.pt")
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        recipe.load_state_dict(ckpt.get("recipe", {}))
+        ckpt_path = store.entry(key) / "checkpoint.pt"
+        _load_state(model, ckpt["model"], ckpt_path)
+        try:
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            recipe.load_state_dict(ckpt.get("recipe", {}))
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"corrupt checkpoint: optimiser or schedule state does not fit "
+                                  f"({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})",
+                                  file=str(ckpt_path)) from None
         history = list(ckpt["history"])
         start_epoch = resumed_from = int(ckpt["epoch"])
         elapsed = float(ckpt.get("elapsed", 0.0))
@@ -378,6 +384,12 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
                 "train_loss": sums[0].item() / max(sums[2].item(), 1),
                 "train_acc": sums[1].item() / max(sums[2].item(), 1),
             }
+            if not math.isfinite(row["train_loss"]):
+                # the weights are garbage from here on: stop before they are checkpointed or cached
+                raise TrainingError(
+                    f"training loss became {row['train_loss']} in epoch {epoch + 1}; the model is not cached "
+                    "(lower train.lr, set train.grad_clip or use fp32)", field=job.id,
+                )
             row["val_acc"] = _accuracy(model, mon_x, mon_y)
             row["monitor_eps"] = job.monitor_eps
             if job.monitor_eps > 0:
@@ -423,6 +435,10 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
         "device": str(device),
         "stopped_early": stop_message,
     }
+    bad = [n for n, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainingError(f"weights became non-finite ({', '.join(bad[:3])}); the model is not cached "
+                            "(lower train.lr or set train.grad_clip)", field=job.id)
     if world.main:
         store.save_model(key, model.state_dict(), meta)
     log.info("%s: trained in %.1fs (%d epochs)", job.id, seconds, len(history))
