@@ -77,9 +77,11 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from None  # name the file, not its temporary
         raise
 
 
@@ -342,6 +344,16 @@ class RunFolder:
         self.begin()
         try:
             yield self
+        except OSError as e:
+            staged = self.path
+            name = Path(os.fspath(e.filename)) if e.filename is not None else None
+            if name is None or staged not in (name, *name.parents):
+                raise
+            # say where it will land, not the staging folder, and that nothing was lost
+            raise RunFolderError(
+                f"cannot write the run folder: {e.strerror or e}; the previous run there is untouched",
+                file=str(self.target / name.relative_to(staged)),
+            ) from None
         finally:
             self.abandon()
 
@@ -359,8 +371,8 @@ class RunFolder:
                 sub.mkdir()
         except OSError as e:
             self.abandon()
-            raise RunFolderError(f"cannot prepare the run folder ({e.strerror or e})",
-                                 file=str(e.filename or self.target)) from None
+            raise RunFolderError(f"cannot prepare the run folder ({e.strerror or e}, in {real.parent})",
+                                 file=str(self.target)) from None
         except BaseException:
             self.abandon()
             raise

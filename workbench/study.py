@@ -1076,7 +1076,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str] | Mapping[str,
                 parsed.append((key.strip(), safe_yaml(value)))
             except yaml.YAMLError as e:
                 problem = getattr(e, "problem", None) or "not valid YAML"
-                raise StudyError(f"override {text!r}: value is {problem}", file=file, field="--set") from None
+                raise StudyError(f"value of {key.strip()} is not valid: {problem}", file=file, field="--set") from None
         items = parsed
     out = copy.deepcopy(raw)
     for key, value in items:

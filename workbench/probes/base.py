@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from ..data import DataSplits
+from ..errors import UnknownNameError, WorkbenchError
 from ..models import WorkbenchModel
 from ..progress import QUIET, Progress
 from ..registry import Registry
@@ -97,7 +98,13 @@ def probe_context(
 
 def run_probe(base: ProbeContext, name: str) -> dict[str, pd.DataFrame]:
     """One probe of the study (``name``: a key of ``study.probes``) on the shared context."""
-    return PROBES.get(name)(replace(base, cfg=getattr(base.study.probes, name)))
+    try:
+        return PROBES.get(name)(replace(base, cfg=getattr(base.study.probes, name)))
+    except WorkbenchError as e:
+        if e.file is None and e.field is None:  # say which part of the study it concerns
+            layer = isinstance(e, UnknownNameError) and e.kind == "layer"
+            e.field = f"probes.{name}.layers" if layer else f"probes.{name}"
+        raise
 
 
 def add_probe_tables(tables: dict[str, pd.DataFrame], name: str, out: dict[str, pd.DataFrame]) -> None:
