@@ -217,8 +217,12 @@ class ModelStore:
             if not isinstance(state[k], kind) or isinstance(state[k], bool):
                 raise CheckpointError(f"corrupt checkpoint: {k} is a {type(state[k]).__name__}, not a {kind.__name__}",
                                       file=str(path))
-        epoch = state["epoch"]
-        if epoch < 1 or (epochs is not None and epoch > epochs) or len(state["history"]) != epoch:
+        epoch, step = state["epoch"], state.get("step", 0)
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise CheckpointError(f"corrupt checkpoint: step is {step!r}, not a count of batches", file=str(path))
+        # epoch: finished epochs; a mid-epoch checkpoint (step > 0) may come before the first ends
+        if (epoch < (0 if step else 1) or (epochs is not None and epoch > epochs)
+                or len(state["history"]) != epoch):
             raise CheckpointError(
                 f"impossible checkpoint: epoch {epoch} with {len(state['history'])} epochs of history"
                 + (f" (training has {epochs} epochs)" if epochs is not None else ""), file=str(path),
