@@ -47,8 +47,10 @@ log = logging.getLogger("workbench")
 
 #: the version of the entry layout; part of every key
 FORMAT_VERSION = 1
-#: run-folder subfolders where a stage may write files that its entry keeps
-STAGE_FILE_FOLDERS = ("arrays",)
+#: run-folder subfolders where a stage may write files that its entry keeps (arrays: the
+#: probes; figures and report: a cached report's figures). An entry listing a file anywhere
+#: else (study.yaml, tables/) would overwrite what another part of the run wrote.
+STAGE_FILE_FOLDERS = ("arrays", "figures", "report")
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_]+\Z")
 
 
