@@ -274,21 +274,6 @@ class ClusterDriver:
             "to resubmit it (training resumes from its last checkpoint)"
         )
 
-    def _wait(self, running: list[Submitted], on_done: Callable[[Submitted, Any], None]) -> None:
-        """Until every job in ``running`` is done; raises on the first that failed."""
-        while running:
-            for s in list(running):
-                if not s.job.done():
-                    continue
-                running.remove(s)
-                try:
-                    result = s.job.result()
-                except Exception:  # noqa: BLE001 - any failure of the job is reported with its log
-                    raise self._failed(s) from None
-                on_done(s, result)
-            if running:
-                time.sleep(self.o.poll_s)
-
     def train(self, jobs: list[Any], study_dict: dict[str, Any], *, retrain: bool = False, wait: bool = True,
               done: Callable[[Any, dict[str, Any]], None] = lambda job, result: None) -> dict[str, dict[str, Any]]:
         """Train ``jobs`` (those not in the store, or all with ``retrain``) as jobs; returns
