@@ -16,7 +16,8 @@ import workbench.attacks  # noqa: E402,F401
 from workbench.attacks import ATTACKS, perturbation_norm  # noqa: E402
 from workbench.errors import StudyError  # noqa: E402
 from workbench.evaluation import evaluate  # noqa: E402
-from workbench.study import AutoAttackAttack, EvaluationConfig, study_from_dict  # noqa: E402
+from workbench.attacks.autoattack import AutoAttackAttack  # noqa: E402
+from workbench.study import EvaluationConfig, study_from_dict  # noqa: E402
 
 aa_mod = sys.modules["workbench.attacks.autoattack"]
 

@@ -190,7 +190,7 @@ def _context(tmp_path, cfg: dict) -> ProbeContext:
     x, y = torch.rand(24, 1, 8, 8, generator=g), torch.randint(0, 3, (24,), generator=g)
     data = DataSplits("toy", x, y, x[:0], y[:0], x, y, ["a", "b", "c"], 3, (1, 8, 8), (0.5,), (0.25,))
     return ProbeContext(study=study, cfg=study.probes.cka, models=models, pairs=study.pairs(), x=x, y=y,
-                        index=torch.arange(24), data=data, folder=None, device=torch.device("cpu"),
+                        index=torch.arange(24), data=data, device=torch.device("cpu"),
                         batch_size=10, seed=0)
 
 

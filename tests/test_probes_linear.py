@@ -154,7 +154,7 @@ def _context(models, cfg: dict, *, val: bool = True) -> ProbeContext:
     x, y = _toy_images(48, seed=3)
     data = DataSplits("toy", tx, ty, vx, vy, x, y, ["a", "b", "c"], 3, (1, 8, 8), (0.5,), (0.25,))
     return ProbeContext(study=study, cfg=study.probes.linear_probe, models=models, pairs=study.pairs(), x=x, y=y,
-                        index=torch.arange(48), data=data, folder=None, device=torch.device("cpu"),
+                        index=torch.arange(48), data=data, device=torch.device("cpu"),
                         batch_size=32, seed=0)
 
 

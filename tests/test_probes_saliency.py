@@ -21,7 +21,6 @@ from workbench.probes.saliency import (
     saliency_maps,
     spearman,
 )
-from workbench.store import RunFolder
 from workbench.study import study_from_dict
 from workbench.tables import TABLES
 
@@ -221,7 +220,7 @@ def toy_pair():
     return _trained(60, x, y), _trained(8, x, y)
 
 
-def _context(folder: RunFolder | None, cfg: dict, pair) -> ProbeContext:
+def _context(cfg: dict, pair) -> ProbeContext:
     study = study_from_dict({
         "name": "t", "architectures": [{"name": "small_cnn", "options": {"width": 4, "fc": 8}}],
         "recipes": ["standard", {"name": "pgd_at", "eps": 0.1}], "probes": {"saliency": cfg},
@@ -230,14 +229,12 @@ def _context(folder: RunFolder | None, cfg: dict, pair) -> ProbeContext:
     data = DataSplits("toy", x, y, x[:0], y[:0], x, y, ["a", "b", "c"], 3, (1, 8, 8), (0.5,), (0.25,))
     models = {"small_cnn/standard": pair[0], "small_cnn/pgd_at": pair[1]}
     return ProbeContext(study=study, cfg=study.probes.saliency, models=models, pairs=study.pairs(), x=x, y=y,
-                        index=torch.arange(100, 140), data=data, folder=folder, device=torch.device("cpu"),
+                        index=torch.arange(100, 140), data=data, device=torch.device("cpu"),
                         batch_size=32, seed=0)
 
 
 def test_runner_tables_and_saved_maps(tmp_path, toy_pair):
-    folder = RunFolder(tmp_path / "run")
-    folder.prepare()
-    ctx = _context(folder, {"examples": 6, "ig_steps": 4, "smoothgrad_samples": 4, "infidelity_samples": 4,
+    ctx = _context({"examples": 6, "ig_steps": 4, "smoothgrad_samples": 4, "infidelity_samples": 4,
                             "sensitivity_samples": 2}, toy_pair)
     out = run_saliency(ctx)
     met, agr = out["saliency_metrics"], out["saliency_agreement"]
@@ -252,7 +249,10 @@ def test_runner_tables_and_saved_maps(tmp_path, toy_pair):
     assert ((met.gini > 0) & (met.gini < 1)).all()
     assert set(agr.pair) == {"small_cnn/standard~small_cnn/pgd_at"}
 
-    saved = load_saliency(folder.path)
+    # the maps are an artifact the runner writes, not a file the probe writes
+    assert list(ctx.artifacts) == ["arrays/saliency.npz"] and not list(tmp_path.iterdir())
+    (tmp_path / "saliency.npz").write_bytes(ctx.artifacts["arrays/saliency.npz"])
+    saved = load_saliency(tmp_path / "saliency.npz")
     assert saved["inputs"].shape == (6, 1, 8, 8) and saved["index"].tolist() == (100 + sel).tolist()
     np.testing.assert_array_equal(saved["labels"], ctx.y[sel].numpy())
     assert set(saved["maps"]) == {"saliency", "integrated_gradients", "smoothgrad"}
@@ -269,8 +269,8 @@ def test_runner_tables_and_saved_maps(tmp_path, toy_pair):
     np.testing.assert_allclose(agr[agr.method == "smoothgrad"].sort_values("example").spearman, rho.numpy(), atol=1e-12)
 
 
-def test_runner_without_folder_or_metrics(tmp_path, toy_pair):
-    ctx = _context(None, {"examples": 3, "methods": ["saliency"], "metrics": False}, toy_pair)
+def test_runner_without_metrics(tmp_path, toy_pair):
+    ctx = _context({"examples": 3, "methods": ["saliency"], "metrics": False}, toy_pair)
     out = run_saliency(ctx)
     met = out["saliency_metrics"]
     assert list(met.columns) == list(TABLES["saliency_metrics"][1])

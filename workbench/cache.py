@@ -1,16 +1,18 @@
-"""The result cache: the tables (and files) of a run's evaluation, soundness checks and
-probes, kept in the model store so that a rerun with nothing changed reuses them.
+"""The result cache: the tables (and artifacts) of a run's stages (the evaluation, the
+soundness checks, each probe; see :mod:`workbench.stages`), kept in the model store so
+that a rerun with nothing changed reuses them.
 
 A stage's result is stored under a key: the sha256 of the canonical JSON
-(:func:`workbench.study.content_hash`) of everything that determines it — the stage name,
-its section of the study, the store keys and ids of the models in order, the pairs, the
-data identity and the examples used, the seed, the device type, the torch version and a
-hash of the workbench source code (:func:`code_hash`, so any code change recomputes).
-Layout::
+(:func:`workbench.config.content_hash`) of everything that determines it — the stage name,
+the settings the stage declares (:meth:`Stage.inputs <workbench.stages.Stage.inputs>`),
+the store keys and ids of the models in order, the pairs, the data identity, the seed,
+the device type, the torch version, the keys of the stages it reads, and the hash of
+the code it runs (:func:`workbench.codehash.code_hash` of the stage's modules and their
+imports: a comment edit or a change to figure code recomputes nothing). Layout::
 
     <store>/results/<key>/meta.json              the key's inputs, when it was computed, sha256 of every file
     <store>/results/<key>/tables/<name>.parquet  the stage's tables
-    <store>/results/<key>/files/<path>           files the stage wrote into the run folder (arrays/saliency.npz)
+    <store>/results/<key>/files/<path>           the stage's artifacts (paths in the run folder: arrays/saliency.npz)
     <store>/results/<key>.lock                   flock held while one process computes or reads that key
 
 An entry is written into a temporary folder next to it and renamed into place, so a killed
@@ -23,7 +25,6 @@ computes, the other waits and reuses the result.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import json
@@ -40,8 +41,8 @@ from typing import Any
 
 import pandas as pd
 
+from .config import content_hash
 from .store import _UMASK, atomic_write_bytes, file_lock, now
-from .study import content_hash
 
 log = logging.getLogger("workbench")
 
@@ -54,30 +55,13 @@ STAGE_FILE_FOLDERS = ("arrays", "figures", "report")
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_]+\Z")
 
 
-def source_hash(root: str | Path) -> str:
-    """sha256 over every ``*.py`` file under ``root`` (relative path and contents, sorted by
-    path): any change to the code changes it."""
-    root = Path(root)
-    h = hashlib.sha256()
-    for rel in sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py") if p.is_file()):
-        h.update(rel.encode() + b"\0")
-        h.update(hashlib.sha256((root / rel).read_bytes()).digest())
-    return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def code_hash() -> str:
-    """:func:`source_hash` of the installed workbench package (computed once per process)."""
-    return source_hash(Path(__file__).resolve().parent)
-
-
 @dataclass
 class CachedResult:
-    """One entry read back: its tables and the paths (inside the entry) of its files."""
+    """One entry read back: its tables and artifacts (path in the run folder -> bytes)."""
 
     key: str
     tables: dict[str, pd.DataFrame]
-    files: dict[str, Path] = field(default_factory=dict)
+    artifacts: dict[str, bytes] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -87,21 +71,6 @@ class CorruptEntry(Exception):
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """relative path -> (size, mtime_ns) of the files a stage may write into a run folder
-    (everything but the log and the archive of earlier runs)."""
-    out: dict[str, tuple[int, int]] = {}
-    if not folder.is_dir():
-        return out
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder)
-        if rel.parts[0] in ("archive", "run.log") or not p.is_file() or p.is_symlink():
-            continue
-        st = p.stat()
-        out[rel.as_posix()] = (st.st_size, st.st_mtime_ns)
-    return out
 
 
 class ResultCache:
@@ -159,16 +128,14 @@ class ResultCache:
                 tables[name] = pd.read_parquet(io.BytesIO(data))
             except Exception as e:  # noqa: BLE001 - any parquet failure means "corrupt"
                 raise CorruptEntry(f"table {name} unreadable: {str(e)[:160]}") from None
-        files: dict[str, Path] = {}
+        artifacts: dict[str, bytes] = {}
         for rel, sha in (meta.get("files") or {}).items():
             parts = Path(rel).parts
-            # a stage writes only below arrays/; anything else would overwrite another stage's files
-            if len(parts) < 2 or parts[0] not in STAGE_FILE_FOLDERS or Path(rel).is_absolute() or ".." in parts:
+            # a stage writes only below these folders; anything else would overwrite another part of the run
+            if not _inside(rel) or len(parts) < 2 or parts[0] not in STAGE_FILE_FOLDERS:
                 raise CorruptEntry(f"file path {rel!r} is outside the folders a stage writes ({', '.join(STAGE_FILE_FOLDERS)})")
-            path = d / "files" / rel
-            self._checked(path, sha)
-            files[rel] = path
-        return CachedResult(key, tables, files, meta)
+            artifacts[rel] = self._checked(d / "files" / rel, sha)
+        return CachedResult(key, tables, artifacts, meta)
 
     @staticmethod
     def _checked(path: Path, sha: str) -> bytes:
@@ -187,7 +154,7 @@ class ResultCache:
         key: str,
         inputs: Mapping[str, Any],
         tables: Mapping[str, pd.DataFrame],
-        files: Mapping[str, Path] | None = None,
+        artifacts: Mapping[str, bytes] | None = None,
         *,
         seconds: float | None = None,
     ) -> Path:
@@ -207,8 +174,9 @@ class ResultCache:
                 atomic_write_bytes(tmp / "tables" / f"{name}.parquet", data)
                 table_sha[name] = _sha(data)
             file_sha: dict[str, str] = {}
-            for rel, src in (files or {}).items():
-                data = Path(src).read_bytes()
+            for rel, data in (artifacts or {}).items():
+                if not _inside(rel):
+                    raise ValueError(f"artifact path {rel!r} is not inside the run folder")
                 atomic_write_bytes(tmp / "files" / rel, data)
                 file_sha[rel] = _sha(data)
             meta = {
@@ -234,53 +202,54 @@ class ResultCache:
             raise
 
 
+def _inside(rel: str) -> bool:
+    parts = Path(rel).parts
+    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts
+
+
 @dataclass
 class StageResult:
     tables: dict[str, pd.DataFrame]
     cached: bool
     key: str
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+    #: the stage's in-memory value when it was computed now (None from the cache)
+    value: Any = None
 
 
 def cached_stage(
     cache: ResultCache,
     stage: str,
     inputs: Mapping[str, Any],
-    compute: Callable[[], Mapping[str, pd.DataFrame]],
+    compute: Callable[[], Any],
     *,
     recompute: bool = False,
-    folder: Path | None = None,
     progress=None,
 ) -> StageResult:
-    """``compute()``'s tables, or the cached ones under the key of ``inputs``.
+    """``compute()``'s result, or the cached one under the key of ``inputs``.
 
-    With ``folder`` (the run folder), the files ``compute`` writes there are stored with
-    the tables and copied back on a hit. ``recompute`` ignores (and overwrites) the entry.
-    A failure to write the cache is a warning: the result is still returned.
+    ``compute`` returns a :class:`~workbench.stages.StageOutput` (or a mapping of tables);
+    its tables and artifacts are stored under the key. ``recompute`` ignores (and
+    overwrites) the entry. A failure to write the cache is a warning: the result is still
+    returned. Nothing here touches the run folder.
     """
     inputs = {"stage": stage, **inputs}
     key = ResultCache.key(inputs)
     with cache.lock(key):
         hit = None if recompute else cache.load(key)
         if hit is not None:
-            if folder is not None:
-                for rel, src in hit.files.items():
-                    atomic_write_bytes(folder / rel, src.read_bytes())
             log.info("%s: reused cached result %s (computed %s)", stage, key[:12], hit.meta.get("computed_at", "?"))
             if progress is not None:
                 with progress.task(f"{stage}: reused cached result", 1) as advance:
                     advance(1)
-            return StageResult(hit.tables, True, key)
-        before = _snapshot(folder) if folder is not None else {}
+            return StageResult(hit.tables, True, key, hit.artifacts)
         t0 = time.perf_counter()
-        tables = dict(compute())
+        out = compute()
         seconds = time.perf_counter() - t0
-        files: dict[str, Path] = {}
-        if folder is not None:
-            after = _snapshot(folder)
-            files = {rel: folder / rel for rel, st in sorted(after.items())
-                     if before.get(rel) != st and rel.split("/")[0] in STAGE_FILE_FOLDERS}
+        tables = dict(out.tables if hasattr(out, "tables") else out)
+        artifacts = dict(getattr(out, "artifacts", {}) or {})
         try:
-            cache.save(key, inputs, tables, files, seconds=seconds)
+            cache.save(key, inputs, tables, artifacts, seconds=seconds)
         except OSError as e:
             log.warning("%s: could not store the result in %s (%s)", stage, cache.root, e)
-        return StageResult(tables, False, key)
+        return StageResult(tables, False, key, artifacts, getattr(out, "value", None))

@@ -129,6 +129,12 @@ def run(
     threads: Optional[int] = typer.Option(
         None, min=1, help="CPU threads for torch (default: half the cores; $WORKBENCH_THREADS)"
     ),
+    jobs: int = typer.Option(
+        1, "--jobs", "-j", min=1, help="train up to N models at once in separate processes (their threads share --threads)"
+    ),
+    executor: Optional[str] = typer.Option(
+        None, help="where training jobs run: inprocess, processes (default: processes when --jobs > 1; workbench list executors)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars, warnings only"),
     gpus: Optional[int] = typer.Option(
         None, min=1, help="train each model on this many GPUs of this machine with DistributedDataParallel "
@@ -179,7 +185,8 @@ def run(
         with _user_errors():
             s = load_study(study, set_)
             result = run_study(s, out, device=device, store=store, retrain=retrain, recompute=recompute,
-                               progress=False if quiet else None, report=report, threads=threads)
+                               progress=False if quiet else None, report=report, threads=threads, jobs=jobs,
+                               executor=executor)
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume from the last finished epoch", err=True)
         raise typer.Exit(130)
@@ -300,7 +307,7 @@ def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="write t
         typer.echo(text)
 
 
-KINDS = ("datasets", "models", "recipes", "attacks", "losses", "probes")
+KINDS = ("datasets", "models", "recipes", "attacks", "losses", "probes", "stages", "executors")
 
 
 @app.command("list")
@@ -311,7 +318,7 @@ def list_(
     classes: int = typer.Option(1000, help="layers: number of classes the model is built for"),
     in_shape: str = typer.Option("3,224,224", help="layers: input shape C,H,W"),
 ) -> None:
-    """List what studies can name: data sets, models, recipes, attacks, losses, probes; or a model's layers.
+    """List what studies can name: data sets, models, recipes, attacks, losses, probes, stages, executors; or a model's layers.
 
     Examples: workbench list models --pattern 'torchvision:resnet*'
 

@@ -17,6 +17,11 @@ def listing(kind: str, pattern: str = "*") -> list[tuple[str, str]]:
         from .attacks import LOSSES as reg
     elif kind == "probes":
         from .probes import PROBES as reg
+    elif kind == "stages":
+        from . import study as _study  # noqa: F401  (registers every stage)
+        from .stages import STAGES as reg
+    elif kind == "executors":
+        from .executors import EXECUTORS as reg
     elif kind == "models":
         from .models import MODELS, model_names
 

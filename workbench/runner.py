@@ -1,13 +1,17 @@
-"""``run_study(study, out)``: data → train (paired, cached) → attack → soundness → probes →
-tables → report. Each stage reads what the earlier ones produced; nothing goes through
-globals, and every table lands in the run folder. The results of the evaluation, the
-checks and each probe are cached in the store (``cache.py``) under a hash of what
-determines them, so a rerun with nothing changed reuses them."""
+"""``run_study(study, out)``: data → train (paired, cached; through an executor) → the
+stages (evaluation, soundness checks, probes: ``stages.py``) → tables → report.
+
+Training: every model is a :class:`~workbench.training.jobs.TrainJob`; the planned jobs
+(dependencies first) run through an :mod:`executor <workbench.executors>` into the model
+store. The stages are planned from the registry and run in one generic loop
+(:func:`run_stages`); each reads what the stages it needs produced, nothing goes through
+globals, and the runner writes every table and artifact into the run folder. Each stage's
+result is cached in the store (``cache.py``) under a hash of what determines it, so a
+rerun with nothing changed reuses them."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -19,19 +23,76 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .cache import ResultCache, cached_stage, code_hash
+from .cache import ResultCache, cached_stage
+from .codehash import code_hash
+from . import distributed
 from .data import DataSplits, load_dataset
 from .errors import WorkbenchError
-from .evaluation import EvalResult, evaluate, evaluation_subset
-from . import distributed
+from .evaluation import EvalResult
+from .executors import Executor, InProcess, make_executor
 from .progress import Progress
+from .registry import TableSchema
+from .stages import Stage, StageContext, StageOutput, plan
 from .state import cpu_threads, cudnn_benchmark, preserved_rng
-from .store import ModelStore, RunFolder, environment, now
+from .store import ModelStore, RunFolder, atomic_write_bytes, environment, now
 from .study import Study
-from .training import TrainedModel, TrainJob, fit
-from .training.loop import data_identity
+from .training import TrainedModel, TrainJob, data_identity, fit, plan_jobs
+from .training.loop import load_trained
 
 log = logging.getLogger("workbench")
+
+
+#: the tables this component writes (collected by workbench.tables)
+TABLES_RUN: dict[str, TableSchema] = {
+    "models": (
+        "one row per model: each trained one (architecture × recipe), then each loaded one (study `models`)",
+        {
+            "model": "model id: `<architecture>/<recipe>`, or the id of a loaded model",
+            "architecture": "architecture label (`loaded` for a loaded model)",
+            "arch_name": "registry name of the architecture (a loaded model: its network's class)",
+            "recipe": "recipe label (`loaded` for a loaded model)",
+            "recipe_name": "registry name of the recipe (`loaded` for a loaded model)",
+            "train_eps": "training ε (0 for non-adversarial recipes)",
+            "train_norm": "training norm (`none` for non-adversarial recipes)",
+            "role": "`reference` (first recipe), `paired` (other recipes) or `loaded`",
+            "key": "model-store key (hash of everything that determines the weights; a loaded model: of its source, "
+            "weight file and declaration)",
+            "cached": "weights reused from the store",
+            "resumed_from_epoch": "epoch a resumed training started from (empty if none)",
+            "epochs": "epochs trained",
+            "train_seconds": "training time (seconds, when trained)",
+            "stopped_early": "why training stopped early (e.g. catastrophic overfitting), else empty",
+            "parameters": "number of parameters",
+            "source": "where a loaded model came from (e.g. `robustbench:cifar10/Linf/Wong2020Fast`); empty if trained",
+            "file": "the weight file a loaded model was read from; empty if trained or built without weights",
+            "sha256": "sha256 of that weight file; empty if none",
+        },
+    ),
+    "pairs": (
+        "which models are compared (study `pairs`): by default each architecture's first-recipe model with its others "
+        "(same initial weights and data order)",
+        {
+            "pair": "`<reference>~<model>`",
+            "architecture": "the two models' architecture label, or `<a>~<b>` when they differ (`loaded` for loaded models)",
+            "reference": "model id of the reference (first recipe), or of the pair's first model",
+            "model": "model id of the other model",
+        },
+    ),
+    "history": (
+        "per-epoch training history",
+        {
+            "model": "model id",
+            "epoch": "epoch (1-based)",
+            "lr": "learning rate at the end of the epoch",
+            "train_loss": "mean training loss (on the inputs trained on)",
+            "train_acc": "training accuracy (on the inputs trained on)",
+            "val_acc": "clean accuracy on the held-out monitor batch",
+            "monitor_eps": "ε of the monitoring PGD (the model's L∞ training ε, else the main ε of the study that trained it)",
+            "val_robust_acc": "PGD accuracy on the monitor batch at `monitor_eps`",
+            "seconds": "epoch wall time",
+        },
+    ),
+}
 
 
 def default_threads() -> int:
@@ -122,25 +183,59 @@ def load_study_data(study: Study, device: torch.device) -> DataSplits:
 def model_jobs(study: Study, data: DataSplits) -> list[TrainJob]:
     """The training job of every model of the study (architectures × recipes, in order)."""
     ident = data_identity(study.data, data)
+    source = {"data": study.data.model_dump(mode="json"), "seed": study.seed}
     monitor_eps = study.main_eps()
     jobs = []
     for spec in study.models():
         eps = getattr(spec.recipe, "eps", None)
-        jobs.append(TrainJob(spec, ident, float(eps) if eps and spec.recipe.norm == "linf" else monitor_eps))
+        own = float(eps) if eps and getattr(spec.recipe, "norm", "linf") == "linf" else monitor_eps
+        jobs.append(TrainJob(spec, ident, own, source=source))
     return jobs
 
 
 def train_models(
-    study: Study, data: DataSplits, store: ModelStore, device: torch.device, *, progress: Progress, retrain: bool = False
+    study: Study,
+    data: DataSplits,
+    store: ModelStore,
+    device: torch.device,
+    *,
+    progress: Progress,
+    retrain: bool = False,
+    executor: Executor | None = None,
 ) -> dict[str, TrainedModel]:
-    """Train (or reuse) every model of the study: architectures × recipes."""
+    """Train (or reuse) every model of the study through ``executor`` (default: in this
+    process): the planned jobs (dependencies such as distillation's teacher first) run
+    there and land in the store, then the weights are loaded from the store."""
+    jobs = model_jobs(study, data)
+    if distributed.world().active:
+        # data-parallel ranks train every job together, in study order, in this process
+        out: dict[str, TrainedModel] = {}
+        with progress.task("models", len(jobs)) as advance:
+            for spec, job in zip(study.models(), jobs):
+                out[spec.id] = fit(job, data, store, device, progress=progress, retrain=retrain)
+                out[spec.id].model.eval()
+                advance(1)
+        return out
+    executor = executor or InProcess()
+
+    def untrained(job: TrainJob) -> bool:
+        return retrain or not store.has_model(job.key())
+
+    # a dependency (distillation's teacher) is planned only for a model still to train
+    planned = [j for j in plan_jobs([j for j in jobs if untrained(j)]) if untrained(j)]
+    with progress.task("models", len(planned)) as advance:
+        reports = executor.run(planned, data, store, device, retrain=retrain, progress=progress,
+                               done=lambda job, result: advance(1))
     out: dict[str, TrainedModel] = {}
-    specs = study.models()
-    with progress.task("models", len(specs)) as advance:
-        for spec, job in zip(specs, model_jobs(study, data)):
-            out[spec.id] = fit(job, data, store, device, progress=progress, retrain=retrain)
-            out[spec.id].model.eval()
-            advance(1)
+    for spec, job in zip(study.models(), jobs):
+        t = load_trained(job, data, store, device)
+        r = reports.get(t.key)
+        if r is not None:  # how the executor obtained it (this was only a read)
+            t.cached, t.resumed_from_epoch, t.seconds = r.cached, r.resumed_from_epoch, r.seconds
+        else:
+            log.info("%s: reusing trained model %s", job.id, t.key)
+        t.model.eval()
+        out[spec.id] = t
     return out
 
 
@@ -187,18 +282,12 @@ def model_table(study: Study, trained: dict[str, TrainedModel], loaded: dict[str
     return pd.DataFrame(rows)
 
 
-def _index_digest(idx: torch.Tensor) -> dict[str, Any]:
-    a = idx.detach().cpu().to(torch.int64).numpy()
-    return {"n": int(len(a)), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
-
-
 def result_inputs(study: Study, data: DataSplits, trained: dict[str, TrainedModel], device: torch.device,
                   loaded: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What every cached stage result depends on (each stage adds its own study section):
-    the models (store keys, which hash everything that determines the weights, and ids) in
-    order, the pairs, the data, the seed, the device type, torch and the workbench code."""
+    """What every stage result depends on besides its own inputs and code: the models
+    (store keys, which hash everything that determines the weights, and ids) in order, the
+    pairs, the data, the seed, the device type and torch."""
     return {
-        "code": code_hash(),
         "torch": torch.__version__,
         "device": device.type,
         "seed": study.seed,
@@ -214,6 +303,49 @@ def result_inputs(study: Study, data: DataSplits, trained: dict[str, TrainedMode
     }
 
 
+def stage_key_inputs(stage: Stage, ctx: StageContext, common: dict[str, Any]) -> dict[str, Any]:
+    """The full key inputs of ``stage``: the common ones, its own, the keys of the stages
+    it reads and the hash of its code."""
+    return {
+        **common,
+        **stage.inputs(ctx),
+        "needs": {n: ctx.keys[n] for n in stage.needs},
+        "code": code_hash(*stage.code_modules(ctx)),
+    }
+
+
+def run_stages(
+    stages: list[Stage],
+    ctx: StageContext,
+    cache: ResultCache,
+    common: dict[str, Any],
+    *,
+    recompute: bool = False,
+    timings: dict[str, float] | None = None,
+) -> tuple[dict[str, pd.DataFrame], dict[str, bytes], list[str]]:
+    """Run (or read from the cache) each planned stage in order; returns the tables, the
+    artifacts (to be written by the caller) and the names of the stages reused."""
+    tables: dict[str, pd.DataFrame] = {}
+    artifacts: dict[str, bytes] = {}
+    reused: list[str] = []
+    for stage in stages:
+        t0 = time.perf_counter()
+        inputs = stage_key_inputs(stage, ctx, common)
+        got = cached_stage(cache, stage.name, inputs, lambda: stage.run(ctx), recompute=recompute, progress=ctx.progress)
+        ctx.outputs[stage.name] = StageOutput(got.tables, got.artifacts, got.value)
+        ctx.keys[stage.name] = got.key
+        if got.cached:
+            reused.append(stage.name)
+        clash = set(got.tables) & set(tables)
+        if clash:
+            raise ValueError(f"stage {stage.name} writes tables already written: {sorted(clash)}")
+        tables.update(got.tables)
+        artifacts.update(got.artifacts)
+        if timings is not None:
+            timings[stage.name] = time.perf_counter() - t0
+    return tables, artifacts, reused
+
+
 def run_study(
     study: Study,
     out: str | Path | None = None,
@@ -225,6 +357,8 @@ def run_study(
     progress: Progress | bool | None = None,
     report: bool | None = None,
     threads: int | None = None,
+    jobs: int = 1,
+    executor: Executor | str | None = None,
 ) -> Run:
     """Run a validated study into ``out`` (default ``reports/<study name>``).
 
@@ -233,13 +367,18 @@ def run_study(
     ``recompute``: ignore the results cached in the store (evaluation, soundness checks,
     each probe) and overwrite them with fresh ones; ``report``: write figures and
     ``index.html`` (default: the study's ``report.enabled``); ``threads``: torch CPU
-    threads (default :func:`default_threads`; only set when the device is the CPU).
+    threads (default :func:`default_threads`; only set when the device is the CPU);
+    ``jobs``: train up to this many models at once in separate processes (the
+    ``processes`` executor); ``executor``: an :class:`~workbench.executors.Executor` or its
+    registered name (default ``inprocess``, or ``processes`` when ``jobs`` > 1).
 
     The thread counts (torch's and, through threadpoolctl, BLAS's), cuDNN's benchmark flag
     and the global RNG are set for the run only and restored on return.
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
     device = distributed.setup(device)  # under torchrun: join the process group, on the rank's own GPU
+    if not isinstance(executor, Executor):
+        executor = make_executor(executor, jobs=jobs, threads=threads or (default_threads() if device.type == "cpu" else None))
     with contextlib.ExitStack() as scope:
         scope.enter_context(preserved_rng(device))
         if device.type == "cuda":
@@ -249,11 +388,11 @@ def run_study(
             # problem: the linear probe was measured 18x slower with 2 BLAS threads on a busy box
             scope.enter_context(cpu_threads(threads or default_threads()))
         return _run_study(study, out, device=device, store=store, retrain=retrain, recompute=recompute,
-                          progress=progress, report=report)
+                          progress=progress, report=report, executor=executor)
 
 
 def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool, recompute: bool, progress,
-               report: bool | None) -> Run:
+               report: bool | None, executor: Executor) -> Run:
     recompute = recompute or retrain
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -289,7 +428,7 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         log.info("Study %s runs on %s. Data: %s.", study.name, device, data.summary())
 
         t0 = time.perf_counter()
-        trained = train_models(study, data, store, device, progress=progress, retrain=retrain)
+        trained = train_models(study, data, store, device, progress=progress, retrain=retrain, executor=executor)
         timings["train"] = time.perf_counter() - t0
         models = {k: v.model for k, v in trained.items()} | {k: v.model for k, v in loaded.items()}
         tables: dict[str, pd.DataFrame] = {"models": model_table(study, trained, loaded)}
@@ -301,64 +440,19 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
             [t.history.assign(model=k) for k, t in trained.items() if len(t.history)], ignore_index=True
         ) if any(len(t.history) for t in trained.values()) else pd.DataFrame()
 
-        # Results are cached in the store under a hash of everything that determines them
-        # (workbench/cache.py): a rerun with nothing changed reads them back.
-        cache = ResultCache(store.root)
-        common = result_inputs(study, data, trained, device, loaded)
-        cached_stages: list[str] = []
-        result_keys: dict[str, str] = {}
-
-        def stage(name: str, inputs: dict[str, Any], compute, **kw) -> dict[str, pd.DataFrame]:
-            got = cached_stage(cache, name, {**common, **inputs}, compute, recompute=recompute, progress=progress, **kw)
-            result_keys[name] = got.key
-            if got.cached:
-                cached_stages.append(name)
-            return got.tables
-
-        t0 = time.perf_counter()
-        idx = evaluation_subset(len(data.test_y), study.evaluation.examples, study.seed)
-        if data.streamed:  # the evaluation reads its batches from the files; the checks get them decoded
-            x_eval = data.test_x.subset(idx)  # type: ignore[attr-defined]
-            y = data.test_y[idx.to(data.test_y.device)]
-        else:
-            x_eval, y = data.test_x[idx.to(data.test_x.device)], data.test_y[idx.to(data.test_y.device)]
-        x = x_eval
-        fresh: list[EvalResult] = []
-
-        def run_evaluation() -> dict[str, pd.DataFrame]:
-            fresh.append(evaluate(models, x_eval, y, study.evaluation, study.pairs(), seed=study.seed, progress=progress, index=idx))
-            return {"robustness": fresh[0].robustness, "per_example": fresh[0].per_example, "transfer": fresh[0].transfer}
-
-        eval_inputs = {
-            "evaluation": study.evaluation.model_dump(mode="json", exclude={"soundness"}),
-            "examples": _index_digest(idx),
-        }
-        ev = stage("evaluate", eval_inputs, run_evaluation)
-        # the checks read only the evaluation's tables, so cached ones serve them as well
-        result = fresh[0] if fresh else EvalResult(ev["robustness"], ev["per_example"], ev["transfer"])
-        tables.update(robustness=result.robustness, per_example=result.per_example, transfer=result.transfer)
-        timings["evaluate"] = time.perf_counter() - t0
-
-        if study.evaluation.soundness.enabled:
-            from .evaluation.soundness import run_checks_full
-
-            t0 = time.perf_counter()
-            if data.streamed:
-                x = x_eval.load()
-            sound_inputs = {
-                # the rest of the evaluation section, and the examples, are in the evaluation's key
-                "soundness": study.evaluation.soundness.model_dump(mode="json"),
-                "main_eps": study.main_eps(),
-                "evaluate_key": result_keys["evaluate"],  # the checks read the evaluation's tables
-            }
-            def run_soundness() -> dict[str, pd.DataFrame]:
-                table, outcomes = run_checks_full(study, models, x, y, result, num_classes=data.num_classes,
-                                                  progress=progress, seed=study.seed)
-                return {"soundness": table, "soundness_per_example": outcomes}
-
-            tables.update(stage("soundness", sound_inputs, run_soundness))
-            timings["soundness"] = time.perf_counter() - t0
-
+        # The stages (evaluation, checks, probes) in a generic loop; each result is cached in
+        # the store under a hash of what determines it (stages.py, cache.py), so a rerun with
+        # nothing changed reads it back. The runner, not the stage, writes its artifacts.
+        ctx = StageContext(study, data, models, device, study.seed, progress)
+        stage_timings: dict[str, float] = {}
+        stage_tables, artifacts, cached_stages = run_stages(
+            plan(study), ctx, ResultCache(store.root), result_inputs(study, data, trained, device, loaded),
+            recompute=recompute, timings=stage_timings,
+        )
+        timings.update(stage_timings)
+        if any(k.startswith("probe:") for k in stage_timings):
+            timings["probes"] = sum(v for k, v in stage_timings.items() if k.startswith("probe:"))
+        tables.update(stage_tables)
         # the headline: per example, robust only if no white-box attack run on it broke it
         # (the checks' attacks included), then paired tests between the models of each pair
         from .evaluation.worst_case import with_worst_case
@@ -366,24 +460,12 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
 
         tables["robustness"], tables["per_example"] = with_worst_case(
             tables["robustness"], tables["per_example"], tables.get("soundness_per_example"))
-
-        if study.probes.enabled():
-            from .probes.base import add_probe_tables, probe_context, run_probe
-
-            t0 = time.perf_counter()
-            ctx = probe_context(study, models, data, folder, device=device, progress=progress, seed=study.seed)
-            for name in study.probes.enabled():
-                probe_inputs = {
-                    "probe": getattr(study.probes, name).model_dump(mode="json"),
-                    "probes": study.probes.model_dump(mode="json", include={"examples", "batch_size"}),
-                    # a probe without its own ε grid uses the evaluation's; linearity uses the main ε
-                    "eps": {"linf": list(study.evaluation.eps), "l2": list(study.evaluation.eps_l2)},
-                    "main_eps": study.main_eps(),
-                    "examples": _index_digest(ctx.index),
-                }
-                out = stage(f"probe:{name}", probe_inputs, lambda name=name: run_probe(ctx, name), folder=folder.path)
-                add_probe_tables(tables, name, out)
-            timings["probes"] = time.perf_counter() - t0
+        for rel, blob in artifacts.items():
+            atomic_write_bytes(folder.path / rel, blob)
+        result_keys = dict(ctx.keys)
+        ev = ctx.outputs["evaluate"]
+        result = ev.value if ev.value is not None else EvalResult(
+            ev.tables["robustness"], ev.tables["per_example"], ev.tables["transfer"])
         if cached_stages:
             log.info("reused cached results: %s", ", ".join(cached_stages))
         tables["significance"] = significance_table(tables, study.pairs())

@@ -23,11 +23,38 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .registry import TableSchema
 from .stats import discordant, holm, mcnemar, paired_bootstrap
 
 ALPHA = 0.05
 COLUMNS = ["reference", "model", "measure", "norm", "eps", "test", "n", "reference_value", "model_value", "difference",
            "ci_low", "ci_high", "b", "c", "p_value", "p_holm", "significant"]
+#: the table this module writes (collected by workbench.tables, after every stage's: it reads them)
+TABLES_SIGNIFICANCE: dict[str, TableSchema] = {
+    "significance": (
+        "paired tests between the models of each pair, Holm-corrected across all rows of a run",
+        {
+            "reference": "reference model id",
+            "model": "paired model id",
+            "measure": "`clean`, `worst_case` (accuracy, exact McNemar) or a representation measure (paired bootstrap)",
+            "norm": "norm (`none` for clean and representation measures)",
+            "eps": "ε (0 for clean)",
+            "test": "`mcnemar` or `paired_bootstrap`",
+            "n": "paired examples",
+            "reference_value": "the measure for the reference",
+            "model_value": "the measure for the paired model",
+            "difference": "model_value − reference_value",
+            "ci_low": "95% interval of the difference, lower end (paired Wald for accuracies, percentile bootstrap otherwise)",
+            "ci_high": "upper end",
+            "b": "McNemar: examples only the reference gets right (empty for bootstrap)",
+            "c": "McNemar: examples only the paired model gets right",
+            "p_value": "two-sided p-value",
+            "p_holm": "Holm-adjusted p-value across the run's comparisons",
+            "significant": "p_holm < 0.05",
+        },
+    ),
+}
+assert list(TABLES_SIGNIFICANCE["significance"][1]) == COLUMNS
 #: saliency_metrics columns compared per example
 SALIENCY_MEASURES = ("gini", "infidelity", "sensitivity")
 

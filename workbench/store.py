@@ -1,7 +1,8 @@
 """Run folders and the model store.
 
 The **model store** caches trained weights by a hash of everything that determines them
-(data, architecture, recipe, training settings, seed, code version), so a rerun, or
+(data, architecture, recipe, training settings, seed, and a hash of the training code:
+``workbench.training.jobs``), so a rerun, or
 another study declaring the same model, reuses them. Layout::
 
     <store>/models/<key>/model.pt        final weights (state dict, loaded weights_only=True)
@@ -42,10 +43,6 @@ import torch
 from .errors import CheckpointError, RunFolderError, StoreError
 
 log = logging.getLogger("workbench")
-
-#: bump when a change to training code changes what a given spec produces
-#: (2: the reference PreActBlock shortcut, class-stratified overfitting-check and monitor batches)
-TRAINING_CODE_VERSION = 2
 
 
 def default_store() -> Path:

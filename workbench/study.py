@@ -7,173 +7,187 @@ mappings merge key by key, lists and scalars replace), checks every name against
 registry and returns a :class:`Study`. Any problem raises :class:`StudyError` naming the
 file and the field (``recipes[1].eps``).
 
-ε values are pixel units in [0, 1] and may be written ``0.1`` or ``"8/255"``.
+The schema is assembled from the registries: ``recipes[]`` is the union of the configs the
+recipes register, ``evaluation.attacks[]`` that of the attacks, ``probes.<name>`` one
+optional section per registered probe. A new component is one module that registers its
+config; this file does not change. ε values are pixel units in [0, 1] and may be written
+``0.1`` or ``"8/255"``.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PositiveInt,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import ConfigDict, Field, PositiveInt, ValidationError, create_model, field_validator, model_validator
+
+# The components register their configs on import; the evaluation comes before the probes
+# so that the stages (and their tables) keep their order.
+from .attacks import ATTACKS
+from .config import (  # noqa: F401  (re-exported: the building blocks of every config)
+    _SAFE_NAME,
+    MAX_NAME_LENGTH,
+    ArchitectureConfig,
+    AttackBase,
+    AugmentConfig,
+    DataConfig,
+    Eps,
+    LayerSpec,
+    LossName,
+    ModelSpec,
+    Norm,
+    Precision,
+    RecipeBase,
+    Strict,
+    TrainConfig,
+    content_hash,
+    name_shorthand,
+    parse_eps,
+)
+from .errors import StudyError
+from .evaluation.soundness import SoundnessConfig
+from .models.sources import SourceConfig
+from .probes import PROBES
+from .registry import Registry
+from .training import RECIPES
+
+# Compatibility: the configs of the built-in components, importable from here as before.
+from .attacks.fgsm import FGSMAttack  # noqa: E402,F401  isort: skip
+from .attacks.pgd import PGDAttack  # noqa: E402,F401  isort: skip
+from .probes.cka import CKAProbe  # noqa: E402,F401  isort: skip
+from .probes.linear_probe import LinearProbe  # noqa: E402,F401  isort: skip
+from .probes.linearity import LinearityProbe, SurfaceConfig  # noqa: E402,F401  isort: skip
+from .probes.lipschitz import LipschitzProbe  # noqa: E402,F401  isort: skip
+from .probes.saliency import SaliencyProbe  # noqa: E402,F401  isort: skip
+from .training.distillation import DistillationRecipe  # noqa: E402,F401  isort: skip
+from .training.fgsm_rs import FGSMRSRecipe  # noqa: E402,F401  isort: skip
+from .training.pgd_at import PGDATRecipe  # noqa: E402,F401  isort: skip
+from .training.standard import StandardRecipe  # noqa: E402,F401  isort: skip
+from .training.trades import TradesRecipe  # noqa: E402,F401  isort: skip
+
+
+def _tagged_union(registry: Registry) -> Any:
+    """The discriminated union (on ``name``) of the configs registered in ``registry``."""
+    configs = tuple(registry.configs().values())
+    return Annotated[Union[configs], Field(discriminator="name")]  # type: ignore[valid-type]
+
+
+# --------------------------------------------------------------------------- recipes and attacks
+
+RecipeConfig = _tagged_union(RECIPES)
+RECIPE_CONFIGS: dict[str, type[RecipeBase]] = RECIPES.configs()
+AttackConfig = _tagged_union(ATTACKS)
+ATTACK_CONFIGS: dict[str, type[AttackBase]] = ATTACKS.configs()
+
+_name_shorthand = name_shorthand  # older spelling
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class EvaluationConfig(Strict):
+    examples: PositiveInt | None = Field(1000, description="test examples evaluated (null: the whole test split)")
+    batch_size: PositiveInt = 500
+    eps: tuple[Eps, ...] = Field((2 / 255, 4 / 255, 8 / 255), description="L∞ ε grid")
+    eps_l2: tuple[Eps, ...] = Field((), description="L2 ε grid (for L2 attacks)")
+    main_eps: Eps | None = Field(None, description="ε of the summary (default: the training ε of the first adversarial recipe)")
+    attacks: tuple[AttackConfig, ...] = Field(
+        default_factory=lambda: (FGSMAttack(name="fgsm"), PGDAttack(name="pgd")),
+        description="attacks evaluated on every model",
+    )
+    transfer: bool = Field(True, description="examples crafted on one model of a pair, tested on the other")
+    precision: Precision = Field("fp32", description="bf16 autocast for crafting attacks (CUDA only); scoring stays fp32")
+    compile: bool = Field(
+        False, description="torch.compile each model for crafting attacks (CUDA; compile time once per model; slower on CPU)"
+    )
+    soundness: SoundnessConfig = Field(default_factory=SoundnessConfig)
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _attack_shorthand(cls, v):
+        return name_shorthand(v)
+
+    @model_validator(mode="after")
+    def _grids(self) -> EvaluationConfig:
+        seen: set[str] = set()
+        for i, a in enumerate(self.attacks):
+            if a.id in seen:
+                raise ValueError(f"attacks[{i}]: two attacks are named {a.id!r}; give one a label")
+            seen.add(a.id)
+            if a.norm == "linf" and any(e > 1 for e in (a.eps or ())):
+                raise ValueError(f"attacks[{i}].eps: an L∞ ε is at most 1 (pixel units)")
+            if a.norm == "l2" and not (a.eps or self.eps_l2):
+                raise ValueError(f"attacks[{i}]: an L2 attack needs eps_l2 (or its own eps list); the study's eps grid is L∞")
+        if any(e > 1 for e in self.eps):
+            raise ValueError("eps: an L∞ ε is at most 1 (pixel units)")
+        return self
+
+    def grid(self, attack: AttackBase) -> tuple[float, ...]:
+        """The nonzero ε values at which ``attack`` is evaluated (clean accuracy is scored once)."""
+        eps = attack.eps if attack.eps is not None else (self.eps if attack.norm == "linf" else self.eps_l2)
+        return tuple(sorted({float(e) for e in eps if e > 0}))
+
+
+# --------------------------------------------------------------------------- probes
+
+
+class _ProbesBase(Strict):
+    examples: PositiveInt = Field(256, description="fixed test examples shared by all models")
+    batch_size: PositiveInt = 256
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, v):
+        # `lipschitz:` with nothing under it (YAML null) or `{}` both mean "run with defaults";
+        # `false` means off.
+        if isinstance(v, Mapping):
+            v = dict(v)
+            for key in PROBES.in_order():
+                if key in v and (v[key] is None or v[key] is True):
+                    v[key] = {}
+                elif key in v and v[key] is False:
+                    v[key] = None
+        return v
+
+    def enabled(self) -> list[str]:
+        """The probes this study runs, in registration order."""
+        return [k for k in PROBES.in_order() if getattr(self, k, None) is not None]
+
+
+#: one optional section per registered probe (null or absent: off; empty: defaults)
+ProbesConfig = create_model(
+    "ProbesConfig",
+    __base__=_ProbesBase,
+    __module__=__name__,
+    **{name: (Optional[cfg], None) for name, cfg in PROBES.configs().items()},  # type: ignore[call-overload]
 )
 
-from .errors import StudyError, UnknownNameError, WorkbenchError
-from .models.sources import SourceConfig
 
-# --------------------------------------------------------------------------- value types
+class ClusterConfig(Strict):
+    """Where ``workbench run --executor slurm|local`` runs the jobs (the command line overrides)."""
 
-
-def parse_eps(value: Any) -> Any:
-    """``0.1``, ``8``/``255`` as ``"8/255"``, or ``"0.03"`` -> float. Other types pass through
-    so pydantic reports them with its usual message."""
-    if isinstance(value, bool):
-        raise ValueError("expected a number or a fraction such as '8/255', got a boolean")
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = float(Fraction(text))
-        except (ValueError, ZeroDivisionError, OverflowError):
-            raise ValueError(f"expected a finite number or a fraction such as '8/255', got {value!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {value}")
-    return value
+    partition: str | None = Field(None, description="SLURM partition (--partition)")
+    gpus_per_job: int = Field(0, ge=0, description="GPUs of each training job (more than 1: DDP inside the job)")
+    cpus_per_job: PositiveInt = Field(8, description="CPU cores of each job (DataLoader workers, decoding)")
+    mem_gb: PositiveInt | None = Field(None, description="memory of each job in GB (default: the partition's)")
+    time_min: PositiveInt = Field(240, description="time limit of each job in minutes (a timed-out job is requeued and resumes)")
+    slurm: dict[str, Any] = Field(default_factory=dict, description="further sbatch options, e.g. {account: abc, qos: high}")
 
 
-#: a perturbation size in pixel units ([0,1] range); YAML may say 0.1 or "8/255"
-Eps = Annotated[float, BeforeValidator(parse_eps), Field(ge=0)]
-Norm = Literal["linf", "l2"]
-Precision = Literal["fp32", "bf16"]
-LayerSpec = Union[str, tuple[str, ...]]
-
-# \Z, not $: "$" also matches before a final newline, which would let "name\n" through
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
-#: a study name becomes a folder name (plus a staging suffix): well inside NAME_MAX (255 bytes)
-MAX_NAME_LENGTH = 128
+class ReportConfig(Strict):
+    enabled: bool = Field(True, description="write figures and index.html at the end of the run")
+    formats: tuple[Literal["png", "svg"], ...] = ("png", "svg")
 
 
-class Strict(BaseModel):
-    """Unknown keys are errors; loaded studies are immutable."""
-
-    # allow_inf_nan=False: "inf" and "nan" (also as strings) are refused in every float field
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+# --------------------------------------------------------------------------- study
 
 
-def _name_shorthand(value: Any) -> Any:
-    """Allow ``- standard`` for ``- {name: standard}`` in lists of named entries."""
-    if isinstance(value, (list, tuple)):
-        return [{"name": v} if isinstance(v, str) else v for v in value]
-    return value
-
-
-def _check_registry(kind: str, name: str, valid: Sequence[str], extra_ok=lambda n: False) -> str:
-    if name not in valid and not extra_ok(name):
-        raise ValueError(UnknownNameError(kind, name, valid).message)
-    return name
-
-
-def _check_label(label: str | None) -> str | None:
-    if label is not None and not _SAFE_NAME.match(label):
-        raise ValueError(f"label {label!r} may hold only letters, digits, '.', '_' and '-'")
-    if label is not None and len(label) > MAX_NAME_LENGTH:
-        raise ValueError(f"a label is at most {MAX_NAME_LENGTH} characters, got {len(label)}")
-    return label
-
-
-# --------------------------------------------------------------------------- data
-
-
-class AugmentConfig(Strict):
-    """Batch augmentation applied on the training device."""
-
-    crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels (0: off)")
-    flip: bool = Field(False, description="random horizontal flip")
-
-
-class DataConfig(Strict):
-    name: str = Field("digits", description="data set name (workbench list datasets)")
-    root: str | None = Field(None, description="data root for torchvision sets and imagefolder ($VARS and ~ expanded)")
-    download: bool = Field(False, description="let torchvision download missing files (needs internet)")
-    val_fraction: float = Field(0.1, ge=0, lt=0.5, description="share of the training split held out for validation")
-    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="test share for sets without their own test split")
-    limit_train: PositiveInt | None = Field(None, description="use at most this many training examples")
-    limit_test: PositiveInt | None = Field(None, description="use at most this many test examples")
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    options: dict[str, Any] = Field(default_factory=dict, description="data-set specific options (imagefolder: image_size)")
-    stream: bool | None = Field(
-        None, description="read images from their files batch by batch (imagefolder folders, imagenet); "
-        "default: when they would not fit the device's memory budget"
-    )
-    workers: int = Field(4, ge=0, description="DataLoader worker processes of a streamed data set (0: in the main process)")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from .data import DATASETS
-
-        return _check_registry("data set", v, DATASETS.names())
-
-    @model_validator(mode="after")
-    def _options(self) -> DataConfig:
-        from .data import dataset_options
-
-        valid = dataset_options(self.name)
-        for key in self.options:
-            if key not in valid:
-                raise ValueError(
-                    f"options.{key}: unknown option for data set {self.name!r}; valid: {', '.join(sorted(valid)) or '(none)'}"
-                )
-        return self
-
-    def resolved_root(self) -> Path | None:
-        import os
-
-        return Path(os.path.expandvars(self.root)).expanduser() if self.root else None
-
-
-# --------------------------------------------------------------------------- models
-
-
-class ArchitectureConfig(Strict):
-    name: str = Field(description="model name (workbench list models), or torchvision:<name>")
-    label: str | None = Field(None, description="name of this architecture in tables (default: name)")
-    options: dict[str, Any] = Field(default_factory=dict, description="builder options, e.g. depth/width")
-
-    @field_validator("label")
-    @classmethod
-    def _label(cls, v):
-        return _check_label(v)
-
-    @model_validator(mode="after")
-    def _known(self) -> ArchitectureConfig:
-        from .models import check_model_options
-
-        try:
-            check_model_options(self.name, dict(self.options))
-        except WorkbenchError as e:
-            raise ValueError(e.message) from None
-        return self
-
-    @property
-    def id(self) -> str:
-        return self.label or self.name.replace("torchvision:", "tv-").replace("timm:", "timm-")
+# --------------------------------------------------------------------------- loaded models
 
 
 class LoadedModelConfig(Strict):
@@ -207,486 +221,6 @@ class LoadedModelConfig(Strict):
         if self.source.kind == "robustbench" and self.mean is not None:
             raise ValueError("robustbench models take inputs in [0, 1] and normalise inside; leave mean/std out")
         return self
-
-
-# --------------------------------------------------------------------------- training
-
-
-class TrainConfig(Strict):
-    epochs: PositiveInt = 10
-    batch_size: PositiveInt = 128
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0, description="peak learning rate")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
-    milestones: tuple[float, ...] = Field((0.5, 0.75), description="step schedule: fractions of training where lr *= gamma")
-    gamma: float = Field(0.1, gt=0, le=1)
-    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up (cosine and step schedules)")
-    onecycle_pct: float = Field(0.4, gt=0, lt=1, description="one-cycle: share of training spent rising to the peak")
-    onecycle_momentum: tuple[float, float] | None = Field(
-        None,
-        description="one-cycle with sgd: (low, high) momentum, cycled against the learning rate (high at lr 0, low at "
-        "the peak), as torch's CyclicLR does by default (0.8, 0.9) and so Wong et al.'s code; null: momentum stays fixed",
-    )
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="off by default: it inflates robustness under CE attacks")
-    grad_clip: float | None = Field(None, gt=0)
-    precision: Precision = Field(
-        "fp32", description="bf16: autocast while training (CUDA; CPUs with native bf16 such as AVX512-BF16, else slow)"
-    )
-    channels_last: bool = Field(False, description="channels_last memory format (helps convs on GPU)")
-    compile: bool = Field(False, description="torch.compile the model (GPU; costs compile time)")
-    monitor_examples: PositiveInt = Field(256, description="held-out validation examples scored after every epoch")
-    monitor_steps: PositiveInt = Field(10, description="PGD steps for the per-epoch robust accuracy")
-    checkpoint_steps: PositiveInt | None = Field(
-        None, description="also checkpoint every this many batches inside an epoch (long epochs; resumes mid-epoch)"
-    )
-
-    @field_validator("milestones")
-    @classmethod
-    def _milestones(cls, v):
-        if any(not 0 < m < 1 for m in v) or list(v) != sorted(v):
-            raise ValueError("milestones are increasing fractions of training between 0 and 1")
-        return v
-
-    @model_validator(mode="after")
-    def _cycled_momentum(self) -> TrainConfig:
-        if self.onecycle_momentum is not None:
-            low, high = self.onecycle_momentum
-            if self.schedule != "onecycle" or self.optimizer != "sgd":
-                raise ValueError("onecycle_momentum needs schedule: onecycle and optimizer: sgd")
-            if not 0 <= low <= high < 1:
-                raise ValueError(f"onecycle_momentum is (low, high) with 0 <= low <= high < 1, got {list(self.onecycle_momentum)}")
-        return self
-
-
-class RecipeBase(Strict):
-    label: str | None = Field(None, description="name of this recipe in tables (default: name)")
-    train: dict[str, Any] = Field(default_factory=dict, description="overrides of the study's train section")
-
-    @field_validator("label")
-    @classmethod
-    def _label(cls, v):
-        return _check_label(v)
-
-    @property
-    def id(self) -> str:
-        return self.label or self.name  # type: ignore[attr-defined]
-
-    @property
-    def adversarial(self) -> bool:
-        return getattr(self, "eps", None) is not None
-
-
-class StandardRecipe(RecipeBase):
-    """Cross-entropy on clean inputs."""
-
-    name: Literal["standard"]
-
-
-class PGDATRecipe(RecipeBase):
-    """Madry et al. 2018: minimise the loss at the PGD worst case (eval-mode attack)."""
-
-    name: Literal["pgd_at"]
-    eps: Eps
-    norm: Norm = "linf"
-    steps: PositiveInt = 10
-    alpha: Eps | None = Field(None, description="step size (default 2.5·eps/steps)")
-
-
-class FGSMRSRecipe(RecipeBase):
-    """Wong et al. 2020 fast AT: uniform random start, one FGSM step of alpha_factor·eps."""
-
-    name: Literal["fgsm_rs"]
-    eps: Eps
-    norm: Literal["linf"] = "linf"
-    alpha_factor: float = Field(1.25, gt=0)
-    co_check: bool = Field(True, description="catastrophic-overfitting check after each epoch (PGD-5 on a training batch)")
-    co_drop: float = Field(0.2, gt=0, le=1, description="PGD accuracy drop (fraction) that signals catastrophic overfitting")
-    co_action: Literal["rollback", "stop", "warn"] = Field(
-        "rollback", description="rollback: restore the last good epoch and stop; stop: stop; warn: record only"
-    )
-
-
-class TradesRecipe(RecipeBase):
-    """Zhang et al. 2019: CE(f(x), y) + beta·KL(f(x) ‖ f(x')), x' maximising the KL."""
-
-    name: Literal["trades"]
-    eps: Eps
-    norm: Literal["linf"] = "linf"
-    beta: float = Field(6.0, ge=0)
-    steps: PositiveInt = 10
-    alpha: Eps | None = Field(None, description="step size (default 2.5·eps/steps)")
-
-
-class DistillationRecipe(RecipeBase):
-    """Papernot et al. 2016: teacher at temperature T, student on its soft labels at T, deployed at T=1."""
-
-    name: Literal["distillation"]
-    temperature: float = Field(100.0, gt=0)
-    teacher_epochs: PositiveInt | None = Field(None, description="default: train.epochs")
-
-
-RecipeConfig = Annotated[
-    Union[StandardRecipe, PGDATRecipe, FGSMRSRecipe, TradesRecipe, DistillationRecipe],
-    Field(discriminator="name"),
-]
-RECIPE_CONFIGS = {c.model_fields["name"].annotation.__args__[0]: c for c in RecipeConfig.__origin__.__args__}  # type: ignore[attr-defined]
-
-
-# --------------------------------------------------------------------------- evaluation
-
-LossName = Literal["ce", "margin", "dlr"]
-
-
-class AttackBase(Strict):
-    label: str | None = Field(None, description="name in tables (default from the settings, e.g. pgd20-linf)")
-    eps: tuple[Eps, ...] | None = Field(None, description="ε grid for this attack (default: the study's grid for its norm)")
-    loss: LossName = Field("ce", description="ce, margin (C&W logit margin) or dlr")
-
-    @field_validator("label")
-    @classmethod
-    def _label(cls, v):
-        return _check_label(v)
-
-
-class FGSMAttack(AttackBase):
-    """Goodfellow et al. 2015; L∞ only."""
-
-    name: Literal["fgsm"]
-
-    @property
-    def norm(self) -> Norm:
-        return "linf"
-
-    @property
-    def id(self) -> str:
-        return self.label or ("fgsm" if self.loss == "ce" else f"fgsm-{self.loss}")
-
-    def options(self) -> dict[str, Any]:
-        return {"loss": self.loss}
-
-
-class PGDAttack(AttackBase):
-    """Madry et al. 2018."""
-
-    name: Literal["pgd"]
-    norm: Norm = "linf"
-    steps: PositiveInt = 20
-    alpha: Eps | None = Field(None, description="step size (default 2.5·eps/steps)")
-    restarts: PositiveInt = 1
-    random_start: bool = True
-
-    @property
-    def id(self) -> str:
-        if self.label:
-            return self.label
-        tag = f"pgd{self.steps}-{self.norm}"
-        if self.restarts > 1:
-            tag += f"-r{self.restarts}"
-        return tag if self.loss == "ce" else f"{tag}-{self.loss}"
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "alpha": self.alpha,
-            "norm": self.norm,
-            "restarts": self.restarts,
-            "random_start": self.random_start,
-            "loss": self.loss,
-        }
-
-
-class AutoAttackAttack(Strict):
-    """Croce & Hein 2020 through pyautoattack (the authors' code): a version's ensemble, or
-    some of its attacks alone with that version's settings (workbench/attacks/autoattack.py)."""
-
-    name: Literal["autoattack"]
-    label: str | None = Field(None, description="name in tables (default aa-<version or attacks>-<norm>)")
-    eps: tuple[Eps, ...] | None = Field(None, description="ε grid for this attack (default: the study's grid for its norm)")
-    norm: Norm = "linf"
-    version: Literal["standard", "plus", "rand"] = Field("standard", description="AutoAttack version")
-    attacks: tuple[Literal["apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab"], ...] | None = Field(
-        None, description="run only these of the version's attacks (e.g. [apgd-ce]); null: all of them"
-    )
-
-    @field_validator("label")
-    @classmethod
-    def _label(cls, v):
-        return _check_label(v)
-
-    @model_validator(mode="after")
-    def _installed(self) -> AutoAttackAttack:
-        from .attacks.autoattack import MISSING, available
-
-        if not available():
-            raise ValueError(MISSING)
-        if self.attacks is not None and not self.attacks:
-            raise ValueError("attacks: name at least one attack, or leave it out for the whole version")
-        return self
-
-    @property
-    def loss(self) -> str:
-        # APGD-CE ascends cross-entropy; APGD-T, APGD-DLR the DLR loss; FAB and Square the margin
-        names = self.attacks or {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
-                                 "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
-                                 "rand": ("apgd-ce", "apgd-dlr")}[self.version]
-        return "ce" if tuple(names) == ("apgd-ce",) else "mixed"
-
-    @property
-    def steps(self) -> int:
-        return 100  # APGD's and FAB's iterations in every version
-
-    @property
-    def restarts(self) -> int:
-        return 5 if self.version == "plus" else 1
-
-    @property
-    def id(self) -> str:
-        if self.label:
-            return self.label
-        what = "+".join(self.attacks) if self.attacks else self.version
-        return f"aa-{what}-{self.norm}"
-
-    def options(self) -> dict[str, Any]:
-        return {"norm": self.norm, "version": self.version, "attacks": list(self.attacks) if self.attacks else None}
-
-
-AttackConfig = Annotated[Union[FGSMAttack, PGDAttack, AutoAttackAttack], Field(discriminator="name")]
-ATTACK_CONFIGS = {"fgsm": FGSMAttack, "pgd": PGDAttack, "autoattack": AutoAttackAttack}
-
-
-class SoundnessConfig(Strict):
-    """Evaluation soundness checks (Carlini et al. 2019); see docs/methods.md."""
-
-    enabled: bool = True
-    examples: PositiveInt = Field(500, description="test examples used by the extra attacks of the checks")
-    large_eps: Eps = Field(0.5, description="L∞ ε at which accuracy must be near chance")
-    tolerance: float = Field(
-        0.005, ge=0, lt=1,
-        description="accuracy change the checks tolerate (fraction; 0.005 = 0.5 points, Carlini et al. 2019); "
-        "never below one example (1/n), the resolution of an accuracy on n examples",
-    )
-    steps_factor: int = Field(2, ge=2, description="more_steps: the reference PGD rerun with this many times its steps")
-    restarts: PositiveInt = Field(5, description="more_restarts: fresh random restarts added to the reference PGD's own")
-    noise_draws: PositiveInt = Field(
-        1, description="noise_vs_whitebox: random perturbations per example (correct only if it survives all); "
-        "1 gives FGSM a baseline of equal cost, more makes the noise a random search",
-    )
-    violation_rate: float = Field(
-        0.01, ge=0, le=1, description="pgd_subset_fgsm: tolerated share of examples PGD gets right but FGSM gets wrong"
-    )
-    zero_gradient_rate: float = Field(
-        0.01, ge=0, le=1, description="zero_gradients: tolerated share of examples whose CE input gradient is exactly zero"
-    )
-    level: float = Field(
-        0.01, gt=0, lt=1,
-        description="significance level: a check comparing attacks warns only when its one-sided exact test "
-        "(binomial on the discordant examples, or on a count against its tolerated rate) gives p below it, "
-        "and the difference is past the tolerance",
-    )
-
-
-class EvaluationConfig(Strict):
-    examples: PositiveInt | None = Field(1000, description="test examples evaluated (null: the whole test split)")
-    batch_size: PositiveInt = 500
-    eps: tuple[Eps, ...] = Field((2 / 255, 4 / 255, 8 / 255), description="L∞ ε grid")
-    eps_l2: tuple[Eps, ...] = Field((), description="L2 ε grid (for L2 attacks)")
-    main_eps: Eps | None = Field(None, description="ε of the summary (default: the training ε of the first adversarial recipe)")
-    attacks: tuple[AttackConfig, ...] = Field(
-        default_factory=lambda: (FGSMAttack(name="fgsm"), PGDAttack(name="pgd")),
-        description="attacks evaluated on every model",
-    )
-    transfer: bool = Field(True, description="examples crafted on one model of a pair, tested on the other")
-    precision: Precision = Field("fp32", description="bf16 autocast for crafting attacks (CUDA only); scoring stays fp32")
-    compile: bool = Field(
-        False, description="torch.compile each model for crafting attacks (CUDA; compile time once per model; slower on CPU)"
-    )
-    soundness: SoundnessConfig = Field(default_factory=SoundnessConfig)
-
-    @field_validator("attacks", mode="before")
-    @classmethod
-    def _attack_shorthand(cls, v):
-        return _name_shorthand(v)
-
-    @model_validator(mode="after")
-    def _grids(self) -> EvaluationConfig:
-        seen: set[str] = set()
-        for i, a in enumerate(self.attacks):
-            if a.id in seen:
-                raise ValueError(f"attacks[{i}]: two attacks are named {a.id!r}; give one a label")
-            seen.add(a.id)
-            if a.norm == "linf" and any(e > 1 for e in (a.eps or ())):
-                raise ValueError(f"attacks[{i}].eps: an L∞ ε is at most 1 (pixel units)")
-            if a.norm == "l2" and not (a.eps or self.eps_l2):
-                raise ValueError(f"attacks[{i}]: an L2 attack needs eps_l2 (or its own eps list); the study's eps grid is L∞")
-        if any(e > 1 for e in self.eps):
-            raise ValueError("eps: an L∞ ε is at most 1 (pixel units)")
-        return self
-
-    def grid(self, attack: FGSMAttack | PGDAttack | AutoAttackAttack) -> tuple[float, ...]:
-        """The nonzero ε values at which ``attack`` is evaluated (clean accuracy is scored once)."""
-        eps = attack.eps if attack.eps is not None else (self.eps if attack.norm == "linf" else self.eps_l2)
-        return tuple(sorted({float(e) for e in eps if e > 0}))
-
-
-# --------------------------------------------------------------------------- probes
-
-
-class LipschitzProbe(Strict):
-    """Feature-space Lipschitz ratios ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖ per layer (docs/methods.md), for δ from
-    PGD on cross-entropy (``loss``), PGD on the feature change at the layer (``feat``) and a
-    random direction (``rand``); plus Yang et al. 2020's logit local Lipschitz estimate."""
-
-    layers: LayerSpec = Field("all", description="layers probed: names, fnmatch patterns, 'all' or 'penultimate'")
-    eps: tuple[Eps, ...] | None = Field(None, description="L∞ ε grid (default: evaluation.eps)")
-    eps_l2: tuple[Eps, ...] | None = Field(None, description="L2 ε grid (default: evaluation.eps_l2)")
-    norms: tuple[Norm, ...] = Field(("linf", "l2"), description="norms probed; a norm with an empty ε grid is skipped")
-    kinds: tuple[Literal["loss", "feat", "rand"], ...] = Field(
-        ("loss", "feat", "rand"), description="kinds of δ: PGD on CE, PGD on the feature change, random"
-    )
-    steps: PositiveInt = Field(10, description="PGD steps (step 2.5·ε/steps) of the loss attack, of each feature-search start and of the logit ascent")
-    feat_restarts: int = Field(
-        1, ge=0, description="random starts of the feature search (at δ = 0 a norm has no gradient, so it starts off x)"
-    )
-    feat_from_loss: bool = Field(
-        True,
-        description="also start the feature search from the PGD-CE example: δ_feat is a lower bound on the local "
-        "Lipschitz constant, so the best of both starts is a tighter one (and D(feat) ≥ D(loss) per example)",
-    )
-    # A step of ε, not PGD's 2.5ε/steps: the feature change of a near-linear layer peaks on a
-    # vertex (L∞) or the sphere (L2), where big steps act as a power iteration (keep-best guards).
-    feat_step: float = Field(1.0, gt=0, description="step of the feature search in units of ε")
-    logit_lipschitz: bool = Field(True, description="also Yang et al.'s logit local Lipschitz estimate (L∞ grid)")
-
-    @model_validator(mode="after")
-    def _feature_start(self) -> LipschitzProbe:
-        if "feat" in self.kinds and self.feat_restarts == 0 and not (self.feat_from_loss and "loss" in self.kinds):
-            raise ValueError("feat_restarts: the feature search needs a start: feat_restarts >= 1, or feat_from_loss with kind 'loss'")
-        return self
-
-
-class SurfaceConfig(Strict):
-    """Loss-surface slices ℓ(clip(x + a·ε·d₁ + b·ε·d₂)) at the study's main ε."""
-
-    grid: PositiveInt = Field(21, description="points per axis of the 2-D surface (odd: the grid contains a = b = 0)")
-    span: float = Field(2.0, gt=0, description="half-width of the slice in units of ε")
-    examples: PositiveInt = Field(4, description="probe examples (the first ones) with a surface and slices")
-    refine: PositiveInt = Field(
-        4, description="1-D slices have refine·(grid − 1) + 1 points: the surface axis refined, every grid point kept"
-    )
-
-
-class LinearityProbe(Strict):
-    """Local linearity γ(ε) (Qin et al. 2019), gradient alignment (Andriushchenko & Flammarion
-    2020), FGSM–PGD gap and loss-surface slices."""
-
-    eps: tuple[Eps, ...] | None = Field(None, description="L∞ ε grid (default: evaluation.eps)")
-    steps: PositiveInt = Field(10, description="PGD steps (step 2.5·ε/steps) of the search for γ = max |g(δ)|")
-    pgd_steps: PositiveInt = Field(20, description="steps of the PGD (L∞, CE) of the FGSM–PGD gap")
-    surface: SurfaceConfig = Field(default_factory=SurfaceConfig)
-
-
-class SaliencyProbe(Strict):
-    """Attribution maps through captum, with sparsity, faithfulness and stability metrics."""
-
-    methods: tuple[Literal["saliency", "integrated_gradients", "smoothgrad"], ...] = (
-        "saliency",
-        "integrated_gradients",
-        "smoothgrad",
-    )
-    examples: PositiveInt = Field(16, description="examples (both models correct) for maps and metrics")
-    ig_steps: PositiveInt = Field(32, description="integration points of integrated gradients (zero = black baseline)")
-    smoothgrad_samples: PositiveInt = Field(16, description="noisy copies per example for SmoothGrad")
-    smoothgrad_sigma: float = Field(0.15, gt=0, description="noise std as a fraction of the [0,1] range")
-    metrics: bool = Field(True, description="infidelity and max-sensitivity (Gini and agreement are always computed)")
-    # ~8/255: small enough to probe the local (first-order) behaviour the maps claim to explain
-    infidelity_sigma: float = Field(0.03, gt=0, description="std of the Gaussian infidelity perturbation (pixel units)")
-    infidelity_samples: PositiveInt = Field(32, description="perturbations per example for infidelity (forwards only)")
-    sensitivity_radius: float = Field(0.02, gt=0, description="L∞ radius of the sensitivity_max perturbations (pixel units)")
-    # each sample is one full explanation (ig_steps or smoothgrad_samples gradients for IG / SmoothGrad)
-    sensitivity_samples: PositiveInt = Field(8, description="perturbations per example for sensitivity_max")
-
-
-class CKAProbe(Strict):
-    """Linear (Kornblith et al. 2019) and debiased minibatch (Nguyen et al. 2021) CKA between
-    all layers of the models of each pair, and of each model with itself."""
-
-    layers: LayerSpec = Field("all", description="layers compared: names, fnmatch patterns, 'all' or 'penultimate'")
-    kinds: tuple[Literal["linear", "debiased"], ...] = Field(("linear", "debiased"), description="CKA estimators")
-    # the unbiased HSIC estimator needs n ≥ 4 per minibatch
-    batch_size: int = Field(256, ge=4, description="minibatch of the debiased estimator (probe examples per batch)")
-
-
-class LinearProbe(Strict):
-    """Per-layer logistic-regression probes on frozen features (Alain & Bengio 2016), clean and
-    under PGD; C chosen on the validation split."""
-
-    layers: LayerSpec = Field("all", description="layers probed: names, fnmatch patterns, 'all' or 'penultimate'")
-    eps: tuple[Eps, ...] | None = Field(None, description="L∞ ε of the PGD examples (default: evaluation.eps)")
-    train_examples: PositiveInt | None = Field(2000, description="training-split examples fitting each probe")
-    C: tuple[float, ...] = Field((0.01, 0.1, 1.0, 10.0), description="inverse regularisation grid, chosen on validation")
-    max_iter: PositiveInt = Field(500, description="lbfgs iterations per fit")
-    steps: PositiveInt = Field(10, description="steps of the L∞ CE PGD that makes the adversarial test features")
-    # a 64×32×32 conv map has 65k features: too wide to fit thousands of probes cheaply. The
-    # lbfgs fits cost ∝ width: 512 was measured 4x faster than 2048 (CIFAR PreActResNet, CPU).
-    max_features: PositiveInt | None = Field(
-        512, description="wider layers are average-pooled over space to fit (see linear_probe.py); null: never reduce"
-    )
-
-    @field_validator("C")
-    @classmethod
-    def _positive_c(cls, v):
-        if not v or any(c <= 0 for c in v):
-            raise ValueError("C is a non-empty list of positive numbers")
-        return v
-
-
-class ProbesConfig(Strict):
-    examples: PositiveInt = Field(256, description="fixed test examples shared by all models")
-    batch_size: PositiveInt = 256
-    lipschitz: LipschitzProbe | None = None
-    linearity: LinearityProbe | None = None
-    saliency: SaliencyProbe | None = None
-    cka: CKAProbe | None = None
-    linear_probe: LinearProbe | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_means_defaults(cls, v):
-        # `lipschitz:` with nothing under it (YAML null) or `{}` both mean "run with defaults";
-        # `false` means off.
-        if isinstance(v, Mapping):
-            v = dict(v)
-            for key in ("lipschitz", "linearity", "saliency", "cka", "linear_probe"):
-                if key in v and (v[key] is None or v[key] is True):
-                    v[key] = {}
-                elif key in v and v[key] is False:
-                    v[key] = None
-        return v
-
-    def enabled(self) -> list[str]:
-        return [k for k in ("lipschitz", "linearity", "saliency", "cka", "linear_probe") if getattr(self, k) is not None]
-
-
-class ReportConfig(Strict):
-    enabled: bool = Field(True, description="write figures and index.html at the end of the run")
-    formats: tuple[Literal["png", "svg"], ...] = ("png", "svg")
-
-
-class ClusterConfig(Strict):
-    """Where ``workbench run --executor slurm|local`` runs the jobs (the command line overrides)."""
-
-    partition: str | None = Field(None, description="SLURM partition (--partition)")
-    gpus_per_job: int = Field(0, ge=0, description="GPUs of each training job (more than 1: DDP inside the job)")
-    cpus_per_job: PositiveInt = Field(8, description="CPU cores of each job (DataLoader workers, decoding)")
-    mem_gb: PositiveInt | None = Field(None, description="memory of each job in GB (default: the partition's)")
-    time_min: PositiveInt = Field(240, description="time limit of each job in minutes (a timed-out job is requeued and resumes)")
-    slurm: dict[str, Any] = Field(default_factory=dict, description="further sbatch options, e.g. {account: abc, qos: high}")
-
-
-# --------------------------------------------------------------------------- study
 
 
 class Study(Strict):
@@ -835,25 +369,6 @@ class Study(Strict):
 
     def digest(self) -> str:
         return content_hash(self.to_dict())
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model of a study: an architecture trained with a recipe."""
-
-    arch: ArchitectureConfig
-    recipe: StandardRecipe | PGDATRecipe | FGSMRSRecipe | TradesRecipe | DistillationRecipe
-    train: TrainConfig
-    seed: int
-
-    @property
-    def id(self) -> str:
-        return f"{self.arch.id}/{self.recipe.id}"
-
-
-def content_hash(obj: Any) -> str:
-    """sha256 of the canonical JSON of ``obj`` (keys sorted): stable across runs and processes."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- loading

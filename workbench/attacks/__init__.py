@@ -1,8 +1,10 @@
 """Attacks on models taking inputs in [0, 1]; ε and α in pixel units.
 
-``ATTACKS.get(name)(model, x, y, eps, **options)`` is the uniform call (names: fgsm, pgd,
-autoattack);
-``LOSSES`` holds the per-example losses they ascend (ce, margin, dlr).
+``ATTACKS.get(name)(model, x, y, eps, **options)`` is the uniform call (``workbench list attacks``);
+``LOSSES`` holds the per-example losses they ascend (ce, margin, dlr). Each attack is one
+module that registers its function with its typed study config (``FGSMAttack``, ``PGDAttack``, ``AutoAttackAttack``):
+the study schema's ``evaluation.attacks`` is built from them, and every module of this
+package is imported (so registered) with it.
 """
 
 from .base import (
@@ -16,13 +18,19 @@ from .base import (
     project,
     random_perturbation,
 )
-from . import autoattack  # noqa: F401  (registers 'autoattack'; the module keeps its name)
-from .fgsm import fgsm
+from .autoattack import AutoAttackAttack  # the module keeps its name (workbench.attacks.autoattack)
+from .fgsm import FGSMAttack, fgsm
 from .losses import LOSSES
-from .pgd import pgd
+from .pgd import PGDAttack, pgd
+from ..registry import import_submodules  # isort: skip
+
+import_submodules(__name__, __path__)  # every other attack module registers itself
 
 __all__ = [
     "ATTACKS",
+    "AutoAttackAttack",
+    "FGSMAttack",
+    "PGDAttack",
     "LOSSES",
     "NORMS",
     "PRECISIONS",

@@ -16,9 +16,12 @@ torch's global generators is undone afterwards.
 from __future__ import annotations
 
 import logging
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, field_validator, model_validator
 
+from ..config import Eps, Norm, Strict, check_label
 from ..errors import WorkbenchError
 from .base import ATTACKS, attack_mode, check_batch, check_eps, check_norm
 
@@ -59,7 +62,60 @@ def build(model: torch.nn.Module, eps: float, *, norm: str = "linf", version: st
     return aa
 
 
-@ATTACKS.register("autoattack")
+class AutoAttackAttack(Strict):
+    """Croce & Hein 2020 through pyautoattack (the authors' code): a version's ensemble, or
+    some of its attacks alone with that version's settings (workbench/attacks/autoattack.py)."""
+
+    name: Literal["autoattack"]
+    label: str | None = Field(None, description="name in tables (default aa-<version or attacks>-<norm>)")
+    eps: tuple[Eps, ...] | None = Field(None, description="ε grid for this attack (default: the study's grid for its norm)")
+    norm: Norm = "linf"
+    version: Literal["standard", "plus", "rand"] = Field("standard", description="AutoAttack version")
+    attacks: tuple[Literal["apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab"], ...] | None = Field(
+        None, description="run only these of the version's attacks (e.g. [apgd-ce]); null: all of them"
+    )
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v):
+        return check_label(v)
+
+    @model_validator(mode="after")
+    def _installed(self) -> AutoAttackAttack:
+        if not available():
+            raise ValueError(MISSING)
+        if self.attacks is not None and not self.attacks:
+            raise ValueError("attacks: name at least one attack, or leave it out for the whole version")
+        return self
+
+    @property
+    def loss(self) -> str:
+        # APGD-CE ascends cross-entropy; APGD-T, APGD-DLR the DLR loss; FAB and Square the margin
+        names = self.attacks or {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+                                 "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+                                 "rand": ("apgd-ce", "apgd-dlr")}[self.version]
+        return "ce" if tuple(names) == ("apgd-ce",) else "mixed"
+
+    @property
+    def steps(self) -> int:
+        return 100  # APGD's and FAB's iterations in every version
+
+    @property
+    def restarts(self) -> int:
+        return 5 if self.version == "plus" else 1
+
+    @property
+    def id(self) -> str:
+        if self.label:
+            return self.label
+        what = "+".join(self.attacks) if self.attacks else self.version
+        return f"aa-{what}-{self.norm}"
+
+    def options(self) -> dict[str, Any]:
+        return {"norm": self.norm, "version": self.version, "attacks": list(self.attacks) if self.attacks else None}
+
+
+@ATTACKS.register("autoattack", config=AutoAttackAttack)
 def autoattack(
     model: torch.nn.Module,
     x: torch.Tensor,

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from torch import nn
 
+from ..config import AttackBase, Norm
 from ..types import Images, Labels, Tensor
 from .ascent import ascend
 from .base import ATTACKS, check_batch, check_eps, check_precision, run_attack
 from .losses import LOSSES
 
 
-@ATTACKS.register("fgsm")
+class FGSMAttack(AttackBase):
+    """Goodfellow et al. 2015; L∞ only."""
+
+    name: Literal["fgsm"]
+
+    @property
+    def norm(self) -> Norm:
+        return "linf"
+
+    @property
+    def id(self) -> str:
+        return self.label or ("fgsm" if self.loss == "ce" else f"fgsm-{self.loss}")
+
+    def options(self) -> dict[str, Any]:
+        return {"loss": self.loss}
+
+
+@ATTACKS.register("fgsm", config=FGSMAttack)
 def fgsm(
     model: nn.Module,
     x: Images,

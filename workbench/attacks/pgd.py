@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
+from pydantic import Field, PositiveInt
 from torch import nn
+
+from ..config import AttackBase, Eps, Norm
 
 from ..types import Images, Labels, Tensor
 from .ascent import ascend
@@ -20,7 +25,37 @@ from .base import (
 from .losses import LOSSES
 
 
-@ATTACKS.register("pgd")
+class PGDAttack(AttackBase):
+    """Madry et al. 2018."""
+
+    name: Literal["pgd"]
+    norm: Norm = "linf"
+    steps: PositiveInt = 20
+    alpha: Eps | None = Field(None, description="step size (default 2.5·eps/steps)")
+    restarts: PositiveInt = 1
+    random_start: bool = True
+
+    @property
+    def id(self) -> str:
+        if self.label:
+            return self.label
+        tag = f"pgd{self.steps}-{self.norm}"
+        if self.restarts > 1:
+            tag += f"-r{self.restarts}"
+        return tag if self.loss == "ce" else f"{tag}-{self.loss}"
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "alpha": self.alpha,
+            "norm": self.norm,
+            "restarts": self.restarts,
+            "random_start": self.random_start,
+            "loss": self.loss,
+        }
+
+
+@ATTACKS.register("pgd", config=PGDAttack)
 def pgd(
     model: nn.Module,
     x: Images,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -24,10 +25,72 @@ from torch import nn
 
 from ..attacks import ATTACKS, compile_for_attacks
 from ..progress import QUIET, Progress
+from ..registry import TableSchema
 from ..seeds import derive_seed, seeded_generator, seeded_subset
+from ..stages import Stage, StageContext, StageOutput, index_digest, register_stage
 from ..state import eval_mode, seeded_rng
 from ..stats import wilson_interval
-from ..study import AutoAttackAttack, EvaluationConfig, FGSMAttack, PGDAttack
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import AttackBase
+    from ..study import EvaluationConfig
+
+
+#: the tables this component writes (collected by workbench.tables)
+TABLES_EVALUATION: dict[str, TableSchema] = {
+    "robustness": (
+        "white-box accuracy and adversarial risk: model × attack × ε (clean: attack `clean`, ε 0; per-example "
+        "worst case over every white-box attack at a norm and ε: attack `worst_case`)",
+        {
+            "model": "model id",
+            "attack": "attack label (e.g. `fgsm`, `pgd20-linf`, `aa-standard-linf`), `clean` or `worst_case`",
+            "method": "attack registry name (`fgsm`, `pgd`, `autoattack`), `clean` or `worst_case`",
+            "norm": "`linf`, `l2` or `none`",
+            "loss": "loss the attack ascends (`ce`, `margin`, `dlr`; `mixed` for an AutoAttack ensemble; `any` for the worst case)",
+            "steps": "attack steps",
+            "restarts": "random restarts (per-example worst case kept)",
+            "eps": "ε in pixel units",
+            "n": "examples",
+            "accuracy": "accuracy on the adversarial examples",
+            "ci_low": "lower end of the 95% Wilson interval of the accuracy",
+            "ci_high": "upper end of the 95% Wilson interval of the accuracy",
+            "adv_risk": "adversarial risk: mean cross-entropy at the adversarial examples (worst case: of the highest loss found)",
+            "seconds": "time to craft and score",
+        },
+    ),
+    "per_example": (
+        "per-example outcome of every evaluation: model × attack × ε × example (and the worst case)",
+        {
+            "model": "model id",
+            "attack": "attack label, `clean` or `worst_case`",
+            "norm": "`linf`, `l2` or `none`",
+            "eps": "ε",
+            "index": "position of the example in the test split",
+            "correct": "classified correctly",
+            "loss": "cross-entropy at the (adversarial) input",
+        },
+    ),
+    "transfer": (
+        "examples crafted on one model of a pair, scored on the other (both directions)",
+        {
+            "architecture": "the pair's architecture label (as in `pairs`)",
+            "source": "model the examples were crafted on",
+            "target": "model that scored them",
+            "attack": "attack label",
+            "method": "attack registry name",
+            "norm": "norm",
+            "loss": "attack loss",
+            "steps": "attack steps",
+            "restarts": "restarts",
+            "eps": "ε",
+            "n": "examples",
+            "accuracy": "target's accuracy on the transferred examples",
+            "ci_low": "lower end of the 95% Wilson interval of the accuracy",
+            "ci_high": "upper end of the 95% Wilson interval of the accuracy",
+            "adv_risk": "target's mean cross-entropy on them",
+        },
+    ),
+}
 
 
 @dataclass
@@ -60,7 +123,7 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 
 
 def attack_batched(
     model: nn.Module,
-    attack: FGSMAttack | PGDAttack | AutoAttackAttack,
+    attack: AttackBase,
     x: torch.Tensor,
     y: torch.Tensor,
     eps: float,
@@ -179,3 +242,47 @@ def evaluate(
         transfer=pd.DataFrame(transfer_rows),
         adversarial=adversarial,
     )
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def evaluation_examples(ctx: StageContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(indices, x, y) of the evaluated test examples, shared by the evaluation and the checks."""
+
+    def make():
+        data = ctx.data
+        idx = evaluation_subset(len(data.test_y), ctx.study.evaluation.examples, ctx.seed)
+        if getattr(data, "streamed", False):  # the evaluation reads its batches from the files
+            return idx, data.test_x.subset(idx), data.test_y[idx.to(data.test_y.device)]  # type: ignore[attr-defined]
+        return idx, data.test_x[idx.to(data.test_x.device)], data.test_y[idx.to(data.test_y.device)]
+
+    return ctx.shared("evaluation-examples", make)
+
+
+class EvaluationStage(Stage):
+    """Clean accuracy and every declared attack over its ε grid for every model; transfer."""
+
+    name = "evaluate"
+    order = 0.0
+    tables = TABLES_EVALUATION
+
+    def inputs(self, ctx: StageContext) -> dict:
+        idx, _, _ = evaluation_examples(ctx)
+        return {
+            "evaluation": ctx.study.evaluation.model_dump(mode="json", exclude={"soundness"}),
+            "examples": index_digest(idx),
+        }
+
+    def code_modules(self, ctx: StageContext) -> list[str]:
+        # the attacks are looked up by name: their modules are what crafts the examples
+        return [__name__, *sorted({ATTACKS.get(a.name).__module__ for a in ctx.study.evaluation.attacks})]
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        idx, x, y = evaluation_examples(ctx)
+        ev = ctx.study.evaluation
+        r = evaluate(ctx.models, x, y, ev, ctx.study.pairs(), seed=ctx.seed, progress=ctx.progress, index=idx)
+        return StageOutput({"robustness": r.robustness, "per_example": r.per_example, "transfer": r.transfer}, value=r)
+
+
+register_stage(EvaluationStage())

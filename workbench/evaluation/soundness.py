@@ -65,22 +65,91 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from ..attacks import ATTACKS, LOSSES, default_alpha, random_perturbation
 from ..attacks.base import attack_mode, crafting, input_gradient
+from ..attacks.fgsm import FGSMAttack
+from ..attacks.pgd import PGDAttack
+from ..config import Eps, Strict
 from ..progress import QUIET, Progress
+from ..registry import TableSchema
 from ..seeds import derive_seed, seeded_generator, seeded_subset
+from ..stages import Stage, StageContext, StageOutput, register_stage
 from ..state import seeded_rng
 from ..stats import binomial_excess, discordant
-from ..study import FGSMAttack, PGDAttack, SoundnessConfig, Study
-from ..tables import TABLES
-from .robustness import EvalResult, score
+from .robustness import EvalResult, evaluation_examples, score
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..study import Study
+
+
+class SoundnessConfig(Strict):
+    """Evaluation soundness checks (Carlini et al. 2019); see docs/methods.md."""
+
+    enabled: bool = True
+    examples: PositiveInt = Field(500, description="test examples used by the extra attacks of the checks")
+    large_eps: Eps = Field(0.5, description="L∞ ε at which accuracy must be near chance")
+    tolerance: float = Field(
+        0.005, ge=0, lt=1,
+        description="accuracy change the checks tolerate (fraction; 0.005 = 0.5 points, Carlini et al. 2019); "
+        "never below one example (1/n), the resolution of an accuracy on n examples",
+    )
+    steps_factor: int = Field(2, ge=2, description="more_steps: the reference PGD rerun with this many times its steps")
+    restarts: PositiveInt = Field(5, description="more_restarts: fresh random restarts added to the reference PGD's own")
+    noise_draws: PositiveInt = Field(
+        1, description="noise_vs_whitebox: random perturbations per example (correct only if it survives all); "
+        "1 gives FGSM a baseline of equal cost, more makes the noise a random search",
+    )
+    violation_rate: float = Field(
+        0.01, ge=0, le=1, description="pgd_subset_fgsm: tolerated share of examples PGD gets right but FGSM gets wrong"
+    )
+    zero_gradient_rate: float = Field(
+        0.01, ge=0, le=1, description="zero_gradients: tolerated share of examples whose CE input gradient is exactly zero"
+    )
+    level: float = Field(
+        0.01, gt=0, lt=1,
+        description="significance level: a check comparing attacks warns only when its one-sided exact test "
+        "(binomial on the discordant examples, or on a count against its tolerated rate) gives p below it, "
+        "and the difference is past the tolerance",
+    )
+
+
+#: the tables this component writes (collected by workbench.tables)
+TABLES_SOUNDNESS: dict[str, TableSchema] = {
+    "soundness": (
+        "evaluation soundness checks (docs/methods.md): model × check",
+        {
+            "model": "model id",
+            "check": "check name",
+            "status": "`pass` or `warn`",
+            "value": "the measured number",
+            "threshold": "the limit it is compared with",
+            "p_value": "one-sided p-value of the check's test (empty for checks of exact properties); it warns only below "
+            "`soundness.level`",
+            "detail": "one sentence with the counts and the p-value",
+        },
+    ),
+    "soundness_per_example": (
+        "per-example outcome of the soundness checks' white-box attacks (they enter the worst case): model × job × example",
+        {
+            "model": "model id",
+            "job": "the check's attack (`reference`, `more_steps`, `extra_restarts`, `margin`, `large_eps`, `fgsm-<loss>@<ε>`)",
+            "attack": "attack label of its settings",
+            "norm": "`linf` or `l2`",
+            "eps": "ε",
+            "index": "position of the example in the test split",
+            "correct": "classified correctly",
+            "loss": "cross-entropy at the adversarial input",
+        },
+    ),
+}
 
 VERDICT_OK = "sound"
 VERDICT_WARN = "robustness may be overestimated"
@@ -125,7 +194,7 @@ CHECKS: dict[str, Check] = {
     )
 }
 
-COLUMNS = list(TABLES["soundness"][1])
+COLUMNS = list(TABLES_SOUNDNESS["soundness"][1])
 
 
 def tolerance(cfg: SoundnessConfig, n: int) -> float:
@@ -652,7 +721,7 @@ def run_checks_full(
             if ck.main_eps > 0:
                 rows.append(ck.margin_vs_ce(mid, got))
     per_example = (pd.concat(outcomes, ignore_index=True) if outcomes
-                   else pd.DataFrame(columns=list(TABLES["soundness_per_example"][1])))
+                   else pd.DataFrame(columns=list(TABLES_SOUNDNESS["soundness_per_example"][1])))
     return pd.DataFrame([r for r in rows if r is not None], columns=COLUMNS), per_example
 
 
@@ -669,3 +738,36 @@ def _test_index(result: EvalResult, n: int) -> np.ndarray:
 def verdicts(df: pd.DataFrame) -> dict[str, str]:
     """model -> ``"sound"``, or ``"robustness may be overestimated"`` if any of its checks warns."""
     return {str(m): VERDICT_WARN if (d["status"] == "warn").any() else VERDICT_OK for m, d in df.groupby("model", sort=False)}
+
+
+# --------------------------------------------------------------------------- stage
+
+
+class SoundnessStage(Stage):
+    """The checks above on every model; they read the evaluation's tables (so a cached
+    evaluation serves them as well) and craft their extra attacks on its examples."""
+
+    name = "soundness"
+    needs = ("evaluate",)
+    order = 1.0
+    tables = TABLES_SOUNDNESS
+
+    def enabled(self, study: Study) -> bool:
+        return study.evaluation.soundness.enabled
+
+    def inputs(self, ctx: StageContext) -> dict:
+        # the rest of the evaluation section, and the examples, are in the evaluation's key
+        return {"soundness": ctx.study.evaluation.soundness.model_dump(mode="json"), "main_eps": ctx.study.main_eps()}
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        ev = ctx.outputs["evaluate"].tables
+        result = EvalResult(ev["robustness"], ev["per_example"], ev["transfer"])
+        _, x, y = evaluation_examples(ctx)
+        if getattr(ctx.data, "streamed", False):
+            x = ctx.shared("evaluation-examples-decoded", x.load)  # the checks get them decoded
+        table, outcomes = run_checks_full(ctx.study, ctx.models, x, y, result, num_classes=ctx.data.num_classes,
+                                          progress=ctx.progress, seed=ctx.seed)
+        return StageOutput({"soundness": table, "soundness_per_example": outcomes})
+
+
+register_stage(SoundnessStage())

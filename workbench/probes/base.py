@@ -1,10 +1,10 @@
-"""The probe registry and what every probe runner receives."""
+"""The probe registry, what every probe runner receives, and the stage that runs a probe."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -13,20 +13,41 @@ from ..data import DataSplits
 from ..errors import UnknownNameError, WorkbenchError
 from ..models import WorkbenchModel
 from ..progress import QUIET, Progress
-from ..registry import Registry
+from ..registry import Registry, TableSchema
 from ..seeds import derive_seed, seeded_generator, seeded_subset
-from ..store import RunFolder
-from ..study import Study
+from ..stages import Stage, StageContext, StageOutput, index_digest, register_stage
+from ..store import RunFolder, atomic_write_bytes
 
-#: probe runners by name (study field ``probes.<name>``): ProbeContext -> {table name: DataFrame}
-PROBES: Registry[Callable[["ProbeContext"], dict[str, pd.DataFrame]]] = Registry("probe")
+if TYPE_CHECKING:  # pragma: no cover
+    from ..study import Study
+
+
+class ProbeRegistry(Registry):
+    """Probe runners by name (study field ``probes.<name>``): ProbeContext -> {table: frame}.
+    Registering a probe (with its config and tables) also registers its stage
+    ``probe:<name>``, so the runner needs no edit for a new probe."""
+
+    def register(self, name=None, *, config=None, tables=None):
+        inner = super().register(name, config=config, tables=tables)
+
+        def deco(fn):
+            inner(fn)
+            key = name or fn.__name__
+            register_stage(ProbeStage(key, len(self), dict(tables or {})))
+            return fn
+
+        return deco
+
+
+PROBES: Registry[Callable[["ProbeContext"], dict[str, pd.DataFrame]]] = ProbeRegistry("probe")
 
 
 @dataclass(frozen=True)
 class ProbeContext:
     """Everything a probe runner may use. ``x, y`` are the probe examples: one fixed set of
     test examples shared by every model of the study (``index`` gives their positions in the
-    test split)."""
+    test split). A runner that makes files puts their bytes into ``artifacts`` (path inside
+    the run folder -> bytes); whoever runs the probe writes them."""
 
     study: Study
     cfg: Any  # this probe's section of the study (e.g. LipschitzProbe)
@@ -36,11 +57,11 @@ class ProbeContext:
     y: torch.Tensor
     index: torch.Tensor
     data: DataSplits
-    folder: RunFolder | None
     device: torch.device
     batch_size: int
     seed: int
     progress: Progress = QUIET
+    artifacts: dict[str, bytes] = field(default_factory=dict)
 
     def eps_grid(self, norm: str = "linf") -> tuple[float, ...]:
         """The probe's own ε grid for ``norm``, else the study's evaluation grid (nonzero)."""
@@ -63,17 +84,23 @@ def run_probes(
     study: Study,
     models: dict[str, WorkbenchModel],
     data: DataSplits,
-    folder: RunFolder | None,
+    folder: RunFolder | str | None = None,
     *,
     device: torch.device,
     progress: Progress = QUIET,
     seed: int = 0,
 ) -> dict[str, pd.DataFrame]:
-    """Run every probe the study enables, in a fixed order; returns all their tables."""
-    base = probe_context(study, models, data, folder, device=device, progress=progress, seed=seed)
+    """Run every probe the study enables, in a fixed order; returns all their tables (and
+    writes their artifacts, e.g. the saliency arrays, into ``folder`` when given)."""
+    base = probe_context(study, models, data, device=device, progress=progress, seed=seed)
     tables: dict[str, pd.DataFrame] = {}
     for name in study.probes.enabled():
-        add_probe_tables(tables, name, run_probe(base, name))
+        out = run_probe(base, name)
+        add_probe_tables(tables, name, out.tables)
+        if folder is not None:
+            root = folder.path if isinstance(folder, RunFolder) else RunFolder(folder).path
+            for rel, data_ in out.artifacts.items():
+                atomic_write_bytes(root / rel, data_)
     return tables
 
 
@@ -81,7 +108,6 @@ def probe_context(
     study: Study,
     models: dict[str, WorkbenchModel],
     data: DataSplits,
-    folder: RunFolder | None,
     *,
     device: torch.device,
     progress: Progress = QUIET,
@@ -92,14 +118,16 @@ def probe_context(
     x, y, idx = probe_examples(data, cfg.examples, seed)
     return ProbeContext(
         study=study, cfg=None, models=models, pairs=study.pairs(), x=x, y=y, index=idx, data=data,
-        folder=folder, device=device, batch_size=cfg.batch_size, seed=seed, progress=progress,
+        device=device, batch_size=cfg.batch_size, seed=seed, progress=progress,
     )
 
 
-def run_probe(base: ProbeContext, name: str) -> dict[str, pd.DataFrame]:
-    """One probe of the study (``name``: a key of ``study.probes``) on the shared context."""
+def run_probe(base: ProbeContext, name: str) -> StageOutput:
+    """One probe of the study (``name``: a key of ``study.probes``) on the shared context:
+    its tables and the artifacts it made."""
+    ctx = replace(base, cfg=getattr(base.study.probes, name), artifacts={})
     try:
-        return PROBES.get(name)(replace(base, cfg=getattr(base.study.probes, name)))
+        return StageOutput(dict(PROBES.get(name)(ctx)), dict(ctx.artifacts))
     except WorkbenchError as e:
         if e.file is None and e.field is None:  # say which part of the study it concerns
             layer = isinstance(e, UnknownNameError) and e.kind == "layer"
@@ -107,7 +135,41 @@ def run_probe(base: ProbeContext, name: str) -> dict[str, pd.DataFrame]:
         raise
 
 
-def add_probe_tables(tables: dict[str, pd.DataFrame], name: str, out: dict[str, pd.DataFrame]) -> None:
+def add_probe_tables(tables: dict[str, pd.DataFrame], name: str, out: Mapping[str, pd.DataFrame]) -> None:
     clash = set(out) & set(tables)
     assert not clash, f"probe {name} writes tables already written: {clash}"
     tables.update(out)
+
+
+class ProbeStage(Stage):
+    """The stage of one registered probe: runs it on the probe examples every probe shares."""
+
+    def __init__(self, probe: str, position: int, tables: dict[str, TableSchema]):
+        self.probe = probe
+        self.name = f"probe:{probe}"
+        self.order = 10.0 + position  # after the evaluation, in the order probes registered
+        self.tables = tables
+
+    def enabled(self, study: Study) -> bool:
+        return getattr(study.probes, self.probe, None) is not None
+
+    def _context(self, ctx: StageContext) -> ProbeContext:
+        return ctx.shared("probe-context", lambda: probe_context(
+            ctx.study, ctx.models, ctx.data, device=ctx.device, progress=ctx.progress, seed=ctx.seed))
+
+    def inputs(self, ctx: StageContext) -> dict[str, Any]:
+        study = ctx.study
+        return {
+            "probe": getattr(study.probes, self.probe).model_dump(mode="json"),
+            "probes": study.probes.model_dump(mode="json", include={"examples", "batch_size"}),
+            # a probe without its own ε grid uses the evaluation's; linearity uses the main ε
+            "eps": {"linf": list(study.evaluation.eps), "l2": list(study.evaluation.eps_l2)},
+            "main_eps": study.main_eps(),
+            "examples": index_digest(self._context(ctx).index),
+        }
+
+    def code_modules(self, ctx: StageContext) -> list[str]:
+        return [PROBES.get(self.probe).__module__, __name__]
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        return run_probe(self._context(ctx), self.probe)

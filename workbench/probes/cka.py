@@ -27,10 +27,42 @@ from typing import Literal
 
 import pandas as pd
 import torch
+from pydantic import Field
 
+from ..config import LayerSpec, Strict
 from ..errors import WorkbenchError
 from ..models import extract_features, resolve_layers
+from ..registry import TableSchema
 from .base import PROBES, ProbeContext
+
+
+class CKAProbe(Strict):
+    """Linear (Kornblith et al. 2019) and debiased minibatch (Nguyen et al. 2021) CKA between
+    all layers of the models of each pair, and of each model with itself."""
+
+    layers: LayerSpec = Field("all", description="layers compared: names, fnmatch patterns, 'all' or 'penultimate'")
+    kinds: tuple[Literal["linear", "debiased"], ...] = Field(("linear", "debiased"), description="CKA estimators")
+    # the unbiased HSIC estimator needs n ≥ 4 per minibatch
+    batch_size: int = Field(256, ge=4, description="minibatch of the debiased estimator (probe examples per batch)")
+
+
+#: the tables this component writes (collected by workbench.tables)
+TABLES_CKA: dict[str, TableSchema] = {
+    "cka": (
+        "CKA between every layer of model A and every layer of model B (pairs, and each model with itself)",
+        {
+            "model_a": "model id (rows)",
+            "model_b": "model id (columns)",
+            "layer_a": "layer of model A",
+            "layer_b": "layer of model B",
+            "layer_a_index": "position of layer A",
+            "layer_b_index": "position of layer B",
+            "kind": "`linear` or `debiased`",
+            "value": "CKA (linear: in [0, 1]; debiased: can be slightly negative for unrelated features)",
+        },
+    ),
+}
+
 
 log = logging.getLogger("workbench")
 
@@ -226,7 +258,7 @@ def cka_matrix(
 COLUMNS = ["model_a", "model_b", "layer_a", "layer_b", "layer_a_index", "layer_b_index", "kind", "value"]
 
 
-@PROBES.register("cka")
+@PROBES.register("cka", config=CKAProbe, tables=TABLES_CKA)
 def run_cka(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """Linear and debiased CKA between all layers of each pair (reference × paired) and of
     each model with itself, on the probe examples.

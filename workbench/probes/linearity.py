@@ -24,17 +24,94 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from ..attacks import fgsm, pgd
 from ..attacks.ascent import ascend
 from ..attacks.base import attack_mode, crafting, uniform_like
+from ..config import Eps, Strict
 from ..errors import WorkbenchError
+from ..registry import TableSchema
 from ..seeds import seeded_generator
 from ..state import eval_mode
-from ..tables import TABLES
 from .base import PROBES, ProbeContext
 from .lipschitz import _device, summarize
+
+
+class SurfaceConfig(Strict):
+    """Loss-surface slices ℓ(clip(x + a·ε·d₁ + b·ε·d₂)) at the study's main ε."""
+
+    grid: PositiveInt = Field(21, description="points per axis of the 2-D surface (odd: the grid contains a = b = 0)")
+    span: float = Field(2.0, gt=0, description="half-width of the slice in units of ε")
+    examples: PositiveInt = Field(4, description="probe examples (the first ones) with a surface and slices")
+    refine: PositiveInt = Field(
+        4, description="1-D slices have refine·(grid − 1) + 1 points: the surface axis refined, every grid point kept"
+    )
+
+
+class LinearityProbe(Strict):
+    """Local linearity γ(ε) (Qin et al. 2019), gradient alignment (Andriushchenko & Flammarion
+    2020), FGSM–PGD gap and loss-surface slices."""
+
+    eps: tuple[Eps, ...] | None = Field(None, description="L∞ ε grid (default: evaluation.eps)")
+    steps: PositiveInt = Field(10, description="PGD steps (step 2.5·ε/steps) of the search for γ = max |g(δ)|")
+    pgd_steps: PositiveInt = Field(20, description="steps of the PGD (L∞, CE) of the FGSM–PGD gap")
+    surface: SurfaceConfig = Field(default_factory=SurfaceConfig)
+
+
+#: the tables this component writes (collected by workbench.tables)
+TABLES_LINEARITY: dict[str, TableSchema] = {
+    "linearity": (
+        "local linearity γ(ε) (Qin et al.) and gradient alignment (Andriushchenko & Flammarion): model × ε × metric",
+        {
+            "model": "model id",
+            "eps": "ε (L∞)",
+            "metric": "`gamma` or `grad_alignment`",
+            "n": "examples (gradient alignment excludes zero-norm gradients)",
+            "mean": "mean",
+            "median": "median",
+            "q10": "10% quantile",
+            "q90": "90% quantile",
+            "sem": "standard error",
+            "ci_low": "95% bootstrap interval of the mean over examples: lower end",
+            "ci_high": "upper end",
+        },
+    ),
+    "fgsm_pgd_gap": (
+        "FGSM − PGD accuracy at the same ε (near zero ⇔ locally linear loss)",
+        {
+            "model": "model id",
+            "eps": "ε (L∞)",
+            "fgsm_acc": "FGSM accuracy",
+            "pgd_acc": "PGD accuracy (L∞, CE, `linearity.pgd_steps` steps) on the probe examples",
+            "gap": "fgsm_acc − pgd_acc",
+        },
+    ),
+    "loss_surface": (
+        "2-D loss surface ℓ(x + a·d₁ + b·d₂), d₁ = sign ∇ℓ, d₂ random ⊥ d₁ (a, b in units of ε)",
+        {
+            "model": "model id",
+            "example": "example number within the probe set",
+            "eps": "ε that scales the axes",
+            "a": "coordinate along sign-gradient (units of ε)",
+            "b": "coordinate along the random direction (units of ε)",
+            "loss": "cross-entropy",
+        },
+    ),
+    "loss_slice": (
+        "1-D loss slices along the sign-gradient and a random direction",
+        {
+            "model": "model id",
+            "example": "example number within the probe set",
+            "eps": "ε that scales the axis",
+            "direction": "`gradient` or `random`",
+            "t": "step along the direction (units of ε)",
+            "loss": "cross-entropy",
+        },
+    ),
+}
+
 
 #: per-example loss: (model, x (N, ...), y (N,)) -> (N,)
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -198,7 +275,7 @@ def fgsm_pgd_gap(
         acc_p = _accuracy(model, torch.cat(x_p), yd, batch_size)
         rows.append({"model": getattr(model, "name", "model"), "eps": e, "fgsm_acc": acc_f, "pgd_acc": acc_p,
                      "gap": acc_f - acc_p})
-    return pd.DataFrame(rows, columns=list(TABLES["fgsm_pgd_gap"][1]))
+    return pd.DataFrame(rows, columns=list(TABLES_LINEARITY["fgsm_pgd_gap"][1]))
 
 
 # --------------------------------------------------------------------------- loss slices
@@ -301,18 +378,18 @@ def loss_slices(
                 loss = _losses_at(model, points(a, b), yi, loss_fn, batch_size)
                 slices.append(pd.DataFrame({"model": name, "example": i, "eps": eps, "direction": direction,
                                             "t": fine.numpy(), "loss": loss.numpy()}))
-    return (pd.DataFrame(pd.concat(surface, ignore_index=True), columns=list(TABLES["loss_surface"][1])),
-            pd.DataFrame(pd.concat(slices, ignore_index=True), columns=list(TABLES["loss_slice"][1])))
+    return (pd.DataFrame(pd.concat(surface, ignore_index=True), columns=list(TABLES_LINEARITY["loss_surface"][1])),
+            pd.DataFrame(pd.concat(slices, ignore_index=True), columns=list(TABLES_LINEARITY["loss_slice"][1])))
 
 
 # --------------------------------------------------------------------------- study runner
 
 
 def _empty(name: str) -> pd.DataFrame:
-    return pd.DataFrame(columns=list(TABLES[name][1]))
+    return pd.DataFrame(columns=list(TABLES_LINEARITY[name][1]))
 
 
-@PROBES.register("linearity")
+@PROBES.register("linearity", config=LinearityProbe, tables=TABLES_LINEARITY)
 def run_linearity(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """γ(ε) and gradient alignment on the L∞ grid, the FGSM–PGD gap, and loss surfaces and
     slices at the study's main ε, for every model. Random starts, noise and the slice
@@ -343,7 +420,7 @@ def run_linearity(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
                 advance(1, status="surfaces")
     cat = lambda frames, name: pd.concat(frames, ignore_index=True) if frames else _empty(name)  # noqa: E731
     return {
-        "linearity": pd.DataFrame(lin, columns=list(TABLES["linearity"][1])),
+        "linearity": pd.DataFrame(lin, columns=list(TABLES_LINEARITY["linearity"][1])),
         "fgsm_pgd_gap": cat(gap, "fgsm_pgd_gap"),
         "loss_surface": cat(surf, "loss_surface"),
         "loss_slice": cat(sl, "loss_slice"),

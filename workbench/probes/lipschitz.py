@@ -28,23 +28,102 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field, PositiveInt, model_validator
 
 from ..attacks import perturbation_norm, pgd, random_perturbation
 from ..attacks.ascent import ascend as _ascend
 from ..attacks.ascent import gaussian_start
 from ..attacks.base import run_attack
+from ..config import Eps, LayerSpec, Norm, Strict
 from ..errors import UnknownNameError, WorkbenchError
 from ..models import WorkbenchModel, capture, resolve_layers
 from ..progress import QUIET, Progress
+from ..registry import TableSchema
 from ..seeds import seeded_generator
 from ..state import eval_mode
 from ..stats import bootstrap_interval
-from ..tables import TABLES
 from .base import PROBES, ProbeContext
+
+
+class LipschitzProbe(Strict):
+    """Feature-space Lipschitz ratios ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖ per layer (docs/methods.md), for δ from
+    PGD on cross-entropy (``loss``), PGD on the feature change at the layer (``feat``) and a
+    random direction (``rand``); plus Yang et al. 2020's logit local Lipschitz estimate."""
+
+    layers: LayerSpec = Field("all", description="layers probed: names, fnmatch patterns, 'all' or 'penultimate'")
+    eps: tuple[Eps, ...] | None = Field(None, description="L∞ ε grid (default: evaluation.eps)")
+    eps_l2: tuple[Eps, ...] | None = Field(None, description="L2 ε grid (default: evaluation.eps_l2)")
+    norms: tuple[Norm, ...] = Field(("linf", "l2"), description="norms probed; a norm with an empty ε grid is skipped")
+    kinds: tuple[Literal["loss", "feat", "rand"], ...] = Field(
+        ("loss", "feat", "rand"), description="kinds of δ: PGD on CE, PGD on the feature change, random"
+    )
+    steps: PositiveInt = Field(10, description="PGD steps (step 2.5·ε/steps) of the loss attack, of each feature-search start and of the logit ascent")
+    feat_restarts: int = Field(
+        1, ge=0, description="random starts of the feature search (at δ = 0 a norm has no gradient, so it starts off x)"
+    )
+    feat_from_loss: bool = Field(
+        True,
+        description="also start the feature search from the PGD-CE example: δ_feat is a lower bound on the local "
+        "Lipschitz constant, so the best of both starts is a tighter one (and D(feat) ≥ D(loss) per example)",
+    )
+    # A step of ε, not PGD's 2.5ε/steps: the feature change of a near-linear layer peaks on a
+    # vertex (L∞) or the sphere (L2), where big steps act as a power iteration (keep-best guards).
+    feat_step: float = Field(1.0, gt=0, description="step of the feature search in units of ε")
+    logit_lipschitz: bool = Field(True, description="also Yang et al.'s logit local Lipschitz estimate (L∞ grid)")
+
+    @model_validator(mode="after")
+    def _feature_start(self) -> LipschitzProbe:
+        if "feat" in self.kinds and self.feat_restarts == 0 and not (self.feat_from_loss and "loss" in self.kinds):
+            raise ValueError("feat_restarts: the feature search needs a start: feat_restarts >= 1, or feat_from_loss with kind 'loss'")
+        return self
+
+
+#: the tables this component writes (collected by workbench.tables)
+TABLES_LIPSCHITZ: dict[str, TableSchema] = {
+    "lipschitz": (
+        "feature-space Lipschitz ratios D = ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖: model × layer × norm × ε × kind of δ",
+        {
+            "model": "model id",
+            "layer": "layer name",
+            "layer_index": "position of the layer (input → output)",
+            "feature_dim": "flattened feature size",
+            "norm": "`linf` or `l2` (‖δ‖ is measured in this norm)",
+            "eps": "ε",
+            "kind": "`loss` (PGD on CE), `feat` (PGD on the feature change at this layer), `rand` (random, same norm)",
+            "n": "examples",
+            "mean": "mean ratio",
+            "median": "median ratio",
+            "q10": "10% quantile",
+            "q90": "90% quantile",
+            "sem": "standard error of the mean",
+            "ci_low": "95% bootstrap interval of the mean over examples: lower end",
+            "ci_high": "upper end",
+            "rel_mean": "mean relative change ‖Δφ‖ / ‖φ(x)‖",
+            "rel_median": "median relative change",
+            "over_random": "mean ratio divided by the mean ratio of `rand` at the same setting",
+        },
+    ),
+    "logit_lipschitz": (
+        "logit local Lipschitz estimate of Yang et al. 2020: mean over x of max ‖f(x)−f(x′)‖₁ / ‖x−x′‖∞",
+        {
+            "model": "model id",
+            "eps": "L∞ radius",
+            "steps": "ascent steps",
+            "n": "examples",
+            "mean": "mean over examples",
+            "median": "median",
+            "sem": "standard error",
+            "ci_low": "95% bootstrap interval of the mean over examples: lower end",
+            "ci_high": "upper end",
+        },
+    ),
+}
+
 
 #: the kinds of δ, in table order
 KINDS = ("loss", "feat", "rand")
@@ -238,7 +317,7 @@ def lipschitz(
             costs nothing. On the quickstart models α = ε beat 2.5ε/steps at every layer.
 
     Returns:
-        One row per layer × ε × kind with exactly the columns of ``TABLES["lipschitz"]``;
+        One row per layer × ε × kind with exactly the columns of ``TABLES_LIPSCHITZ["lipschitz"]``;
         ``model`` holds ``model.name`` (the study runner overwrites it with the model id).
         ``n`` counts examples with ‖δ‖ > 0 (after the clip); ``rel_*`` also excludes
         ‖φ(x)‖ = 0. ``over_random`` is this kind's mean over the ``rand`` mean at the same
@@ -330,7 +409,7 @@ def lipschitz(
                     "rel_mean": r["mean"], "rel_median": r["median"],
                     "over_random": s["mean"] / rand_mean if rand_mean and math.isfinite(rand_mean) else math.nan,
                 })
-    return pd.DataFrame(rows, columns=list(TABLES["lipschitz"][1]))
+    return pd.DataFrame(rows, columns=list(TABLES_LIPSCHITZ["lipschitz"][1]))
 
 
 def logit_lipschitz(
@@ -411,7 +490,7 @@ def logit_lipschitz(
 # --------------------------------------------------------------------------- study runner
 
 
-@PROBES.register("lipschitz")
+@PROBES.register("lipschitz", config=LipschitzProbe, tables=TABLES_LIPSCHITZ)
 def run_lipschitz(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """Feature Lipschitz ratios (every model, layer, norm, ε, kind) and Yang et al.'s logit
     estimate (every model and L∞ ε). Every model sees the same random starts and directions
@@ -440,7 +519,7 @@ def run_lipschitz(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
                                        **{k: s[k] for k in ("n", "mean", "median", "sem", "ci_low", "ci_high")}})
                     advance(1)
     out = {"lipschitz": pd.concat(frames, ignore_index=True) if frames
-           else pd.DataFrame(columns=list(TABLES["lipschitz"][1]))}
+           else pd.DataFrame(columns=list(TABLES_LIPSCHITZ["lipschitz"][1]))}
     if cfg.logit_lipschitz:
-        out["logit_lipschitz"] = pd.DataFrame(logit_rows, columns=list(TABLES["logit_lipschitz"][1]))
+        out["logit_lipschitz"] = pd.DataFrame(logit_rows, columns=list(TABLES_LIPSCHITZ["logit_lipschitz"][1]))
     return out

@@ -47,26 +47,80 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 from captum.metrics import infidelity, sensitivity_max
+from pydantic import Field, PositiveInt
 from scipy.stats import spearmanr
 
 from ..attacks import attack_mode
+from ..config import Strict
 from ..errors import RunFolderError, WorkbenchError
+from ..registry import TableSchema
 from ..state import seeded_rng
 from ..store import RunFolder, atomic_write_bytes
 from .base import PROBES, ProbeContext
+
+
+class SaliencyProbe(Strict):
+    """Attribution maps through captum, with sparsity, faithfulness and stability metrics."""
+
+    methods: tuple[Literal["saliency", "integrated_gradients", "smoothgrad"], ...] = (
+        "saliency",
+        "integrated_gradients",
+        "smoothgrad",
+    )
+    examples: PositiveInt = Field(16, description="examples (both models correct) for maps and metrics")
+    ig_steps: PositiveInt = Field(32, description="integration points of integrated gradients (zero = black baseline)")
+    smoothgrad_samples: PositiveInt = Field(16, description="noisy copies per example for SmoothGrad")
+    smoothgrad_sigma: float = Field(0.15, gt=0, description="noise std as a fraction of the [0,1] range")
+    metrics: bool = Field(True, description="infidelity and max-sensitivity (Gini and agreement are always computed)")
+    # ~8/255: small enough to probe the local (first-order) behaviour the maps claim to explain
+    infidelity_sigma: float = Field(0.03, gt=0, description="std of the Gaussian infidelity perturbation (pixel units)")
+    infidelity_samples: PositiveInt = Field(32, description="perturbations per example for infidelity (forwards only)")
+    sensitivity_radius: float = Field(0.02, gt=0, description="L∞ radius of the sensitivity_max perturbations (pixel units)")
+    # each sample is one full explanation (ig_steps or smoothgrad_samples gradients for IG / SmoothGrad)
+    sensitivity_samples: PositiveInt = Field(8, description="perturbations per example for sensitivity_max")
+
+
+#: the tables this component writes (collected by workbench.tables)
+TABLES_SALIENCY: dict[str, TableSchema] = {
+    "saliency_metrics": (
+        "per-example attribution metrics: model × method × example",
+        {
+            "model": "model id",
+            "method": "`saliency`, `integrated_gradients` or `smoothgrad`",
+            "example": "example number within the saliency set",
+            "index": "position in the test split",
+            "gini": "Gini sparsity of |attribution| (0 uniform, 1 one-hot)",
+            "infidelity": "captum infidelity (normalize=True)",
+            "sensitivity": "captum sensitivity_max",
+        },
+    ),
+    "saliency_agreement": (
+        "Spearman rank correlation of the maps of the two models of a pair",
+        {
+            "pair": "`<reference>~<model>`",
+            "reference": "reference model id",
+            "model": "paired model id",
+            "method": "attribution method",
+            "example": "example number",
+            "spearman": "rank correlation of |attribution|",
+        },
+    ),
+}
+
 
 log = logging.getLogger("workbench")
 
 METHODS: tuple[str, ...] = ("saliency", "integrated_gradients", "smoothgrad")
 #: file name of the saved maps inside ``<run>/arrays``
 ARRAY_FILE = "saliency.npz"
+ARRAY_PATH = f"{RunFolder.ARRAYS}/{ARRAY_FILE}"  # inside the run folder
 
 
 # --------------------------------------------------------------------------- helpers
@@ -292,9 +346,9 @@ def attribution_metrics(
 # --------------------------------------------------------------------------- arrays
 
 
-def save_saliency(path: str | Path, inputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
-                  maps: dict[str, dict[str, torch.Tensor]]) -> Path:
-    """Write the maps as one ``.npz`` (atomic). Keys:
+def saliency_bytes(inputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+                   maps: dict[str, dict[str, torch.Tensor]]) -> bytes:
+    """The maps as one compressed ``.npz`` file's bytes. Keys:
 
     * ``inputs`` (N, C, H, W) float32, ``labels`` (N,) int64, ``index`` (N,) int64
       (positions in the test split);
@@ -304,7 +358,6 @@ def save_saliency(path: str | Path, inputs: torch.Tensor, labels: torch.Tensor, 
 
     ``maps`` is ``{method: {model_id: (N, C, H, W)}}``. Loads with ``allow_pickle=False``.
     """
-    path = Path(path)
     methods = list(maps)
     models = list(next(iter(maps.values()))) if maps else []
     arrays: dict[str, np.ndarray] = {
@@ -319,7 +372,14 @@ def save_saliency(path: str | Path, inputs: torch.Tensor, labels: torch.Tensor, 
             arrays[f"map_{method}_{j}"] = maps[method][model_id].detach().float().cpu().numpy()
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_saliency(path: str | Path, inputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+                  maps: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """Write :func:`saliency_bytes` to ``path`` (atomic)."""
+    path = Path(path)
+    atomic_write_bytes(path, saliency_bytes(inputs, labels, index, maps))
     return path
 
 
@@ -370,13 +430,13 @@ def common_correct(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch
     return ok.nonzero().flatten()[:k].cpu()
 
 
-@PROBES.register("saliency")
+@PROBES.register("saliency", config=SaliencyProbe, tables=TABLES_SALIENCY)
 def run_saliency(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """Saliency, integrated gradients and SmoothGrad maps of every model on one shared
     example set (the first ``cfg.examples`` probe examples that every model classifies
     correctly), their Gini sparsity, infidelity and max-sensitivity, and the Spearman
-    agreement of the two models of each pair. Saves the maps to ``arrays/saliency.npz``
-    (skipped when the context has no run folder)."""
+    agreement of the two models of each pair. The maps become the artifact
+    ``arrays/saliency.npz`` (:func:`saliency_bytes`), which the runner writes."""
     cfg = ctx.cfg
     sel = common_correct(ctx.models, ctx.x, ctx.y, cfg.examples, ctx.batch_size)
     if len(sel) < cfg.examples:
@@ -432,7 +492,6 @@ def run_saliency(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
                 agreement.append({"pair": f"{ref}~{other}", "reference": ref, "model": other, "method": m,
                                   "example": i, "spearman": float(rho[i])})
 
-    if ctx.folder is not None:
-        save_saliency(ctx.folder.arrays / ARRAY_FILE, x, y, index, maps)
+    ctx.artifacts[ARRAY_PATH] = saliency_bytes(x, y, index, maps)
     return {"saliency_metrics": pd.DataFrame(rows, columns=METRIC_COLUMNS),
             "saliency_agreement": pd.DataFrame(agreement, columns=AGREEMENT_COLUMNS)}

@@ -536,10 +536,66 @@ def _study_yaml(res: Results) -> str:
         return res.study.to_yaml()
 
 
+def _figure_inputs(res: Results) -> dict[str, Any]:
+    """What the figures are drawn from: the run's table files and arrays (by sha256), the
+    study, and the code that draws them."""
+    from ..codehash import code_hash
+
+    def digests(folder: Path, pattern: str) -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob(pattern)) if p.is_file()}
+
+    tables = digests(res.path / "tables", "*.parquet")
+    mt = res.get("models")
+    if mt is not None and "models.parquet" in tables:
+        # whether a model came from the store changes no figure (a rerun reuses them all)
+        keep = mt.drop(columns=[c for c in ("cached", "resumed_from_epoch", "train_seconds") if c in mt.columns])
+        tables["models.parquet"] = hashlib.sha256(keep.to_csv(index=False).encode()).hexdigest()
+    return {
+        "tables": tables,
+        "arrays": digests(res.path / "arrays", "*"),
+        "study": res.study.digest(),
+        "code": code_hash(__name__, F.__name__),
+    }
+
+
+def cached_figures(res: Results, out_dir: Path, formats: Sequence[str]) -> tuple[list[FigureEntry], list[str]]:
+    """:func:`draw_figures`, reused from the result cache of the run's store when the tables,
+    arrays, study and figure code are those of an earlier report (a rerun with nothing
+    changed then draws nothing). The page itself is always rendered anew: its provenance
+    (times, reused stages) is this run's."""
+    import json
+
+    from ..cache import ResultCache, cached_stage
+    from ..stages import StageOutput
+
+    store = res.run.get("store")
+    if not store:
+        return draw_figures(res, out_dir, formats)
+
+    def draw() -> StageOutput:
+        entries, skipped = draw_figures(res, out_dir, formats)
+        files = {f"{out_dir.name}/{p.name}": p.read_bytes() for p in sorted(out_dir.glob("*")) if p.is_file()}
+        index = {"entries": [e.__dict__ for e in entries], "skipped": skipped}
+        return StageOutput({}, {**files, "report/figures.json": json.dumps(index).encode()})
+
+    got = cached_stage(ResultCache(store), "report", _figure_inputs(res), draw)
+    if got.cached:
+        for rel, blob in got.artifacts.items():
+            if rel.startswith(f"{out_dir.name}/"):
+                out_dir.mkdir(parents=True, exist_ok=True)
+                (out_dir / Path(rel).name).write_bytes(blob)
+    index = json.loads(got.artifacts["report/figures.json"])
+    entries = [FigureEntry(**{**e, "files": [tuple(f) for f in e["files"]]}) for e in index["entries"]]
+    return entries, list(index["skipped"])
+
+
 def build_report(res: Results, *, out_dir: Path | None = None) -> str:
     """The report page of ``res`` as a string; figure files go to ``out_dir`` when given."""
     summary = summary_table(res)
-    entries, skipped = draw_figures(res, out_dir, res.study.report.formats)
+    if out_dir is not None:
+        entries, skipped = cached_figures(res, out_dir, res.study.report.formats)
+    else:
+        entries, skipped = draw_figures(res, out_dir, res.study.report.formats)
     verdict_cls = ["verdict-warn" if v == VERDICT_WARN else ("verdict-ok" if v == VERDICT_OK else "")
                    for v in summary["soundness"]]
     summary_html = html_table(summary, summary.attrs["formats"], cell_cls={"soundness": verdict_cls}, id="summary-table")

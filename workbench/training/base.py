@@ -14,7 +14,8 @@ from torch import nn
 from ..registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..study import TrainConfig
+    from ..config import TrainConfig
+    from .jobs import TrainJob
     from .loop import FitContext
 
 
@@ -52,12 +53,21 @@ class Recipe:
     checkpoints), so a recipe is only what makes it different.
     """
 
+    #: recipes of the other models this one trains with (role -> recipe), e.g. a teacher
+    roles: dict[str, type[Recipe]] = {}
+
     def __init__(self, cfg: Any, train: TrainConfig):
         self.cfg = cfg
         self.train = train
 
+    @classmethod
+    def dependencies(cls, job: TrainJob) -> dict[str, TrainJob]:
+        """role -> the job of each model this recipe needs (trained before it; read in
+        :meth:`setup` with ``ctx.dependency(role)``). None by default."""
+        return {}
+
     def setup(self, ctx: FitContext) -> None:
-        """Called once before the first epoch (distillation trains its teacher here)."""
+        """Called once before the first epoch (distillation takes its teacher here)."""
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (scalar loss, logits of the inputs trained on) for one batch."""

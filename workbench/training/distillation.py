@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveInt
 from torch import nn
 
+from ..config import RecipeBase
 from .base import RECIPES, Recipe
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .jobs import TrainJob
     from .loop import FitContext
 
 
-@RECIPES.register("distillation")
+class DistillationRecipe(RecipeBase):
+    """Papernot et al. 2016: teacher at temperature T, student on its soft labels at T, deployed at T=1."""
+
+    name: Literal["distillation"]
+    temperature: float = Field(100.0, gt=0)
+    teacher_epochs: PositiveInt | None = Field(None, description="default: train.epochs")
+
+
+class TeacherAtTemperature(Recipe):
+    """The teacher of defensive distillation: cross-entropy of softmax(z/T)."""
+
+    def loss(self, model, x, y):
+        logits = model(x)
+        return F.cross_entropy(logits.float() / self.cfg.temperature, y), logits
+
+
+@RECIPES.register("distillation", config=DistillationRecipe)
 class Distillation(Recipe):
     """Defensive distillation (Papernot et al. 2016). A teacher is trained on
     softmax(z/T); a student of the same architecture (same initial weights) is trained at
@@ -31,12 +50,20 @@ class Distillation(Recipe):
     recipe (teacher and student) with Adam, lr 0.01, and no weight decay, which would fight
     the growth of the logits."""
 
+    roles = {"teacher": TeacherAtTemperature}
+
     def __init__(self, cfg, train):
         super().__init__(cfg, train)
         self.teacher: nn.Module | None = None
 
+    @classmethod
+    def dependencies(cls, job: TrainJob) -> dict[str, TrainJob]:
+        # the teacher: same architecture, initial weights and data order, at temperature T
+        epochs = job.spec.recipe.teacher_epochs
+        return {"teacher": job.with_role("teacher", **({"epochs": epochs} if epochs else {}))}
+
     def setup(self, ctx: FitContext) -> None:
-        self.teacher = ctx.fit_teacher()
+        self.teacher = ctx.dependency("teacher")
         self.teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -49,11 +76,3 @@ class Distillation(Recipe):
         logits = model(x)
         loss = -(soft * F.log_softmax(logits.float() / T, dim=1)).sum(1).mean()
         return loss, logits
-
-
-class TeacherAtTemperature(Recipe):
-    """The teacher of defensive distillation: cross-entropy of softmax(z/T)."""
-
-    def loss(self, model, x, y):
-        logits = model(x)
-        return F.cross_entropy(logits.float() / self.cfg.temperature, y), logits

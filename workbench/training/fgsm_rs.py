@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..attacks import fgsm, pgd
+from ..config import Eps, RecipeBase
 from ..state import eval_mode
 from .base import RECIPES, EpochReport, Recipe, frozen_parameters
 
 
-@RECIPES.register("fgsm_rs")
+class FGSMRSRecipe(RecipeBase):
+    """Wong et al. 2020 fast AT: uniform random start, one FGSM step of alpha_factor·eps."""
+
+    name: Literal["fgsm_rs"]
+    eps: Eps
+    norm: Literal["linf"] = "linf"
+    alpha_factor: float = Field(1.25, gt=0)
+    co_check: bool = Field(True, description="catastrophic-overfitting check after each epoch (PGD-5 on a training batch)")
+    co_drop: float = Field(0.2, gt=0, le=1, description="PGD accuracy drop (fraction) that signals catastrophic overfitting")
+    co_action: Literal["rollback", "stop", "warn"] = Field(
+        "rollback", description="rollback: restore the last good epoch and stop; stop: stop; warn: record only"
+    )
+
+
+@RECIPES.register("fgsm_rs", config=FGSMRSRecipe)
 class FGSMRS(Recipe):
     """Fast adversarial training (Wong et al. 2020): δ₀ ~ U[−ε, ε], one FGSM step of
     α = 1.25ε, train on x + δ. Catastrophic overfitting is watched after every epoch

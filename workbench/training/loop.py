@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import functools
 import logging
 import math
@@ -37,11 +36,11 @@ from ..errors import CheckpointError, TrainingError
 from ..models import WorkbenchModel, create_model
 from ..progress import QUIET, Progress
 from ..state import eval_mode, preserved_rng, seed_global_rng, seeded_rng
-from ..store import TRAINING_CODE_VERSION, ModelStore
-from ..study import DataConfig, ModelSpec, TrainConfig, content_hash
+from ..config import DataConfig, ModelSpec, TrainConfig
 from ..seeds import derive_seed
-from .base import RECIPES, EpochReport, Recipe
-from .distillation import TeacherAtTemperature
+from ..store import ModelStore
+from .base import EpochReport, Recipe
+from .jobs import TrainJob, recipe_class
 
 log = logging.getLogger("workbench")
 
@@ -61,51 +60,6 @@ def data_identity(cfg: DataConfig, data: DataSplits | None = None) -> dict[str, 
         ident["content"] = data.digest
     elif cfg.name != "imagefolder":
         ident.pop("root")
-    return ident
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    """Everything that determines one trained model (its cache key is a hash of this)."""
-
-    spec: ModelSpec
-    data: dict[str, Any]
-    monitor_eps: float
-    role: str = "model"  # "teacher": the teacher of a distillation recipe
-
-    @property
-    def id(self) -> str:
-        return self.spec.id if self.role == "model" else f"{self.spec.id}:{self.role}"
-
-    def identity(self) -> dict[str, Any]:
-        recipe = self.spec.recipe.model_dump(mode="json", exclude={"label", "train"})
-        return {
-            "code_version": TRAINING_CODE_VERSION,
-            "role": self.role,
-            "data": self.data,
-            "arch": {"name": self.spec.arch.name, "options": dict(self.spec.arch.options)},
-            "recipe": recipe,
-            # the per-epoch monitoring (ε, examples, steps) is recorded in the history but does
-            # not change the weights, so studies with other main ε still share the model
-            "train": _train_identity(self.train_config),
-            "seed": self.spec.seed,
-        }
-
-    @property
-    def train_config(self) -> TrainConfig:
-        t = self.spec.train
-        if self.role == "teacher" and getattr(self.spec.recipe, "teacher_epochs", None):
-            t = t.model_copy(update={"epochs": self.spec.recipe.teacher_epochs})
-        return t
-
-    def key(self) -> str:
-        return content_hash(self.identity())[:24]
-
-
-def _train_identity(t: TrainConfig) -> dict[str, Any]:
-    ident = t.model_dump(mode="json", exclude={"monitor_examples", "monitor_steps", "checkpoint_steps"})
-    if ident.get("onecycle_momentum") is None:  # added later: unset, it leaves earlier keys as they were
-        ident.pop("onecycle_momentum", None)
     return ident
 
 
@@ -151,9 +105,14 @@ class FitContext:
         """One fixed, un-augmented, class-stratified training batch (the catastrophic-overfitting check)."""
         return self.data.train_x[self._check_index], self.data.train_y[self._check_index]
 
-    def fit_teacher(self) -> nn.Module:
-        teacher_job = dataclasses.replace(self.job, role="teacher")
-        return fit(teacher_job, self.data, self.store, self.device, progress=self.progress, retrain=self.retrain).model
+    def dependency(self, role: str) -> nn.Module:
+        """The trained model this job's recipe declared as a dependency under ``role``.
+
+        The planner trains dependencies first, so this normally reads the store; a job run
+        on its own (e.g. a cluster job) trains its dependency here. Never with ``retrain``:
+        the planner already retrained it if asked to."""
+        dep = self.job.dependencies()[role]
+        return fit(dep, self.data, self.store, self.device, progress=self.progress).model
 
 
 def build_model(spec: ModelSpec, data: DataSplits, device: torch.device | str = "cpu") -> WorkbenchModel:
@@ -257,6 +216,24 @@ def fit(
         ) from None
 
 
+def load_trained(job: TrainJob, data: DataSplits, store: ModelStore, device: torch.device | str = "cpu") -> TrainedModel:
+    """The job's model from the store (after an executor trained it); CheckpointError if absent."""
+    device = torch.device(device)
+    key = job.key()
+    model = build_model(job.spec, data, device)
+    try:
+        with store.lock(key):
+            if not store.has_model(key):
+                raise CheckpointError(f"{job.id}: no trained model under key {key} in the store", file=str(store.entry(key)))
+            state, meta = store.load_model(key)
+        _load_state(model, state, store.entry(key) / "model.pt")
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{e.message}; rerun with --retrain to move the store entry aside and train anew", file=e.file
+        ) from None
+    return TrainedModel(job.id, key, model, pd.DataFrame(meta.get("history", [])), meta, cached=True)
+
+
 def _fit_locked(job, key, model, data, store, device, progress, retrain, lock=True) -> TrainedModel:
     # data-parallel: rank 0 alone locks and writes the store; every rank follows its decisions
     main = distributed.world().main
@@ -283,9 +260,7 @@ def _load_state(model: nn.Module, state: dict, path) -> None:
 def _train(job, key, model, data, store, device, progress, retrain) -> TrainedModel:
     t = job.train_config
     seed = job.spec.seed
-    recipe: Recipe = (
-        TeacherAtTemperature(job.spec.recipe, t) if job.role == "teacher" else RECIPES.get(job.spec.recipe.name)(job.spec.recipe, t)
-    )
+    recipe: Recipe = recipe_class(job.spec.recipe.name, job.role)(job.spec.recipe, t)
     ctx = FitContext(job, data, store, device, progress, retrain)
     recipe.setup(ctx)
 

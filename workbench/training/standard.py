@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal
 
+from ..config import RecipeBase
 from .base import RECIPES, Recipe
 
 
-@RECIPES.register("standard")
+class StandardRecipe(RecipeBase):
+    """Cross-entropy on clean inputs."""
+
+    name: Literal["standard"]
+
+
+@RECIPES.register("standard", config=StandardRecipe)
 class Standard(Recipe):
     """Cross-entropy on clean inputs."""
 

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveInt
 
 from ..attacks.ascent import ascend
 from ..attacks.base import attack_mode
+from ..config import Eps, RecipeBase
 from .base import RECIPES, Recipe
 
 
-@RECIPES.register("trades")
+class TradesRecipe(RecipeBase):
+    """Zhang et al. 2019: CE(f(x), y) + beta·KL(f(x) ‖ f(x')), x' maximising the KL."""
+
+    name: Literal["trades"]
+    eps: Eps
+    norm: Literal["linf"] = "linf"
+    beta: float = Field(6.0, ge=0)
+    steps: PositiveInt = 10
+    alpha: Eps | None = Field(None, description="step size (default 2.5·eps/steps)")
+
+
+@RECIPES.register("trades", config=TradesRecipe)
 class TRADES(Recipe):
     """TRADES (Zhang et al. 2019): CE(f(x), y) + β·KL(f(x) ‖ f(x')), where x' maximises the
     KL divergence inside the L∞ ball (eval-mode PGD from x + 0.001·N(0, I), as the

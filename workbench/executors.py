@@ -1,0 +1,181 @@
+"""Executors: where training jobs run.
+
+An executor takes the planned :class:`~workbench.training.jobs.TrainJob` list (every
+dependency before the jobs that need it) and trains each job into the model store; the
+runner then loads the weights from there. Registered by name in :data:`EXECUTORS`:
+
+- ``inprocess`` (default): one after the other in this process;
+- ``processes``: a local pool of ``jobs`` spawned processes (``workbench run --jobs N``),
+  each training one job at a time with its own torch and BLAS thread count; a job starts
+  once the jobs it depends on are done. Every job reseeds all its random streams, so the
+  weights are those of the in-process run (bit for bit on the CPU when each process uses
+  as many threads as the in-process run did).
+
+A new executor (a cluster queue, another machine) is one class with :meth:`Executor.run`
+that ships :meth:`TrainJob.to_json` to where the store is reachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import WorkbenchError
+from .progress import QUIET, Progress
+from .registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import DataSplits
+    from .store import ModelStore
+    from .training.jobs import TrainJob
+
+log = logging.getLogger("workbench")
+
+
+@dataclass
+class JobResult:
+    """What running a job reports (the weights are in the store under ``key``)."""
+
+    key: str
+    cached: bool
+    resumed_from_epoch: int | None = None
+    seconds: float = 0.0
+
+
+class Executor:
+    """Trains planned jobs into the store; returns key -> :class:`JobResult`."""
+
+    def run(
+        self,
+        jobs: list[TrainJob],
+        data: DataSplits,
+        store: ModelStore,
+        device: torch.device,
+        *,
+        retrain: bool = False,
+        progress: Progress = QUIET,
+        done: Callable[[TrainJob, JobResult], None] = lambda job, result: None,
+    ) -> dict[str, JobResult]:
+        raise NotImplementedError
+
+
+#: executors by name (``workbench run --executor``; ``--jobs N`` picks ``processes``)
+EXECUTORS: Registry[type[Executor]] = Registry("executor")
+
+
+@EXECUTORS.register("inprocess")
+class InProcess(Executor):
+    """Train the jobs one after the other in this process (the default)."""
+
+    def __init__(self, jobs: int = 1, threads: int | None = None):
+        pass
+
+    def run(self, jobs, data, store, device, *, retrain=False, progress=QUIET, done=lambda job, result: None):
+        from .training.loop import fit
+
+        out: dict[str, JobResult] = {}
+        for job in jobs:
+            t = fit(job, data, store, device, progress=progress, retrain=retrain)
+            out[t.key] = JobResult(t.key, t.cached, t.resumed_from_epoch, t.seconds)
+            done(job, out[t.key])
+        return out
+
+
+# --------------------------------------------------------------------------- process pool
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(threads: int) -> None:
+    # each worker sets its own threads (a spawned process starts from the defaults)
+    torch.set_num_threads(threads)
+    from threadpoolctl import threadpool_limits
+
+    _WORKER["limits"] = threadpool_limits(threads)
+
+
+def _worker_data(job: TrainJob, device: torch.device) -> DataSplits:
+    from .data import load_dataset
+
+    src = job.source or {}
+    key = repr(sorted(src.get("data", {}).items())) + repr(src.get("seed"))
+    if _WORKER.get("data_key") != key:
+        cfg = job.data_config()
+        _WORKER["data"] = load_dataset(
+            cfg.name, root=cfg.resolved_root(), download=cfg.download, val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction, seed=int(src["seed"]), limit_train=cfg.limit_train,
+            limit_test=cfg.limit_test, device=device, **dict(cfg.options),
+        )
+        _WORKER["data_key"] = key
+    return _WORKER["data"]
+
+
+def _run_in_worker(job_json: str, store_root: str, device: str, retrain: bool) -> dict[str, Any]:
+    """Train one job in a worker; errors come back as one line (exceptions with keyword
+    arguments do not always survive pickling)."""
+    from .store import ModelStore
+    from .training.jobs import TrainJob
+    from .training.loop import fit
+
+    try:
+        job = TrainJob.from_json(job_json)
+        dev = torch.device(device)
+        t = fit(job, _worker_data(job, dev), ModelStore(store_root), dev, retrain=retrain)
+        return {"key": t.key, "cached": t.cached, "resumed_from_epoch": t.resumed_from_epoch, "seconds": t.seconds}
+    except WorkbenchError as e:
+        return {"error": e.one_line(), "exit_code": e.exit_code}
+
+
+@EXECUTORS.register("processes")
+class ProcessPool(Executor):
+    """Train independent jobs in parallel in ``jobs`` spawned local processes."""
+
+    def __init__(self, jobs: int = 2, threads: int | None = None):
+        self.jobs = max(1, int(jobs))
+        total = threads or max(1, (os.cpu_count() or 2) // 2)
+        self.threads = max(1, total // self.jobs)
+
+    def run(self, jobs, data, store, device, *, retrain=False, progress=QUIET, done=lambda job, result: None):
+        keys = {j.key(): j for j in jobs}
+        deps = {k: {d.key() for d in j.dependencies().values()} & set(keys) for k, j in keys.items()}
+        out: dict[str, JobResult] = {}
+        running: dict[Future, str] = {}
+        ctx = multiprocessing.get_context("spawn")
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init, initargs=(self.threads,)) as pool:
+            pending = list(keys)
+            while pending or running:
+                for k in [k for k in pending if deps[k] <= set(out)]:
+                    pending.remove(k)
+                    log.info("%s: training in a worker process", keys[k].id)
+                    running[pool.submit(_run_in_worker, keys[k].to_json(), str(store.root), str(device), retrain)] = k
+                if not running:
+                    raise WorkbenchError(f"training jobs wait for each other: {[keys[k].id for k in pending]}")
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for f in finished:
+                    k = running.pop(f)
+                    got = f.result()
+                    if "error" in got:
+                        raise WorkbenchError(got["error"])
+                    out[k] = JobResult(got["key"], got["cached"], got["resumed_from_epoch"], got["seconds"])
+                    done(keys[k], out[k])
+        log.info("trained %d jobs in %d processes in %.1fs", len(jobs), self.jobs, time.perf_counter() - t0)
+        return out
+
+
+def make_executor(name: str | None = None, jobs: int = 1, threads: int | None = None) -> Executor:
+    """``name`` (default: ``processes`` when ``jobs`` > 1, else ``inprocess``)."""
+    from .errors import UnknownNameError
+
+    name = name or ("processes" if jobs > 1 else "inprocess")
+    if name not in EXECUTORS:
+        raise UnknownNameError("executor", name, EXECUTORS.names(), field="--executor")
+    return EXECUTORS.get(name)(jobs=jobs, threads=threads)
