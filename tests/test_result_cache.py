@@ -223,3 +223,28 @@ def test_two_writers_of_one_key_compute_once(tmp_path):
         t.join()
     assert len(calls) == 1 and sorted(r.cached for r in results) == [False, True]
     pd.testing.assert_frame_equal(results[0].tables["t"], results[1].tables["t"])
+
+
+def test_the_report_reuses_its_figures_when_nothing_changed(first, store, tmp_path, monkeypatch):
+    import workbench.codehash as codehash_mod
+    import workbench.report.html as html
+    from workbench.report import write_report
+
+    r = run(store, tmp_path / "rep")
+    drawn = []
+    real = html.draw_figures
+    monkeypatch.setattr(html, "draw_figures", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    write_report(r.path)
+    assert drawn == [1]  # first report of these tables: drawn
+    page = (r.path / "index.html").read_text()
+    figures = {p.name: p.read_bytes() for p in (r.path / "figures").iterdir()}
+    assert figures and "data:image/png;base64," in page
+    again = run(store, tmp_path / "rep2")
+    write_report(again.path)
+    assert drawn == [1]  # same tables, study and figure code: reused, nothing drawn
+    assert {p.name: p.read_bytes() for p in (again.path / "figures").iterdir()} == figures
+    assert (again.path / "index.html").read_text().count("data:image/png;base64,") == page.count("data:image/png;base64,")
+    real_hash = codehash_mod.code_hash
+    monkeypatch.setattr(codehash_mod, "code_hash", lambda *m, **k: "edited figure code" + real_hash(*m, **k))
+    write_report(again.path)
+    assert drawn == [1, 1]  # the figure code changed: drawn again
