@@ -94,8 +94,7 @@ def test_comments_docstrings_and_formatting_change_no_key(package_copy):
 def test_attack_code_changes_every_model_and_result_that_uses_it(package_copy):
     dest, use = package_copy
     stages0, models0 = _stage_hashes(QUICK), _model_keys(QUICK)
-    _edit(dest / "attacks" / "pgd.py", "    if eps == 0.0:\n        return x.detach().clone()\n\n    run =",
-          "    if eps == 0.0:\n        return x.detach().clone() * 1\n\n    run =")
+    _edit(dest / "attacks" / "pgd.py", "    check_batch(x, y)\n", "    check_batch(x, y)\n    eps = eps * 1\n")
     use()
     stages1, models1 = _stage_hashes(QUICK), _model_keys(QUICK)
     # PGD-AT trains with PGD, every model is monitored with it; every stage but CKA runs it
