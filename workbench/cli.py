@@ -132,17 +132,15 @@ def run(
     jobs: int = typer.Option(
         1, "--jobs", "-j", min=1, help="train up to N models at once in separate processes (their threads share --threads)"
     ),
-    executor: Optional[str] = typer.Option(
-        None, help="where training jobs run: inprocess, processes (default: processes when --jobs > 1; workbench list executors)"
-    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars, warnings only"),
     gpus: Optional[int] = typer.Option(
         None, min=1, help="train each model on this many GPUs of this machine with DistributedDataParallel "
         "(starts the same command under torchrun; see docs/scaling.md)"
     ),
     executor: str = typer.Option(
-        "inprocess", help="inprocess (default), slurm (each model a SLURM job, then the evaluation as a dependent "
-        "job) or local (the same jobs on this machine); slurm and local need the cluster extra (submitit)"
+        "inprocess", help="inprocess (default), processes (a local pool of --jobs processes; --jobs > 1 picks it), "
+        "slurm (each model a SLURM job, then the evaluation as a dependent job) or local (the same jobs on this "
+        "machine); slurm and local need the cluster extra (submitit)"
     ),
     gpus_per_job: Optional[int] = typer.Option(None, min=0, help="--executor slurm/local: GPUs per training job "
                                                "(default: the study's cluster.gpus_per_job)"),
@@ -174,9 +172,9 @@ def run(
         _relaunch_under_torchrun(gpus)
     _console_logging(quiet or not _is_rank_zero())
     tune_cpu_allocator()
-    if executor not in ("inprocess", "slurm", "local"):
-        _fail(WorkbenchError(f"unknown executor {executor!r}; use inprocess, slurm or local", field="--executor"))
-    if executor != "inprocess":
+    if executor not in ("inprocess", "processes", "slurm", "local"):
+        _fail(WorkbenchError(f"unknown executor {executor!r}; use inprocess, processes, slurm or local", field="--executor"))
+    if executor in ("slurm", "local"):
         _run_jobs(study, set_, out, store, executor, retrain=retrain, recompute=recompute, report=report, quiet=quiet,
                   threads=threads, gpus_per_job=gpus_per_job, partition=partition, time_min=time_min,
                   slurm_opt=slurm_opt, parallel=parallel)
@@ -186,7 +184,7 @@ def run(
             s = load_study(study, set_)
             result = run_study(s, out, device=device, store=store, retrain=retrain, recompute=recompute,
                                progress=False if quiet else None, report=report, threads=threads, jobs=jobs,
-                               executor=executor)
+                               executor=None if executor == "inprocess" else executor)
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume from the last finished epoch", err=True)
         raise typer.Exit(130)
