@@ -464,7 +464,7 @@ def test_registry_and_validation_errors():
     model = linear_model(W2)
     x, y = torch.full((1, 3), 0.5), torch.tensor([0])
     close(ATTACKS.get("pgd")(model, x, y, 0.1, steps=4, random_start=False), [[0.4, 0.6, 0.5]])
-    with pytest.raises(UnknownNameError, match="valid attacks: fgsm, .*pgd"):
+    with pytest.raises(UnknownNameError, match="valid attacks: autoattack, fgsm, .*pgd"):
         ATTACKS.get("cw")
     with pytest.raises(UnknownNameError, match="ce, dlr, margin"):
         pgd(model, x, y, 0.1, loss="hinge")
