@@ -580,6 +580,11 @@ def cached_figures(res: Results, out_dir: Path, formats: Sequence[str]) -> tuple
 
     got = cached_stage(ResultCache(store), "report", _figure_inputs(res), draw)
     if got.cached:
+        kept = {Path(rel).name for rel in got.artifacts if rel.startswith(f"{out_dir.name}/")}
+        if out_dir.is_dir():  # a stale figure from an earlier report would contradict this one, as when drawing
+            for p in out_dir.glob("*"):
+                if p.is_file() and p.name not in kept and p.suffix.lstrip(".") in formats:
+                    p.unlink(missing_ok=True)
         for rel, blob in got.artifacts.items():
             if rel.startswith(f"{out_dir.name}/"):
                 out_dir.mkdir(parents=True, exist_ok=True)
