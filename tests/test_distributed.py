@@ -3,6 +3,7 @@ with half of every global batch, against one process with the whole batch."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -116,3 +117,114 @@ def test_rank_zero_alone_writes_the_run_folder(ddp_runs: Path) -> None:
 
     models = pd.read_parquet(ddp_runs / "run" / "tables" / "models.parquet")
     assert models["cached"].tolist() == [True]
+
+
+# --------------------------------------------------------------------------- sharded stages
+
+#: the stages' tables; their rows are the same per-example outcomes however the batches (or,
+#: for the per-model probes, the models) are split over ranks: compared exactly but for
+#: float columns, to 1e-12 relative (they are computed from the same batches, in the same order)
+STAGE_TABLES = ("robustness", "per_example", "transfer", "soundness", "soundness_per_example", "significance",
+                "lipschitz", "logit_lipschitz", "linearity", "fgsm_pgd_gap", "loss_surface", "loss_slice",
+                "linear_probe", "cka", "saliency_metrics", "saliency_agreement")
+TIMING_COLUMNS = {"seconds"}
+
+
+def _sharded_study():
+    return study_from_dict({
+        "name": "sharded",
+        "data": {"name": "digits", "limit_train": 96},
+        "architectures": [{"name": "mlp", "options": {"hidden": [16]}}],
+        "recipes": [{"name": "standard"}, {"name": "fgsm_rs", "eps": 0.1}],
+        "train": {"epochs": 1, "batch_size": 32, "monitor_examples": 32, "monitor_steps": 2},
+        # 3 batches of the evaluation (2 on rank 0, 1 on rank 1), 2 of the checks; PGD with
+        # random restarts, so a batch seeded by its rank instead of its position would differ
+        "evaluation": {"examples": 40, "batch_size": 16, "eps": [0.1], "main_eps": 0.1,
+                       "attacks": ["fgsm", {"name": "pgd", "steps": 3, "restarts": 2}],
+                       "soundness": {"examples": 24}},
+        "probes": {"examples": 24, "batch_size": 8,
+                   "lipschitz": {"steps": 2, "feat_restarts": 1, "norms": ["linf"]},
+                   "linearity": {"steps": 2, "pgd_steps": 2, "surface": {"examples": 2, "grid": 3}},
+                   "linear_probe": {"train_examples": 48, "C": [1.0], "max_iter": 50, "steps": 2},
+                   "cka": {"batch_size": 8},
+                   "saliency": {"examples": 4, "ig_steps": 4, "smoothgrad_samples": 2, "infidelity_samples": 4,
+                                "sensitivity_samples": 2}},
+        "report": {"enabled": False},
+    })
+
+
+@contextlib.contextmanager
+def _counting_pgd(path: Path):
+    """PGD as registered, counting the examples it attacks into ``path``."""
+    from workbench.attacks import ATTACKS
+
+    orig, seen = ATTACKS.get("pgd"), [0]
+
+    def counted(model, x, *args, **kwargs):
+        seen[0] += len(x)
+        return orig(model, x, *args, **kwargs)
+
+    counted.__module__ = orig.__module__  # the same code, so the same result-cache keys
+    ATTACKS._entries["pgd"] = counted
+    try:
+        yield
+    finally:
+        ATTACKS._entries["pgd"] = orig
+        path.write_text(str(seen[0]))
+
+
+def _sharded_rank(rank: int, world: int, port: int, store: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from workbench import distributed
+    from workbench.runner import run_study
+
+    distributed.setup(torch.device("cpu"))
+    try:
+        # computed anew on both ranks (the models come from the store), then read from the cache
+        for name, recompute in (("sharded", True), ("cached", False)):
+            with _counting_pgd(Path(out) / f"pgd-rank{rank}.txt") if name == "sharded" else contextlib.nullcontext():
+                run = run_study(_sharded_study(), Path(out) / name, store=store, device="cpu", progress=False,
+                                report=False, threads=1, recompute=recompute)
+            (Path(out) / f"{name}-rank{rank}.txt").write_text(",".join(run.cached_stages))
+    finally:
+        distributed.teardown()
+
+
+def _stage_tables(run: Path) -> dict:
+    import pandas as pd
+
+    return {t: pd.read_parquet(run / "tables" / f"{t}.parquet") for t in STAGE_TABLES}
+
+
+def test_evaluation_and_probes_sharded_over_two_ranks_give_the_tables_of_one_process(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from workbench.runner import run_study
+
+    torch.set_num_threads(1)
+    store = tmp_path / "store"
+    with _counting_pgd(tmp_path / "pgd-one.txt"):
+        one = run_study(_sharded_study(), tmp_path / "one", store=store, device="cpu", progress=False, report=False,
+                        threads=1)
+    assert not one.cached_stages
+    mp.spawn(_sharded_rank, args=(2, _free_port(), str(store), str(tmp_path)), nprocs=2, join=True)
+    # the first two-rank run computed every stage (nothing from the cache), the second reused them all
+    assert (tmp_path / "sharded-rank0.txt").read_text() == ""
+    cached = (tmp_path / "cached-rank0.txt").read_text().split(",")
+    assert "evaluate" in cached and "probe:lipschitz" in cached and "soundness" in cached
+    expected = _stage_tables(tmp_path / "one")
+    pe = expected["per_example"]
+    assert (pe.attack != "worst_case").sum() == 2 * 3 * 40  # the clean, FGSM and PGD outcome of every example
+    for name in ("sharded", "cached"):
+        got = _stage_tables(tmp_path / name)
+        for table, want in expected.items():
+            assert len(want), table  # every table has rows to compare
+            cols = [c for c in want.columns if c not in TIMING_COLUMNS]
+            pd.testing.assert_frame_equal(got[table][cols], want[cols], check_exact=False, rtol=1e-12, atol=0,
+                                          obj=f"{name}: {table}")
+    # the work was split, not repeated: the two ranks together attacked as many examples with
+    # PGD as the single process did, each some of them
+    counts = [int((tmp_path / f"pgd-rank{r}.txt").read_text()) for r in range(2)]
+    assert all(c > 0 for c in counts) and sum(counts) == int((tmp_path / "pgd-one.txt").read_text()), counts

@@ -233,8 +233,18 @@ def cached_stage(
     overwrites) the entry. A failure to write the cache is a warning: the result is still
     returned. Nothing here touches the run folder.
     """
+    from . import distributed
+
     inputs = {"stage": stage, **inputs}
     key = ResultCache.key(inputs)
+    if distributed.world().active:
+        return _cached_stage_ranks(cache, stage, inputs, key, compute, recompute=recompute, progress=progress)
+    return _cached_stage_local(cache, stage, inputs, key, compute, recompute=recompute, progress=progress)
+
+
+def _cached_stage_local(cache: ResultCache, stage: str, inputs: Mapping[str, Any], key: str,
+                       compute: Callable[[], Any], *, recompute: bool, progress) -> StageResult:
+    """:func:`cached_stage` in one process (``inputs`` with the stage name, ``key`` their key)."""
     with cache.lock(key):
         hit = None if recompute else cache.load(key)
         if hit is not None:
@@ -253,3 +263,29 @@ def cached_stage(
         except OSError as e:
             log.warning("%s: could not store the result in %s (%s)", stage, cache.root, e)
         return StageResult(tables, False, key, artifacts, getattr(out, "value", None))
+
+
+def _cached_stage_ranks(cache: ResultCache, stage: str, inputs: Mapping[str, Any], key: str, compute: Callable[[], Any],
+                        *, recompute: bool, progress) -> StageResult:
+    """:func:`cached_stage` under ``torchrun``: rank 0 alone reads and writes the cache and
+    tells the others whether it hit (with the entry's tables, which a later stage may
+    read); on a miss every rank computes (a sharded stage needs them all) and rank 0
+    stores the result. The other ranks never take the key's lock: waiting for it while
+    rank 0 waits for them in a collective would deadlock."""
+    from . import distributed
+
+    if distributed.world().main:
+        def compute_together() -> Any:
+            distributed.broadcast(None)  # a miss: the other ranks compute with this one
+            return compute()
+
+        got = _cached_stage_local(cache, stage, inputs, key, compute_together, recompute=recompute, progress=progress)
+        if got.cached:
+            distributed.broadcast((got.tables, got.artifacts))
+        return got
+    hit = distributed.broadcast(None)
+    if hit is not None:
+        return StageResult(hit[0], True, key, hit[1])
+    out = compute()
+    return StageResult(dict(out.tables if hasattr(out, "tables") else out), False, key,
+                       dict(getattr(out, "artifacts", {}) or {}), getattr(out, "value", None))

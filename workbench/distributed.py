@@ -154,3 +154,35 @@ def main_only_lock(lock: Any) -> Iterator[None]:
             yield
     else:
         yield
+
+
+# --------------------------------------------------------------------------- sharded stages
+
+
+def my_batches(n_batches: int) -> range:
+    """The batches (by position) this rank computes of a stage's ``n_batches``: every
+    ``W``-th from its rank (all of them on one rank). A batch's random stream is seeded by
+    its position, so who computes it does not change its result."""
+    w = world()
+    return range(w.rank, n_batches, w.size)
+
+
+def gather_batches(mine: dict[int, Any]) -> list[Any]:
+    """Every rank's ``{batch position: value}`` (CPU tensors, arrays, plain objects), the
+    values in batch order, on every rank."""
+    merged: dict[int, Any] = {}
+    for part in gather(mine):
+        merged.update(part)
+    return [merged[b] for b in sorted(merged)]
+
+
+def my_share(names: list[str]) -> list[str]:
+    """This rank's contiguous share of ``names`` (e.g. the models a probe runs on), so that
+    the shares concatenated in rank order are ``names`` in order; empty for a rank beyond
+    ``len(names)``."""
+    w = world()
+    if not w.active:
+        return list(names)
+    per, extra = divmod(len(names), w.size)
+    start = w.rank * per + min(w.rank, extra)
+    return list(names[start : start + per + (w.rank < extra)])

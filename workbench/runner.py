@@ -180,6 +180,17 @@ def load_study_data(study: Study, device: torch.device) -> DataSplits:
     )
 
 
+def load_job_data(job: TrainJob, device: torch.device) -> DataSplits:
+    """The data a training job reads, from the data section and seed it carries (a job run
+    elsewhere: a submitit job); the same splits as :func:`load_study_data` of its study."""
+    d = job.data_config()
+    return load_dataset(
+        d.name, root=d.resolved_root(), download=d.download, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+        seed=int(job.source["seed"]), limit_train=d.limit_train, limit_test=d.limit_test, device=device,
+        stream=d.stream, workers=d.workers, **dict(d.options),
+    )
+
+
 def model_jobs(study: Study, data: DataSplits) -> list[TrainJob]:
     """The training job of every model of the study (architectures × recipes, in order)."""
     ident = data_identity(study.data, data)
@@ -414,9 +425,15 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
     timings["load_models"] = time.perf_counter() - t0
 
     if not distributed.world().main:
-        # the other ranks train with rank 0 (DistributedDataParallel) and leave the rest to it:
-        # the evaluation, the checks, the probes, the tables and the run folder
-        trained = train_models(study, data, store, device, progress=Progress(False), retrain=retrain)
+        # the other ranks train with rank 0 (DistributedDataParallel), then attack and probe
+        # their shards of the examples (or models) for it; rank 0 alone reads and writes the
+        # result cache and writes the tables and the run folder
+        quiet = Progress(False)
+        trained = train_models(study, data, store, device, progress=quiet, retrain=retrain)
+        models = {k: v.model for k, v in trained.items()} | {k: v.model for k, v in loaded.items()}
+        ctx = StageContext(study, data, models, device, study.seed, quiet)
+        run_stages(plan(study), ctx, ResultCache(store.root), result_inputs(study, data, trained, device, loaded),
+                   recompute=recompute)
         return Run(folder.path, study, device, data, trained, {}, timings)
 
     # Written into a staging folder, published when complete: a failure leaves the previous run as it was.

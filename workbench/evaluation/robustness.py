@@ -164,6 +164,14 @@ def _row(model_id: str, attack, eps: float, correct: torch.Tensor, loss: torch.T
     }
 
 
+def batch_seed(seed: int, model_id: str, attack_id: str, eps: float, batch: int) -> int:
+    """The random stream of one batch of one setting (model, attack, ε). Seeded by the
+    batch's position, so a batch gives the same examples whichever rank crafts it; the
+    first batch keeps the setting's own seed (an evaluation of one batch is unchanged)."""
+    parts = (seed, "attack", model_id, attack_id, eps) + ((batch,) if batch else ())
+    return derive_seed(*parts)
+
+
 def evaluate(
     models: Mapping[str, nn.Module],
     x: torch.Tensor,
@@ -176,13 +184,31 @@ def evaluate(
     index: torch.Tensor | None = None,
     keep_adversarial: bool = True,
 ) -> EvalResult:
-    """Clean accuracy and every attack over its grid for every model; then transfer."""
+    """Clean accuracy and every attack over its grid for every model; then transfer.
+
+    Work goes by batches of ``cfg.batch_size`` examples. Under ``torchrun`` each rank
+    crafts and scores its share of the batches (:func:`~workbench.distributed.my_batches`),
+    including the transfer scores of its batches, and the per-example outcomes are
+    gathered on every rank: the tables are those of one process. The adversarial examples
+    are then not kept (each rank holds only its batches)."""
+    from .. import distributed
+
     index = torch.arange(len(y)) if index is None else index
     rows, per_example = [], []
     adversarial: dict[tuple[str, str, float], torch.Tensor] = {}
-    n_batches = -(-len(y) // cfg.batch_size)
-    total = len(models) * sum(len(cfg.grid(a)) for a in cfg.attacks) * n_batches
-    need_adv = keep_adversarial or cfg.transfer
+    bs = cfg.batch_size
+    n_batches = -(-len(y) // bs)
+    mine = distributed.my_batches(n_batches)
+    sharded = distributed.world().active
+    total = len(models) * sum(len(cfg.grid(a)) for a in cfg.attacks) * len(mine)
+    keep_adversarial = keep_adversarial and not sharded
+    # transfer: the examples crafted on a source are scored on its pair partners, batch by batch
+    targets: dict[str, list[str]] = {}
+    if cfg.transfer:
+        for _arch, ref, other in pairs:
+            for source, target in ((ref, other), (other, ref)):
+                targets.setdefault(source, []).append(target)
+    transfer: dict[tuple[str, str, str, float], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def keep(mid, attack, eps, correct, loss):
         per_example.append(
@@ -199,28 +225,50 @@ def evaluate(
             )
         )
 
+    def gathered(parts: dict[int, tuple[torch.Tensor, ...]], width: int) -> list[torch.Tensor]:
+        """The ``width`` per-batch tensors of every rank, each concatenated in batch order."""
+        got = distributed.gather_batches(parts) if sharded else [parts[b] for b in sorted(parts)]
+        return [torch.cat([g[k] for g in got]) if got else torch.zeros(0) for k in range(width)]
+
     with progress.task("attack", total) as advance:
         for mid, model in models.items():
             crafter = compile_for_attacks(model) if cfg.compile else model  # scoring stays eager
             t0 = time.perf_counter()
-            correct, loss = score(model, x, y, cfg.batch_size)
+            correct, loss = score(model, x, y, bs)
             rows.append(_row(mid, None, 0.0, correct, loss, time.perf_counter() - t0))
             keep(mid, None, 0.0, correct, loss)
+            fn_targets = targets.get(mid, [])
             for attack in cfg.attacks:
+                fn = ATTACKS.get(attack.name)
                 for eps in cfg.grid(attack):
-                    # each setting has its own random stream: results do not depend on order
                     t0 = time.perf_counter()
-                    with seeded_rng(derive_seed(seed, "attack", mid, attack.id, eps), x.device):
-                        x_adv = attack_batched(
-                            crafter, attack, x, y, eps, batch_size=cfg.batch_size, precision=cfg.precision, advance=advance
-                        )
-                    correct, loss = score(model, x_adv, y, cfg.batch_size)
+                    parts: dict[int, tuple[torch.Tensor, ...]] = {}
+                    advs = []
+                    for b in mine:
+                        sl = slice(b * bs, (b + 1) * bs)
+                        xb, yb = x[sl], y[sl]
+                        # each batch has its own random stream: results depend on neither
+                        # the order of the settings nor the rank that crafts the batch
+                        with seeded_rng(batch_seed(seed, mid, attack.id, eps, b), x.device):
+                            adv = fn(crafter, xb, yb, eps, precision=cfg.precision, **attack.options())
+                        c, l_ = score(model, adv, yb, bs)
+                        scored = [c.cpu(), l_.cpu()]
+                        for t in fn_targets:
+                            scored.extend(t_.cpu() for t_ in score(models[t], adv, yb, bs))
+                        parts[b] = tuple(scored)
+                        if keep_adversarial:
+                            advs.append(adv)
+                        advance(1)
                     if x.is_cuda:
                         torch.cuda.synchronize()
+                    got = gathered(parts, 2 + 2 * len(fn_targets))
+                    correct, loss = got[0], got[1]
+                    for k, t in enumerate(fn_targets):
+                        transfer[(mid, t, attack.id, eps)] = (got[2 + 2 * k], got[3 + 2 * k])
                     rows.append(_row(mid, attack, eps, correct, loss, time.perf_counter() - t0))
                     keep(mid, attack, eps, correct, loss)
-                    if need_adv:
-                        adversarial[(mid, attack.id, eps)] = x_adv
+                    if keep_adversarial:
+                        adversarial[(mid, attack.id, eps)] = torch.cat(advs) if advs else x[:0]
 
     transfer_rows = []
     if cfg.transfer:
@@ -228,14 +276,11 @@ def evaluate(
             for source, target in ((ref, other), (other, ref)):
                 for attack in cfg.attacks:
                     for eps in cfg.grid(attack):
-                        x_adv = adversarial[(source, attack.id, eps)]
-                        correct, loss = score(models[target], x_adv, y, cfg.batch_size)
+                        correct, loss = transfer[(source, target, attack.id, eps)]
                         r = _row(target, attack, eps, correct, loss, 0.0)
                         r.pop("model")
                         r.pop("seconds")
                         transfer_rows.append({"architecture": arch, "source": source, "target": target, **r})
-    if not keep_adversarial:
-        adversarial = {}
     return EvalResult(
         robustness=pd.DataFrame(rows),
         per_example=pd.concat(per_example, ignore_index=True) if per_example else pd.DataFrame(),

@@ -364,19 +364,27 @@ class _Checker:
     def run_plan(self, mid: str, model: nn.Module, jobs: list[_Job], advance) -> dict[str, np.ndarray]:
         """Per job, per-example correctness on the subset. Every batch of a job reseeds from
         (seed, model, stream, ε, batch), so jobs on one stream share their random starts."""
+        from .. import distributed
+
         out = {}
         bs = self.ev.batch_size
+        # under torchrun each rank attacks its share of the batches; the outcomes are gathered
+        mine = distributed.my_batches(-(-self.n // bs))
         for job in jobs:
             fn = ATTACKS.get(job.attack.name)
-            advs = []
-            for b, i in enumerate(range(0, self.n, bs)):
+            parts = {}
+            for b in mine:
+                i = b * bs
                 with seeded_rng(derive_seed(self.seed, "soundness", mid, job.stream, job.eps, b), self.xs.device):
-                    advs.append(fn(model, self.xs[i : i + bs], self.ys[i : i + bs], job.eps, precision=self.ev.precision,
-                                   **job.attack.options()))
+                    adv = fn(model, self.xs[i : i + bs], self.ys[i : i + bs], job.eps, precision=self.ev.precision,
+                             **job.attack.options())
+                parts[b] = tuple(t.cpu() for t in score(model, adv, self.ys[i : i + bs], bs))
                 advance(1)
-            correct, loss = score(model, torch.cat(advs), self.ys, bs)
-            out[job.name] = correct.cpu().numpy()
-            self.losses.setdefault(mid, {})[job.name] = loss.cpu().numpy()
+            got = distributed.gather_batches(parts)
+            correct = torch.cat([g[0] for g in got]) if got else torch.zeros(0, dtype=torch.bool)
+            loss = torch.cat([g[1] for g in got]) if got else torch.zeros(0)
+            out[job.name] = correct.numpy()
+            self.losses.setdefault(mid, {})[job.name] = loss.numpy()
         return out
 
     def row(self, *args, **kw) -> dict:
@@ -696,7 +704,9 @@ def run_checks_full(
     ck = _Checker(study, x, y, result, num_classes, seed)
     jobs = ck.plan()
     ck.jobs = {j.name: j for j in jobs}
-    n_batches = -(-ck.n // study.evaluation.batch_size)
+    from .. import distributed
+
+    n_batches = len(distributed.my_batches(-(-ck.n // study.evaluation.batch_size)))
     rows: list[dict] = []
     outcomes: list[pd.DataFrame] = []
     index = _test_index(result, len(y))

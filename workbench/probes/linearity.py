@@ -389,7 +389,7 @@ def _empty(name: str) -> pd.DataFrame:
     return pd.DataFrame(columns=list(TABLES_LINEARITY[name][1]))
 
 
-@PROBES.register("linearity", config=LinearityProbe, tables=TABLES_LINEARITY)
+@PROBES.register("linearity", config=LinearityProbe, tables=TABLES_LINEARITY, per_model=True)
 def run_linearity(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """γ(ε) and gradient alignment on the L∞ grid, the FGSM–PGD gap, and loss surfaces and
     slices at the study's main ε, for every model. Random starts, noise and the slice

@@ -490,7 +490,7 @@ def logit_lipschitz(
 # --------------------------------------------------------------------------- study runner
 
 
-@PROBES.register("lipschitz", config=LipschitzProbe, tables=TABLES_LIPSCHITZ)
+@PROBES.register("lipschitz", config=LipschitzProbe, tables=TABLES_LIPSCHITZ, per_model=True)
 def run_lipschitz(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """Feature Lipschitz ratios (every model, layer, norm, ε, kind) and Yang et al.'s logit
     estimate (every model and L∞ ε). Every model sees the same random starts and directions
