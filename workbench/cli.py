@@ -172,9 +172,12 @@ def run(
         _relaunch_under_torchrun(gpus)
     _console_logging(quiet or not _is_rank_zero())
     tune_cpu_allocator()
-    if executor not in ("inprocess", "processes", "slurm", "local"):
-        _fail(WorkbenchError(f"unknown executor {executor!r}; use inprocess, processes, slurm or local", field="--executor"))
-    if executor in ("slurm", "local"):
+    from .cluster import KINDS
+    from .executors import EXECUTORS
+
+    if executor not in EXECUTORS:
+        _fail(WorkbenchError(f"unknown executor {executor!r}; use {', '.join(EXECUTORS.names())}", field="--executor"))
+    if executor in KINDS:  # the submitit executors: the driver submits the stages as a job too
         _run_jobs(study, set_, out, store, executor, retrain=retrain, recompute=recompute, report=report, quiet=quiet,
                   threads=threads, gpus_per_job=gpus_per_job, partition=partition, time_min=time_min,
                   slurm_opt=slurm_opt, parallel=parallel)

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from .errors import WorkbenchError
+from .executors import EXECUTORS, Executor, JobResult
 from .progress import QUIET, Progress
 
 log = logging.getLogger("workbench")
@@ -98,20 +99,22 @@ class TrainTask:
     submitit's hook on timeout or preemption: requeue the same task, which resumes from the
     store's last checkpoint."""
 
-    def __init__(self, job: Any, study_dict: dict[str, Any], store_root: str, retrain: bool, threads: int | None):
+    def __init__(self, job: Any, study_dict: dict[str, Any] | None, store_root: str, retrain: bool, threads: int | None):
         self.job, self.study_dict, self.store_root, self.retrain, self.threads = job, study_dict, store_root, retrain, threads
 
     def __call__(self) -> dict[str, Any]:
         from . import distributed
-        from .runner import load_study_data
+        from .runner import load_job_data, load_study_data
         from .store import ModelStore
         from .study import study_from_dict
         from .training import fit
 
         _distributed_env(self.threads)
         device = distributed.setup(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-        study = study_from_dict(self.study_dict)
-        data = load_study_data(study, device)
+        if self.study_dict is not None:
+            data = load_study_data(study_from_dict(self.study_dict), device)
+        else:  # submitted through the Executor interface: the job says where its data is
+            data = load_job_data(self.job, device)
         try:
             t = fit(self.job, data, ModelStore(self.store_root), device, retrain=self.retrain, lock=False)
         finally:
@@ -274,7 +277,7 @@ class ClusterDriver:
             "to resubmit it (training resumes from its last checkpoint)"
         )
 
-    def train(self, jobs: list[Any], study_dict: dict[str, Any], *, retrain: bool = False, wait: bool = True,
+    def train(self, jobs: list[Any], study_dict: dict[str, Any] | None, *, retrain: bool = False, wait: bool = True,
               done: Callable[[Any, dict[str, Any]], None] = lambda job, result: None) -> dict[str, dict[str, Any]]:
         """Train ``jobs`` (those not in the store, or all with ``retrain``) as jobs; returns
         key -> each job's report. Local: at most one job per slot at once. SLURM: all are
@@ -379,6 +382,61 @@ class ClusterDriver:
         return out_result
 
 
+# --------------------------------------------------------------------------- the executors
+
+
+class SubmititExecutor(Executor):
+    """Training jobs as submitit jobs (``kind``: ``slurm`` or ``local``), through the same
+    :class:`~workbench.executors.Executor` interface as the in-process and process-pool
+    executors: :meth:`run` submits the jobs still to train, waits for them and returns
+    their reports. ``workbench run --executor slurm|local`` uses its driver through
+    :func:`run_grid`, which also submits the stages as a job after them."""
+
+    kind = "local"
+
+    def __init__(self, jobs: int = 1, threads: int | None = None, options: ClusterOptions | None = None,
+                 board: str | None = None):
+        if options is None:
+            options = ClusterOptions(kind=self.kind, threads=threads, parallel=jobs if jobs > 1 else None)
+        if options.kind != self.kind:
+            raise ValueError(f"{type(self).__name__} got options for {options.kind!r}")
+        self.options = options
+        #: the folder under ``<store>/jobs`` where the jobs and their logs are recorded
+        self.board = board
+
+    def driver(self, store_root: str | Path, board: str, progress: Progress = QUIET) -> ClusterDriver:
+        return ClusterDriver(self.options, Path(store_root), board, progress)
+
+    def run(self, jobs, data, store, device, *, retrain=False, progress=QUIET, done=lambda job, result: None):
+        from .config import content_hash
+
+        # without a study name, the board is named by the jobs (a rerun of them finds it)
+        board = self.board or "jobs-" + content_hash(sorted(j.key() for j in jobs))[:12]
+        driver = self.driver(store.root, board, progress)
+        got = driver.train(jobs, None, retrain=retrain, done=lambda job, r: done(job, _job_result(r)))
+        return {k: _job_result(r) for k, r in got.items()}
+
+
+def _job_result(r: dict[str, Any]) -> JobResult:
+    return JobResult(r["key"], r["cached"], r["resumed_from_epoch"], r["seconds"])
+
+
+@EXECUTORS.register("slurm")
+class SlurmExecutor(SubmititExecutor):
+    """Each model a SLURM job through submitit (the cluster extra); with ``--executor slurm``
+    the stages follow as a job that depends on them."""
+
+    kind = "slurm"
+
+
+@EXECUTORS.register("local")
+class LocalExecutor(SubmititExecutor):
+    """The same jobs through submitit's local executor on this machine (its GPUs, or CPU
+    jobs one at a time; the cluster extra)."""
+
+    kind = "local"
+
+
 def run_grid(
     study,
     out: str | Path | None,
@@ -400,7 +458,8 @@ def run_grid(
     data = load_study_data(study, torch.device("cpu"))
     jobs = model_jobs(study, data)
     study_dict = study.to_dict()
-    driver = ClusterDriver(options, store_root, study.name, progress)
+    executor = EXECUTORS.get(options.kind)(options=options, board=study.name)
+    driver = executor.driver(store_root, study.name, progress)
     driver.train(jobs, study_dict, retrain=retrain, wait=False)
     result = driver.stages(study_dict, out, recompute=recompute or retrain, report=report)
     return Path(result["path"])

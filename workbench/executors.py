@@ -11,8 +11,12 @@ runner then loads the weights from there. Registered by name in :data:`EXECUTORS
   weights are those of the in-process run (bit for bit on the CPU when each process uses
   as many threads as the in-process run did).
 
+- ``slurm`` and ``local`` (:mod:`workbench.cluster`, the ``cluster`` extra): each job a
+  submitit job, on a SLURM cluster or on this machine's GPUs.
+
 A new executor (a cluster queue, another machine) is one class with :meth:`Executor.run`
-that ships :meth:`TrainJob.to_json` to where the store is reachable.
+that ships :meth:`TrainJob.to_json` to where the store is reachable, registered in
+:data:`EXECUTORS`.
 """
 
 from __future__ import annotations
@@ -179,3 +183,6 @@ def make_executor(name: str | None = None, jobs: int = 1, threads: int | None = 
     if name not in EXECUTORS:
         raise UnknownNameError("executor", name, EXECUTORS.names(), field="--executor")
     return EXECUTORS.get(name)(jobs=jobs, threads=threads)
+
+
+from . import cluster as _cluster  # noqa: E402,F401  (registers slurm and local; submitit is imported only when used)
