@@ -1,15 +1,24 @@
 """Training images per second of a CIFAR-shaped model on streamed versus in-memory data of
 the same image folder, and (on a GPU) streamed versus synthetic data already on the device.
 
-    python benchmarks/data.py --root CIFAR10_FOLDER_OR_TARBALL --device cuda      # the figure
-    python benchmarks/data.py --root DIR --device cpu --arch small_cnn \
-        --limit-train 512 --steps 2 --rounds 1 --workers 0                         # a dry run
+    python benchmarks/data.py --device cuda                       # the GPU figure (whole CIFAR-10)
+    python benchmarks/data.py --device cpu                        # CPU: a few minutes on 2 cores
+    python benchmarks/data.py --root FOLDER_OR_TARBALL ...        # another image folder
+
+``--root`` defaults to the CIFAR-10 JPEG tarball of the shared data folder next to the
+repository (``../shared/data/cifar10-jpg.tar.gz``, else ``/work/shared/data/...``). A tarball
+is extracted to a temporary folder first (streaming reads folders); ``--per-class N`` extracts
+only the first N training (and N/5 test) images of each class, a small prepared folder.
+
+Defaults depend on the device. GPU: PreActResNet-18, batch 512, bf16, 8 workers, the whole
+folder. CPU: the small CNN on 32×32×3 inputs, batch 128, fp32, 2 workers, 500 images per
+class, 10 timed steps per round (the CPU figure says what streaming costs against decoded
+tensors in memory when the model is cheap; on a GPU the question is the goal below).
 
 The same optimiser steps (standard training, SGD, the study's augmentation) run on each
 source in interleaved rounds; each round times ``--steps`` steps after ``--warmup`` steps,
 and the medians over rounds are printed with the ratios. The goal (issue 13): streaming
-costs at most 10 % of the GPU's compute-bound (synthetic) rate. A tarball is extracted to a
-temporary folder first (streaming reads folders).
+costs at most 10 % of the GPU's compute-bound (synthetic) rate.
 """
 
 from __future__ import annotations
@@ -31,32 +40,80 @@ from workbench.data import Augmentation, iterate_batches, load_dataset
 from workbench.models import create_model
 
 
-def _folder(root: Path, tmp: Path) -> Path:
+REPO = Path(__file__).resolve().parents[1]
+TARBALL = "cifar10-jpg.tar.gz"
+#: where the CIFAR-10 tarball is looked for when --root is not given
+DEFAULT_ROOTS = (REPO.parent / "shared" / "data" / TARBALL, Path("/work/shared/data") / TARBALL)
+#: per-device defaults of the options left unset
+DEFAULTS = {
+    "cuda": dict(arch="preact_resnet18", batch=512, workers=8, precision="bf16", steps=40, warmup=5, per_class=None),
+    "cpu": dict(arch="small_cnn", batch=128, workers=2, precision="fp32", steps=10, warmup=2, per_class=500),
+}
+
+
+def _root(given: str | None) -> Path:
+    if given:
+        root = Path(given).expanduser()
+        if not root.exists():
+            raise SystemExit(f"error: --root {root} does not exist")
+        return root
+    for root in DEFAULT_ROOTS:
+        if root.exists():
+            return root
+    raise SystemExit(f"error: no --root given and no {TARBALL} in {', '.join(str(r.parent) for r in DEFAULT_ROOTS)}; "
+                     "pass --root with an image folder (train/<class>/...) or a tarball of one")
+
+
+def _folder(root: Path, tmp: Path, per_class: int | None) -> Path:
+    """``root`` itself when it is a folder, else the tarball extracted into ``tmp`` (with
+    ``per_class``: only the first that many training and a fifth as many test images of
+    each class)."""
     if root.is_dir():
         return root
     with tarfile.open(root) as tar:
-        tar.extractall(tmp, filter="data")
+        if per_class is None:
+            tar.extractall(tmp, filter="data")
+            return tmp
+        kept: dict[tuple[str, str], int] = {}
+        members = []
+        for m in tar:
+            parts = Path(m.name).parts
+            if not m.isfile() or len(parts) < 3:
+                continue
+            split, cls = parts[-3], parts[-2]
+            limit = per_class if split != "test" else max(1, per_class // 5)
+            if kept.get((split, cls), 0) < limit:
+                kept[(split, cls)] = kept.get((split, cls), 0) + 1
+                members.append(m)
+        tar.extractall(tmp, members=members, filter="data")
     return tmp
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", default="../shared/data/cifar10-jpg.tar.gz", help="image folder (or a tarball of one)")
+    ap.add_argument("--root", default=None, help=f"image folder (or a tarball of one); default: {TARBALL} of the "
+                    "shared data folder")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--arch", default="preact_resnet18")
-    ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--workers", type=int, default=8, help="DataLoader workers of the streamed source")
+    ap.add_argument("--arch", default=None, help="model (default: preact_resnet18 on a GPU, small_cnn on the CPU)")
+    ap.add_argument("--batch", type=int, default=None, help="default: 512 on a GPU, 128 on the CPU")
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers of the streamed source (8 / 2)")
+    ap.add_argument("--per-class", type=int, default=None,
+                    help="from a tarball, extract only this many training images per class (default: all on a GPU, "
+                    "500 on the CPU); 0: all")
     ap.add_argument("--limit-train", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=40, help="timed steps per round and source")
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per round and source (40 / 10)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (5 / 2)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="bf16 on a GPU, fp32 on the CPU")
     args = ap.parse_args()
 
     dev = setup(args.device, args.threads)
+    for k, v in DEFAULTS["cuda" if dev.type == "cuda" else "cpu"].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     with tempfile.TemporaryDirectory() as tmp:
-        root = _folder(Path(args.root).expanduser(), Path(tmp))
+        root = _folder(_root(args.root), Path(tmp) / "folder", args.per_class or None)
         kw = dict(root=root, val_fraction=0.0, limit_train=args.limit_train, device=dev, cache_dir=Path(tmp) / "cache")
         t0 = time.perf_counter()
         mem = load_dataset("imagefolder", stream=False, **kw)

@@ -22,7 +22,7 @@
 #       (goal: streamed at least 0.9x synthetic).
 # PART=all: 1, 2 and 3, so one call gives clean, PGD-50-10 and training time in bf16 and in fp32
 #    against the published 83-86% / 46% and the 60 s goal (H100-class GPU), and the streaming cost.
-# CPU dry run of part 3 (tiny): DEVICE=cpu PART=3 STREAM_ARGS="--arch small_cnn --batch 32 --steps 2
+# CPU dry run of part 3 (tiny; about 5 minutes on 2 cores): DEVICE=cpu PART=3 EVAL_EXAMPLES=64 WORKERS=0 STREAM_ARGS="--arch small_cnn --batch 32 --steps 2
 #    --rounds 1 --workers 0 --precision fp32" EXTRA="--set data.limit_train=256 --set train.epochs=1
 #    --set evaluation.examples=64 --set 'architectures=[{name: small_cnn, options: {width: 4, fc: 16}}]'"
 #    bash benchmarks/gpu_check.sh FOLDER_OR_TARBALL
