@@ -6,8 +6,10 @@ pairwise (docs/statistics.md):
 - accuracies (clean, and the worst case at every norm and ε): exact McNemar test on the
   per-example correctness; the interval of the difference is the paired Wald interval
   ``(c − b)/n ± z·√(b + c − (c − b)²/n)/n``;
-- per-example representation measures (the saliency probe's Gini sparsity, infidelity and
-  sensitivity of each method, on the examples both models share): paired bootstrap of the
+- per-example representation measures, on the examples both models share: the saliency
+  probe's Gini sparsity, infidelity and sensitivity of each method; the feature Lipschitz
+  ratio at the penultimate layer (the deepest measured layer before the logits) for every
+  norm, ε and kind of δ; γ and gradient alignment at every ε: paired bootstrap of the
   difference of means;
 - Holm's correction across every row of the run; ``significant`` is ``p_holm < 0.05``.
 
@@ -37,8 +39,8 @@ TABLES_SIGNIFICANCE: dict[str, TableSchema] = {
             "reference": "reference model id",
             "model": "paired model id",
             "measure": "`clean`, `worst_case` (accuracy, exact McNemar) or a representation measure (paired bootstrap)",
-            "norm": "norm (`none` for clean and representation measures)",
-            "eps": "ε (0 for clean)",
+            "norm": "norm (`none` for clean accuracy and the saliency metrics)",
+            "eps": "ε (0 for clean and the saliency metrics)",
             "test": "`mcnemar` or `paired_bootstrap`",
             "n": "paired examples",
             "reference_value": "the measure for the reference",
@@ -57,6 +59,52 @@ TABLES_SIGNIFICANCE: dict[str, TableSchema] = {
 assert list(TABLES_SIGNIFICANCE["significance"][1]) == COLUMNS
 #: saliency_metrics columns compared per example
 SALIENCY_MEASURES = ("gini", "infidelity", "sensitivity")
+#: the linearity probe's per-example metrics, by their name in the table
+LINEARITY_MEASURES = {"gamma": "local linearity γ", "grad_alignment": "gradient alignment"}
+
+
+def _bootstrap_row(ref: str, other: str, measure: str, norm: str, eps: float, x: np.ndarray, y: np.ndarray,
+                   seed: int) -> dict:
+    t = paired_bootstrap(x, y, seed=seed)
+    keep = np.isfinite(x) & np.isfinite(y)
+    return {
+        "reference": ref, "model": other, "measure": measure, "norm": norm, "eps": float(eps),
+        "test": "paired_bootstrap", "n": t["n"], "reference_value": float(x[keep].mean()) if keep.any() else math.nan,
+        "model_value": float(y[keep].mean()) if keep.any() else math.nan, "difference": t["diff"],
+        "ci_low": t["ci_low"], "ci_high": t["ci_high"], "b": np.nan, "c": np.nan, "p_value": t["p_value"],
+    }
+
+
+def _paired(d: pd.DataFrame, ref: str, other: str, keys: list[str], value: str) -> pd.DataFrame:
+    """The two models' per-example values side by side, on the examples both have."""
+    a, b = d[d["model"] == ref], d[d["model"] == other]
+    return a[keys + ["index", value]].merge(b[keys + ["index", value]], on=keys + ["index"], suffixes=("_ref", "_model"))
+
+
+def _lipschitz_rows(lpe: pd.DataFrame, ref: str, other: str, seed: int) -> list[dict]:
+    """The feature Lipschitz ratio at the reference's penultimate layer (the deepest measured
+    one before the logits, as the report's summary), per norm, ε and kind of δ."""
+    d = lpe[(lpe["model"] == ref) & (lpe["layer"] != "logits")]
+    if d.empty:
+        return []
+    layer = str(d.loc[d["layer_index"].idxmax(), "layer"])
+    m = _paired(lpe[lpe["layer"] == layer], ref, other, ["norm", "eps", "kind"], "ratio")
+    rows = []
+    for (norm, eps, kind), g in m.groupby(["norm", "eps", "kind"], sort=False):
+        x, y = g["ratio_ref"].to_numpy(float), g["ratio_model"].to_numpy(float)
+        if np.isfinite(x).any():
+            rows.append(_bootstrap_row(ref, other, f"lipschitz {kind} ({layer})", str(norm), eps, x, y, seed))
+    return rows
+
+
+def _linearity_rows(lpe: pd.DataFrame, ref: str, other: str, seed: int) -> list[dict]:
+    m = _paired(lpe, ref, other, ["metric", "eps"], "value")
+    rows = []
+    for (metric, eps), g in m.groupby(["metric", "eps"], sort=False):
+        x, y = g["value_ref"].to_numpy(float), g["value_model"].to_numpy(float)
+        if np.isfinite(x).any():
+            rows.append(_bootstrap_row(ref, other, LINEARITY_MEASURES.get(str(metric), str(metric)), "linf", eps, x, y, seed))
+    return rows
 
 
 def _accuracy_rows(pe: pd.DataFrame, ref: str, other: str) -> list[dict]:
@@ -96,14 +144,7 @@ def _saliency_rows(sal: pd.DataFrame, ref: str, other: str, seed: int) -> list[d
             x, y = m[f"{measure}_ref"].to_numpy(float), m[f"{measure}_model"].to_numpy(float)
             if not np.isfinite(x).any():
                 continue
-            t = paired_bootstrap(x, y, seed=seed)
-            keep = np.isfinite(x) & np.isfinite(y)
-            rows.append({
-                "reference": ref, "model": other, "measure": f"{measure} ({method})", "norm": "none", "eps": 0.0,
-                "test": "paired_bootstrap", "n": t["n"], "reference_value": float(x[keep].mean()) if keep.any() else math.nan,
-                "model_value": float(y[keep].mean()) if keep.any() else math.nan, "difference": t["diff"],
-                "ci_low": t["ci_low"], "ci_high": t["ci_high"], "b": np.nan, "c": np.nan, "p_value": t["p_value"],
-            })
+            rows.append(_bootstrap_row(ref, other, f"{measure} ({method})", "none", 0.0, x, y, seed))
     return rows
 
 
@@ -114,12 +155,17 @@ def significance_table(tables: Mapping[str, pd.DataFrame], pairs: Sequence[tuple
         pairs = [(r["architecture"], r["reference"], r["model"]) for _, r in pairs.iterrows()]
     pe = tables.get("per_example")
     sal = tables.get("saliency_metrics")
+    lip, lin = tables.get("lipschitz_per_example"), tables.get("linearity_per_example")
     rows: list[dict] = []
     for _, ref, other in pairs:
         if pe is not None and len(pe):
             rows += _accuracy_rows(pe, ref, other)
         if sal is not None and len(sal):
             rows += _saliency_rows(sal, ref, other, seed)
+        if lip is not None and len(lip):
+            rows += _lipschitz_rows(lip, ref, other, seed)
+        if lin is not None and len(lin):
+            rows += _linearity_rows(lin, ref, other, seed)
     df = pd.DataFrame(rows, columns=COLUMNS[:-2])
     df["p_holm"] = holm(df["p_value"].to_numpy(float)) if len(df) else []
     df["significant"] = df["p_holm"] < ALPHA
@@ -136,6 +182,8 @@ def describe(df: pd.DataFrame, limit: int = 12) -> list[str]:
         what = r["measure"] if r["measure"] != "worst_case" else f"worst-case robust accuracy ({r['norm']} ε={r['eps']:g})"
         if r["measure"] == "clean":
             what = "clean accuracy"
+        elif r["test"] != "mcnemar" and r["norm"] != "none":
+            what = f"{r['measure']} ({r['norm']} ε={r['eps']:g})"
         if r["test"] == "mcnemar":
             delta = f"{100 * r['difference']:+.1f} points ({100 * r['reference_value']:.1f}% → {100 * r['model_value']:.1f}%)"
         else:

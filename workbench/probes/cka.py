@@ -14,6 +14,19 @@
   usable when the n × n Gram matrix of every example would not fit. Unlike linear CKA it
   may be slightly negative (an unbiased estimate of a quantity near zero).
 
+Intervals (:func:`bootstrap_cka`): a percentile bootstrap over examples, resampling the
+examples jointly for both models (the same indices for both feature matrices), from a seeded
+``numpy.random.Generator``. A resample's centred Gram matrix is the full set's centred Gram
+indexed by the resample and centred again, so the features are never touched again and all
+layer pairs of one resample are one matrix product. A resample draws some examples more than
+once, and the Gram entry of two copies of one example is a self-similarity ‖xᵢ‖²; left in,
+those ~n extra entries double the weight of the diagonal, which is what biases CKA upwards
+when d ≫ n (the debiased estimator exists to drop it), and the interval then misses the
+point value (d = 500, n = 40: [0.966, 0.981] around 0.960). So the entries of pairs of
+copies are zeroed: linear CKA keeps one self-pair per row as the point estimate does, the
+debiased one none. (Features are centred by the full sample's mean first, as a translation
+of them changes nothing else.)
+
 Everything is computed in float64: the features are float32 and n × n sums of products
 of large activations lose digits in float32. A constant representation (e.g. a layer of
 dead ReLUs) has no centred variance; its CKA with anything is undefined and returned as NaN.
@@ -22,9 +35,12 @@ dead ReLUs) has no centred variance; its CKA with anything is undefined and retu
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field
@@ -33,6 +49,7 @@ from ..config import LayerSpec, Strict
 from ..errors import WorkbenchError
 from ..models import extract_features, resolve_layers
 from ..registry import TableSchema
+from ..stats import BOOTSTRAP_SAMPLES, LEVEL
 from .base import PROBES, ProbeContext
 
 
@@ -44,6 +61,8 @@ class CKAProbe(Strict):
     kinds: tuple[Literal["linear", "debiased"], ...] = Field(("linear", "debiased"), description="CKA estimators")
     # the unbiased HSIC estimator needs n ≥ 4 per minibatch
     batch_size: int = Field(256, ge=4, description="minibatch of the debiased estimator (probe examples per batch)")
+    bootstrap: int = Field(BOOTSTRAP_SAMPLES, ge=0, description="bootstrap resamples of the examples for the 95% "
+                           "intervals (ci_low, ci_high); 0: no intervals (NaN)")
 
 
 #: the tables this component writes (collected by workbench.tables)
@@ -59,6 +78,8 @@ TABLES_CKA: dict[str, TableSchema] = {
             "layer_b_index": "position of layer B",
             "kind": "`linear` or `debiased`",
             "value": "CKA (linear: in [0, 1]; debiased: can be slightly negative for unrelated features)",
+            "ci_low": "95% percentile-bootstrap interval over examples (resampled jointly for both models): lower end",
+            "ci_high": "upper end",
         },
     ),
 }
@@ -253,9 +274,97 @@ def cka_matrix(
     return _matrix_from_grams(grams_a, grams_b, kind, batch_size)
 
 
+def _recentre(k: torch.Tensor) -> torch.Tensor:
+    """H K H for a stack (..., n, n) of Gram matrices (H = I − 11ᵀ/n)."""
+    return k - k.mean(dim=-1, keepdim=True) - k.mean(dim=-2, keepdim=True) + k.mean(dim=(-2, -1), keepdim=True)
+
+
+def _cross(num: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """num[i, j] / √(a[i] b[j]); NaN where the denominator is not positive (see _ratio)."""
+    denom = a[:, None] * b[None, :]
+    return torch.where(denom > 0, num / denom.clamp_min(1e-300).sqrt(), torch.nan)
+
+
+def _hsic_stack(ka: torch.Tensor, kb: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC (as :func:`hsic_unbiased`) between every matrix of two stacks (La, m, m),
+    (Lb, m, m) whose diagonals are already zero: an (La, Lb) matrix."""
+    m = ka.shape[-1]
+    trace = ka.reshape(len(ka), -1) @ kb.reshape(len(kb), -1).T
+    ra, rb = ka.sum(dim=-1), kb.sum(dim=-1)
+    cross = ra.sum(-1)[:, None] * rb.sum(-1)[None, :] / ((m - 1) * (m - 2))
+    return (trace + cross - 2.0 * (ra @ rb.T) / (m - 2)) / (m * (m - 3))
+
+
+def bootstrap_cka(
+    grams: Mapping[str, Mapping[str, torch.Tensor]],
+    combos: Sequence[tuple[str, str]],
+    kinds: Sequence[str] = KINDS,
+    batch_size: int | None = None,
+    *,
+    samples: int = BOOTSTRAP_SAMPLES,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]:
+    """Percentile-bootstrap intervals of CKA for every layer pair of every combination.
+
+    ``grams``: model -> layer -> centred Gram matrix (n × n, :func:`centered_gram`) of the
+    same n examples in the same order; ``combos``: (model A, model B) pairs. Each resample
+    draws n example indices with replacement (one ``numpy.random.Generator`` seeded with
+    ``seed``), the same for every model, so both models' features are resampled jointly.
+    Returns (A, B, kind) -> (low, high), each an (layers of A) × (layers of B) array in the
+    order of ``grams``; NaN where fewer than half the resamples gave a finite value.
+    The debiased estimator's minibatches are the consecutive rows of the resample, as for
+    the point value; the Gram entries of two copies of one example are zeroed (module doc).
+    """
+    for kind in kinds:
+        _check_kind(kind)
+    n = next(iter(next(iter(grams.values())).values())).shape[0]
+    used = sorted({m for c in combos for m in c}, key=list(grams).index)
+    stacks = {m: torch.stack([grams[m][la] for la in grams[m]]).to(torch.float64) for m in used}
+    device = next(iter(stacks.values())).device
+    batches = minibatches(n, batch_size) if "debiased" in kinds and n >= 4 else []
+    vals = {(a, b, kind): np.full((samples, len(grams[a]), len(grams[b])), np.nan)
+            for a, b in combos for kind in kinds}
+    rng = np.random.default_rng(seed)
+    for r in range(samples):
+        idx = torch.as_tensor(rng.integers(0, n, n), device=device)
+        res = {m: s[:, idx][:, :, idx] for m, s in stacks.items()}
+        if "linear" in kinds:
+            keep = ((idx[:, None] != idx[None, :]) | torch.eye(n, dtype=torch.bool, device=device)).to(torch.float64)
+            cen = {m: _recentre(k * keep).reshape(len(k), -1) for m, k in res.items()}
+            norm = {m: (c * c).sum(dim=1) for m, c in cen.items()}
+            for a, b in combos:
+                vals[(a, b, "linear")][r] = _cross(cen[a] @ cen[b].T, norm[a], norm[b]).cpu().numpy()
+        if "debiased" in kinds and batches:
+            hsic = {c: 0.0 for c in combos}
+            selfh = {m: 0.0 for m in used}
+            for bs in batches:
+                ib = idx[bs]
+                keep = (ib[:, None] != ib[None, :]).to(torch.float64)  # zero diagonal and duplicate pairs
+                kb = {m: k[:, bs, bs] * keep for m, k in res.items()}
+                for m, k in kb.items():
+                    selfh[m] = selfh[m] + torch.diagonal(_hsic_stack(k, k))
+                for a, b in combos:
+                    hsic[(a, b)] = hsic[(a, b)] + _hsic_stack(kb[a], kb[b])
+            for a, b in combos:
+                vals[(a, b, "debiased")][r] = _cross(hsic[(a, b)], selfh[a], selfh[b]).cpu().numpy()
+    q = (1 - level) / 2
+    out = {}
+    for key, v in vals.items():
+        finite = np.isfinite(v)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN cell (a constant layer) stays NaN
+            lo, hi = np.nanquantile(v, q, axis=0), np.nanquantile(v, 1 - q, axis=0)
+        few = finite.sum(0) < max(1, samples / 2)
+        lo[few], hi[few] = math.nan, math.nan
+        out[key] = (lo, hi)
+    return out
+
+
 # --------------------------------------------------------------------------- runner
 
-COLUMNS = ["model_a", "model_b", "layer_a", "layer_b", "layer_a_index", "layer_b_index", "kind", "value"]
+COLUMNS = ["model_a", "model_b", "layer_a", "layer_b", "layer_a_index", "layer_b_index", "kind", "value",
+           "ci_low", "ci_high"]
 
 
 @PROBES.register("cka", config=CKAProbe, tables=TABLES_CKA)
@@ -286,16 +395,25 @@ def run_cka(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
 
     combos: list[tuple[str, str]] = [(ref, other) for _arch, ref, other in ctx.pairs]
     combos += [(m, m) for m in ctx.models]
+    intervals = {}
+    if cfg.bootstrap and n >= 2:
+        with ctx.progress.task("cka intervals", 1) as advance:
+            intervals = bootstrap_cka(grams, combos, cfg.kinds, cfg.batch_size, samples=cfg.bootstrap,
+                                      seed=ctx.seed_for("cka", "bootstrap"))
+            advance(1)
     rows = []
     for a, b in combos:
         for kind in cfg.kinds:
             mat = _matrix_from_grams(grams[a], grams[b], kind, cfg.batch_size)
-            for la in mat.index:
-                for lb in mat.columns:
+            lo, hi = intervals.get((a, b, kind), (None, None))
+            for i, la in enumerate(mat.index):
+                for j, lb in enumerate(mat.columns):
                     rows.append({
                         "model_a": a, "model_b": b, "layer_a": la, "layer_b": lb,
                         "layer_a_index": positions[a][la], "layer_b_index": positions[b][lb],
                         "kind": kind, "value": float(mat.loc[la, lb]),
+                        "ci_low": float(lo[i, j]) if lo is not None else math.nan,
+                        "ci_high": float(hi[i, j]) if hi is not None else math.nan,
                     })
     log.info("cka: %d model combinations × %d kinds on %d examples", len(combos), len(cfg.kinds), n)
     return {"cka": pd.DataFrame(rows, columns=COLUMNS)}

@@ -78,6 +78,17 @@ TABLES_LINEARITY: dict[str, TableSchema] = {
             "ci_high": "upper end",
         },
     ),
+    "linearity_per_example": (
+        "per-example γ and gradient alignment behind `linearity` (the paired tests of `significance` use them)",
+        {
+            "model": "model id",
+            "eps": "ε (L∞)",
+            "metric": "`gamma` or `grad_alignment`",
+            "example": "example number within the probe set",
+            "index": "position in the test split",
+            "value": "the example's γ or cosine (NaN: excluded, e.g. a zero gradient)",
+        },
+    ),
     "fgsm_pgd_gap": (
         "FGSM − PGD accuracy at the same ε (near zero ⇔ locally linear loss)",
         {
@@ -399,7 +410,8 @@ def run_linearity(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     grid = ctx.eps_grid("linf")
     main_eps = ctx.study.main_eps()
     k = min(cfg.surface.examples, len(ctx.x))
-    lin, gap, surf, sl = [], [], [], []
+    lin, per_example, gap, surf, sl = [], [], [], [], []
+    index = ctx.index.cpu().numpy()
     for model_id, model in ctx.models.items():
         with ctx.progress.task(f"linearity {model_id}", len(grid) + (main_eps > 0)) as advance:
             for e in grid:
@@ -408,6 +420,9 @@ def run_linearity(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
                 align = gradient_alignment(model, ctx.x, ctx.y, e, ctx.seed_for("grad-alignment"), batch_size=ctx.batch_size)
                 for metric, values in (("gamma", gamma), ("grad_alignment", align)):
                     lin.append({"model": model_id, "eps": e, "metric": metric, **summarize(values)})
+                    per_example.append(pd.DataFrame({
+                        "model": model_id, "eps": e, "metric": metric, "example": range(len(values)),
+                        "index": index, "value": values.double().numpy()}))
                 advance(1, status=f"ε={e:g}")
             if grid:
                 gap.append(fgsm_pgd_gap(model, ctx.x, ctx.y, grid, cfg.pgd_steps, batch_size=ctx.batch_size,
@@ -421,6 +436,7 @@ def run_linearity(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     cat = lambda frames, name: pd.concat(frames, ignore_index=True) if frames else _empty(name)  # noqa: E731
     return {
         "linearity": pd.DataFrame(lin, columns=list(TABLES_LINEARITY["linearity"][1])),
+        "linearity_per_example": cat(per_example, "linearity_per_example"),
         "fgsm_pgd_gap": cat(gap, "fgsm_pgd_gap"),
         "loss_surface": cat(surf, "loss_surface"),
         "loss_slice": cat(sl, "loss_slice"),

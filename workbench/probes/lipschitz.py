@@ -122,7 +122,23 @@ TABLES_LIPSCHITZ: dict[str, TableSchema] = {
             "ci_high": "upper end",
         },
     ),
+    "lipschitz_per_example": (
+        "per-example feature Lipschitz ratios behind `lipschitz` (the paired tests of `significance` use them)",
+        {
+            "model": "model id",
+            "layer": "layer name",
+            "layer_index": "position of the layer (input → output)",
+            "norm": "`linf` or `l2`",
+            "eps": "ε",
+            "kind": "`loss`, `feat` or `rand` (as in `lipschitz`)",
+            "example": "example number within the probe set",
+            "index": "position in the test split",
+            "ratio": "‖φ(x+δ) − φ(x)‖₂ / ‖δ‖ (NaN where ‖δ‖ = 0 after the clip: excluded)",
+        },
+    ),
 }
+#: columns of the per-example table
+PER_EXAMPLE_COLUMNS = list(TABLES_LIPSCHITZ["lipschitz_per_example"][1])
 
 
 #: the kinds of δ, in table order
@@ -291,7 +307,8 @@ def lipschitz(
     feat_from_loss: bool = True,
     feat_step: float = 1.0,
     progress: Progress = QUIET,
-) -> pd.DataFrame:
+    per_example: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Feature-space Lipschitz ratios of ``model`` at ``layers``: the ``lipschitz`` table.
 
     Args:
@@ -315,6 +332,8 @@ def lipschitz(
             of the L∞ box or on the L2 sphere, and a step of ε makes the ascent a power
             iteration (δ ← ε·sign g or ε·g/‖g‖); the best iterate is kept, so overshooting
             costs nothing. On the quickstart models α = ε beat 2.5ε/steps at every layer.
+        per_example: also return the per-example ratios (the ``lipschitz_per_example``
+            table without ``index``; ``example`` is the position in ``x``).
 
     Returns:
         One row per layer × ε × kind with exactly the columns of ``TABLES_LIPSCHITZ["lipschitz"]``;
@@ -409,7 +428,17 @@ def lipschitz(
                     "rel_mean": r["mean"], "rel_median": r["median"],
                     "over_random": s["mean"] / rand_mean if rand_mean and math.isfinite(rand_mean) else math.nan,
                 })
-    return pd.DataFrame(rows, columns=list(TABLES_LIPSCHITZ["lipschitz"][1]))
+    table = pd.DataFrame(rows, columns=list(TABLES_LIPSCHITZ["lipschitz"][1]))
+    if not per_example:
+        return table
+    frames = [
+        pd.DataFrame({"model": model.name, "layer": name, "layer_index": order[name], "norm": norm, "eps": e,
+                      "kind": kind, "example": np.arange(len(x)),
+                      "ratio": torch.cat(ratio[(name, e, kind)]).double().numpy()})
+        for name in names for e in grid for kind in kinds
+    ]
+    cols = [c for c in PER_EXAMPLE_COLUMNS if c != "index"]
+    return table, pd.concat(frames, ignore_index=True)[cols]
 
 
 def logit_lipschitz(
@@ -496,18 +525,20 @@ def run_lipschitz(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     estimate (every model and L∞ ε). Every model sees the same random starts and directions
     (seeded by norm, not by model), so the paired comparison uses common random numbers."""
     cfg = ctx.cfg
-    frames, logit_rows = [], []
+    frames, per_example, logit_rows = [], [], []
+    index = ctx.index.cpu().numpy()
     for model_id, model in ctx.models.items():
         for norm in cfg.norms:
             grid = ctx.eps_grid(norm)
             if not grid:
                 continue
-            df = lipschitz(
+            df, pe = lipschitz(
                 model, ctx.x, ctx.y, resolve_layers(model, cfg.layers), grid, norm, cfg.kinds, cfg.steps,
                 ctx.batch_size, ctx.seed_for("lipschitz", norm), feat_restarts=cfg.feat_restarts,
-                feat_from_loss=cfg.feat_from_loss, feat_step=cfg.feat_step, progress=ctx.progress,
+                feat_from_loss=cfg.feat_from_loss, feat_step=cfg.feat_step, progress=ctx.progress, per_example=True,
             )
             frames.append(df.assign(model=model_id))
+            per_example.append(pe.assign(model=model_id, index=index[pe["example"].to_numpy()])[PER_EXAMPLE_COLUMNS])
         if cfg.logit_lipschitz:
             grid = ctx.eps_grid("linf")
             with ctx.progress.task(f"logit lipschitz {model_id}", len(grid)) as advance:
@@ -519,7 +550,9 @@ def run_lipschitz(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
                                        **{k: s[k] for k in ("n", "mean", "median", "sem", "ci_low", "ci_high")}})
                     advance(1)
     out = {"lipschitz": pd.concat(frames, ignore_index=True) if frames
-           else pd.DataFrame(columns=list(TABLES_LIPSCHITZ["lipschitz"][1]))}
+           else pd.DataFrame(columns=list(TABLES_LIPSCHITZ["lipschitz"][1])),
+           "lipschitz_per_example": pd.concat(per_example, ignore_index=True) if per_example
+           else pd.DataFrame(columns=PER_EXAMPLE_COLUMNS)}
     if cfg.logit_lipschitz:
         out["logit_lipschitz"] = pd.DataFrame(logit_rows, columns=list(TABLES_LIPSCHITZ["logit_lipschitz"][1]))
     return out

@@ -319,7 +319,8 @@ def _summary_notes(res: Results) -> list[str]:
         from ..significance import describe
 
         notes.append("Paired tests (exact McNemar on per-example correctness for accuracies, paired bootstrap for the "
-                     "saliency metrics; Holm-corrected across the run's comparisons): " + " ".join(describe(sig)))
+                     "representation measures (penultimate-layer Lipschitz ratio, γ, gradient alignment, saliency metrics); "
+                     "Holm-corrected across the run's comparisons): " + " ".join(describe(sig)))
     if res.get("soundness") is None:
         notes.append("Soundness: the checks were not run (evaluation.soundness.enabled: false).")
     else:
