@@ -230,11 +230,9 @@ def _naive_bootstrap(feats: dict, combos, kind: str, batch_size, samples: int, s
     """Resample the examples (rows) of every feature matrix with the same indices, then the
     plain estimator on the resampled features, with the Gram entries of two copies of one
     example zeroed (the rule bootstrap_cka documents; features centred by the full mean)."""
-    rng = np.random.default_rng(seed)
     n = next(iter(next(iter(feats.values())).values())).shape[0]
     vals = {c: [] for c in combos}
-    for _ in range(samples):
-        idx = rng.integers(0, n, n)
+    for idx in np.random.default_rng(seed).integers(0, n, (samples, n)):
         for a, b in combos:
             mat = np.empty((len(feats[a]), len(feats[b])))
             for i, fa in enumerate(feats[a].values()):
@@ -264,7 +262,7 @@ def test_bootstrap_equals_the_naive_resampling(kind, batch_size):
     feats = {"A": {"l1": x, "l2": z}, "B": {"m1": y, "m2": y[:, :2] + z[:, :2]}}
     grams = {m: {k: centered_gram(v) for k, v in f.items()} for m, f in feats.items()}
     combos = [("A", "B"), ("A", "A")]
-    got = bootstrap_cka(grams, combos, [kind], batch_size, samples=40, seed=5)
+    got = bootstrap_cka(grams, combos, [kind], batch_size, samples=40, seed=5, chunk=15)  # chunks of 15, 15, 10
     want = _naive_bootstrap(feats, combos, kind, batch_size, 40, 5)
     for c in combos:
         assert got[(*c, kind)][0].shape == (2, 2)

@@ -119,3 +119,18 @@ def test_seeded_reruns_are_identical(scaled):
     again = _tables("scaled")
     for name in ("lipschitz_per_example", "linearity_per_example"):
         pd.testing.assert_frame_equal(again[name], scaled[name])
+
+
+def test_large_differences_stay_significant_across_many_rows():
+    # 60 settings, each a clear difference: the bootstrap p-value's floor (1/resamples) times
+    # Holm's 60 must stay below 0.05, which 1,000 resamples would not allow (0.001 × 60)
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(60):
+        base = rng.lognormal(0, 0.3, 80)
+        for model, ratio in ((REF, base), (OTHER, base * 1.5)):
+            frames.append(pd.DataFrame({"model": model, "layer": "fc1", "layer_index": 3, "norm": "linf",
+                                        "eps": 0.01 * (k + 1), "kind": "loss", "example": range(80),
+                                        "index": range(80), "ratio": ratio}))
+    sig = significance_table({"lipschitz_per_example": pd.concat(frames)}, [("small_cnn", REF, OTHER)])
+    assert len(sig) == 60 and sig.significant.all()

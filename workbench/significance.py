@@ -29,6 +29,10 @@ from .registry import TableSchema
 from .stats import discordant, holm, mcnemar, paired_bootstrap
 
 ALPHA = 0.05
+#: resamples of the paired bootstrap: its p-value is at least 1/PAIRED_SAMPLES, and Holm's
+#: correction multiplies the smallest by the number of rows (~50 on the quickstart), so 1,000
+#: would leave no bootstrap row significant past ~50 rows however large the difference
+PAIRED_SAMPLES = 10_000
 COLUMNS = ["reference", "model", "measure", "norm", "eps", "test", "n", "reference_value", "model_value", "difference",
            "ci_low", "ci_high", "b", "c", "p_value", "p_holm", "significant"]
 #: the table this module writes (collected by workbench.tables, after every stage's: it reads them)
@@ -65,7 +69,7 @@ LINEARITY_MEASURES = {"gamma": "local linearity γ", "grad_alignment": "gradient
 
 def _bootstrap_row(ref: str, other: str, measure: str, norm: str, eps: float, x: np.ndarray, y: np.ndarray,
                    seed: int) -> dict:
-    t = paired_bootstrap(x, y, seed=seed)
+    t = paired_bootstrap(x, y, samples=PAIRED_SAMPLES, seed=seed)
     keep = np.isfinite(x) & np.isfinite(y)
     return {
         "reference": ref, "model": other, "measure": measure, "norm": norm, "eps": float(eps),
@@ -87,7 +91,7 @@ def _lipschitz_rows(lpe: pd.DataFrame, ref: str, other: str, seed: int) -> list[
     d = lpe[(lpe["model"] == ref) & (lpe["layer"] != "logits")]
     if d.empty:
         return []
-    layer = str(d.loc[d["layer_index"].idxmax(), "layer"])
+    layer = str(d["layer"].iloc[int(np.argmax(d["layer_index"].to_numpy()))])
     m = _paired(lpe[lpe["layer"] == layer], ref, other, ["norm", "eps", "kind"], "ratio")
     rows = []
     for (norm, eps, kind), g in m.groupby(["norm", "eps", "kind"], sort=False):

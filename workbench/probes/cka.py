@@ -16,10 +16,11 @@
 
 Intervals (:func:`bootstrap_cka`): a percentile bootstrap over examples, resampling the
 examples jointly for both models (the same indices for both feature matrices), from a seeded
-``numpy.random.Generator``. A resample's centred Gram matrix is the full set's centred Gram
-indexed by the resample and centred again, so the features are never touched again and all
-layer pairs of one resample are one matrix product. A resample draws some examples more than
-once, and the Gram entry of two copies of one example is a self-similarity ‖xᵢ‖²; left in,
+``numpy.random.Generator``. A resample is a vector of copy counts c over the n examples, and
+every sum the estimators take over the resample's Gram entries is a c-weighted sum over the
+full set's centred Gram (see ``_Resampled``), so the features are never touched again, no
+resampled matrix is formed, and a chunk of resamples is one matrix product per layer. A
+resample draws some examples more than once, and the Gram entry of two copies of one example is a self-similarity ‖xᵢ‖²; left in,
 those ~n extra entries double the weight of the diagonal, which is what biases CKA upwards
 when d ≫ n (the debiased estimator exists to drop it), and the interval then misses the
 point value (d = 500, n = 40: [0.966, 0.981] around 0.960). So the entries of pairs of
@@ -274,25 +275,75 @@ def cka_matrix(
     return _matrix_from_grams(grams_a, grams_b, kind, batch_size)
 
 
-def _recentre(k: torch.Tensor) -> torch.Tensor:
-    """H K H for a stack (..., n, n) of Gram matrices (H = I − 11ᵀ/n)."""
-    return k - k.mean(dim=-1, keepdim=True) - k.mean(dim=-2, keepdim=True) + k.mean(dim=(-2, -1), keepdim=True)
-
-
 def _cross(num: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """num[i, j] / √(a[i] b[j]); NaN where the denominator is not positive (see _ratio)."""
-    denom = a[:, None] * b[None, :]
+    """num[..., i, j] / √(a[..., i] b[..., j]); NaN where that is not positive (see _ratio)."""
+    denom = a[..., :, None] * b[..., None, :]
     return torch.where(denom > 0, num / denom.clamp_min(1e-300).sqrt(), torch.nan)
 
 
-def _hsic_stack(ka: torch.Tensor, kb: torch.Tensor) -> torch.Tensor:
-    """Unbiased HSIC (as :func:`hsic_unbiased`) between every matrix of two stacks (La, m, m),
-    (Lb, m, m) whose diagonals are already zero: an (La, Lb) matrix."""
-    m = ka.shape[-1]
-    trace = ka.reshape(len(ka), -1) @ kb.reshape(len(kb), -1).T
-    ra, rb = ka.sum(dim=-1), kb.sum(dim=-1)
-    cross = ra.sum(-1)[:, None] * rb.sum(-1)[None, :] / ((m - 1) * (m - 2))
-    return (trace + cross - 2.0 * (ra @ rb.T) / (m - 2)) / (m * (m - 3))
+class _Resampled:
+    """What the estimators need of one model's Gram stack G (L, n, n) under R resamples given
+    as counts c (R, n): c[r, i] = copies of example i in the resample (of size m = Σc).
+
+    A resample K′ has the entries G[i, j] for every pair of drawn positions; the Gram entries
+    of two copies of one example are zeroed (module doc), and ``keep`` says whether the
+    diagonal (a position with itself) stays (linear) or not (the unbiased HSIC). Sums over the
+    resample's m × m entries are then weighted sums over the n × n ones, so no resampled
+    matrix is ever formed:
+
+    - row sum of K′ at a copy of i:  ρ_i = (G c)_i − (c_i − keep)·G_ii;
+    - 1ᵀK′1 = Σ_i c_i ρ_i;  (K′1)ᵀ(L′1) = Σ_i c_i ρ_i ρ′_i;
+    - ⟨K′, L′⟩ = cᵀ(G∘G′)c − Σ_i (c_i² − keep·c_i) G_ii G′_ii  (:func:`_quad` gives the first term).
+    """
+
+    def __init__(self, g: torch.Tensor, c: torch.Tensor, keep: float):
+        self.c, self.keep = c, keep
+        self.diag = torch.diagonal(g, dim1=-2, dim2=-1)  # (L, n)
+        self.rho = torch.matmul(c, g) - (c - keep)[None] * self.diag[:, None]  # (L, R, n)
+        self.total = (self.rho * c[None]).sum(-1).T  # (R, L)
+
+    def inner(self, other: _Resampled, quad: torch.Tensor) -> torch.Tensor:
+        """⟨K′_a, L′_b⟩ for every layer a of self and b of other, (R, La, Lb), from
+        ``quad`` = :func:`_quad` of the same counts."""
+        w = self.c * self.c - self.keep * self.c
+        return quad - torch.einsum("rn,an,bn->rab", w, self.diag, other.diag)
+
+    def rows(self, other: _Resampled) -> torch.Tensor:
+        """(K′1)ᵀ(L′1): (R, La, Lb)."""
+        return torch.einsum("rn,arn,brn->rab", self.c, self.rho, other.rho)
+
+
+def _quad(c: torch.Tensor, ga: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
+    """cᵀ(G_a ∘ G_b)c for every layer a of ``ga`` (La, n, n) and b of ``gb``: (R, La, Lb),
+    one (R × n) @ (Lb, n, n) product per layer a: the bootstrap's only O(R·n²) step."""
+    out = torch.empty(len(c), len(ga), len(gb), dtype=torch.float64, device=c.device)
+    for i, g in enumerate(ga):
+        out[:, i] = (torch.matmul(c, g[None] * gb) * c[None]).sum(-1).T
+    return out
+
+
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """(R, m) drawn indices -> (R, n) copies of each example."""
+    r = len(idx)
+    return np.bincount((np.arange(r)[:, None] * n + idx).ravel(), minlength=r * n).reshape(r, n).astype(np.float64)
+
+
+def _linear_chunk(a: _Resampled, b: _Resampled, quad: torch.Tensor, m: int) -> torch.Tensor:
+    """⟨HK′H, HL′H⟩ (the numerator of linear CKA on the resample): (R, La, Lb)."""
+    return a.inner(b, quad) - 2.0 / m * a.rows(b) + a.total[:, :, None] * b.total[:, None, :] / (m * m)
+
+
+def _hsic_chunk(a: _Resampled, b: _Resampled, quad: torch.Tensor, m: int) -> torch.Tensor:
+    """The unbiased HSIC of :func:`hsic_unbiased` on the resample (diagonal dropped): (R, La, Lb)."""
+    cross = a.total[:, :, None] * b.total[:, None, :] / ((m - 1) * (m - 2))
+    return (a.inner(b, quad) + cross - 2.0 * a.rows(b) / (m - 2)) / (m * (m - 3))
+
+
+def _quads(c: torch.Tensor, stacks: Mapping[str, torch.Tensor], combos: Sequence[tuple[str, str]]) -> dict:
+    """:func:`_quad` for every combination and every model with itself (for the norms),
+    each computed once."""
+    need = list(dict.fromkeys([*combos, *((m, m) for m in stacks)]))
+    return {(a, b): _quad(c, stacks[a], stacks[b]) for a, b in need}
 
 
 def bootstrap_cka(
@@ -304,17 +355,20 @@ def bootstrap_cka(
     samples: int = BOOTSTRAP_SAMPLES,
     level: float = LEVEL,
     seed: int = 0,
+    chunk: int = 250,
 ) -> dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]:
     """Percentile-bootstrap intervals of CKA for every layer pair of every combination.
 
     ``grams``: model -> layer -> centred Gram matrix (n × n, :func:`centered_gram`) of the
-    same n examples in the same order; ``combos``: (model A, model B) pairs. Each resample
-    draws n example indices with replacement (one ``numpy.random.Generator`` seeded with
-    ``seed``), the same for every model, so both models' features are resampled jointly.
-    Returns (A, B, kind) -> (low, high), each an (layers of A) × (layers of B) array in the
-    order of ``grams``; NaN where fewer than half the resamples gave a finite value.
-    The debiased estimator's minibatches are the consecutive rows of the resample, as for
-    the point value; the Gram entries of two copies of one example are zeroed (module doc).
+    same n examples in the same order; ``combos``: (model A, model B) pairs. The resamples are
+    ``samples`` rows of n example indices drawn with replacement (one
+    ``numpy.random.Generator(seed).integers(0, n, (samples, n))``), the same for every model,
+    so both models' features are resampled jointly. Returns (A, B, kind) -> (low, high), each
+    a (layers of A) × (layers of B) array in the order of ``grams``; NaN where fewer than half
+    the resamples gave a finite value (a constant layer). The debiased estimator's minibatches
+    are the consecutive positions of the resample, as for the point value; the Gram entries of
+    two copies of one example are zeroed (module doc). Cost: O(R·L_A·L_B·n²) per combination
+    (R resamples, ``chunk`` of them at a time), as matrix products.
     """
     for kind in kinds:
         _check_kind(kind)
@@ -322,40 +376,42 @@ def bootstrap_cka(
     used = sorted({m for c in combos for m in c}, key=list(grams).index)
     stacks = {m: torch.stack([grams[m][la] for la in grams[m]]).to(torch.float64) for m in used}
     device = next(iter(stacks.values())).device
-    batches = minibatches(n, batch_size) if "debiased" in kinds and n >= 4 else []
-    vals = {(a, b, kind): np.full((samples, len(grams[a]), len(grams[b])), np.nan)
-            for a, b in combos for kind in kinds}
-    rng = np.random.default_rng(seed)
-    for r in range(samples):
-        idx = torch.as_tensor(rng.integers(0, n, n), device=device)
-        res = {m: s[:, idx][:, :, idx] for m, s in stacks.items()}
+    kinds = [k for k in kinds if k == "linear" or n >= 4]
+    blocks = minibatches(n, batch_size) if "debiased" in kinds else []
+    vals = {(a, b, kind): np.full((samples, len(grams[a]), len(grams[b])), np.nan) for a, b in combos for kind in kinds}
+    idx_all = np.random.default_rng(seed).integers(0, n, (samples, n))
+    for start in range(0, samples, chunk):
+        idx = idx_all[start:start + chunk]
+        rs = slice(start, start + len(idx))
+        c = torch.as_tensor(_counts(idx, n), device=device)
+        quads = _quads(c, stacks, combos)
         if "linear" in kinds:
-            keep = ((idx[:, None] != idx[None, :]) | torch.eye(n, dtype=torch.bool, device=device)).to(torch.float64)
-            cen = {m: _recentre(k * keep).reshape(len(k), -1) for m, k in res.items()}
-            norm = {m: (c * c).sum(dim=1) for m, c in cen.items()}
+            res = {m: _Resampled(s, c, 1.0) for m, s in stacks.items()}
+            norm = {m: torch.diagonal(_linear_chunk(r, r, quads[(m, m)], n), dim1=1, dim2=2) for m, r in res.items()}
             for a, b in combos:
-                vals[(a, b, "linear")][r] = _cross(cen[a] @ cen[b].T, norm[a], norm[b]).cpu().numpy()
-        if "debiased" in kinds and batches:
-            hsic = {c: 0.0 for c in combos}
+                vals[(a, b, "linear")][rs] = _cross(_linear_chunk(res[a], res[b], quads[(a, b)], n),
+                                                    norm[a], norm[b]).cpu().numpy()
+        if "debiased" in kinds:
+            hsic = {cb: 0.0 for cb in combos}
             selfh = {m: 0.0 for m in used}
-            for bs in batches:
-                ib = idx[bs]
-                keep = (ib[:, None] != ib[None, :]).to(torch.float64)  # zero diagonal and duplicate pairs
-                kb = {m: k[:, bs, bs] * keep for m, k in res.items()}
-                for m, k in kb.items():
-                    selfh[m] = selfh[m] + torch.diagonal(_hsic_stack(k, k))
+            for bs in blocks:
+                m_b = bs.stop - bs.start
+                cb_ = c if m_b == n else torch.as_tensor(_counts(idx[:, bs], n), device=device)
+                qb = quads if m_b == n else _quads(cb_, stacks, combos)  # one block: the linear kind's products
+                res = {m: _Resampled(s, cb_, 0.0) for m, s in stacks.items()}
+                for m, r in res.items():
+                    selfh[m] = selfh[m] + torch.diagonal(_hsic_chunk(r, r, qb[(m, m)], m_b), dim1=1, dim2=2)
                 for a, b in combos:
-                    hsic[(a, b)] = hsic[(a, b)] + _hsic_stack(kb[a], kb[b])
+                    hsic[(a, b)] = hsic[(a, b)] + _hsic_chunk(res[a], res[b], qb[(a, b)], m_b)
             for a, b in combos:
-                vals[(a, b, "debiased")][r] = _cross(hsic[(a, b)], selfh[a], selfh[b]).cpu().numpy()
+                vals[(a, b, "debiased")][rs] = _cross(hsic[(a, b)], selfh[a], selfh[b]).cpu().numpy()
     q = (1 - level) / 2
     out = {}
     for key, v in vals.items():
-        finite = np.isfinite(v)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN cell (a constant layer) stays NaN
             lo, hi = np.nanquantile(v, q, axis=0), np.nanquantile(v, 1 - q, axis=0)
-        few = finite.sum(0) < max(1, samples / 2)
+        few = np.isfinite(v).sum(0) < max(1, samples / 2)
         lo[few], hi[few] = math.nan, math.nan
         out[key] = (lo, hi)
     return out

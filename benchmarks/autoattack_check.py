@@ -1,0 +1,150 @@
+"""AutoAttack evidence on a run's trained models (issue 12): the workbench's ``autoattack``
+attack against ``pyautoattack`` run directly, and the worst case against every attack.
+
+    python benchmarks/autoattack_check.py RUN_FOLDER [RUN_FOLDER ...] [--examples N]
+        [--norm linf|l2] [--eps E ...] [--version standard] [--seed S] [--store PATH]
+
+For every model of each run (trained models come from the model store by the key the run
+recorded, ``--store`` or ``$WORKBENCH_STORE``), on the first N examples the run evaluated
+(test-split order) and at each ε (default: the run's main ε for L∞, the middle of its L2
+grid for L2):
+
+- the workbench's attack ``autoattack`` (``workbench.attacks``) and
+  ``pyautoattack.AutoAttack(...).run_standard_evaluation`` built here independently, with the
+  same examples, version and seed; prints both accuracies, the number of examples whose
+  outcome (correct or not) differs — it must be 0 — and the largest pixel difference of the
+  adversarial examples;
+- the seconds per example of the workbench's AutoAttack (the cost docs/statistics.md states).
+
+Then, from the run's ``robustness`` table: for every model, norm and ε with a ``worst_case``
+row, whether it is at or below the clean accuracy and every single attack's accuracy.
+
+Exit status 1 when an outcome differs or the worst case is above an attack; 0 otherwise.
+AutoAttack is slow on CPU (Square's 5,000 queries on the examples still robust): time it on
+a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from workbench import results  # noqa: E402
+from workbench.attacks import ATTACKS  # noqa: E402
+from workbench.runner import load_study_data, resolve_device  # noqa: E402
+
+_NORMS = {"linf": "Linf", "l2": "L2"}
+
+
+def direct(model, x, y, eps: float, norm: str, version: str, seed: int, device) -> torch.Tensor:
+    """pyautoattack as its README runs it, with the target count capped for < 10 classes (its
+    targeted attacks need that many other classes)."""
+    from pyautoattack import AutoAttack
+
+    aa = AutoAttack(model, norm=_NORMS[norm], eps=eps, version=version, seed=seed, device=device)
+    with torch.no_grad():
+        k = int(model(x[:1]).shape[1])
+    if k - 1 < aa.apgd_targeted.n_target_classes:
+        aa.apgd_targeted.n_target_classes = k - 1
+        aa.fab.n_target_classes = k - 1
+    aa.verbose = False
+    x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(y))
+    return x_adv
+
+
+@torch.no_grad()
+def correct(model, x, y) -> np.ndarray:
+    return (model(x).argmax(1) == y).cpu().numpy()
+
+
+def worst_case_rows(rob) -> list[tuple[str, str, float, float, float, str, bool]]:
+    """(model, norm, ε, worst case, lowest other accuracy, that attack, worst ≤ all)."""
+    out = []
+    clean = rob[rob["attack"] == "clean"].set_index("model")["accuracy"]
+    worst = rob[rob["attack"] == "worst_case"]
+    for _, w in worst.iterrows():
+        same = rob[(rob["model"] == w["model"]) & (rob["norm"] == w["norm"]) & np.isclose(rob["eps"], w["eps"])
+                   & ~rob["attack"].isin(["clean", "worst_case"])]
+        accs = dict(zip(same["attack"], same["accuracy"]))
+        accs["clean"] = float(clean.get(w["model"], np.nan))
+        low = min(accs, key=accs.get)
+        ok = all(float(w["accuracy"]) <= a + 1e-12 for a in accs.values())
+        out.append((str(w["model"]), str(w["norm"]), float(w["eps"]), float(w["accuracy"]), accs[low], low, ok))
+    return out
+
+
+def check_run(run: str, args, device) -> bool:
+    res = results.load(run)
+    study = res.study
+    data = load_study_data(study, device)
+    pe = res["per_example"]
+    index = np.sort(pe[pe["attack"] == "clean"]["index"].unique())[: args.examples]
+    idx = torch.as_tensor(index, device=data.test_x.device)
+    x, y = data.test_x[idx].to(device).float(), data.test_y[idx].to(device)
+    if args.eps:
+        grid = [float(e) for e in args.eps]
+    elif args.norm == "linf":
+        grid = [study.main_eps()]
+    else:
+        l2 = sorted(study.evaluation.eps_l2)
+        grid = [float(l2[len(l2) // 2])] if l2 else []
+    print(f"\n== {run}: {study.name}, {len(y)} examples (test indices {index[0]}..{index[-1]}), AutoAttack "
+          f"{args.version} {args.norm}, seed {args.seed}, device {device}")
+    ok = True
+    print(f"{'model':<28} {'ε':>7} {'clean':>7} {'workbench':>10} {'pyautoattack':>13} {'differ':>7} "
+          f"{'max |Δx|':>9} {'s/example':>10}")
+    for mid in res.model_ids:
+        model = res.model(mid, store=args.store, device=device)
+        c = correct(model, x, y)
+        for e in grid:
+            t0 = time.perf_counter()
+            ours = ATTACKS.get("autoattack")(model, x, y, e, norm=args.norm, version=args.version, seed=args.seed)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - t0
+            theirs = direct(model, x, y, e, args.norm, args.version, args.seed, device)
+            a, b = correct(model, ours, y), correct(model, theirs, y)
+            differ = int((a != b).sum())
+            ok &= differ == 0
+            print(f"{mid:<28} {e:>7.4g} {c.mean():>7.1%} {a.mean():>10.1%} {b.mean():>13.1%} {differ:>7d} "
+                  f"{float((ours - theirs).abs().max()):>9.2g} {seconds / len(y):>10.3f}")
+    print("\nworst case at or below clean and every single attack (robustness table, all evaluated examples):")
+    rows = worst_case_rows(res["robustness"])
+    for mid, norm, eps, w, low, attack, good in rows:
+        ok &= good
+        print(f"  {mid:<28} {norm:<4} ε={eps:<7.4g} worst case {w:6.1%} ≤ lowest single {low:6.1%} ({attack}): "
+              f"{'yes' if good else 'NO'}")
+    if not rows:
+        print("  (no worst_case rows in this run)")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="run folders (workbench run --out)")
+    p.add_argument("--examples", type=int, default=100, help="first N evaluated examples (default 100)")
+    p.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    p.add_argument("--eps", type=float, nargs="*", help="ε grid (default: the run's main ε; L2: its middle ε)")
+    p.add_argument("--version", choices=["standard", "plus", "rand"], default="standard")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--store", default=None, help="model store (default $WORKBENCH_STORE)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    ok = all([check_run(r, args, device) for r in args.runs])
+    print("\nresult:", "every outcome identical and the worst case below every attack" if ok else "MISMATCH (see above)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
