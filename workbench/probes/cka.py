@@ -20,13 +20,13 @@ examples jointly for both models (the same indices for both feature matrices), f
 every sum the estimators take over the resample's Gram entries is a c-weighted sum over the
 full set's centred Gram (see ``_Resampled``), so the features are never touched again, no
 resampled matrix is formed, and a chunk of resamples is one matrix product per layer. A
-resample draws some examples more than once, and the Gram entry of two copies of one example is a self-similarity ‖xᵢ‖²; left in,
-those ~n extra entries double the weight of the diagonal, which is what biases CKA upwards
-when d ≫ n (the debiased estimator exists to drop it), and the interval then misses the
-point value (d = 500, n = 40: [0.966, 0.981] around 0.960). So the entries of pairs of
-copies are zeroed: linear CKA keeps one self-pair per row as the point estimate does, the
-debiased one none. (Features are centred by the full sample's mean first, as a translation
-of them changes nothing else.)
+resample draws some examples more than once, and the Gram entry of two copies of one
+example is a self-similarity ‖xᵢ‖²; left in, those ~n extra entries double the weight of
+the diagonal, which is what biases CKA upwards when d ≫ n (the debiased estimator exists
+to drop it), and the interval then misses the point value (d = 500, n = 40: [0.966, 0.981]
+around 0.960). So the entries of pairs of copies are zeroed: linear CKA keeps one self-pair
+per row as the point estimate does, the debiased one none. (Features are centred by the
+full sample's mean first, as a translation of them changes nothing else.)
 
 Everything is computed in float64: the features are float32 and n × n sums of products
 of large activations lose digits in float32. A constant representation (e.g. a layer of
@@ -384,7 +384,8 @@ def bootstrap_cka(
         idx = idx_all[start:start + chunk]
         rs = slice(start, start + len(idx))
         c = torch.as_tensor(_counts(idx, n), device=device)
-        quads = _quads(c, stacks, combos)
+        one_block = len(blocks) == 1 and blocks[0] == slice(0, n)
+        quads = _quads(c, stacks, combos) if "linear" in kinds or one_block else {}
         if "linear" in kinds:
             res = {m: _Resampled(s, c, 1.0) for m, s in stacks.items()}
             norm = {m: torch.diagonal(_linear_chunk(r, r, quads[(m, m)], n), dim1=1, dim2=2) for m, r in res.items()}
@@ -396,8 +397,8 @@ def bootstrap_cka(
             selfh = {m: 0.0 for m in used}
             for bs in blocks:
                 m_b = bs.stop - bs.start
-                cb_ = c if m_b == n else torch.as_tensor(_counts(idx[:, bs], n), device=device)
-                qb = quads if m_b == n else _quads(cb_, stacks, combos)  # one block: the linear kind's products
+                cb_ = c if one_block else torch.as_tensor(_counts(idx[:, bs], n), device=device)
+                qb = quads if one_block else _quads(cb_, stacks, combos)  # one block: the linear kind's products
                 res = {m: _Resampled(s, cb_, 0.0) for m, s in stacks.items()}
                 for m, r in res.items():
                     selfh[m] = selfh[m] + torch.diagonal(_hsic_chunk(r, r, qb[(m, m)], m_b), dim1=1, dim2=2)
