@@ -213,7 +213,7 @@ def test_runner_tables_have_exactly_the_schema_columns(cnn):
     })
     models = {"small_cnn/standard": cnn, "small_cnn/pgd_at": cnn}
     tables = run_probes(study, models, data, None, device=torch.device("cpu"))
-    assert set(tables) == {"linearity", "fgsm_pgd_gap", "loss_surface", "loss_slice"}
+    assert set(tables) == {"linearity", "linearity_per_example", "fgsm_pgd_gap", "loss_surface", "loss_slice"}
     for name, df in tables.items():
         assert list(df.columns) == list(TABLES[name][1]), name
         assert set(df.model) == set(models), name

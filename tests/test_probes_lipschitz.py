@@ -265,7 +265,7 @@ def test_runner_tables_have_exactly_the_schema_columns(trained_cnn):
     })
     models = {"small_cnn/standard": model, "small_cnn/pgd_at": model}
     tables = run_probes(study, models, data, None, device=torch.device("cpu"))
-    assert set(tables) == {"lipschitz", "logit_lipschitz"}
+    assert set(tables) == {"lipschitz", "lipschitz_per_example", "logit_lipschitz"}
     for name, df in tables.items():
         assert list(df.columns) == list(TABLES[name][1]), name
     lip = tables["lipschitz"]
@@ -281,5 +281,5 @@ def test_runner_tables_have_exactly_the_schema_columns(trained_cnn):
     off = study_from_dict({**study.to_dict(), "probes": {"examples": 12, "lipschitz": {
         "layers": "conv1", "kinds": ["rand"], "logit_lipschitz": False, "eps_l2": [0.5]}}})
     tables = run_probes(off, models, data, None, device=torch.device("cpu"))
-    assert set(tables) == {"lipschitz"}
+    assert set(tables) == {"lipschitz", "lipschitz_per_example"}
     assert set(tables["lipschitz"].norm) == {"linf", "l2"} and set(tables["lipschitz"].kind) == {"rand"}

@@ -232,6 +232,9 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
                 v = e * 10 / (1 + 5 * i) if metric == "gamma" else 1 - e
                 rows["linearity"].append(dict(model=m, eps=e, metric=metric, n=32, mean=v, median=v, q10=0.5 * v,
                                               q90=1.5 * v, sem=0.01))
+                for ex in range(3):
+                    rows["linearity_per_example"].append(dict(model=m, eps=e, metric=metric, example=ex, index=ex,
+                                                              value=v * (0.9 + 0.1 * ex)))
         for li, layer in enumerate(LAYERS):
             for norm, grid in (("linf", eps), ("l2", [1.0])):
                 for e in grid:
@@ -241,6 +244,10 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
                             model=m, layer=layer, layer_index=li, feature_dim=64, norm=norm, eps=e, kind=kind, n=32,
                             mean=float(mean), median=float(mean), q10=0.8 * mean, q90=1.2 * mean, sem=0.1,
                             rel_mean=0.1 * (li + 1), rel_median=0.1, over_random=float(k + 1)))
+                        for ex in range(3):
+                            rows["lipschitz_per_example"].append(dict(
+                                model=m, layer=layer, layer_index=li, norm=norm, eps=e, kind=kind, example=ex, index=ex,
+                                ratio=float(mean) * (0.9 + 0.1 * ex)))
             for e in (0.0, 0.2):
                 rows["linear_probe"].append(dict(model=m, layer=layer, layer_index=li, feature_dim=64, eps=e,
                                                  accuracy=0.95 - e * (2 - i), val_accuracy=0.9, C=1.0,
