@@ -158,7 +158,7 @@ def _read_study(path: Path) -> Study:
 
 
 #: columns later versions added to existing tables (intervals, p-values, per-example norm)
-ADDED_COLUMNS = {"ci_low", "ci_high", "p_value", "norm"}
+ADDED_COLUMNS = {"ci_low", "ci_high", "p_value", "norm", "seed"}
 
 
 def read_table(path: Path, name: str | None = None) -> pd.DataFrame:
@@ -192,6 +192,10 @@ def load(run_dir: str | Path) -> Results:
     if not tdir.is_dir():
         raise RunFolderError("not a run folder: tables/ is missing (did the run finish?)", file=str(tdir))
     tables = {p.stem: read_table(p) for p in sorted(tdir.glob("*.parquet"))}
+    mt = tables.get("models")
+    if mt is not None and "seed" in mt.columns and len(mt) and mt["seed"].isna().all():
+        # a run written before models had a seed column: its trained models have the study's seed
+        mt["seed"] = pd.array([study.seed_of(str(m)) for m in mt["model"]], dtype="Int64")
     return Results(
         path=path,
         study=study,

@@ -47,7 +47,8 @@ TABLES_RUN: dict[str, TableSchema] = {
     "models": (
         "one row per model: each trained one (architecture × recipe), then each loaded one (study `models`)",
         {
-            "model": "model id: `<architecture>/<recipe>`, or the id of a loaded model",
+            "model": "model id: `<architecture>/<recipe>` (`<architecture>/<recipe>/s<seed>` in a study of several seeds), "
+            "or the id of a loaded model",
             "architecture": "architecture label (`loaded` for a loaded model)",
             "arch_name": "registry name of the architecture (a loaded model: its network's class)",
             "recipe": "recipe label (`loaded` for a loaded model)",
@@ -55,6 +56,8 @@ TABLES_RUN: dict[str, TableSchema] = {
             "train_eps": "training ε (0 for non-adversarial recipes)",
             "train_norm": "training norm (`none` for non-adversarial recipes)",
             "role": "`reference` (first recipe), `paired` (other recipes) or `loaded`",
+            "seed": "seed the model was trained with (study `seed`; a list trains one replicate per seed); empty for a "
+            "loaded model",
             "key": "model-store key (hash of everything that determines the weights; a loaded model: of its source, "
             "weight file and declaration)",
             "cached": "weights reused from the store",
@@ -267,6 +270,7 @@ def model_table(study: Study, trained: dict[str, TrainedModel], loaded: dict[str
                 "train_eps": float(getattr(spec.recipe, "eps", 0.0) or 0.0),
                 "train_norm": getattr(spec.recipe, "norm", "none") if getattr(spec.recipe, "eps", None) else "none",
                 "role": "reference" if spec.recipe.id == ref else "paired",
+                "seed": spec.seed,
                 "key": t.key,
                 "cached": t.cached,
                 "resumed_from_epoch": t.resumed_from_epoch,
@@ -285,12 +289,16 @@ def model_table(study: Study, trained: dict[str, TrainedModel], loaded: dict[str
             {
                 "model": m.id, "architecture": "loaded", "arch_name": type(lm.model.net).__name__,
                 "recipe": "loaded", "recipe_name": "loaded", "train_eps": 0.0, "train_norm": "none", "role": "loaded",
+                "seed": None,
                 "key": lm.key, "cached": True, "resumed_from_epoch": None, "epochs": 0, "train_seconds": 0.0,
                 "stopped_early": "", "parameters": sum(p.numel() for p in lm.model.parameters()),
                 "source": lm.source, "file": lm.file, "sha256": lm.sha256,
             }
         )
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if "seed" in df.columns:
+        df["seed"] = df["seed"].astype("Int64")  # empty for loaded models, whole numbers otherwise
+    return df
 
 
 def result_inputs(study: Study, data: DataSplits, trained: dict[str, TrainedModel], device: torch.device,
@@ -440,6 +448,8 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
     with folder.staged(), _log_to(folder.path / "run.log"):
         env = environment(device, study.seed)
         env["data"] = data.describe()
+        if study.replicated:
+            env["seeds"] = list(study.seeds)  # `seed` is the first: the splits and the examples
         folder.write_json("environment.json", env)
         folder.write_text("study.yaml", study.to_yaml())
         log.info("Study %s runs on %s. Data: %s.", study.name, device, data.summary())
@@ -486,6 +496,10 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         if cached_stages:
             log.info("reused cached results: %s", ", ".join(cached_stages))
         tables["significance"] = significance_table(tables, study.pairs())
+        # seeds as replicates: per architecture × recipe × measure, each seed's value, mean and sd
+        from .replicates import replicates_table
+
+        tables["replicates"] = replicates_table(tables)
 
         for name, df in tables.items():
             folder.write_table(name, df)

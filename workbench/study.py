@@ -48,6 +48,7 @@ from .config import (  # noqa: F401  (re-exported: the building blocks of every 
     content_hash,
     name_shorthand,
     parse_eps,
+    replicate_id,
 )
 from .errors import StudyError
 from .evaluation.soundness import SoundnessConfig
@@ -189,6 +190,9 @@ class ReportConfig(Strict):
 
 # --------------------------------------------------------------------------- loaded models
 
+#: seeds of one study (each trains every model once): far above any real study
+MAX_SEEDS = 100
+
 
 class LoadedModelConfig(Strict):
     """A model loaded from a source (checkpoint, zoo, user code), not trained (docs/models.md)."""
@@ -228,7 +232,14 @@ class Study(Strict):
 
     name: str = Field(description="study name; the default run folder is reports/<name>/")
     description: str = ""
-    seed: int = Field(0, description="seeds weights, data order, splits and attacks")
+    # YAML key `seed` (an int, or a list of seeds: replicates); the attribute `seed` is the first
+    # seed (splits, evaluation and probe examples), `seeds` all of them
+    seed_spec: Union[int, tuple[int, ...]] = Field(
+        0, alias="seed",
+        description="seeds weights, data order, splits and attacks; a list (e.g. [0, 1, 2]) trains every model once "
+        "per seed (replicates: ids <architecture>/<recipe>/s<seed>, pairs within a seed; splits, evaluation and probe "
+        "examples from the first seed)",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     architectures: tuple[ArchitectureConfig, ...] = Field((), description="architectures trained with every recipe")
     recipes: tuple[RecipeConfig, ...] = Field(
@@ -253,6 +264,25 @@ class Study(Strict):
     @classmethod
     def _list_shorthand(cls, v):
         return _name_shorthand(v)
+
+    @field_validator("seed_spec", mode="before")
+    @classmethod
+    def _seeds(cls, v):
+        if isinstance(v, bool):
+            raise ValueError("a seed is a whole number, or a list of them (e.g. [0, 1, 2])")
+        if isinstance(v, (list, tuple)):
+            if not v:
+                raise ValueError("give at least one seed (e.g. seed: [0, 1, 2])")
+            if len(v) > MAX_SEEDS:
+                raise ValueError(f"at most {MAX_SEEDS} seeds, got {len(v)}")
+            for i, x in enumerate(v):
+                if isinstance(x, bool) or not isinstance(x, int):
+                    raise ValueError(f"a seed is a whole number, got {x!r} (item {i + 1} of the list)")
+                if x in v[:i]:
+                    raise ValueError(f"seed {x} appears twice in the list")
+            # one seed in a list is that seed: same ids, same tables, same digest as `seed: N`
+            return v[0] if len(v) == 1 else tuple(v)
+        return v
 
     @field_validator("name")
     @classmethod
@@ -303,6 +333,22 @@ class Study(Strict):
 
     # ---- derived views
 
+    @property
+    def seed(self) -> int:
+        """The first seed: the data splits, the evaluation and probe examples and (in a study
+        of one seed) the models."""
+        return self.seeds[0]
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """Every seed; each trains one replicate of every model."""
+        return self.seed_spec if isinstance(self.seed_spec, tuple) else (int(self.seed_spec),)
+
+    @property
+    def replicated(self) -> bool:
+        """Several seeds: model ids carry the seed and the ``replicates`` table has rows."""
+        return len(self.seeds) > 1
+
     def train_for(self, recipe: RecipeBase) -> TrainConfig:
         if not recipe.train:
             return self.train
@@ -313,8 +359,10 @@ class Study(Strict):
         return self.models_trained()
 
     def models_trained(self) -> list[ModelSpec]:
+        """Architectures × recipes, once per seed (seed-major: all of seed 0's models first)."""
         return [
-            ModelSpec(arch=a, recipe=r, train=self.train_for(r), seed=self.seed)
+            ModelSpec(arch=a, recipe=r, train=self.train_for(r), seed=seed, replicate=self.replicated)
+            for seed in self.seeds
             for a in self.architectures
             for r in self.recipes
         ]
@@ -330,19 +378,46 @@ class Study(Strict):
                 return spec.arch.id
         return "loaded"
 
+    def seed_of(self, model_id: str) -> int | None:
+        """The seed a trained model was trained with; None for a loaded model."""
+        for spec in self.models_trained():
+            if spec.id == model_id:
+                return spec.seed
+        return None
+
     def pairs(self) -> list[tuple[str, str, str]]:
         """(group, model a, model b) per the study's ``pairs``. ``reference``: each architecture's
         first-recipe model with each of its others. The group is the models' architecture when
-        they share one, else ``<group a>~<group b>`` (a loaded model's group is ``loaded``)."""
+        they share one, else ``<group a>~<group b>`` (a loaded model's group is ``loaded``).
+
+        With several seeds every pair stays within a seed (same initial weights and data
+        order): ``reference`` and an explicit list (written with the ids ``<arch>/<recipe>``)
+        are repeated for each seed; ``all`` pairs every two models of one seed, and each
+        loaded model with every trained one."""
+        if not self.replicated:
+            return self._pairs_of(None)
+        out: list[tuple[str, str, str]] = []
+        for seed in self.seeds:
+            out += [p for p in self._pairs_of(seed) if p not in out]  # loaded~loaded pairs once
+        return out
+
+    def _pairs_of(self, seed: int | None) -> list[tuple[str, str, str]]:
+        def rid(base: str) -> str:
+            trained = any(base == f"{a.id}/{r.id}" for a in self.architectures for r in self.recipes)
+            return replicate_id(base, seed) if seed is not None and trained else base
+
         if self.pairing == "reference":
             if not self.recipes:
                 return []
             ref = self.recipes[0]
             return [
-                (a.id, f"{a.id}/{ref.id}", f"{a.id}/{r.id}") for a in self.architectures for r in self.recipes[1:]
+                (a.id, rid(f"{a.id}/{ref.id}"), rid(f"{a.id}/{r.id}")) for a in self.architectures for r in self.recipes[1:]
             ]
-        ids = self.model_ids()
-        combos = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]] if self.pairing == "all" else list(self.pairing)
+        if self.pairing == "all":
+            ids = [rid(f"{a.id}/{r.id}") for a in self.architectures for r in self.recipes] + [m.id for m in self.loaded]
+            combos = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]]
+        else:
+            combos = [(rid(a), rid(b)) for a, b in self.pairing]
         out = []
         for a, b in combos:
             ga, gb = self.group_of(a), self.group_of(b)
@@ -399,6 +474,8 @@ def _error_from_validation(e: ValidationError, file: str) -> StudyError:
         msg = m.group(2)
     if err["type"] == "extra_forbidden":
         msg = "unknown key (not part of the study schema; see `workbench schema`)"
+        if field == "seeds":
+            msg += "; several seeds are written seed: [0, 1, 2]"
     elif err["type"] == "union_tag_invalid":
         ctx = err.get("ctx", {})
         msg = f"unknown name {ctx.get('tag')!r}; valid names: {ctx.get('expected_tags')}"

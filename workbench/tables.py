@@ -3,7 +3,7 @@
 One row per observation, one column per variable. Each component declares the tables it
 writes next to its code (the runner: ``models``, ``pairs``, ``history``; every stage:
 ``Stage.tables``, probes through their registration; the runner's closing ``significance``
-table from workbench.significance); this module collects them, in the
+and ``replicates`` tables from workbench.significance and workbench.replicates); this module collects them, in the
 order the runner writes them. The result is the single source of the table documentation
 (``python -m workbench.tables`` prints it as Markdown) and of the schema tests: every
 table a run writes must have exactly these columns (extra columns are allowed only where
@@ -24,6 +24,7 @@ def all_tables() -> dict[str, TableSchema]:
     """name -> (what a row is, {column: meaning}) of every table of every registered component."""
     from . import study as _study  # noqa: F401  (imports, and so registers, every component)
     from .runner import TABLES_RUN
+    from .replicates import TABLES_REPLICATES
     from .significance import TABLES_SIGNIFICANCE
     from .stages import STAGES
 
@@ -33,7 +34,8 @@ def all_tables() -> dict[str, TableSchema]:
             if name in out:
                 raise ValueError(f"table {name!r} is declared twice (stage {stage.name})")
             out[name] = schema
-    out.update(TABLES_SIGNIFICANCE)  # the runner's last table: tests on the stages' tables
+    out.update(TABLES_SIGNIFICANCE)  # the runner's closing tables: tests on the stages' tables,
+    out.update(TABLES_REPLICATES)  # then the seeds as replicates
     return out
 
 

@@ -281,7 +281,7 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         {"run": n, "folder": str(r.path.resolve()), "study": r.study.name,
          "main ε": F.eps_label(r.study.main_eps()), "models": ", ".join(F.model_order(r.tables)),
          "started": str(r.environment.get("started_at", "")), "git commit": _short_commit(r.environment.get("git_commit")),
-         "seed": r.study.seed}
+         "seed": ", ".join(map(str, r.study.seeds))}
         for r, n in zip(runs, names)
     ])
     notes = [

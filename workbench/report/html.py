@@ -420,11 +420,12 @@ def _device_text(env: Mapping[str, Any], run: Mapping[str, Any]) -> str:
 
 def _provenance(res: Results) -> list[tuple[str, str]]:
     env, run = res.environment, res.run
-    seeds = sorted({str(s) for s in (res.study.seed, env.get("seed")) if s is not None})
+    seeds = [str(s) for s in res.study.seeds] if res.study.replicated else sorted(
+        {str(s) for s in (res.study.seed, env.get("seed")) if s is not None})
     items = [
         ("run folder", str(res.path.resolve())),
         ("study", res.study.name),
-        ("seed", ", ".join(seeds)),
+        ("seeds (replicates)" if res.study.replicated else "seed", ", ".join(seeds)),
         ("started", str(env.get("started_at", run.get("started_at", "not recorded")))),
         ("finished", str(run.get("finished_at", "not recorded (run.json missing)"))),
         ("device", _device_text(env, run)),
@@ -472,7 +473,8 @@ def _meta_line(res: Results) -> str:
             f"device {_device_text(env, res.run)}"]
     if env.get("git_commit"):
         bits.append(f"commit {str(env['git_commit'])[:12]}")
-    bits.append(f"seed {res.study.seed}")
+    st = res.study
+    bits.append(f"seeds {', '.join(map(str, st.seeds))} (replicates)" if st.replicated else f"seed {st.seed}")
     return " · ".join(bits)
 
 
