@@ -178,3 +178,66 @@ def mean_sd_text(mean: float, sd: float, n: int, *, percent: bool = False) -> st
     if np.isfinite(sd):
         text += f" ± {scale * sd:{digits}}"
     return f"{text} ({n} seed{'s' if n != 1 else ''})"
+
+
+#: how the report and compare name each measure
+MEASURE_LABELS = {
+    "clean": "clean accuracy (%)",
+    "worst_case": "worst-case accuracy (%)",
+    "autoattack": "AutoAttack accuracy (%)",
+    "lipschitz_penultimate": "Lipschitz D, penultimate (δ_loss)",
+    "gamma": "local linearity γ",
+    "grad_alignment": "gradient alignment",
+    "saliency_gini": "saliency Gini sparsity",
+    "cka_to_reference": "linear CKA to the reference",
+}
+ACCURACIES = ("clean", "worst_case", "autoattack")
+
+
+def _headline_eps(grid: pd.Series, norm: str, main_eps: float) -> float:
+    """The summary's rule: the grid value closest to the main ε for L∞, the middle of the grid otherwise."""
+    vals = sorted({float(v) for v in grid})
+    if norm == "linf":
+        return min(vals, key=lambda v: (abs(v - main_eps), v))
+    return vals[len(vals) // 2]
+
+
+def replicate_summary(rep: pd.DataFrame | None, main_eps: float) -> pd.DataFrame:
+    """One row per architecture × recipe × measure at the summary's ε (see :func:`_headline_eps`):
+    ``mean ± sd`` across seeds, then each seed's value with its per-example 95 % interval
+    (accuracies in percent). Empty when ``rep`` has no rows."""
+    if rep is None or not len(rep):
+        return pd.DataFrame(columns=["model", "measure", "ε", "mean ± sd across seeds"])
+    seeds = sorted({int(s) for s in rep["seed"]})
+    rows = []
+    keys = ["architecture", "recipe", "measure", "detail", "norm"]
+    for key, d in rep.groupby(keys, sort=False):
+        arch, recipe, measure, detail, norm = key
+        eps = _headline_eps(d["eps"], norm, main_eps) if norm in ("linf", "l2") else 0.0
+        d = d[np.isclose(d["eps"].astype(float), eps)]
+        if d.empty:
+            continue
+        pct = measure in ACCURACIES
+        label = MEASURE_LABELS.get(measure, measure) + (f" {detail}" if detail else "")
+        if norm in ("linf", "l2"):
+            label += " (L∞)" if norm == "linf" else " (L2)"
+        first = d.iloc[0]
+        row = {"model": f"{arch}/{recipe}", "measure": label, "ε": f"{eps:g}" if norm in ("linf", "l2") else "",
+               "mean ± sd across seeds": mean_sd_text(float(first["mean"]), float(first["sd"]), int(first["n_seeds"]),
+                                                      percent=pct)}
+        for s in seeds:
+            hit = d[d["seed"] == s]
+            row[f"seed {s} [95% CI over examples]"] = "" if hit.empty else _value_text(hit.iloc[0], pct)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _value_text(r: pd.Series, percent: bool) -> str:
+    v, lo, hi = float(r["value"]), float(r["ci_low"]), float(r["ci_high"])
+    if not np.isfinite(v):
+        return ""
+    scale, digits = (100.0, ".1f") if percent else (1.0, ".3g")
+    text = f"{scale * v:{digits}}"
+    if np.isfinite(lo) and np.isfinite(hi):
+        text += f" [{scale * lo:{digits}}, {scale * hi:{digits}}]"
+    return text

@@ -6,7 +6,7 @@ out)`` sets several runs side by side in ``<out>/index.html``. Both raise
 :class:`~workbench.errors.RunFolderError` for a missing or malformed run folder.
 """
 
-from .compare import write_comparison
+from .compare import Comparison, compare_runs, write_comparison
 from .html import build_report, summary_table, write_report
 
-__all__ = ["build_report", "summary_table", "write_comparison", "write_report"]
+__all__ = ["Comparison", "build_report", "compare_runs", "summary_table", "write_comparison", "write_report"]

@@ -19,6 +19,7 @@ names are unique) and written to ``<out>/tables/``. The page shows:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,77 @@ def _short_commit(commit: object) -> str:
 
 
 
+@dataclass
+class Comparison:
+    """What ``workbench compare`` shows, as tables (for a notebook: :func:`compare_runs`).
+
+    ``cross``: every model of every run (one row per run × model, replicates included, with
+    architecture, recipe and seed); ``replicates``: mean ± sd across seeds per run ×
+    architecture × recipe trained with several seeds; ``correlations``: Spearman's ρ of each
+    representation measure with worst-case accuracy across all models of ``cross``;
+    ``significance``: every run's paired tests (within a seed; Holm within its run) with a
+    leading ``run`` column; ``differences``: accuracy differences between runs."""
+
+    runs: list[Results]
+    names: list[str]
+    cross: pd.DataFrame
+    replicates: pd.DataFrame
+    correlations: pd.DataFrame
+    significance: pd.DataFrame
+    differences: pd.DataFrame
+
+    def scatter(self) -> Figure | None:
+        """Each representation measure against worst-case accuracy, one point per model."""
+        return _measure_scatter(self.runs, self.names)
+
+    def significant(self) -> list[str]:
+        """Sentences naming the significant differences of every run (and how many are not)."""
+        from ..significance import describe
+
+        out = []
+        for r, n in zip(self.runs, self.names):
+            sig = r.get("significance")
+            if sig is not None:
+                out += [f"{n}: {t}" for t in describe(sig)]
+        return out
+
+
+def compare_runs(runs: Sequence[str | Path | Results], names: Sequence[str] | None = None) -> Comparison:
+    """The comparison's tables of run folders (or loaded :class:`Results`): the library
+    function behind ``workbench compare`` (which draws its figures from the same tables)."""
+    from .cross_model import correlations, cross_model_table, replicate_rows
+
+    loaded = [r if isinstance(r, Results) else load(r) for r in runs]
+    names = list(names) if names is not None else run_names([r.path for r in loaded])
+    cross = cross_model_table(loaded, names)
+    sigs = [r.tables["significance"].assign(run=n) for r, n in zip(loaded, names) if r.get("significance") is not None]
+    sig = pd.concat(sigs, ignore_index=True) if sigs else pd.DataFrame(columns=["run"])
+    sig = sig[["run", *[c for c in sig.columns if c != "run"]]]
+    return Comparison(loaded, names, cross, replicate_rows(cross), correlations(cross) if len(cross) else pd.DataFrame(),
+                      sig, differences(loaded, names))
+
+
+def _headline_significance(c: Comparison) -> pd.DataFrame:
+    """The paired tests the page shows: clean and the worst case at each run's summary ε per norm,
+    and every representation measure (the joined table has them all)."""
+    parts = []
+    for r, n in zip(c.runs, c.names):
+        sig, rob = r.get("significance"), r.get("robustness")
+        if sig is None:
+            continue
+        keep = ~sig["measure"].isin(["worst_case"])
+        for norm in sig.loc[sig["measure"] == "worst_case", "norm"].drop_duplicates():
+            eps = robust_eps(rob, "worst_case", r.study.main_eps(), norm) if rob is not None else None
+            if eps is not None:
+                keep |= (sig["measure"] == "worst_case") & (sig["norm"] == norm) & np.isclose(sig["eps"], eps)
+        parts.append(sig[keep].assign(run=n))
+    cols = ["run", "reference", "model", "measure", "norm", "eps", "difference", "ci_low", "ci_high", "p_holm",
+            "significant"]
+    if not parts:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(parts, ignore_index=True)[cols]
+
+
 def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """Compare runs: joined tables in ``<out>/tables``, figures in ``<out>/figures``, the page at
     ``<out>/index.html``. Refuses (:class:`RunFolderError`) to write into a run folder."""
@@ -251,6 +323,7 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     runs = [load(p) for p in paths]
     names = run_names(paths)
     joined = join_tables(runs, names)
+    comp = compare_runs(runs, names)
 
     folder = RunFolder(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,12 +344,23 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         entries.append(FigureEntry(stem, title, caption, "compare", data_uri(png), w, h,
                                    [(fmt, f"figures/{p.name}") for fmt, p in files.items()]))
 
-    from .cross_model import correlations, cross_model_table
-
-    cross = cross_model_table(runs, names)
+    cross, corr, diff = comp.cross, comp.correlations, comp.differences
     folder.write_table("cross_model", cross)
-    corr = correlations(cross) if len(cross) else pd.DataFrame()
-    diff = differences(runs, names)
+    folder.write_table("cross_model_replicates", comp.replicates)
+    rep_view = pd.DataFrame()
+    if len(comp.replicates):
+        from .cross_model import REPLICATED, MEASURES
+        from ..replicates import mean_sd_text
+
+        rep_view = comp.replicates[["run", "model", "n_seeds"]].copy()
+        for col in REPLICATED:
+            label = f"{col} (%)" if col in ("clean", "worst case", "autoattack") else MEASURES.get(col, col)
+            rep_view[label] = [
+                mean_sd_text(r[f"{col} mean"], r[f"{col} sd"], int(r["n_seeds"]), percent=col in ("clean", "worst case",
+                                                                                                     "autoattack"))
+                for _, r in comp.replicates.iterrows()]
+        rep_view = rep_view[[c for c in rep_view.columns if c in ("run", "model", "n_seeds") or rep_view[c].str.len().any()]]
+    sig_view = _headline_significance(comp)
     runs_df = pd.DataFrame([
         {"run": n, "folder": str(r.path.resolve()), "study": r.study.name,
          "main ε": F.eps_label(r.study.main_eps()), "models": ", ".join(F.model_order(r.tables)),
@@ -292,7 +376,10 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         f"Joined tables (with a leading run column) are in {out.name}/tables/.",
         "Every model: clean and worst-case accuracy (%, L∞ at the run's main ε) with 95% Wilson intervals; the last "
         "column says whether the worst case differs significantly from the pair's reference (exact McNemar, Holm-"
-        "corrected within its run). Table cross_model.",
+        "corrected within its run). Table cross_model; a run of several seeds has one row per replicate "
+        "(<architecture>/<recipe>/s<seed>), and table cross_model_replicates their mean ± sd.",
+        "Spearman's ρ below is taken over every row of that table (each replicate is one point): replicates of one "
+        "recipe are not independent models, so ρ describes these models, it does not generalise beyond them.",
     ] + [f"Spearman ρ of {r['measure']} with worst-case accuracy: {r['rho']:.2f} "
          f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] over {r['n']} models." for _, r in corr.iterrows()
          if np.isfinite(r["rho"]) and np.isfinite(r["ci_low"])]
@@ -305,6 +392,11 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
                          {"clean": "pct", "clean ci_low": "pct", "clean ci_high": "pct", "worst case": "pct",
                           "worst ci_low": "pct", "worst ci_high": "pct", "autoattack": "pct",
                           "worst case vs reference": "text"}, id="cross-model-table") if len(cross) else None,
+        replicates=html_table(rep_view, {c: "text" for c in rep_view.columns if c != "n_seeds"},
+                              id="replicates-table") if len(rep_view) else None,
+        significance=html_table(sig_view, {"difference": "num", "ci_low": "num", "ci_high": "num", "p_holm": "num",
+                                           "eps": "num"}, id="significance-table") if len(sig_view) else None,
+        significant=comp.significant(),
         differences=html_table(diff.rename(columns={"accuracy": "accuracy (%)"}),
                                {"accuracy (%)": "pct", "eps": "num", "Δ accuracy (points)": "delta"},
                                id="differences-table"),

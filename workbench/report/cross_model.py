@@ -61,14 +61,17 @@ def _run_rows(res: Results, name: str) -> list[dict]:
             lip_d = _at(lip, norm="linf", kind="loss", eps=e)
             pen = penultimate_layers(lip_d)
     lin_e = F.closest(lin["eps"], main) if lin is not None and len(lin) else None
+    mt = res.get("models")
+    info = mt.set_index(mt["model"].astype(str)) if mt is not None else None
     rows = []
     for m in F.model_order(res.tables):
         clean = _at(rob, model=m, attack="clean")
         worst = _at(rob, model=m, attack="worst_case", norm="linf", eps=w_eps) if w_eps is not None else rob.iloc[0:0]
         a = aa[aa["model"] == m]
         a = _at(a, eps=F.closest(a["eps"], main)) if len(a) else a
+        arch, recipe, seed = _identity(res, info, m)
         row = {
-            "run": name, "model": m, "main ε": main,
+            "run": name, "model": m, "architecture": arch, "recipe": recipe, "seed": seed, "main ε": main,
             "clean": _first(clean, "accuracy"), "clean ci_low": _first(clean, "ci_low"),
             "clean ci_high": _first(clean, "ci_high"),
             "worst case": _first(worst, "accuracy"), "worst ci_low": _first(worst, "ci_low"),
@@ -100,6 +103,49 @@ def _run_rows(res: Results, name: str) -> list[dict]:
     return rows
 
 
+def _identity(res: Results, info: pd.DataFrame | None, m: str) -> tuple[str, str, float]:
+    """(architecture, recipe, seed) of a model: the models table's, else the study's (NaN seed: loaded)."""
+    if info is not None and m in info.index:
+        r = info.loc[m]
+        seed = r["seed"] if "seed" in info.columns and pd.notna(r["seed"]) else res.study.seed_of(m)
+        return str(r["architecture"]), str(r["recipe"]), float(seed) if seed is not None else np.nan
+    seed = res.study.seed_of(m)
+    return res.study.group_of(m), "", float(seed) if seed is not None else np.nan
+
+
+def family(row: pd.Series | dict) -> str:
+    """``<architecture>/<recipe>`` of a trained model (its replicates share it), else the model id."""
+    arch, recipe = row.get("architecture"), row.get("recipe")
+    if isinstance(arch, str) and isinstance(recipe, str) and arch and recipe and recipe != "loaded":
+        return f"{arch}/{recipe}"
+    return str(row["model"])
+
+
+#: the cross-model columns summarised across seeds (accuracies, then the representation measures)
+REPLICATED = ("clean", "worst case", "autoattack", *MEASURES)
+
+
+def replicate_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± sd across seeds of every measure of the cross-model table, one row per run ×
+    architecture × recipe trained with two or more seeds (``<col> mean``, ``<col> sd``, n_seeds)."""
+    cols = ["run", "model", "n_seeds"] + [f"{c} {s}" for c in REPLICATED for s in ("mean", "sd")]
+    if table.empty or "seed" not in table.columns:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    t = table.assign(_family=[family(r) for _, r in table.iterrows()])
+    for (run, fam), d in t[t["seed"].notna()].groupby(["run", "_family"], sort=False):
+        if d["seed"].nunique() < 2:
+            continue
+        row = {"run": run, "model": fam, "n_seeds": int(d["seed"].nunique())}
+        for c in REPLICATED:
+            v = d[c].to_numpy(float) if c in d.columns else np.array([np.nan])
+            v = v[np.isfinite(v)]
+            row[f"{c} mean"] = float(v.mean()) if len(v) else np.nan
+            row[f"{c} sd"] = float(v.std(ddof=1)) if len(v) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
 def cross_model_table(runs: Sequence[Results], names: Sequence[str]) -> pd.DataFrame:
     """One row per run × model (see the module docstring); accuracies are fractions."""
     rows = [r for res, n in zip(runs, names) for r in _run_rows(res, n)]
@@ -124,7 +170,9 @@ def measure_scatter(runs: Sequence[Results], names: Sequence[str]) -> Figure | N
     cols = [c for c in MEASURES if c in table.columns and table[c].notna().sum() >= 2 and table["worst case"].notna().any()]
     if not cols:
         return None
-    models = list(dict.fromkeys(table["model"]))
+    # replicates of one architecture × recipe share a colour (the seeds are points of one kind)
+    table = table.assign(_family=[family(r) for _, r in table.iterrows()])
+    models = list(dict.fromkeys(table["_family"]))
     colours = F.palette(models)
     markers = ["o", "s", "^", "D", "v", "P", "X"]
     run_marker = {n: markers[i % len(markers)] for i, n in enumerate(dict.fromkeys(table["run"]))}
@@ -135,7 +183,7 @@ def measure_scatter(runs: Sequence[Results], names: Sequence[str]) -> Figure | N
             d = table[table[col].notna() & table["worst case"].notna()]
             for _, r in d.iterrows():
                 err = [[r["worst case"] - r["worst ci_low"]], [r["worst ci_high"] - r["worst case"]]]
-                ax.errorbar(r[col], r["worst case"], yerr=err, fmt=run_marker[r["run"]], color=colours[r["model"]],
+                ax.errorbar(r[col], r["worst case"], yerr=err, fmt=run_marker[r["run"]], color=colours[r["_family"]],
                             ms=5, capsize=2, lw=0.8)
             s = spearman(d[col], d["worst case"])
             rho = "ρ undefined" if not np.isfinite(s["rho"]) else (

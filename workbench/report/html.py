@@ -328,6 +328,20 @@ def _summary_notes(res: Results) -> list[str]:
     return notes
 
 
+def _replicates_notes(res: Results) -> list[str]:
+    seeds = ", ".join(map(str, res.study.seeds))
+    return [
+        f"Every model was trained once per seed ({seeds}): the models of one seed share initial weights and data order, "
+        "and pairs (and their paired tests) stay within a seed. The data split and the evaluation and probe examples "
+        f"are those of the first seed ({res.study.seed}), the same for every replicate.",
+        "mean ± sd: the mean over the seeds and the sample standard deviation (n − 1) across them: how much the measure "
+        "moves when only the seed changes. The bracket after each seed's value is that model's 95% interval over test "
+        "examples (Wilson for accuracies, bootstrap otherwise): how much it would move on other examples. An sd much "
+        "smaller than the intervals says the examples, not the training seed, dominate the uncertainty. Table "
+        "replicates has every measure at every ε.",
+    ]
+
+
 # --------------------------------------------------------------------------- figures
 
 
@@ -616,8 +630,13 @@ def build_report(res: Results, *, out_dir: Path | None = None) -> str:
         sections.append({"id": sid, "title": title, "figures": figs, "notes": notes,
                          "details": _details(res) if sid == "robustness" else []})
     study_yaml = _study_yaml(res)
+    from ..replicates import replicate_summary
+
+    reps = replicate_summary(res.get("replicates"), res.study.main_eps())
     return render_page(
         "report.html.j2",
+        replicates=html_table(reps, {c: "text" for c in reps.columns}, id="replicates-table") if len(reps) else None,
+        replicates_notes=_replicates_notes(res) if len(reps) else [],
         study=res.study,
         run_name=res.path.name,
         meta_line=_meta_line(res),
