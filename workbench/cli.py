@@ -199,6 +199,13 @@ def run(
     summary = rob[rob.attack == "clean"][["model", "accuracy"]]
     for _, r in summary.iterrows():
         typer.echo(f"  {r['model']:<32} clean accuracy {r['accuracy']:.3f}")
+    rep = result.tables.get("replicates")
+    if rep is not None and len(rep):
+        from .replicates import mean_sd_text
+
+        for _, r in rep[rep["measure"] == "clean"].drop_duplicates(["architecture", "recipe"]).iterrows():
+            typer.echo(f"  {r['architecture'] + '/' + r['recipe']:<32} clean accuracy (%, mean ± sd) "
+                       f"{mean_sd_text(r['mean'], r['sd'], int(r['n_seeds']), percent=True)}")
     where = result.path / "index.html"
     typer.echo(f"run folder: {result.path}" + (f"\nreport: {where}" if where.exists() else ""))
     if result.cached_stages:
