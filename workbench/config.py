@@ -266,23 +266,16 @@ class AttackBase(Strict):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model of a study: an architecture trained with a recipe (once per seed of a
-    study of several seeds: ``replicate`` is then true and the id carries the seed)."""
+    """One model of a study: an architecture trained with a recipe."""
 
     arch: ArchitectureConfig
     recipe: RecipeBase  # the registered config of the recipe (e.g. PGDATRecipe)
     train: TrainConfig
     seed: int
-    replicate: bool = False
 
     @property
     def id(self) -> str:
-        return replicate_id(f"{self.arch.id}/{self.recipe.id}", self.seed) if self.replicate else f"{self.arch.id}/{self.recipe.id}"
-
-
-def replicate_id(base: str, seed: int) -> str:
-    """The id of seed ``seed``'s replicate of model ``base`` (``small_cnn/standard/s1``)."""
-    return f"{base}/s{seed}"
+        return f"{self.arch.id}/{self.recipe.id}"
 
 
 def content_hash(obj: Any) -> str:

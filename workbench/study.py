@@ -48,7 +48,6 @@ from .config import (  # noqa: F401  (re-exported: the building blocks of every 
     content_hash,
     name_shorthand,
     parse_eps,
-    replicate_id,
 )
 from .errors import StudyError
 from .evaluation.soundness import SoundnessConfig
@@ -188,10 +187,31 @@ class ReportConfig(Strict):
 # --------------------------------------------------------------------------- study
 
 
-# --------------------------------------------------------------------------- loaded models
+# --------------------------------------------------------------------------- replicates
 
 #: seeds of one study (each trains every model once): far above any real study
 MAX_SEEDS = 100
+
+
+def replicate_id(base: str, seed: int) -> str:
+    """The id of seed ``seed``'s replicate of model ``base`` (``small_cnn/standard/s1``)."""
+    return f"{base}/s{seed}"
+
+
+class ReplicateSpec(ModelSpec):
+    """A model of a study of several seeds: a :class:`ModelSpec` whose id carries the seed.
+
+    Defined here, not in config.py, so that the training code (whose hash is part of every
+    model key) does not change: a replicate's store key is that of the same model in a
+    single-seed study of its seed. A job serialised to another process comes back as a
+    plain ModelSpec; only its log lines there lack the seed."""
+
+    @property
+    def id(self) -> str:
+        return replicate_id(f"{self.arch.id}/{self.recipe.id}", self.seed)
+
+
+# --------------------------------------------------------------------------- loaded models
 
 
 class LoadedModelConfig(Strict):
@@ -361,7 +381,7 @@ class Study(Strict):
     def models_trained(self) -> list[ModelSpec]:
         """Architectures × recipes, once per seed (seed-major: all of seed 0's models first)."""
         return [
-            ModelSpec(arch=a, recipe=r, train=self.train_for(r), seed=seed, replicate=self.replicated)
+            (ReplicateSpec if self.replicated else ModelSpec)(arch=a, recipe=r, train=self.train_for(r), seed=seed)
             for seed in self.seeds
             for a in self.architectures
             for r in self.recipes

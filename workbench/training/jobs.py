@@ -106,7 +106,7 @@ class TrainJob:
     # ---- JSON
 
     def to_json(self) -> str:
-        d = {
+        return json.dumps({
             "arch": self.spec.arch.model_dump(mode="json"),
             "recipe": self.spec.recipe.model_dump(mode="json"),
             "train": self.spec.train.model_dump(mode="json"),
@@ -115,10 +115,7 @@ class TrainJob:
             "monitor_eps": self.monitor_eps,
             "role": self.role,
             "source": self.source,
-        }
-        if self.spec.replicate:  # only the id depends on it (not the key); single-seed JSON stays as it was
-            d["replicate"] = True
-        return json.dumps(d, sort_keys=True)
+        }, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> TrainJob:
@@ -129,7 +126,6 @@ class TrainJob:
             recipe=recipe_cfg.model_validate(d["recipe"]),
             train=TrainConfig.model_validate(d["train"]),
             seed=int(d["seed"]),
-            replicate=bool(d.get("replicate", False)),
         )
         return cls(spec, d["data"], float(d["monitor_eps"]), d["role"], d.get("source"))
 
