@@ -278,3 +278,18 @@ def test_compare_shows_replicates_and_significance_of_every_run(tiny):
     assert set(c.significance["run"]) == {"two", "one"}
     assert len(c.significance) == len(tiny["two"].tables["significance"]) + len(tiny["one"].tables["significance"])
     assert all(s.startswith(("two: ", "one: ")) for s in c.significant()) and c.significant()
+
+
+def test_the_report_shows_mean_sd_beside_each_seeds_interval(tiny):
+    from workbench.replicates import mean_sd_text
+    from workbench.report.html import build_report
+    from workbench.results import load
+
+    res = load(tiny["two"].path)
+    page = build_report(res)
+    assert 'id="replicates-table"' in page and "seeds 0, 1 (replicates)" in page
+    rep = res.replicates
+    r = rep[(rep["recipe"] == "pgd_at") & (rep["measure"] == "clean")]
+    assert mean_sd_text(r["mean"].iloc[0], r["sd"].iloc[0], 2, percent=True) in page
+    lo, hi = 100 * r["ci_low"].iloc[1], 100 * r["ci_high"].iloc[1]
+    assert f"{100 * r['value'].iloc[1]:.1f} [{lo:.1f}, {hi:.1f}]" in page  # seed 1's value with its Wilson interval
