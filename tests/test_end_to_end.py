@@ -42,7 +42,8 @@ def test_every_stage_wrote_its_tables_with_exactly_the_documented_columns(tmp_pa
             assert set(cols) - {"val_robust_acc", "monitor_eps"} <= set(df.columns), name
         else:
             assert list(df.columns) == cols, (name, list(df.columns))
-        assert len(df), name
+        # a single-seed run has no replicates: that table is written empty, with its columns
+        assert len(df) or (name == "replicates" and not res.study.replicated), name
     timings = json.loads((run / "run.json").read_text())["timings"]
     assert {"data", "train", "evaluate", "soundness", "probes", "report"} <= set(timings)
     assert (run / "index.html").is_file() and (run / "arrays" / "saliency.npz").is_file()
