@@ -115,7 +115,8 @@ def test_mixed_study_writes_every_table_and_the_report_with_all_four_models(mixe
     res = load(mixed_run["run"].path)
     assert set(res.tables) == set(TABLES)
     for name, df in res.tables.items():
-        assert len(df), name
+        # one seed: no replicates (the table is written empty, with its columns)
+        assert len(df) or (name == "replicates" and not res.study.replicated), name
         if name not in OPEN:
             assert list(df.columns) == list(TABLES[name][1]), name
     ids = ["small_cnn/standard", "small_cnn/pgd_at", "mlp-robustness", "user-cnn"]
