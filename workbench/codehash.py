@@ -14,6 +14,13 @@ imports) invalidates nothing.
 module ``pkg/__init__.py`` re-exports ``name`` from (one level of ``from .mod import
 name``), else on ``pkg/__init__.py`` itself: the registration glue of a package's
 ``__init__`` is not a dependency of every module that imports one name from it.
+
+Parsing is the slow part (about 0.6 s for the package on the 2-core CI machine, paid by
+every run, the rerun that computes nothing included), so what a file's syntax gives (its
+hash, its imports) is memoised on disk by the sha256 of the file's bytes and the Python
+version (``ast.dump`` differs between versions): ``<store>/codehash/<sha>.json``. An entry
+depends on nothing but the bytes it is named by, so it can never be stale; an unreadable
+one is parsed again, and a memo that cannot be written is skipped.
 """
 
 from __future__ import annotations
@@ -21,9 +28,14 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
+import os
+import sys
 from pathlib import Path
 
 PACKAGE = "workbench"
+#: bump when what a memo entry holds (or how it is computed) changes
+MEMO_VERSION = 1
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
@@ -58,14 +70,46 @@ def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     return out
 
 
-class CodeIndex:
-    """The modules of one source tree of the package (``root`` is the package folder)."""
+def _import_records(tree: ast.Module) -> dict:
+    """What the import graph needs from a module's syntax, as JSON: every runtime import
+    (``[level, module, names]``; level -1 for ``import a.b``) and the top-level ``from``
+    imports with the names they bind (to resolve re-exports of a package's ``__init__``)."""
+    imports = []
+    for node in _runtime_imports(tree):
+        if isinstance(node, ast.Import):
+            imports.append([-1, None, [a.name for a in node.names]])
+        else:
+            imports.append([node.level, node.module, [a.name for a in node.names]])
+    top = [[n.level, n.module, [a.asname or a.name for a in n.names]] for n in tree.body if isinstance(n, ast.ImportFrom)]
+    return {"imports": imports, "top_from": top}
 
-    def __init__(self, root: str | Path, package: str = PACKAGE):
+
+def _syntax_info(source: bytes, filename: str) -> dict:
+    tree = ast.parse(source, filename=filename)
+    info = _import_records(tree)  # before the docstrings go: they hold no imports
+    info["hash"] = hashlib.sha256(ast.dump(_strip_docstrings(tree), include_attributes=False).encode()).hexdigest()
+    return info
+
+
+def default_memo() -> Path | None:
+    """``<default store>/codehash`` (``$WORKBENCH_STORE`` or ``~/.cache/workbench``)."""
+    from .store import default_store
+
+    try:
+        return default_store() / "codehash"
+    except (OSError, RuntimeError):  # no home directory
+        return None
+
+
+class CodeIndex:
+    """The modules of one source tree of the package (``root`` is the package folder);
+    ``memo``: the folder of the on-disk memo of parsed files (None: parse every file)."""
+
+    def __init__(self, root: str | Path, package: str = PACKAGE, memo: str | Path | None = None):
         self.root = Path(root)
         self.package = package
-        self._trees: dict[str, ast.Module] = {}
-        self._hashes: dict[str, str] = {}
+        self.memo = Path(memo) if memo is not None else None
+        self._info: dict[str, dict] = {}
         self._deps: dict[str, frozenset[str]] = {}
 
     # ---- modules
@@ -90,20 +134,35 @@ class CodeIndex:
         p = self.path(module)
         return p is not None and p.name == "__init__.py"
 
-    def _tree(self, module: str) -> ast.Module:
-        if module not in self._trees:
-            path = self.path(module)
-            if path is None:
-                raise KeyError(f"{module} is not a module of {self.root}")
-            self._trees[module] = ast.parse(path.read_text(), filename=str(path))
-        return self._trees[module]
+    def _syntax(self, module: str) -> dict:
+        """The module's :func:`_syntax_info`, from the memo when it has the file's bytes."""
+        if module in self._info:
+            return self._info[module]
+        path = self.path(module)
+        if path is None:
+            raise KeyError(f"{module} is not a module of {self.root}")
+        source = path.read_bytes()
+        digest = hashlib.sha256(b"%d %d.%d\0" % (MEMO_VERSION, *sys.version_info[:2]) + source).hexdigest()
+        entry = self.memo / f"{digest}.json" if self.memo is not None else None
+        info = None
+        if entry is not None:
+            try:
+                info = json.loads(entry.read_text())
+                if not (isinstance(info, dict) and isinstance(info.get("hash"), str)
+                        and isinstance(info.get("imports"), list) and isinstance(info.get("top_from"), list)):
+                    info = None
+            except (OSError, ValueError):
+                info = None
+        if info is None:
+            info = _syntax_info(source, str(path))
+            if entry is not None:
+                _write_memo(entry, info)
+        self._info[module] = info
+        return info
 
     def module_hash(self, module: str) -> str:
         """sha256 of the module's syntax tree without docstrings (comments are not in it)."""
-        if module not in self._hashes:
-            tree = _strip_docstrings(ast.parse(self.path(module).read_text()))  # type: ignore[union-attr]
-            self._hashes[module] = hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
-        return self._hashes[module]
+        return self._syntax(module)["hash"]
 
     # ---- the import graph
 
@@ -116,9 +175,9 @@ class CodeIndex:
 
     def _reexport(self, package: str, name: str) -> str | None:
         """The module ``package/__init__.py`` takes ``name`` from (``from .mod import name``)."""
-        for node in self._tree(package).body:
-            if isinstance(node, ast.ImportFrom) and any((a.asname or a.name) == name for a in node.names):
-                src = self._absolute(package, node.level, node.module)
+        for level, target, bound in self._syntax(package)["top_from"]:
+            if name in bound:
+                src = self._absolute(package, level, target)
                 if self.path(src) is not None and src != package:
                     return src
         return None
@@ -128,23 +187,23 @@ class CodeIndex:
         if module in self._deps:
             return self._deps[module]
         out: set[str] = set()
-        for node in _runtime_imports(self._tree(module)):
-            if isinstance(node, ast.Import):
-                for a in node.names:
-                    if a.name.split(".")[0] == self.package and self.path(a.name) is not None:
-                        out.add(a.name)
-            elif isinstance(node, ast.ImportFrom):
-                src = self._absolute(module, node.level, node.module)
-                if not src.startswith(self.package) or self.path(src) is None:
-                    continue
-                for a in node.names:
-                    sub = f"{src}.{a.name}"
-                    if self.path(sub) is not None:
-                        out.add(sub)
-                    elif self.is_package(src):
-                        out.add(self._reexport(src, a.name) or src)
-                    else:
-                        out.add(src)
+        for level, target, names in self._syntax(module)["imports"]:
+            if level < 0:  # import a.b
+                for name in names:
+                    if name.split(".")[0] == self.package and self.path(name) is not None:
+                        out.add(name)
+                continue
+            src = self._absolute(module, level, target)
+            if not src.startswith(self.package) or self.path(src) is None:
+                continue
+            for name in names:
+                sub = f"{src}.{name}"
+                if self.path(sub) is not None:
+                    out.add(sub)
+                elif self.is_package(src):
+                    out.add(self._reexport(src, name) or src)
+                else:
+                    out.add(src)
         out.discard(module)
         self._deps[module] = frozenset(out)
         return self._deps[module]
@@ -171,10 +230,24 @@ class CodeIndex:
         return h.hexdigest()
 
 
+def _write_memo(entry: Path, info: dict) -> None:
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, entry)  # whole or absent, also when two processes write it at once
+    except OSError:  # a read-only or full disk: parse again next time
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
 @functools.lru_cache(maxsize=1)
 def installed() -> CodeIndex:
-    """The index of the imported workbench package (parsed lazily, once per process)."""
-    return CodeIndex(Path(__file__).resolve().parent)
+    """The index of the imported workbench package (parsed lazily, once per process;
+    memoised in :func:`default_memo`)."""
+    return CodeIndex(Path(__file__).resolve().parent, memo=default_memo())
 
 
 def code_hash(*modules: str, index: CodeIndex | None = None) -> str:

@@ -45,7 +45,7 @@ def worst_case(
         if clean.empty:
             continue
         index = clean["index"].to_numpy()
-        pos = {int(i): k for k, i in enumerate(index)}
+        pos = pd.Index(index)
         base_ok = clean["correct"].to_numpy(dtype=bool)
         base_loss = clean["loss"].to_numpy(dtype=float)
         settings: dict[tuple[str, float], list[pd.DataFrame]] = {}
@@ -61,7 +61,9 @@ def worst_case(
         for (norm, eps), parts in settings.items():
             ok, loss = base_ok.copy(), base_loss.copy()
             for d in parts:
-                at = np.array([pos[int(i)] for i in d["index"]])
+                at = pos.get_indexer(d["index"].to_numpy())
+                if (at < 0).any():
+                    raise KeyError(f"{mid}: examples {d['index'].to_numpy()[at < 0][:5].tolist()} have no clean outcome")
                 # unbuffered: one part may hold several attacks on the same example
                 np.logical_and.at(ok, at, d["correct"].to_numpy(dtype=bool))
                 np.maximum.at(loss, at, d["loss"].to_numpy(dtype=float))

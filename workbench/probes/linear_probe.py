@@ -16,15 +16,13 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt, field_validator
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from ..attacks import attack_mode, pgd
@@ -160,11 +158,17 @@ def linear_probe(
 
 
 def _fit_and_score(xtr, ytr, xva, yva, test_sets, grid, max_iter) -> ProbeResult:
+    # imported on use: scikit-learn takes about 2 s to import, which a rerun that reads
+    # every result from the cache should not pay
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(xtr.astype(np.float64))
     ztr = scaler.transform(xtr.astype(np.float64))
     zva = scaler.transform(xva.astype(np.float64))
     clf = LogisticRegression(max_iter=int(max_iter), warm_start=True)
-    fits: dict[float, tuple[LogisticRegression, bool]] = {}
+    fits: dict[float, tuple[Any, bool]] = {}
     val_scores: dict[float, float] = {}
     for c in grid:
         clf.set_params(C=c)

@@ -52,10 +52,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
-from captum.metrics import infidelity, sensitivity_max
 from pydantic import Field, PositiveInt
-from scipy.stats import spearmanr
 
 from ..attacks import attack_mode
 from ..config import Strict
@@ -162,6 +159,8 @@ def _explainer(
 ) -> Callable[..., Any]:
     """``explain(inputs, target=...)`` -> signed attributions of the same shape (a tuple in,
     a tuple out, as captum's metrics call it)."""
+    from captum.attr import IntegratedGradients, NoiseTunnel, Saliency  # imported on use: ~1 s
+
     if method == "saliency":
         sal = Saliency(model)
         return lambda inputs, target: sal.attribute(_leaf(inputs), target=target, abs=False)
@@ -257,6 +256,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ``a``, ``b``: (N, ...) maps of the same shape (a 1-D tensor is one example); returns
     (N,) float64, NaN where a map is constant.
     """
+    from scipy.stats import spearmanr
+
     if a.shape != b.shape:
         raise WorkbenchError(f"spearman needs maps of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     a_np = a.detach().abs().reshape(1 if a.dim() == 1 else a.shape[0], -1).cpu().double().numpy()
@@ -320,6 +321,8 @@ def attribution_metrics(
     ``smoothgrad_samples``). Returns ``{method: {"infidelity": (N,), "sensitivity": (N,)}}``
     as float64 CPU tensors.
     """
+    from captum.metrics import infidelity, sensitivity_max
+
     n = x.shape[0]
     out: dict[str, dict[str, torch.Tensor]] = {}
     with attack_mode(model), torch.inference_mode(False), torch.enable_grad():

@@ -6,7 +6,21 @@ out)`` sets several runs side by side in ``<out>/index.html``. Both raise
 :class:`~workbench.errors.RunFolderError` for a missing or malformed run folder.
 """
 
-from .compare import Comparison, compare_runs, write_comparison
+from typing import Any
+
 from .html import build_report, summary_table, write_report
+
+_COMPARE = ("Comparison", "compare_runs", "write_comparison")
+
+
+def __getattr__(name: str) -> Any:
+    # the comparison (and matplotlib with it) is imported when asked for: writing a run's
+    # report whose figures are all cached needs neither
+    if name in _COMPARE:
+        from . import compare
+
+        return getattr(compare, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["Comparison", "build_report", "compare_runs", "summary_table", "write_comparison", "write_report"]

@@ -19,14 +19,32 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
-from matplotlib.colors import ListedColormap
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+
+class _Lazy:
+    """A module imported on first use: seaborn and matplotlib take seconds to import, and a
+    report whose figures all come from the cache draws none."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+sns = _Lazy("seaborn")
+_mpl_figure, _mpl_lines, _mpl_colors = _Lazy("matplotlib.figure"), _Lazy("matplotlib.lines"), _Lazy("matplotlib.colors")
+
 
 Tables = Mapping[str, pd.DataFrame]
 
@@ -95,7 +113,7 @@ def new_figure(ncols: int, nrows: int = 1, *, w: float = 3.4, h: float = 2.8, ex
                **kw: Any) -> tuple[Figure, np.ndarray]:
     """A constrained-layout figure of ``nrows × ncols`` panels of ``w × h`` inches (plus
     ``extra_w`` for the legend); ``axes`` is always 2-D."""
-    fig = Figure(figsize=(w * ncols + extra_w, h * nrows), dpi=DPI, layout="constrained")
+    fig = _mpl_figure.Figure(figsize=(w * ncols + extra_w, h * nrows), dpi=DPI, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes
 
@@ -107,7 +125,7 @@ def legend(fig: Figure, handles: list, *, title: str | None = None) -> None:
 
 
 def model_handles(models: Sequence[str], colours: Mapping[str, Any]) -> list[Line2D]:
-    return [Line2D([], [], color=colours[m], marker="o", label=m) for m in models]
+    return [_mpl_lines.Line2D([], [], color=colours[m], marker="o", label=m) for m in models]
 
 
 def layer_ticks(ax, df: pd.DataFrame, name_col: str = "layer", index_col: str = "layer_index") -> None:
@@ -203,15 +221,15 @@ def accuracy_vs_eps(tables: Tables, *, main_eps: float | None = None) -> Figure 
                 ax.set_ylim(-0.02, 1.02)
             axes[r, 0].set_ylabel("accuracy")
         handles = model_handles(models, colours)
-        handles.append(Line2D([], [], color="0.3", label="white-box"))
+        handles.append(_mpl_lines.Line2D([], [], color="0.3", label="white-box"))
         if has_ci:
             from matplotlib.patches import Patch
 
             handles.append(Patch(color="0.3", alpha=0.18, label="95% interval"))
         if transfer is not None:
-            handles.append(Line2D([], [], color="0.3", ls="--", marker="x", label="transferred from\nthe pair's other model"))
+            handles.append(_mpl_lines.Line2D([], [], color="0.3", ls="--", marker="x", label="transferred from\nthe pair's other model"))
         if main_eps:
-            handles.append(Line2D([], [], color="0.5", ls=":", label=f"main ε = {eps_label(main_eps)}"))
+            handles.append(_mpl_lines.Line2D([], [], color="0.5", ls=":", label=f"main ε = {eps_label(main_eps)}"))
         legend(fig, handles)
     return fig
 
@@ -304,7 +322,7 @@ def lipschitz_ratio(tables: Tables, *, main_eps: float | None = None) -> Figure 
             layer_ticks(axes[1, c], d)
         handles = model_handles(models, colours)
         kinds = [k for k in _KIND_STYLE if k in set(lip["kind"])]
-        handles += [Line2D([], [], color="0.3", ls=_KIND_STYLE[k], label=_KIND_LABEL[k]) for k in kinds]
+        handles += [_mpl_lines.Line2D([], [], color="0.3", ls=_KIND_STYLE[k], label=_KIND_LABEL[k]) for k in kinds]
         legend(fig, handles)
     return fig
 
@@ -492,7 +510,7 @@ def linear_probe(tables: Tables, **_: Any) -> Figure | None:
         axes[0, 0].set_ylabel("probe accuracy (test)")
         handles = model_handles(models, colours)
         if any(e > 0 for e in eps_values) and 0 in eps_values:
-            handles.append(Line2D([], [], color="0.3", lw=0.8, alpha=0.35, label="clean (for reference)"))
+            handles.append(_mpl_lines.Line2D([], [], color="0.3", lw=0.8, alpha=0.35, label="clean (for reference)"))
         legend(fig, handles)
     return fig
 
@@ -613,7 +631,7 @@ def soundness(tables: Tables, **_: Any) -> Figure | None:
                     text = f"{val:.3g}" if isinstance(val, (int, float, np.number)) and np.isfinite(val) else str(val)
                     ax.text(j, i, f"{row['status']}\n{text}", ha="center", va="center", fontsize="x-small",
                             color="white" if mat[i, j] else "black")
-        ax.imshow(np.ma.masked_invalid(mat), cmap=ListedColormap(["#a6dba0", "#d6604d"]), vmin=0, vmax=1, aspect="auto")
+        ax.imshow(np.ma.masked_invalid(mat), cmap=_mpl_colors.ListedColormap(["#a6dba0", "#d6604d"]), vmin=0, vmax=1, aspect="auto")
         ax.grid(False)
         ax.set_xticks(range(len(checks)), checks, rotation=30, ha="right")
         ax.set_yticks(range(len(models)), models)
