@@ -173,6 +173,35 @@ def _counting_pgd(path: Path):
         path.write_text(str(seen[0]))
 
 
+@contextlib.contextmanager
+def _recording_units(path: Path):
+    """``distributed.run_sharded`` as it is, recording into ``path`` (JSON) which units this
+    rank really computed, per ``what`` (with the model name cut off: the same work for every model)."""
+    import json
+
+    from workbench import distributed
+
+    orig, seen = distributed.run_sharded, {}
+
+    def recorded(n_units, compute, what):
+        kind = what.split(" of ")[0]
+        mine = seen.setdefault(kind, {"n": 0, "units": []})
+
+        def logged(u, base=mine["n"]):
+            mine["units"].append(base + u)
+            return compute(u)
+
+        mine["n"] += n_units
+        return orig(n_units, logged, what)
+
+    distributed.run_sharded = recorded
+    try:
+        yield
+    finally:
+        distributed.run_sharded = orig
+        path.write_text(json.dumps(seen))
+
+
 def _sharded_rank(rank: int, world: int, port: int, store: str, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -184,7 +213,9 @@ def _sharded_rank(rank: int, world: int, port: int, store: str, out: str) -> Non
     try:
         # computed anew on both ranks (the models come from the store), then read from the cache
         for name, recompute in (("sharded", True), ("cached", False)):
-            with _counting_pgd(Path(out) / f"pgd-rank{rank}.txt") if name == "sharded" else contextlib.nullcontext():
+            counting = name == "sharded"
+            with (_counting_pgd(Path(out) / f"pgd-rank{rank}.txt") if counting else contextlib.nullcontext(),
+                  _recording_units(Path(out) / f"units-rank{rank}.json") if counting else contextlib.nullcontext()):
                 run = run_study(_sharded_study(), Path(out) / name, store=store, device="cpu", progress=False,
                                 report=False, threads=1, recompute=recompute)
             (Path(out) / f"{name}-rank{rank}.txt").write_text(",".join(run.cached_stages))
@@ -228,3 +259,58 @@ def test_evaluation_and_probes_sharded_over_two_ranks_give_the_tables_of_one_pro
     # PGD as the single process did, each some of them
     counts = [int((tmp_path / f"pgd-rank{r}.txt").read_text()) for r in range(2)]
     assert all(c > 0 for c in counts) and sum(counts) == int((tmp_path / "pgd-one.txt").read_text()), counts
+    # and so was every sharded step's: each unit (a batch of examples, a chunk of resamples, a
+    # model) computed by exactly one rank, and both ranks had a share of every kind
+    import json
+
+    units = [json.loads((tmp_path / f"units-rank{r}.json").read_text()) for r in range(2)]
+    assert units[0].keys() == units[1].keys()
+    assert {"the lipschitz probe", "the local linearity probe", "the gradient alignment probe", "the FGSM–PGD gap",
+            "the logit Lipschitz estimate", "the saliency probe", "the CKA features", "the CKA bootstrap",
+            "the linear probe", "the evaluation", "the soundness check more_steps"} <= units[0].keys(), units[0].keys()
+    for kind in units[0]:
+        a, b = (set(u[kind]["units"]) for u in units)
+        assert units[0][kind]["n"] == units[1][kind]["n"], kind
+        assert a and b and not a & b and a | b == set(range(units[0][kind]["n"])), (kind, a, b)
+
+
+def _failing_rank(rank: int, world: int, port: int, out: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    from workbench import distributed
+    from workbench.errors import WorkbenchError
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    # a short timeout: a rank left waiting in the collective fails the test instead of hanging it
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+
+    def compute(u: int) -> int:
+        if u == 3:  # rank 1's second unit
+            raise ValueError("unit 3 is broken")
+        return u * u
+
+    try:
+        try:
+            distributed.run_sharded(6, compute, "the test step")
+            outcome = "returned"
+        except WorkbenchError as e:
+            outcome = f"WorkbenchError: {e.one_line()}"
+        except ValueError as e:
+            outcome = f"ValueError: {e}"
+        # the ranks are still in step: a working call after the failed one
+        values = distributed.run_sharded(5, lambda u: u + 1, "the next step")
+        (Path(out) / f"fail-rank{rank}.txt").write_text(f"{outcome}\n{values}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank_not_left_waiting(tmp_path: Path) -> None:
+    mp.spawn(_failing_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0 = (tmp_path / "fail-rank0.txt").read_text().splitlines()
+    rank1 = (tmp_path / "fail-rank1.txt").read_text().splitlines()
+    assert rank0[0] == "WorkbenchError: the test step failed on rank 1: ValueError: unit 3 is broken"
+    assert rank1[0] == "ValueError: unit 3 is broken"
+    assert rank0[1] == rank1[1] == "[1, 2, 3, 4, 5]"

@@ -17,7 +17,7 @@ import contextlib
 import datetime
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,22 +167,29 @@ def my_batches(n_batches: int) -> range:
     return range(w.rank, n_batches, w.size)
 
 
-def gather_batches(mine: dict[int, Any]) -> list[Any]:
-    """Every rank's ``{batch position: value}`` (CPU tensors, arrays, plain objects), the
-    values in batch order, on every rank."""
-    merged: dict[int, Any] = {}
-    for part in gather(mine):
-        merged.update(part)
-    return [merged[b] for b in sorted(merged)]
+def run_sharded(n_units: int, compute: Callable[[int], Any], what: str) -> list[Any]:
+    """``[compute(0), …, compute(n_units − 1)]`` on every rank, each unit computed by one
+    rank (unit u by rank u mod W, :func:`my_batches`) and the values (picklable, CPU) gathered
+    in unit order. ``compute`` must not call collectives.
 
-
-def my_share(names: list[str]) -> list[str]:
-    """This rank's contiguous share of ``names`` (e.g. the models a probe runs on), so that
-    the shares concatenated in rank order are ``names`` in order; empty for a rank beyond
-    ``len(names)``."""
+    An exception on any rank is raised on every rank once all have finished their units:
+    the failing rank raises its own, the others a :class:`WorkbenchError` naming ``what``
+    and the failing rank, so no rank is left waiting in a collective for its timeout."""
     w = world()
     if not w.active:
-        return list(names)
-    per, extra = divmod(len(names), w.size)
-    start = w.rank * per + min(w.rank, extra)
-    return list(names[start : start + per + (w.rank < extra)])
+        return [compute(u) for u in range(n_units)]
+    error: Exception | None = None
+    try:
+        part: tuple[bool, Any] = (True, {u: compute(u) for u in my_batches(n_units)})
+    except Exception as e:  # noqa: BLE001 - the other ranks must hear of it, or they wait forever
+        error = e
+        part = (False, e.one_line() if isinstance(e, WorkbenchError) else f"{type(e).__name__}: {e}")
+    parts = gather(part)
+    if error is not None:
+        raise error
+    merged: dict[int, Any] = {}
+    for rank, (ok, values) in enumerate(parts):
+        if not ok:
+            raise WorkbenchError(f"{what} failed on rank {rank}: {values}")
+        merged.update(values)
+    return [merged[u] for u in range(n_units)]

@@ -98,7 +98,7 @@ class EvalResult:
     robustness: pd.DataFrame
     per_example: pd.DataFrame
     transfer: pd.DataFrame
-    #: (model id, attack id, ε) -> adversarial examples (kept for transfer and probes)
+    #: (model id, attack id, ε) -> adversarial examples (with ``keep_adversarial=True``)
     adversarial: dict[tuple[str, str, float], torch.Tensor] = field(default_factory=dict, repr=False)
 
 
@@ -182,15 +182,18 @@ def evaluate(
     seed: int = 0,
     progress: Progress = QUIET,
     index: torch.Tensor | None = None,
-    keep_adversarial: bool = True,
+    keep_adversarial: bool = False,
 ) -> EvalResult:
     """Clean accuracy and every attack over its grid for every model; then transfer.
 
     Work goes by batches of ``cfg.batch_size`` examples. Under ``torchrun`` each rank
     crafts and scores its share of the batches (:func:`~workbench.distributed.my_batches`),
     including the transfer scores of its batches, and the per-example outcomes are
-    gathered on every rank: the tables are those of one process. The adversarial examples
-    are then not kept (each rank holds only its batches)."""
+    gathered on every rank: the tables are those of one process.
+
+    ``keep_adversarial`` keeps every setting's adversarial examples in the result, on the
+    examples' device (one process only: each rank holds only its batches). Off by default:
+    at ImageNet scale they take gigabytes per setting, and no stage reads them."""
     from .. import distributed
 
     index = torch.arange(len(y)) if index is None else index
@@ -198,9 +201,8 @@ def evaluate(
     adversarial: dict[tuple[str, str, float], torch.Tensor] = {}
     bs = cfg.batch_size
     n_batches = -(-len(y) // bs)
-    mine = distributed.my_batches(n_batches)
     sharded = distributed.world().active
-    total = len(models) * sum(len(cfg.grid(a)) for a in cfg.attacks) * len(mine)
+    total = len(models) * sum(len(cfg.grid(a)) for a in cfg.attacks) * len(distributed.my_batches(n_batches))
     keep_adversarial = keep_adversarial and not sharded
     # transfer: the examples crafted on a source are scored on its pair partners, batch by batch
     targets: dict[str, list[str]] = {}
@@ -225,11 +227,6 @@ def evaluate(
             )
         )
 
-    def gathered(parts: dict[int, tuple[torch.Tensor, ...]], width: int) -> list[torch.Tensor]:
-        """The ``width`` per-batch tensors of every rank, each concatenated in batch order."""
-        got = distributed.gather_batches(parts) if sharded else [parts[b] for b in sorted(parts)]
-        return [torch.cat([g[k] for g in got]) if got else torch.zeros(0) for k in range(width)]
-
     with progress.task("attack", total) as advance:
         for mid, model in models.items():
             crafter = compile_for_attacks(model) if cfg.compile else model  # scoring stays eager
@@ -242,29 +239,31 @@ def evaluate(
                 fn = ATTACKS.get(attack.name)
                 for eps in cfg.grid(attack):
                     t0 = time.perf_counter()
-                    parts: dict[int, tuple[torch.Tensor, ...]] = {}
-                    advs = []
-                    for b in mine:
+                    advs: list[torch.Tensor] = []
+
+                    def crafted(b: int) -> tuple[torch.Tensor, ...]:
+                        """Batch b's outcomes on the model and on its transfer targets."""
                         sl = slice(b * bs, (b + 1) * bs)
                         xb, yb = x[sl], y[sl]
                         # each batch has its own random stream: results depend on neither
                         # the order of the settings nor the rank that crafts the batch
                         with seeded_rng(batch_seed(seed, mid, attack.id, eps, b), x.device):
                             adv = fn(crafter, xb, yb, eps, precision=cfg.precision, **attack.options())
-                        c, l_ = score(model, adv, yb, bs)
-                        scored = [c.cpu(), l_.cpu()]
+                        scored = [t_.cpu() for t_ in score(model, adv, yb, bs)]
                         for t in fn_targets:
                             scored.extend(t_.cpu() for t_ in score(models[t], adv, yb, bs))
-                        parts[b] = tuple(scored)
                         if keep_adversarial:
                             advs.append(adv)
                         advance(1)
+                        return tuple(scored)
+
+                    got = distributed.run_sharded(n_batches, crafted, f"the evaluation of {mid} ({attack.id}, ε={eps:g})")
                     if x.is_cuda:
                         torch.cuda.synchronize()
-                    got = gathered(parts, 2 + 2 * len(fn_targets))
-                    correct, loss = got[0], got[1]
+                    cols = [torch.cat([g[k] for g in got]) if got else torch.zeros(0) for k in range(2 + 2 * len(fn_targets))]
+                    correct, loss = cols[0], cols[1]
                     for k, t in enumerate(fn_targets):
-                        transfer[(mid, t, attack.id, eps)] = (got[2 + 2 * k], got[3 + 2 * k])
+                        transfer[(mid, t, attack.id, eps)] = (cols[2 + 2 * k], cols[3 + 2 * k])
                     rows.append(_row(mid, attack, eps, correct, loss, time.perf_counter() - t0))
                     keep(mid, attack, eps, correct, loss)
                     if keep_adversarial:

@@ -369,18 +369,19 @@ class _Checker:
         out = {}
         bs = self.ev.batch_size
         # under torchrun each rank attacks its share of the batches; the outcomes are gathered
-        mine = distributed.my_batches(-(-self.n // bs))
+        n_batches = -(-self.n // bs)
         for job in jobs:
             fn = ATTACKS.get(job.attack.name)
-            parts = {}
-            for b in mine:
+
+            def attacked(b: int) -> tuple[torch.Tensor, torch.Tensor]:
                 i = b * bs
                 with seeded_rng(derive_seed(self.seed, "soundness", mid, job.stream, job.eps, b), self.xs.device):
                     adv = fn(model, self.xs[i : i + bs], self.ys[i : i + bs], job.eps, precision=self.ev.precision,
                              **job.attack.options())
-                parts[b] = tuple(t.cpu() for t in score(model, adv, self.ys[i : i + bs], bs))
                 advance(1)
-            got = distributed.gather_batches(parts)
+                return tuple(t.cpu() for t in score(model, adv, self.ys[i : i + bs], bs))
+
+            got = distributed.run_sharded(n_batches, attacked, f"the soundness check {job.name} of {mid}")
             correct = torch.cat([g[0] for g in got]) if got else torch.zeros(0, dtype=torch.bool)
             loss = torch.cat([g[1] for g in got]) if got else torch.zeros(0)
             out[job.name] = correct.numpy()

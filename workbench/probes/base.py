@@ -27,19 +27,19 @@ class ProbeRegistry(Registry):
     Registering a probe (with its config and tables) also registers its stage
     ``probe:<name>``, so the runner needs no edit for a new probe.
 
-    ``per_model=True`` declares that the probe's rows for one model depend on that model
-    alone (its random streams are seeded without the other models, and its tables are
-    model-major): under ``torchrun`` each rank then runs it on its share of the models and
-    the tables are concatenated. Any other probe (pairwise statistics such as CKA) runs
-    on rank 0 while the others wait."""
+    ``sharded=True`` declares that the probe splits its own work over the ranks under
+    ``torchrun`` (:func:`~workbench.distributed.run_sharded`: units such as batches of
+    examples or models, each seeded by its position, so the result does not depend on who
+    computes it) and returns the whole result on every rank. Any other probe (a new one, by
+    default) runs on rank 0 while the others wait, and its tables are sent to them."""
 
-    def register(self, name=None, *, config=None, tables=None, per_model: bool = False):
+    def register(self, name=None, *, config=None, tables=None, sharded: bool = False):
         inner = super().register(name, config=config, tables=tables)
 
         def deco(fn):
             inner(fn)
             key = name or fn.__name__
-            register_stage(ProbeStage(key, len(self), dict(tables or {}), per_model=per_model))
+            register_stage(ProbeStage(key, len(self), dict(tables or {}), sharded=sharded))
             return fn
 
         return deco
@@ -150,9 +150,9 @@ def add_probe_tables(tables: dict[str, pd.DataFrame], name: str, out: Mapping[st
 class ProbeStage(Stage):
     """The stage of one registered probe: runs it on the probe examples every probe shares."""
 
-    def __init__(self, probe: str, position: int, tables: dict[str, TableSchema], per_model: bool = False):
+    def __init__(self, probe: str, position: int, tables: dict[str, TableSchema], sharded: bool = False):
         self.probe = probe
-        self.per_model = per_model
+        self.sharded = sharded
         self.name = f"probe:{probe}"
         self.order = 10.0 + position  # after the evaluation, in the order probes registered
         self.tables = tables
@@ -183,38 +183,21 @@ class ProbeStage(Stage):
 
         base = self._context(ctx)
         w = distributed.world()
-        if not w.active:
+        if not w.active or self.sharded:  # a sharded probe splits its work over the ranks itself
             return run_probe(base, self.probe)
-        # under torchrun: a per-model probe on each rank's share of the models, any other on
-        # rank 0; every rank gets the whole result (a later stage may read it)
-        share = distributed.my_share(list(base.models)) if self.per_model else (list(base.models) if w.main else [])
+        # under torchrun, any other probe runs on rank 0; every rank gets the whole result
+        # (a later stage may read it)
         mine: tuple[bool, Any] | None = None
         error: Exception | None = None
-        if share:
+        if w.main:
             try:
-                out = run_probe(replace(base, models={m: base.models[m] for m in share}), self.probe)
+                out = run_probe(base, self.probe)
                 mine = (True, (out.tables, out.artifacts))
             except Exception as e:  # noqa: BLE001 - the other ranks must hear of it, or they wait forever
                 error, mine = e, (False, e.one_line() if isinstance(e, WorkbenchError) else f"{type(e).__name__}: {e}")
-        parts = distributed.gather(mine) if self.per_model else [distributed.broadcast(mine)]
+        ok, got = distributed.broadcast(mine)
         if error is not None:
             raise error
-        for part in parts:
-            if part is not None and not part[0]:
-                raise WorkbenchError(f"{self.name} failed on another rank: {part[1]}")
-        return _concat_outputs([p[1] for p in parts if p is not None])
-
-
-def _concat_outputs(outputs: list[tuple[dict[str, pd.DataFrame], dict[str, bytes]]]) -> StageOutput:
-    """The ranks' probe outputs (in rank order, i.e. model order) as one: each table's
-    rows concatenated, the artifacts merged."""
-    tables: dict[str, pd.DataFrame] = {}
-    artifacts: dict[str, bytes] = {}
-    for part_tables, part_artifacts in outputs:
-        for name, df in part_tables.items():
-            if name not in tables or not len(tables[name]):
-                tables[name] = df
-            elif len(df):
-                tables[name] = pd.concat([tables[name], df], ignore_index=True)
-        artifacts.update(part_artifacts)
-    return StageOutput(tables, artifacts)
+        if not ok:
+            raise WorkbenchError(f"{self.name} failed on rank 0: {got}")
+        return StageOutput(*got)

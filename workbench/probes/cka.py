@@ -46,6 +46,7 @@ import pandas as pd
 import torch
 from pydantic import Field
 
+from .. import distributed
 from ..config import LayerSpec, Strict
 from ..errors import WorkbenchError
 from ..models import extract_features, resolve_layers
@@ -368,21 +369,27 @@ def bootstrap_cka(
     the resamples gave a finite value (a constant layer). The debiased estimator's minibatches
     are the consecutive positions of the resample, as for the point value; the Gram entries of
     two copies of one example are zeroed (module doc). Cost: O(R·L_A·L_B·n²) per combination
-    (R resamples, ``chunk`` of them at a time), as matrix products.
+    (R resamples, ``chunk`` of them at a time), as matrix products. Under torchrun each rank
+    computes its share of the chunks, and every rank gets the intervals.
     """
     for kind in kinds:
         _check_kind(kind)
+    if samples < 1:
+        raise WorkbenchError(f"the bootstrap needs at least one resample, got samples={samples}")
     n = next(iter(next(iter(grams.values())).values())).shape[0]
     used = sorted({m for c in combos for m in c}, key=list(grams).index)
     stacks = {m: torch.stack([grams[m][la] for la in grams[m]]).to(torch.float64) for m in used}
     device = next(iter(stacks.values())).device
     kinds = [k for k in kinds if k == "linear" or n >= 4]
     blocks = minibatches(n, batch_size) if "debiased" in kinds else []
-    vals = {(a, b, kind): np.full((samples, len(grams[a]), len(grams[b])), np.nan) for a, b in combos for kind in kinds}
     idx_all = np.random.default_rng(seed).integers(0, n, (samples, n))
-    for start in range(0, samples, chunk):
+    starts = range(0, samples, chunk)
+
+    def resampled(u: int) -> dict[tuple[str, str, str], np.ndarray]:
+        """CKA of every combination, layer pair and kind on the resamples of chunk u."""
+        start = starts[u]
         idx = idx_all[start:start + chunk]
-        rs = slice(start, start + len(idx))
+        vals: dict[tuple[str, str, str], np.ndarray] = {}
         c = torch.as_tensor(_counts(idx, n), device=device)
         one_block = len(blocks) == 1 and blocks[0] == slice(0, n)
         quads = _quads(c, stacks, combos) if "linear" in kinds or one_block else {}
@@ -390,7 +397,7 @@ def bootstrap_cka(
             res = {m: _Resampled(s, c, 1.0) for m, s in stacks.items()}
             norm = {m: torch.diagonal(_linear_chunk(r, r, quads[(m, m)], n), dim1=1, dim2=2) for m, r in res.items()}
             for a, b in combos:
-                vals[(a, b, "linear")][rs] = _cross(_linear_chunk(res[a], res[b], quads[(a, b)], n),
+                vals[(a, b, "linear")] = _cross(_linear_chunk(res[a], res[b], quads[(a, b)], n),
                                                     norm[a], norm[b]).cpu().numpy()
         if "debiased" in kinds:
             hsic = {cb: 0.0 for cb in combos}
@@ -405,7 +412,12 @@ def bootstrap_cka(
                 for a, b in combos:
                     hsic[(a, b)] = hsic[(a, b)] + _hsic_chunk(res[a], res[b], qb[(a, b)], m_b)
             for a, b in combos:
-                vals[(a, b, "debiased")][rs] = _cross(hsic[(a, b)], selfh[a], selfh[b]).cpu().numpy()
+                vals[(a, b, "debiased")] = _cross(hsic[(a, b)], selfh[a], selfh[b]).cpu().numpy()
+        return vals
+
+    # under torchrun each rank computes its share of the chunks of resamples
+    done = distributed.run_sharded(len(starts), resampled, "the CKA bootstrap")
+    vals = {(a, b, kind): np.concatenate([d[(a, b, kind)] for d in done]) for a, b in combos for kind in kinds}
     q = (1 - level) / 2
     out = {}
     for key, v in vals.items():
@@ -424,7 +436,7 @@ COLUMNS = ["model_a", "model_b", "layer_a", "layer_b", "layer_a_index", "layer_b
            "ci_low", "ci_high"]
 
 
-@PROBES.register("cka", config=CKAProbe, tables=TABLES_CKA)
+@PROBES.register("cka", config=CKAProbe, tables=TABLES_CKA, sharded=True)
 def run_cka(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """Linear and debiased CKA between all layers of each pair (reference × paired) and of
     each model with itself, on the probe examples.
@@ -439,16 +451,24 @@ def run_cka(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     n = len(ctx.x)
     g = torch.Generator().manual_seed(ctx.seed_for("cka", "order"))
     order = torch.randperm(n, generator=g)
-    grams: dict[str, dict[str, torch.Tensor]] = {}
-    positions: dict[str, dict[str, int]] = {}
-    with ctx.progress.task("cka features", len(ctx.models)) as advance:
-        for model_id, model in ctx.models.items():
-            layers = resolve_layers(model, cfg.layers)
-            feats = extract_features(model, ctx.x, layers, batch_size=ctx.batch_size)
-            grams[model_id] = {name: centered_gram(feats.pop(name)[order]) for name in layers}
-            all_layers = model.layer_names()
-            positions[model_id] = {name: all_layers.index(name) for name in layers}
-            advance(1)
+    model_ids = list(ctx.models)
+    sharded = distributed.world().active
+
+    def model_grams(u: int) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        model = ctx.models[model_ids[u]]
+        layers = resolve_layers(model, cfg.layers)
+        feats = extract_features(model, ctx.x, layers, batch_size=ctx.batch_size)
+        grams = {name: centered_gram(feats.pop(name)[order]) for name in layers}
+        all_layers = model.layer_names()
+        advance(1)
+        # to the CPU for the gather (and back): every rank then holds rank-computed Grams, bit for bit
+        return ({k: v.cpu() for k, v in grams.items()} if sharded else grams), {name: all_layers.index(name) for name in layers}
+
+    # under torchrun each rank extracts its share of the models; every rank gets every Gram
+    with ctx.progress.task("cka features", len(distributed.my_batches(len(model_ids)))) as advance:
+        done = distributed.run_sharded(len(model_ids), model_grams, "the CKA features")
+    grams = {m: ({k: v.to(ctx.device) for k, v in g.items()} if sharded else g) for m, (g, _) in zip(model_ids, done)}
+    positions = {m: p for m, (_, p) in zip(model_ids, done)}
 
     combos: list[tuple[str, str]] = [(ref, other) for _arch, ref, other in ctx.pairs]
     combos += [(m, m) for m in ctx.models]

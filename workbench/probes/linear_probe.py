@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt, field_validator
 from threadpoolctl import threadpool_limits
 
+from .. import distributed
 from ..attacks import attack_mode, pgd
 from ..config import Eps, LayerSpec, Strict
 from ..errors import WorkbenchError
@@ -313,7 +314,7 @@ def _adversarial(model: WorkbenchModel, x: torch.Tensor, y: torch.Tensor, eps: f
     ])
 
 
-@PROBES.register("linear_probe", config=LinearProbe, tables=TABLES_LINEAR_PROBE, per_model=True)
+@PROBES.register("linear_probe", config=LinearProbe, tables=TABLES_LINEAR_PROBE, sharded=True)
 def run_linear_probe(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """Per model and layer: a logistic-regression probe fitted on ``cfg.train_examples``
     training examples (a seeded subset, the same for every model), C chosen on the
@@ -328,35 +329,45 @@ def run_linear_probe(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     cfg = ctx.cfg
     tx, ty, vx, vy = _splits(ctx)
     grid = ctx.eps_grid("linf")
-    rows = []
-    with ctx.progress.task("linear probes", len(ctx.models)) as advance:
-        for model_id, model in ctx.models.items():
-            layers = resolve_layers(model, cfg.layers)
-            order = model.layer_names()
-            shapes = layer_shapes(model, ctx.x, layers)
-            reductions = {
-                name: plan_reduction(shapes[name], cfg.max_features, ctx.seed_for("linear_probe", "projection", name))
-                for name in layers
-            }
-            train = reduced_features(model, tx, reductions, ctx.batch_size)
-            val = reduced_features(model, vx, reductions, ctx.batch_size)
-            tests = {0.0: reduced_features(model, ctx.x, reductions, ctx.batch_size)}
-            for eps in grid:
-                x_adv = _adversarial(model, ctx.x, ctx.y, eps, cfg.steps, ctx.batch_size,
-                                     ctx.seed_for("linear_probe", model_id, eps))
-                tests[eps] = reduced_features(model, x_adv, reductions, ctx.batch_size)
-            for name in layers:
-                res = linear_probe(train[name], ty, val[name], vy,
-                                   {str(e): (f[name], ctx.y) for e, f in tests.items()}, cfg.C, cfg.max_iter)
-                if not res.converged:
-                    log.warning("linear_probe: %s %s did not converge in %d iterations (C=%g)",
-                                model_id, name, cfg.max_iter, res.C)
-                for eps in tests:
-                    rows.append({
-                        "model": model_id, "layer": name, "layer_index": order.index(name),
-                        "feature_dim": reductions[name].dim, "eps": float(eps),
-                        "accuracy": res.test_accuracy[str(eps)], "val_accuracy": res.val_accuracy,
-                        "C": res.C, "train_examples": int(len(ty)),
-                    })
-            advance(1)
+    model_ids = list(ctx.models)
+
+    def probe_model(u: int) -> list[dict]:
+        """The rows of one model (seeded by the model and ε, so any rank gives the same)."""
+        model_id = model_ids[u]
+        model = ctx.models[model_id]
+        rows = []
+        layers = resolve_layers(model, cfg.layers)
+        order = model.layer_names()
+        shapes = layer_shapes(model, ctx.x, layers)
+        reductions = {
+            name: plan_reduction(shapes[name], cfg.max_features, ctx.seed_for("linear_probe", "projection", name))
+            for name in layers
+        }
+        train = reduced_features(model, tx, reductions, ctx.batch_size)
+        val = reduced_features(model, vx, reductions, ctx.batch_size)
+        tests = {0.0: reduced_features(model, ctx.x, reductions, ctx.batch_size)}
+        for eps in grid:
+            x_adv = _adversarial(model, ctx.x, ctx.y, eps, cfg.steps, ctx.batch_size,
+                                 ctx.seed_for("linear_probe", model_id, eps))
+            tests[eps] = reduced_features(model, x_adv, reductions, ctx.batch_size)
+        for name in layers:
+            res = linear_probe(train[name], ty, val[name], vy,
+                               {str(e): (f[name], ctx.y) for e, f in tests.items()}, cfg.C, cfg.max_iter)
+            if not res.converged:
+                log.warning("linear_probe: %s %s did not converge in %d iterations (C=%g)",
+                            model_id, name, cfg.max_iter, res.C)
+            for eps in tests:
+                rows.append({
+                    "model": model_id, "layer": name, "layer_index": order.index(name),
+                    "feature_dim": reductions[name].dim, "eps": float(eps),
+                    "accuracy": res.test_accuracy[str(eps)], "val_accuracy": res.val_accuracy,
+                    "C": res.C, "train_examples": int(len(ty)),
+                })
+        advance(1)
+        return rows
+
+    # under torchrun each rank probes its share of the models (a logistic regression per
+    # layer is not split further)
+    with ctx.progress.task("linear probes", len(distributed.my_batches(len(model_ids)))) as advance:
+        rows = [r for part in distributed.run_sharded(len(model_ids), probe_model, "the linear probe") for r in part]
     return {"linear_probe": pd.DataFrame(rows, columns=COLUMNS)}

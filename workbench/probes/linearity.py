@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import nn
 
+from .. import distributed
 from ..attacks import fgsm, pgd
 from ..attacks.ascent import ascend
 from ..attacks.base import attack_mode, crafting, uniform_like
@@ -153,10 +154,19 @@ def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
     return loss.detach(), grad.detach()
 
 
-def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device):
-    """(start, x batch as float32 on ``device``, y batch) over the examples, in order."""
-    for start in range(0, len(x), batch_size):
-        yield start, x[start:start + batch_size].to(device).detach().float(), y[start:start + batch_size].to(device)
+def _per_batch(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device,
+               fn: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor], what: str) -> torch.Tensor:
+    """``fn(start, x batch as float32 on device, y batch)`` (a CPU tensor per example) over the
+    batches, concatenated in order. Under torchrun each rank computes its share of the
+    batches (:func:`~workbench.distributed.run_sharded`); ``fn`` seeds itself by ``start``,
+    so a batch's values do not depend on the rank that computes it."""
+    starts = range(0, len(x), batch_size)
+
+    def one(b: int) -> torch.Tensor:
+        start = starts[b]
+        return fn(start, x[start:start + batch_size].to(device).detach().float(), y[start:start + batch_size].to(device))
+
+    return torch.cat(distributed.run_sharded(len(starts), one, what))
 
 
 # --------------------------------------------------------------------------- local linearity
@@ -190,18 +200,18 @@ def local_linearity(
     loss_fn = loss_fn or cross_entropy
     eps = float(eps)
     device = _device(model)
-    out = []
+
+    def one(start: int, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        g = seeded_generator(device, seed, "local-linearity", start, eps)
+        l0, g0 = _loss_and_grad(model, xb, yb, loss_fn)
+
+        def gap(x_adv: torch.Tensor) -> torch.Tensor:
+            return (loss_fn(model, x_adv, yb) - l0 - _flat_dot(x_adv - xb, g0)).abs()
+
+        return ascend(gap, xb, eps, steps, alpha=alpha, keep="best", generator=g).score.float().cpu()
+
     with crafting(), attack_mode(model):
-        for start, xb, yb in _batches(x, y, batch_size, device):
-            g = seeded_generator(device, seed, "local-linearity", start, eps)
-            l0, g0 = _loss_and_grad(model, xb, yb, loss_fn)
-
-            def gap(x_adv: torch.Tensor) -> torch.Tensor:
-                return (loss_fn(model, x_adv, yb) - l0 - _flat_dot(x_adv - xb, g0)).abs()
-
-            found = ascend(gap, xb, eps, steps, alpha=alpha, keep="best", generator=g)
-            out.append(found.score.float().cpu())
-    return torch.cat(out)
+        return _per_batch(x, y, batch_size, device, one, "the local linearity probe")
 
 
 # --------------------------------------------------------------------------- gradient alignment
@@ -228,28 +238,28 @@ def gradient_alignment(
     loss_fn = loss_fn or cross_entropy
     eps = float(eps)
     device = _device(model)
-    out = []
+
+    def one(start: int, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        g = seeded_generator(device, seed, "grad-alignment", start, eps)
+        _, g1 = _loss_and_grad(model, xb, yb, loss_fn)
+        _, g2 = _loss_and_grad(model, (xb + uniform_like(xb, -eps, eps, g)).clamp(0.0, 1.0), yb, loss_fn)
+        g1, g2 = g1.reshape(len(xb), -1).double(), g2.reshape(len(xb), -1).double()
+        n1, n2 = torch.linalg.vector_norm(g1, dim=1), torch.linalg.vector_norm(g2, dim=1)
+        cos = (g1 * g2).sum(dim=1) / (n1 * n2).clamp_min(1e-300)
+        return torch.where((n1 > 0) & (n2 > 0), cos.clamp(-1.0, 1.0), torch.nan).float().cpu()
+
     with crafting(), attack_mode(model):
-        for start, xb, yb in _batches(x, y, batch_size, device):
-            g = seeded_generator(device, seed, "grad-alignment", start, eps)
-            _, g1 = _loss_and_grad(model, xb, yb, loss_fn)
-            _, g2 = _loss_and_grad(model, (xb + uniform_like(xb, -eps, eps, g)).clamp(0.0, 1.0), yb, loss_fn)
-            g1, g2 = g1.reshape(len(xb), -1).double(), g2.reshape(len(xb), -1).double()
-            n1, n2 = torch.linalg.vector_norm(g1, dim=1), torch.linalg.vector_norm(g2, dim=1)
-            cos = (g1 * g2).sum(dim=1) / (n1 * n2).clamp_min(1e-300)
-            out.append(torch.where((n1 > 0) & (n2 > 0), cos.clamp(-1.0, 1.0), torch.nan).float().cpu())
-    return torch.cat(out)
+        return _per_batch(x, y, batch_size, device, one, "the gradient alignment probe")
 
 
 # --------------------------------------------------------------------------- FGSM–PGD gap
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example correctness (CPU, bool) in eval mode."""
     with eval_mode(model):
-        correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-                      for i in range(0, len(y), batch_size))
-    return correct / len(y)
+        return (model(x).argmax(1) == y).cpu()
 
 
 def fgsm_pgd_gap(
@@ -275,15 +285,17 @@ def fgsm_pgd_gap(
     device = _device(model)
     rows = []
     for e in grid:
-        g = seeded_generator(device, seed, "fgsm-pgd-gap", e)
-        x_f, x_p = [], []
-        for i in range(0, len(y), batch_size):
-            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-            x_f.append(fgsm(model, xb, yb, e))
-            x_p.append(pgd(model, xb, yb, e, steps=pgd_steps, norm="linf", generator=g))
-        yd = y.to(device)
-        acc_f = _accuracy(model, torch.cat(x_f), yd, batch_size)
-        acc_p = _accuracy(model, torch.cat(x_p), yd, batch_size)
+
+        def correct(start: int, xb: torch.Tensor, yb: torch.Tensor, e: float = e) -> torch.Tensor:
+            # each batch its own stream (the first keeps the ε's own seed), so the batches can
+            # go to different ranks
+            g = seeded_generator(device, seed, "fgsm-pgd-gap", e, *((start,) if start else ()))
+            x_f = fgsm(model, xb, yb, e)
+            x_p = pgd(model, xb, yb, e, steps=pgd_steps, norm="linf", generator=g)
+            return torch.stack([_correct(model, x_f, yb), _correct(model, x_p, yb)], dim=1)
+
+        hits = _per_batch(x, y, batch_size, device, correct, "the FGSM–PGD gap")  # (N, 2): FGSM, PGD correct
+        acc_f, acc_p = (hits[:, 0].sum().item() / len(y), hits[:, 1].sum().item() / len(y))
         rows.append({"model": getattr(model, "name", "model"), "eps": e, "fgsm_acc": acc_f, "pgd_acc": acc_p,
                      "gap": acc_f - acc_p})
     return pd.DataFrame(rows, columns=list(TABLES_LINEARITY["fgsm_pgd_gap"][1]))
@@ -400,7 +412,7 @@ def _empty(name: str) -> pd.DataFrame:
     return pd.DataFrame(columns=list(TABLES_LINEARITY[name][1]))
 
 
-@PROBES.register("linearity", config=LinearityProbe, tables=TABLES_LINEARITY, per_model=True)
+@PROBES.register("linearity", config=LinearityProbe, tables=TABLES_LINEARITY, sharded=True)
 def run_linearity(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """γ(ε) and gradient alignment on the L∞ grid, the FGSM–PGD gap, and loss surfaces and
     slices at the study's main ε, for every model. Random starts, noise and the slice

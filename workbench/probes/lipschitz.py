@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from pydantic import Field, PositiveInt, model_validator
 
+from .. import distributed
 from ..attacks import perturbation_norm, pgd, random_perturbation
 from ..attacks.ascent import ascend as _ascend
 from ..attacks.ascent import gaussian_start
@@ -357,63 +358,71 @@ def lipschitz(
     order = {n: i for i, n in enumerate(model.layer_names())}
     device = _device(model)
 
-    # per (layer, ε, kind): per-example D and relative change, NaN where excluded
-    ratio: dict[tuple[str, float, str], list[torch.Tensor]] = {}
-    rel: dict[tuple[str, float, str], list[torch.Tensor]] = {}
-    dims: dict[str, int] = {}
-    batches = range(0, len(x), batch_size)
-    with eval_mode(model):
-        with progress.task(f"lipschitz {model.name} {norm}", len(batches) * len(grid)) as advance:
-            for start in batches:
-                xb = x[start:start + batch_size].to(device)
-                yb = y[start:start + batch_size].to(device)
+    starts = range(0, len(x), batch_size)
+
+    def one_batch(b: int) -> tuple[dict[tuple[str, float, str], tuple[torch.Tensor, torch.Tensor]], dict[str, int]]:
+        """Per (layer, ε, kind) of batch b: per-example D and relative change (CPU, NaN where
+        excluded), and the layers' feature sizes. Seeded by the batch's start, so a batch's
+        values do not depend on which rank computes it."""
+        start = starts[b]
+        found: dict[tuple[str, float, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        xb = x[start:start + batch_size].to(device)
+        yb = y[start:start + batch_size].to(device)
+        with torch.no_grad(), capture(model, names) as cap:
+            model(xb)
+            clean = dict(cap.feats)
+        dims = {name: clean[name].shape[1] for name in names}
+        clean_norm = {n: torch.linalg.vector_norm(f, dim=1) for n, f in clean.items()}
+
+        def record(layer: str, e: float, kind: str, x_adv: torch.Tensor, feats: torch.Tensor) -> None:
+            dphi = torch.linalg.vector_norm(feats - clean[layer], dim=1)
+            dnorm = perturbation_norm(x_adv - xb, norm)
+            r = _ratio(dphi, dnorm)
+            rl = torch.where((dnorm > 0) & (clean_norm[layer] > 0), dphi / clean_norm[layer].clamp_min(1e-30), torch.nan)
+            found[(layer, e, kind)] = (r.cpu(), rl.cpu())
+
+        for e in grid:
+            gen = lambda kind, layer="": seeded_generator(device, seed, "lipschitz", start, norm, e, kind, layer)  # noqa: E731
+            x_loss = None
+            if "loss" in kinds:
+                x_loss = pgd(model, xb, yb, e, steps=steps, norm=norm, generator=gen("loss"))
                 with torch.no_grad(), capture(model, names) as cap:
-                    model(xb)
-                    clean = dict(cap.feats)
+                    model(x_loss)
+                    for name in names:
+                        record(name, e, "loss", x_loss, cap.feats[name])
+            if "rand" in kinds:
+                x_rand = random_perturbation(xb, e, norm, generator=gen("rand"))
+                with torch.no_grad(), capture(model, names) as cap:
+                    model(x_rand)
+                    for name in names:
+                        record(name, e, "rand", x_rand, cap.feats[name])
+            if "feat" in kinds:
+                feat_starts: list[torch.Tensor | None] = [None] * feat_restarts
+                if feat_from_loss and x_loss is not None:
+                    feat_starts.append(x_loss)
                 for name in names:
-                    dims[name] = clean[name].shape[1]
-                clean_norm = {n: torch.linalg.vector_norm(f, dim=1) for n, f in clean.items()}
+                    with truncated_forward(model, name) as features:
+                        g = gen("feat", name)
+                        x_feat = run_attack(
+                            model, xb, yb,
+                            lambda x0, _y: feature_search(
+                                features, x0, e, norm, steps, alpha=feat_step * e, starts=feat_starts, generator=g,
+                            ),
+                            g,
+                        )
+                        with torch.no_grad():
+                            record(name, e, "feat", x_feat, features(x_feat))
+            advance(1, status=f"ε={e:g}")
+        return found, dims
 
-                def record(layer: str, e: float, kind: str, x_adv: torch.Tensor, feats: torch.Tensor) -> None:
-                    dphi = torch.linalg.vector_norm(feats - clean[layer], dim=1)
-                    dnorm = perturbation_norm(x_adv - xb, norm)
-                    r = _ratio(dphi, dnorm)
-                    rl = torch.where((dnorm > 0) & (clean_norm[layer] > 0), dphi / clean_norm[layer].clamp_min(1e-30), torch.nan)
-                    ratio.setdefault((layer, e, kind), []).append(r.cpu())
-                    rel.setdefault((layer, e, kind), []).append(rl.cpu())
-
-                for e in grid:
-                    gen = lambda kind, layer="": seeded_generator(device, seed, "lipschitz", start, norm, e, kind, layer)  # noqa: E731
-                    x_loss = None
-                    if "loss" in kinds:
-                        x_loss = pgd(model, xb, yb, e, steps=steps, norm=norm, generator=gen("loss"))
-                        with torch.no_grad(), capture(model, names) as cap:
-                            model(x_loss)
-                            for name in names:
-                                record(name, e, "loss", x_loss, cap.feats[name])
-                    if "rand" in kinds:
-                        x_rand = random_perturbation(xb, e, norm, generator=gen("rand"))
-                        with torch.no_grad(), capture(model, names) as cap:
-                            model(x_rand)
-                            for name in names:
-                                record(name, e, "rand", x_rand, cap.feats[name])
-                    if "feat" in kinds:
-                        starts: list[torch.Tensor | None] = [None] * feat_restarts
-                        if feat_from_loss and x_loss is not None:
-                            starts.append(x_loss)
-                        for name in names:
-                            with truncated_forward(model, name) as features:
-                                g = gen("feat", name)
-                                x_feat = run_attack(
-                                    model, xb, yb,
-                                    lambda x0, _y: feature_search(
-                                        features, x0, e, norm, steps, alpha=feat_step * e, starts=starts, generator=g,
-                                    ),
-                                    g,
-                                )
-                                with torch.no_grad():
-                                    record(name, e, "feat", x_feat, features(x_feat))
-                    advance(1, status=f"ε={e:g}")
+    # under torchrun each rank computes its share of the batches (gathered in batch order)
+    with eval_mode(model):
+        with progress.task(f"lipschitz {model.name} {norm}", len(distributed.my_batches(len(starts))) * len(grid)) as advance:
+            parts = distributed.run_sharded(len(starts), one_batch, f"the lipschitz probe of {model.name}")
+    dims = parts[0][1]
+    # per (layer, ε, kind): per-example D and relative change, NaN where excluded
+    ratio = {key: [p[0][key][0] for p in parts] for key in parts[0][0]}
+    rel = {key: [p[0][key][1] for p in parts] for key in parts[0][0]}
 
     rows = []
     for name in names:
@@ -486,14 +495,16 @@ def logit_lipschitz(
         raise UnknownNameError("ascent objective", ascend, ("change", "ratio"))
     eps = float(eps)
     device = _device(model)
-    out = []
 
     def change_and_size(f0: torch.Tensor, x0: torch.Tensor, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(‖f(x) − f(x')‖₁, ‖x − x'‖∞), both (N,)."""
         change = torch.linalg.vector_norm((model(xa).float() - f0).reshape(len(xa), -1), ord=1, dim=1)
         return change, perturbation_norm(xa - x0, "linf")
 
-    for start in range(0, len(x), batch_size):
+    starts = range(0, len(x), batch_size)
+
+    def one_batch(b: int) -> torch.Tensor:
+        start = starts[b]
         xb = x[start:start + batch_size].to(device)
         g = seeded_generator(device, seed, "logit-lipschitz", start, eps)
 
@@ -512,14 +523,16 @@ def logit_lipschitz(
         x_best = run_attack(model, xb, torch.zeros(len(xb), dtype=torch.long, device=device), craft, g)
         with eval_mode(model), torch.no_grad():
             change, size = change_and_size(model(xb).float(), xb, x_best)
-        out.append(_ratio(change, size).float().cpu())
-    return torch.cat(out)
+        return _ratio(change, size).float().cpu()
+
+    # under torchrun each rank computes its share of the batches (gathered in batch order)
+    return torch.cat(distributed.run_sharded(len(starts), one_batch, "the logit Lipschitz estimate"))
 
 
 # --------------------------------------------------------------------------- study runner
 
 
-@PROBES.register("lipschitz", config=LipschitzProbe, tables=TABLES_LIPSCHITZ, per_model=True)
+@PROBES.register("lipschitz", config=LipschitzProbe, tables=TABLES_LIPSCHITZ, sharded=True)
 def run_lipschitz(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """Feature Lipschitz ratios (every model, layer, norm, ε, kind) and Yang et al.'s logit
     estimate (every model and L∞ ε). Every model sees the same random starts and directions

@@ -54,6 +54,7 @@ import pandas as pd
 import torch
 from pydantic import Field, PositiveInt
 
+from .. import distributed
 from ..attacks import attack_mode
 from ..config import Strict
 from ..errors import RunFolderError, WorkbenchError
@@ -433,7 +434,7 @@ def common_correct(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch
     return ok.nonzero().flatten()[:k].cpu()
 
 
-@PROBES.register("saliency", config=SaliencyProbe, tables=TABLES_SALIENCY)
+@PROBES.register("saliency", config=SaliencyProbe, tables=TABLES_SALIENCY, sharded=True)
 def run_saliency(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """Saliency, integrated gradients and SmoothGrad maps of every model on one shared
     example set (the first ``cfg.examples`` probe examples that every model classifies
@@ -441,7 +442,8 @@ def run_saliency(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     agreement of the two models of each pair. The maps become the artifact
     ``arrays/saliency.npz`` (:func:`saliency_bytes`), which the runner writes."""
     cfg = ctx.cfg
-    sel = common_correct(ctx.models, ctx.x, ctx.y, cfg.examples, ctx.batch_size)
+    # rank 0's choice on every rank: the ranks must agree on the examples to the last one
+    sel = distributed.broadcast(common_correct(ctx.models, ctx.x, ctx.y, cfg.examples, ctx.batch_size))
     if len(sel) < cfg.examples:
         log.warning("saliency: only %d of %d probe examples are classified correctly by every model "
                     "(%d requested)", len(sel), len(ctx.x), cfg.examples)
@@ -453,39 +455,46 @@ def run_saliency(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     settings = dict(ig_steps=cfg.ig_steps, smoothgrad_samples=cfg.smoothgrad_samples,
                     smoothgrad_sigma=cfg.smoothgrad_sigma, batch_size=ctx.batch_size)
 
+    # in chunks: IG and SmoothGrad expand each example ig_steps / samples times
+    chunk = max(1, ctx.batch_size // max(cfg.ig_steps, cfg.smoothgrad_samples, 1))
+    model_ids = list(ctx.models)
+    units = [(model_id, s) for model_id in model_ids for s in range(0, len(x), chunk)]
+
+    def one_chunk(u: int) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+        """The maps and per-example metrics of one model on one chunk, seeded by the model
+        and the chunk's start (so any rank computes the same)."""
+        model_id, s = units[u]
+        model = ctx.models[model_id]
+        seed = ctx.seed_for("saliency", model_id)
+        xb, yb = x[s:s + chunk], y[s:s + chunk]
+        got = saliency_maps(model, xb, yb, cfg.methods, seed=seed + s, **settings)
+        scores: dict[str, dict[str, torch.Tensor]] = {}
+        if cfg.metrics:
+            met = attribution_metrics(
+                model, xb, yb, got, infidelity_sigma=cfg.infidelity_sigma,
+                infidelity_samples=cfg.infidelity_samples, sensitivity_radius=cfg.sensitivity_radius,
+                sensitivity_samples=cfg.sensitivity_samples, seed=seed + s, **settings,
+            )
+            scores = {m: {key: met[m][key].flatten().cpu() for key in ("infidelity", "sensitivity")} for m in cfg.methods}
+        advance(1)
+        return {m: phi.cpu() for m, phi in got.items()}, scores
+
+    # under torchrun each rank computes its share of the (model, chunk) units; all ranks get all maps
+    with ctx.progress.task("saliency", len(distributed.my_batches(len(units)))) as advance:
+        done = distributed.run_sharded(len(units), one_chunk, "the saliency probe")
     maps: dict[str, dict[str, torch.Tensor]] = {m: {} for m in cfg.methods}
     rows = []
-    with ctx.progress.task("saliency", len(ctx.models)) as advance:
-        for model_id, model in ctx.models.items():
-            seed = ctx.seed_for("saliency", model_id)
-            # in chunks: IG and SmoothGrad expand each example ig_steps / samples times
-            chunk = max(1, ctx.batch_size // max(cfg.ig_steps, cfg.smoothgrad_samples, 1))
-            parts: dict[str, list[torch.Tensor]] = {m: [] for m in cfg.methods}
-            scores: dict[str, dict[str, list[torch.Tensor]]] = {m: {"infidelity": [], "sensitivity": []} for m in cfg.methods}
-            for s in range(0, len(x), chunk):
-                xb, yb = x[s:s + chunk], y[s:s + chunk]
-                got = saliency_maps(model, xb, yb, cfg.methods, seed=seed + s, **settings)
-                for m, phi in got.items():
-                    parts[m].append(phi.cpu())
-                if cfg.metrics:
-                    met = attribution_metrics(
-                        model, xb, yb, got, infidelity_sigma=cfg.infidelity_sigma,
-                        infidelity_samples=cfg.infidelity_samples, sensitivity_radius=cfg.sensitivity_radius,
-                        sensitivity_samples=cfg.sensitivity_samples, seed=seed + s, **settings,
-                    )
-                    for m in cfg.methods:
-                        for key in ("infidelity", "sensitivity"):
-                            scores[m][key].append(met[m][key].flatten())
-            for m in cfg.methods:
-                maps[m][model_id] = torch.cat(parts[m])
-                g = gini(maps[m][model_id])
-                nan = torch.full((len(x),), float("nan"), dtype=torch.float64)
-                infid = torch.cat(scores[m]["infidelity"]) if cfg.metrics else nan
-                sens = torch.cat(scores[m]["sensitivity"]) if cfg.metrics else nan
-                for i in range(len(x)):
-                    rows.append({"model": model_id, "method": m, "example": i, "index": int(index[i]),
-                                 "gini": float(g[i]), "infidelity": float(infid[i]), "sensitivity": float(sens[i])})
-            advance(1)
+    for model_id in model_ids:
+        mine = [d for (mid, _s), d in zip(units, done) if mid == model_id]
+        for m in cfg.methods:
+            maps[m][model_id] = torch.cat([got[m] for got, _ in mine])
+            g = gini(maps[m][model_id])
+            nan = torch.full((len(x),), float("nan"), dtype=torch.float64)
+            infid = torch.cat([sc[m]["infidelity"] for _, sc in mine]) if cfg.metrics else nan
+            sens = torch.cat([sc[m]["sensitivity"] for _, sc in mine]) if cfg.metrics else nan
+            for i in range(len(x)):
+                rows.append({"model": model_id, "method": m, "example": i, "index": int(index[i]),
+                             "gini": float(g[i]), "infidelity": float(infid[i]), "sensitivity": float(sens[i])})
 
     agreement = []
     for _arch, ref, other in ctx.pairs:
