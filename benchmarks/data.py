@@ -1,5 +1,7 @@
 """Training images per second of a CIFAR-shaped model on streamed versus in-memory data of
-the same image folder, and (on a GPU) streamed versus synthetic data already on the device.
+the same image folder, and (on a GPU) streamed versus synthetic data already on the device,
+the streamed images decoded by the DataLoader workers on the CPU (data.decode: cpu) and, on
+a GPU whose torchvision decodes JPEGs there, by nvjpeg on the GPU (data.decode: gpu).
 
     python benchmarks/data.py --device cuda                       # the GPU figure (whole CIFAR-10)
     python benchmarks/data.py --device cpu                        # CPU: a few minutes on 2 cores
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from common import median, setup, sync
 
 from workbench.data import Augmentation, iterate_batches, load_dataset
+from workbench.data.stream import cuda_jpeg_unavailable
 from workbench.models import create_model
 
 
@@ -118,9 +121,15 @@ def main() -> None:
         t0 = time.perf_counter()
         mem = load_dataset("imagefolder", stream=False, **kw)
         print(f"in memory: {len(mem.train_y)} images of {mem.in_shape} decoded in {time.perf_counter() - t0:.1f} s")
-        streamed = load_dataset("imagefolder", stream=True, workers=args.workers, **kw)
+        streamed = load_dataset("imagefolder", stream=True, workers=args.workers, decode="cpu", **kw)
         sources = {"in-memory": mem.train_x, "streamed": streamed.train_x}
         labels = {"in-memory": mem.train_y, "streamed": streamed.train_y}
+        why = cuda_jpeg_unavailable(str(dev)) if dev.type == "cuda" else "needs --device cuda (nvjpeg decodes on a CUDA GPU)"
+        if why is None:  # the workers read the bytes, the GPU decodes each batch's JPEGs
+            gpu = load_dataset("imagefolder", stream=True, workers=args.workers, decode="gpu", **kw)
+            sources["streamed-gpu"], labels["streamed-gpu"] = gpu.train_x, gpu.train_y
+        else:
+            print(f"streamed with GPU decoding (data.decode: gpu): skipped; {why}")
         if dev.type == "cuda":
             g = torch.Generator(device=dev).manual_seed(0)
             sources["synthetic"] = torch.rand((args.batch * 4, *mem.in_shape), device=dev, generator=g)
@@ -164,10 +173,16 @@ def main() -> None:
         med = {k: median(v) for k, v in rates.items()}
         print(f"{args.arch}, batch {args.batch}, {args.precision}, {dev}, {args.workers} workers; medians of {args.rounds} rounds:")
         for k, v in med.items():
-            print(f"  {k:<10} {v:>10,.0f} images/s")
-        print(f"  streamed / in-memory: {med['streamed'] / med['in-memory']:.3f}")
-        if "synthetic" in med:
-            print(f"  streamed / synthetic: {med['streamed'] / med['synthetic']:.3f} (goal: at least 0.9)")
+            print(f"  {k:<12} {v:>10,.0f} images/s")
+        print("  (streamed: decoded by the DataLoader workers on the CPU; streamed-gpu: decoded on the GPU)")
+        for name in ("streamed", "streamed-gpu"):
+            if name not in med:
+                continue
+            print(f"  {name} / in-memory: {med[name] / med['in-memory']:.3f}")
+            if "synthetic" in med:
+                print(f"  {name} / synthetic: {med[name] / med['synthetic']:.3f} (goal: at least 0.9)")
+        if "streamed-gpu" in med:
+            print(f"  streamed-gpu / streamed: {med['streamed-gpu'] / med['streamed']:.3f}")
 
 
 if __name__ == "__main__":

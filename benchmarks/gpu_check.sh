@@ -18,7 +18,10 @@
 #    5. cifar10_fast trained with data.stream=true (DataLoader, WORKERS processes, augmentation on
 #       the GPU): training time and images/s next to step 1's in-memory run (same model key? no:
 #       a streamed folder is identified by its file bytes, so it trains anew);
-#    6. benchmarks/data.py: images/s of PreActResNet-18 on streamed vs in-memory vs synthetic data
+#       (data.decode is auto: on a GPU whose torchvision has nvjpeg the JPEGs are decoded there; DECODE=cpu
+#       decodes them in the workers instead);
+#    6. benchmarks/data.py: images/s of PreActResNet-18 on streamed data decoded by the CPU workers vs
+#       streamed data decoded on the GPU (nvjpeg) vs in-memory vs synthetic data
 #       (goal: streamed at least 0.9x synthetic).
 # PART=all: 1, 2 and 3, so one call gives clean, PGD-50-10 and training time in bf16 and in fp32
 #    against the published 83-86% / 46% and the 60 s goal (H100-class GPU), and the streaming cost.
@@ -94,12 +97,12 @@ if [[ $PART == 3 || $PART == all ]]; then
   fi
   echo "== 5. cifar10_fast with data.stream=true (${WORKERS:-8} DataLoader workers), evaluation on ${EVAL_EXAMPLES:-2000} test images"
   timeout ${T6:-300} $PY -m workbench.cli run studies/cifar10_fast.yaml "${SETS[@]}" --set "data.root=$FOLDER" \
-    --set data.stream=true --set "data.workers=${WORKERS:-8}" --set "evaluation.examples=${EVAL_EXAMPLES:-2000}" \
+    --set data.stream=true --set "data.workers=${WORKERS:-8}" --set "data.decode=${DECODE:-auto}" --set "evaluation.examples=${EVAL_EXAMPLES:-2000}" \
     --out "$OUT/fast-stream" --device "$DEVICE" -q 2>&1 | tee "$OUT/fast-stream.log" | tail -n 5
   $PY benchmarks/summarize_run.py "$OUT/fast-stream" 2>&1 | tee "$OUT/fast-stream-summary.txt"
   [[ -f $OUT/fast-summary.txt ]] && { echo "   in memory (step 1):"; grep -i "images/s\|train" "$OUT/fast-summary.txt" | head -n 4; }
   elapsed
-  echo "== 6. benchmarks/data.py: images/s streamed vs in-memory vs synthetic"
+  echo "== 6. benchmarks/data.py: images/s streamed (CPU decode, GPU decode) vs in-memory vs synthetic"
   eval "STREAM_ARGS=(${STREAM_ARGS:-})"
   timeout ${T7:-240} $PY benchmarks/data.py --root "$FOLDER" --device "$DEVICE" --workers "${WORKERS:-8}" "${STREAM_ARGS[@]}" 2>&1 \
     | tee "$OUT/data.txt"

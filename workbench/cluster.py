@@ -24,6 +24,7 @@ meet in the model store, which must be on a file system every node sees:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -104,7 +105,7 @@ class TrainTask:
 
     def __call__(self) -> dict[str, Any]:
         from . import distributed
-        from .runner import load_job_data, load_study_data
+        from .runner import job_decode, load_job_data, load_study_data
         from .store import ModelStore
         from .study import study_from_dict
         from .training import fit
@@ -112,7 +113,7 @@ class TrainTask:
         _distributed_env(self.threads)
         device = distributed.setup(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         if self.study_dict is not None:
-            data = load_study_data(study_from_dict(self.study_dict), device)
+            data = load_study_data(study_from_dict(self.study_dict), device, decode=job_decode(self.job))
         else:  # submitted through the Executor interface: the job says where its data is
             data = load_job_data(self.job, device)
         try:
@@ -454,8 +455,15 @@ def run_grid(
 
     store_root = ModelStore(store).root
     out = Path(out if out is not None else Path("reports") / study.name)
+    # The driver cannot see the jobs' devices, so data.decode auto means cpu here, and every
+    # job (training and stages) is handed the resolved mode: the model keys the driver
+    # computes are those the jobs train and read.
+    if study.data.decode == "auto":
+        study = study.model_copy(update={"data": study.data.model_copy(update={"decode": "cpu"})})
     # the driver needs the data's identity for the model keys (for a folder: a digest of it)
-    data = load_study_data(study, torch.device("cpu"))
+    data = load_study_data(study, torch.device("cpu"), decode="cpu")
+    if study.data.decode == "gpu":  # what the GPU jobs will decode (checked there, by fit)
+        data = dataclasses.replace(data, decode="gpu")
     jobs = model_jobs(study, data)
     study_dict = study.to_dict()
     executor = EXECUTORS.get(options.kind)(options=options, board=study.name)

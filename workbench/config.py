@@ -115,6 +115,11 @@ class DataConfig(Strict):
         "default: when they would not fit the device's memory budget"
     )
     workers: int = Field(4, ge=0, description="DataLoader worker processes of a streamed data set (0: in the main process)")
+    decode: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="where streamed JPEGs are decoded: gpu (nvjpeg on the CUDA device; the workers only read "
+        "the files), cpu (in the workers), auto (gpu when the data streams on a CUDA device that torchvision decodes "
+        "JPEGs on, else cpu); gpu is part of the model key"
+    )
 
     @field_validator("name")
     @classmethod

@@ -165,7 +165,9 @@ def _log_to(path: Path) -> Iterator[None]:
         logger.setLevel(old_level)
 
 
-def load_study_data(study: Study, device: torch.device) -> DataSplits:
+def load_study_data(study: Study, device: torch.device, *, decode: str | None = None) -> DataSplits:
+    """The study's data on ``device``; ``decode`` overrides data.decode (cluster jobs decode
+    as their driver resolved it, so the model keys hold)."""
     d = study.data
     return load_dataset(
         d.name,
@@ -179,19 +181,26 @@ def load_study_data(study: Study, device: torch.device) -> DataSplits:
         device=device,
         stream=d.stream,
         workers=d.workers,
+        decode=decode or d.decode,
         **dict(d.options),
     )
 
 
 def load_job_data(job: TrainJob, device: torch.device) -> DataSplits:
     """The data a training job reads, from the data section and seed it carries (a job run
-    elsewhere: a submitit job); the same splits as :func:`load_study_data` of its study."""
+    elsewhere: a submitit job); the same splits as :func:`load_study_data` of its study,
+    decoded as its key says (:func:`job_decode`)."""
     d = job.data_config()
     return load_dataset(
         d.name, root=d.resolved_root(), download=d.download, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
         seed=int(job.source["seed"]), limit_train=d.limit_train, limit_test=d.limit_test, device=device,
-        stream=d.stream, workers=d.workers, **dict(d.options),
+        stream=d.stream, workers=d.workers, decode=job_decode(job), **dict(d.options),
     )
+
+
+def job_decode(job: TrainJob) -> str:
+    """How a training job's images must be decoded: as the data identity in its key says."""
+    return str(job.data.get("decode", "cpu"))
 
 
 def model_jobs(study: Study, data: DataSplits) -> list[TrainJob]:

@@ -96,6 +96,8 @@ class DataSplits:
     digest: str | None = None  # the loader's content digest (RawData.digest), if any
     #: the x of each split are :class:`~.stream.StreamedImages` (decoded when read), not tensors
     streamed: bool = False
+    #: who decoded the images: "cpu" (libjpeg-turbo, libpng, PIL) or "gpu" (nvjpeg, data.decode)
+    decode: str = "cpu"
 
     def summary(self) -> str:
         """One sentence for the run log, e.g. "digits: 1,294 training, 144 validation and 359
@@ -121,6 +123,7 @@ class DataSplits:
             "std": [round(s, 6) for s in self.std],
             "device": str(self.train_x.device),
             "streamed": self.streamed,
+            "decode": self.decode,
         }
 
 
@@ -152,6 +155,7 @@ def load_dataset(
     cache_dir: Path | None = None,
     stream: bool | None = False,
     workers: int = 4,
+    decode: str = "auto",
     **options: Any,
 ) -> DataSplits:
     """Load data set ``name`` and split it, fixed by ``seed``.
@@ -161,7 +165,9 @@ def load_dataset(
     train (0 gives empty tensors). ``limit_train``/``limit_test`` then keep a seeded,
     stratified subset of train / test (val is not limited). Each of these draws uses its
     own generator derived from ``seed``, so e.g. changing ``val_fraction`` leaves the
-    test split unchanged.
+    test split unchanged. ``decode`` (data.decode: auto, cpu, gpu) says where streamed
+    JPEGs are decoded (:func:`~.stream.resolve_decode`); data held in memory is decoded on
+    the CPU, and ``gpu`` for it is an error.
     """
     loader = DATASETS.get(name)
     valid = dataset_options(name)
@@ -178,6 +184,10 @@ def load_dataset(
         if lim is not None and (not isinstance(lim, int) or lim <= 0):
             raise WorkbenchError(f"{name}: {label} must be a positive integer, got {lim!r}")
     dev = _device(device)
+    if decode != "auto":  # a bad mode, or gpu where there is none, fails before anything is read
+        from .stream import resolve_decode
+
+        resolve_decode(decode, dev)
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     root_path = Path(root).expanduser() if root is not None else None
@@ -190,11 +200,15 @@ def load_dataset(
             files = STREAM_SOURCES[name](root_path, cache, **options)
             if stream or should_stream(files, dev):
                 return load_streamed(name, files, dev, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                                     limit_train=limit_train, limit_test=limit_test, workers=workers, cache_dir=cache)
+                                     limit_train=limit_train, limit_test=limit_test, workers=workers, cache_dir=cache,
+                                     decode=decode)
         elif stream:
             raise WorkbenchError(f"{name}: data.stream needs a data set read from image files ({', '.join(sorted(STREAM_SOURCES))})",
                                  field="data.stream")
 
+    if decode == "gpu":
+        raise DataError(f"gpu decodes streamed images; {name} is held in memory here "
+                        "(set data.stream: true to stream an image folder, or use auto or cpu)", field="data.decode")
     raw = loader(root=root_path, download=download, cache_dir=cache, **options)
     _check_raw(name, raw)
 

@@ -14,6 +14,13 @@ permutation and the augmentation come from the same seeded generators
 converted to [0, 1] the same way. So pairs see the same batches in the same order, and a
 tiny model trained on the CPU from either ends with the same weights (tested).
 
+With ``data.decode: gpu`` (or ``auto`` on a CUDA device whose torchvision decodes JPEGs
+there) the workers only read each file's bytes; the main process decodes a batch's JPEGs
+together on the device (``torchvision.io.decode_jpeg``, nvjpeg) and resizes them there, and
+every other file (PNG, or a JPEG the device decoder rejects) goes through the CPU decoder.
+nvjpeg's pixels differ from libjpeg-turbo's by a few levels, so that mode is part of the
+data identity (:attr:`~.base.DataSplits.decode`).
+
 Channel statistics (the model's normalisation) are those of the whole training split,
 computed exactly as in memory when the split's float32 images take at most
 ``EXACT_STATS_BYTES``; beyond that from a seeded class-stratified sample of
@@ -22,6 +29,7 @@ computed exactly as in memory when the split's float32 images take at most
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -37,7 +45,16 @@ import torch
 from ..errors import DataError
 from .base import DATASETS, DataSplits, RawData, _channel_stats, _generator, split_indices, stratified_pick
 from .batches import Augmentation
-from .imagefolder import _decode_one, _DirSource, _File, _quiet_torchvision_deprecation, default_cache_dir, plan_layout
+from .imagefolder import (
+    _JPEG_MAGIC,
+    _decode_one,
+    _DirSource,
+    _File,
+    _quiet_torchvision_deprecation,
+    _resize,
+    default_cache_dir,
+    plan_layout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +64,10 @@ EXACT_STATS_BYTES = 2 << 30
 STATS_SAMPLE = 50_000
 #: share of the device memory (CUDA) or of the machine's RAM (CPU) data sets may take in memory
 MEMORY_SHARE = 0.4
+#: what data.decode may say; each resolves to "cpu" or "gpu" (:func:`resolve_decode`)
+DECODE_MODES = ("auto", "cpu", "gpu")
+#: JPEGs per device decode call when a subset is decoded at once (bounds the device memory it takes)
+DECODE_CHUNK = 256
 
 
 @dataclass
@@ -92,18 +113,80 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         _quiet_torchvision_deprecation()
         rel = self.rels[i]
-        path = self.root / rel
-        img = _decode_one(_File(rel, path.read_bytes), image_size=self.image_size, grayscale=self.grayscale,
-                          where=str(self.root))
+        return self._cpu(i, _File(rel, (self.root / rel).read_bytes))
+
+    def _cpu(self, i: int, f: _File) -> torch.Tensor:
+        img = _decode_one(f, image_size=self.image_size, grayscale=self.grayscale, where=str(self.root))
+        self._check(i, img)
+        return img
+
+    def _check(self, i: int, img: torch.Tensor) -> None:
         if self.shape is not None and tuple(img.shape) != self.shape:
             raise DataError(
-                f"{self.name}: {path} is {img.shape[-1]}×{img.shape[-2]}, other images "
+                f"{self.name}: {self.root / self.rels[i]} is {img.shape[-1]}×{img.shape[-2]}, other images "
                 f"{self.shape[-1]}×{self.shape[-2]}; set data.options.image_size to resize them all"
             )
-        return img
 
     def read_bytes(self, i: int) -> bytes:
         return (self.root / self.rels[i]).read_bytes()
+
+    def decode_bytes(self, pos: list[int], data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        """The images at ``pos`` from their bytes (:class:`FileBytes`): the JPEGs decoded
+        together on ``device`` (nvjpeg on CUDA) and resized there; any other file (PNG, or a
+        JPEG the device decoder rejects) by the CPU path of :meth:`__getitem__`, then moved."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        _quiet_torchvision_deprecation()
+        mode = ImageReadMode.GRAY if self.grayscale else ImageReadMode.RGB
+        out: list[torch.Tensor | None] = [None] * len(data)
+        jpeg = [k for k, d in enumerate(data) if d[:3].numpy().tobytes() == _JPEG_MAGIC]
+        if jpeg:
+            try:
+                decoded: list[torch.Tensor | None] = list(decode_jpeg([data[k] for k in jpeg], mode=mode, device=device))
+            except Exception:  # noqa: BLE001 - one bad file fails the batch call: find it alone
+                decoded = [_try_decode_jpeg(data[k], mode, device) for k in jpeg]
+            for k, img in zip(jpeg, decoded):
+                if img is not None:
+                    img = _resize(img, self.image_size) if self.image_size is not None else img
+                    self._check(pos[k], img)
+                    out[k] = img
+        for k, img in enumerate(out):
+            if img is None:
+                raw = data[k].numpy().tobytes()
+                out[k] = self._cpu(pos[k], _File(self.rels[pos[k]], lambda raw=raw: raw)).to(device)
+        return out  # type: ignore[return-value]
+
+
+def _try_decode_jpeg(data: torch.Tensor, mode: Any, device: torch.device) -> torch.Tensor | None:
+    from torchvision.io import decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode=mode, device=device)
+    except Exception:  # noqa: BLE001 - the CPU path decodes it or reports it by name
+        return None
+
+
+class FileBytes(torch.utils.data.Dataset):
+    """The bytes of :class:`ImageFiles`' files as 1-D uint8 tensors: what DataLoader workers
+    read when the main process decodes on the device (picklable)."""
+
+    def __init__(self, files: ImageFiles):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        rel = self.files.rels[i]
+        try:
+            data = (self.files.root / rel).read_bytes()
+        except OSError as e:  # the message the CPU path gives
+            raise DataError(f"imagefolder: cannot read {self.files.root}/{rel}: {e}") from None
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+
+
+def _as_list(items: list[torch.Tensor]) -> list[torch.Tensor]:
+    return list(items)
 
 
 def _stack(images: list[torch.Tensor]) -> torch.Tensor:
@@ -114,13 +197,18 @@ class StreamedImages:
     """A split's images, decoded when asked for: ``x[i:j]`` or ``x[index_tensor]`` gives a
     float32 [0, 1] tensor on ``device``; :meth:`batches` reads an epoch through a
     DataLoader. Behaves like the in-memory tensor where the workbench reads it
-    (``len``, ``shape``, ``device``, ``is_cuda``, slicing)."""
+    (``len``, ``shape``, ``device``, ``is_cuda``, slicing).
+
+    ``decode_device``: None decodes each file where it is read (DataLoader workers,
+    threads); a device reads only the bytes there and decodes them in this process on that
+    device (:meth:`ImageFiles.decode_bytes`; CUDA for data.decode gpu, the CPU in tests)."""
 
     dtype = torch.float32
 
     def __init__(self, files: ImageFiles, positions: torch.Tensor, shape: tuple[int, int, int], device: torch.device,
-                 workers: int = 4):
+                 workers: int = 4, decode_device: torch.device | None = None):
         self.files, self.positions, self.item_shape, self.device, self.workers = files, positions, shape, device, workers
+        self.decode_device = decode_device
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -135,7 +223,8 @@ class StreamedImages:
 
     def subset(self, idx: torch.Tensor) -> StreamedImages:
         """The examples at ``idx`` (positions in this split), still undecoded."""
-        return StreamedImages(self.files, self.positions[idx.cpu()], self.item_shape, self.device, self.workers)
+        return StreamedImages(self.files, self.positions[idx.cpu()], self.item_shape, self.device, self.workers,
+                              self.decode_device)
 
     def __getitem__(self, key: Any) -> torch.Tensor:
         if isinstance(key, slice):
@@ -152,12 +241,17 @@ class StreamedImages:
         if not pos:
             return torch.zeros((0, *self.item_shape), device=self.device)
         threads = max(1, min(self.workers or 1, 16, len(pos) // 32 or 1))
+        read = self.files.__getitem__ if self.decode_device is None else FileBytes(self.files).__getitem__
         if threads == 1:
-            images = [self.files[i] for i in pos]
-        else:  # torchvision's decoders release the GIL
+            items = [read(i) for i in pos]
+        else:  # torchvision's decoders and file reads release the GIL
             with ThreadPoolExecutor(threads) as pool:
-                images = list(pool.map(self.files.__getitem__, pos))
-        return to_unit_float(torch.stack(images), self.device)
+                items = list(pool.map(read, pos))
+        if self.decode_device is not None:  # the same device decoder the training batches use
+            items = [img for k in range(0, len(pos), DECODE_CHUNK)
+                     for img in self.files.decode_bytes(pos[k:k + DECODE_CHUNK], items[k:k + DECODE_CHUNK],
+                                                        self.decode_device)]
+        return to_unit_float(torch.stack(items), self.device)
 
     def batches(self, order: list[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Decoded batches of the given (split-local) index lists, in that order, read ahead
@@ -165,11 +259,12 @@ class StreamedImages:
         batch_pos = [self.positions[b.cpu()].tolist() for b in order]
         if not batch_pos:
             return iter(())
+        on_device = self.decode_device is not None
         loader = torch.utils.data.DataLoader(
-            self.files,
+            FileBytes(self.files) if on_device else self.files,
             batch_sampler=batch_pos,
             num_workers=self.workers,
-            collate_fn=_stack,
+            collate_fn=_as_list if on_device else _stack,
             pin_memory=self.is_cuda,
             prefetch_factor=4 if self.workers else None,
             persistent_workers=False,
@@ -177,6 +272,9 @@ class StreamedImages:
             # global one, which the training's attack starts and dropout read
             generator=torch.Generator().manual_seed(0),
         )
+        if on_device:
+            return (to_unit_float(torch.stack(self.files.decode_bytes(pos, b, self.decode_device)), self.device)
+                    for pos, b in zip(batch_pos, loader))
         return (to_unit_float(b, self.device) for b in loader)
 
 
@@ -350,8 +448,13 @@ def load_streamed(
     limit_test: int | None,
     workers: int = 4,
     cache_dir: Path | None = None,
+    decode: str = "cpu",
+    _decode_device: torch.device | None = None,
 ) -> DataSplits:
-    """Streamed splits of ``files`` (the same examples :func:`~.base.load_dataset` picks)."""
+    """Streamed splits of ``files`` (the same examples :func:`~.base.load_dataset` picks).
+
+    ``decode``: data.decode (:func:`resolve_decode`). ``_decode_device`` (tests only): decode
+    the bytes in this process on that device whatever ``decode`` says (the CPU here)."""
     if files is None:
         raise DataError(f"{name}: only a folder streams (an archive is decoded in memory; extract it to stream it)",
                         field="data.stream")
@@ -368,8 +471,11 @@ def load_streamed(
     test_pool_y = files.train_y if test_carved else files.test_y
     assert test_pool_y is not None
 
+    resolved = resolve_decode(decode, device)
+    decode_device = _decode_device if _decode_device is not None else (device if resolved == "gpu" else None)
+
     def split(pos: torch.Tensor) -> StreamedImages:
-        return StreamedImages(decoder, pos, shape, device, workers)
+        return StreamedImages(decoder, pos, shape, device, workers, decode_device)
 
     train = split(train_idx)
     fingerprint = files.fingerprint()
@@ -398,7 +504,51 @@ def load_streamed(
         test_carved=test_carved,
         digest=stats["digest"],
         streamed=True,
+        decode=resolved,
     )
+
+
+def resolve_decode(decode: str, device: torch.device) -> str:
+    """What data.decode means for streamed data on ``device``: "gpu" (nvjpeg on that CUDA
+    device) or "cpu". ``auto`` is gpu where this torchvision decodes JPEGs on it; ``gpu``
+    where it cannot is a DataError naming data.decode."""
+    if decode not in DECODE_MODES:
+        raise DataError(f"must be one of {', '.join(DECODE_MODES)}, got {decode!r}", field="data.decode")
+    if decode == "cpu":
+        return "cpu"
+    if device.type != "cuda":
+        if decode == "gpu":
+            raise DataError(f"gpu decodes JPEGs on a CUDA device, but the data is on {device} "
+                            "(no CUDA here); use auto or cpu", field="data.decode")
+        return "cpu"
+    why = cuda_jpeg_unavailable(str(device))
+    if why is None:
+        if decode == "auto":
+            log.info("decoding the streamed JPEGs on %s (data.decode: auto; nvjpeg)", device)
+        return "gpu"
+    if decode == "gpu":
+        raise DataError(f"gpu: this torchvision cannot decode JPEGs on {device} ({why}); use auto or cpu",
+                        field="data.decode")
+    log.info("decoding the streamed images on the CPU: torchvision cannot decode JPEGs on %s (%s)", device, why)
+    return "cpu"
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_jpeg_unavailable(device: str) -> str | None:
+    """None when torchvision decodes a JPEG on ``device``, else why not: tried once per
+    device on a 16×16 JPEG encoded here (a torchvision built without nvjpeg raises)."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+        _quiet_torchvision_deprecation()
+        data = encode_jpeg(torch.full((3, 16, 16), 128, dtype=torch.uint8))
+        img = decode_jpeg([data], mode=ImageReadMode.RGB, device=device)[0]
+        torch.cuda.synchronize(device)
+        if tuple(img.shape) != (3, 16, 16) or img.device.type != "cuda":
+            return f"a test JPEG decoded to {tuple(img.shape)} on {img.device}"
+    except Exception as e:  # noqa: BLE001 - whatever it is, the CPU decodes instead
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    return None
 
 
 def channel_stats(train: StreamedImages, labels: torch.Tensor, seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -458,4 +608,4 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
         log.warning("could not write %s: %s", path, e)
 
 
-__all__ = ["FileSet", "ImageFiles", "StreamedImages", "is_streamed", "load_streamed", "should_stream", "stream_batches"]
+__all__ = ["DECODE_MODES", "FileBytes", "FileSet", "ImageFiles", "resolve_decode", "StreamedImages", "is_streamed", "load_streamed", "should_stream", "stream_batches"]

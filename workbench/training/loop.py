@@ -53,8 +53,12 @@ def data_identity(cfg: DataConfig, data: DataSplits | None = None) -> dict[str, 
     digest of its contents when the loaded ``data`` is given (moving or copying the files
     keeps the key; changing one image changes it), else by its root path.
     """
-    # how the images are read (streamed or in memory, by how many workers) is not what they are
-    ident = cfg.model_dump(mode="json", exclude={"download", "limit_test", "stream", "workers"})
+    # how the images are read (streamed or in memory, by how many workers) is not what they are;
+    # who decodes them is, when it is the GPU (nvjpeg's pixels differ from libjpeg-turbo's),
+    # and only then, so that keys of CPU-decoded data stay as they were before data.decode
+    ident = cfg.model_dump(mode="json", exclude={"download", "limit_test", "stream", "workers", "decode"})
+    if (data.decode if data is not None else cfg.decode) == "gpu":
+        ident["decode"] = "gpu"
     if data is not None and data.digest:
         ident.pop("root")
         ident["content"] = data.digest
@@ -202,6 +206,10 @@ def fit(
     driver guarantees one job per model)."""
     device = torch.device(device)
     key = job.key()
+    decoded = getattr(data, "decode", "cpu")
+    if job.data.get("decode", "cpu") != decoded:  # else a model would be stored under another decoder's key
+        raise TrainingError(f"{job.id}: its model key is for {job.data.get('decode', 'cpu')}-decoded images, "
+                            f"but the data was decoded on the {decoded}", field="data.decode")
     model = build_model(job.spec, data, device)
     try:
         # every epoch reseeds the global RNG (dropout and recipes' draws cannot take a
