@@ -242,3 +242,37 @@ def test_gpu_decoded_batches_are_close_to_the_cpu_decoded_ones(tmp_path: Path) -
     assert d.mean().item() < GPU_MEAN_LEVELS and d.max().item() <= GPU_MAX_LEVELS, (d.mean().item(), d.max().item())
     e = ((gpu.test_x.load() - cpu.test_x.load()) * 255).abs()
     assert e.mean().item() < GPU_MEAN_LEVELS and e.max().item() <= GPU_MAX_LEVELS
+
+
+@pytest.mark.parametrize("decode", ["auto", "gpu"])
+def test_a_cluster_driver_hands_its_jobs_the_mode_their_keys_say(jpegs: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, decode: str) -> None:
+    pytest.importorskip("submitit")
+    from workbench import cluster
+
+    seen: dict[str, object] = {}
+
+    class Driver:
+        def train(self, jobs, study_dict, *, retrain, wait):
+            seen["jobs"], seen["train"] = jobs, study_dict
+
+        def stages(self, study_dict, out, *, recompute, report):
+            seen["stages"] = study_dict
+            return {"path": str(out)}
+
+    class Executor:  # records what the driver submits instead of submitting it
+        def __init__(self, options, board):
+            pass
+
+        def driver(self, store_root, name, progress):
+            return Driver()
+
+    monkeypatch.setattr(cluster.EXECUTORS, "get", lambda kind: Executor)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    study = _study(jpegs, decode)
+    cluster.run_grid(study, tmp_path / "run", cluster.ClusterOptions.from_study(study, "local"), store=tmp_path / "s")
+    # auto cannot be resolved for GPUs the driver does not see: the jobs decode on the CPU,
+    # as the keys say; gpu stays gpu (the driver on a CPU does not refuse it)
+    want = "cpu" if decode == "auto" else "gpu"
+    assert seen["train"]["data"]["decode"] == seen["stages"]["data"]["decode"] == want
+    assert all(j.data.get("decode", "cpu") == want for j in seen["jobs"])
