@@ -314,3 +314,67 @@ def test_an_error_on_one_rank_is_raised_on_every_rank_not_left_waiting(tmp_path:
     assert rank0[0] == "WorkbenchError: the test step failed on rank 1: ValueError: unit 3 is broken"
     assert rank1[0] == "ValueError: unit 3 is broken"
     assert rank0[1] == rank1[1] == "[1, 2, 3, 4, 5]"
+
+
+# --------------------------------------------------------------------------- the CLI under torchrun
+
+CLI_STUDY = """
+name: ddpcli
+data: {name: digits, limit_train: 128}
+architectures: [{name: mlp, options: {hidden: [16]}}]
+recipes: [standard]
+train: {epochs: 2, batch_size: 32, monitor_examples: 32, monitor_steps: 2}
+evaluation:
+  examples: 40
+  batch_size: 16
+  eps: [0.1]
+  main_eps: 0.1
+  attacks: [fgsm, {name: pgd, steps: 3, restarts: 2}]
+  soundness: {examples: 24}
+probes:
+  examples: 24
+  batch_size: 8
+  lipschitz: {steps: 2, norms: [linf]}
+  linearity: {steps: 2, pgd_steps: 2, surface: {examples: 2, grid: 3}}
+  cka: {batch_size: 8, bootstrap: 200}
+report: {enabled: false}
+"""
+
+
+def test_workbench_run_gpus_2_on_cpus_runs_under_torchrun_and_gives_the_tables_of_one_process(tmp_path: Path) -> None:
+    """`workbench run --gpus 2` restarts itself under torchrun (gloo on CPUs): the study is
+    trained with DistributedDataParallel and evaluated and probed on two ranks, and every
+    table equals the one-process run's (standard training: the two ranks' half-batch
+    gradients average to the whole batch's, up to float rounding)."""
+    import json
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    study = tmp_path / "ddpcli.yaml"
+    study.write_text(CLI_STUDY)
+
+    def run(name: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "workbench.cli", "run", str(study), "--device", "cpu", "--threads", "1", "-q",
+             "--out", str(tmp_path / name), *extra],
+            capture_output=True, text=True, timeout=600,
+            env={**os.environ, "WORKBENCH_STORE": str(tmp_path / f"store-{name}")},  # each trains its own model
+        )
+
+    one, two = run("one"), run("two", "--gpus", "2")
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert "torch.distributed.run" in two.stderr and "--nproc-per-node=2" in two.stderr
+    manifest = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert (manifest["processes"], manifest["backend"]) == (2, "gloo")
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["processes"] == 1
+    want_tables = sorted(p.name for p in (tmp_path / "one" / "tables").glob("*.parquet"))
+    assert want_tables == sorted(p.name for p in (tmp_path / "two" / "tables").glob("*.parquet"))
+    assert {"history.parquet", "per_example.parquet", "lipschitz.parquet", "cka.parquet"} <= set(want_tables)
+    skip = {"seconds", "train_seconds", "key", "cached"}
+    for name in want_tables:
+        a, b = pd.read_parquet(tmp_path / "one" / "tables" / name), pd.read_parquet(tmp_path / "two" / "tables" / name)
+        cols = [c for c in a.columns if c not in skip]
+        pd.testing.assert_frame_equal(b[cols], a[cols], check_exact=False, rtol=LOSS_ATOL, atol=LOSS_ATOL, obj=name)

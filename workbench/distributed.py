@@ -51,6 +51,11 @@ def world() -> World:
     return World()
 
 
+def backend() -> str | None:
+    """The process group's backend (``nccl``, ``gloo``), None outside torchrun."""
+    return dist.get_backend() if world().active else None
+
+
 def launched() -> bool:
     """Whether this process was started by torchrun (or another launcher setting WORLD_SIZE)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
