@@ -23,6 +23,7 @@ with the batch first; per-example quantities are (N,).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Callable, Iterator
 from typing import Union
@@ -357,17 +358,78 @@ def _generator_device(generator: torch.Generator | None, device: torch.device) -
     return generator.device if generator is not None else device
 
 
+#: (this process's first row, its rows, the global batch's rows) while a data-parallel rank
+#: trains on its share of a batch (:func:`global_batch_rows`)
+_BATCH_ROWS: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar("batch_rows", default=None)
+
+
+@contextlib.contextmanager
+def global_batch_rows(offset: int, rows: int, total: int) -> Iterator[None]:
+    """Inside, the random draws of torch's global generator made for a tensor of ``rows``
+    examples (the random starts of PGD, FGSM-RS and TRADES; :func:`uniform_like`,
+    :func:`normal_like`, :func:`rand_like`, :func:`randn_like`) are drawn for the whole global
+    batch of ``total`` rows and rows ``offset … offset + rows − 1`` are kept. Every rank
+    seeds the global generator alike, so a rank's share of a batch gets the random numbers
+    one process training on the whole batch gives those rows (and DistributedDataParallel
+    trains the model one process trains)."""
+    token = _BATCH_ROWS.set((offset, rows, total))
+    try:
+        yield
+    finally:
+        _BATCH_ROWS.reset(token)
+
+
+def _global_rows(x: Tensor, generator: torch.Generator | None) -> tuple[int, int] | None:
+    """(offset, total) when a draw for ``x`` is to be taken from the global batch's."""
+    rows = _BATCH_ROWS.get()
+    if rows is None or generator is not None or x.dim() == 0 or x.shape[0] != rows[1]:
+        return None
+    return rows[0], rows[2]
+
+
+def _draw_rows(x: Tensor, generator: torch.Generator | None, fill: Callable[[Tensor], Tensor],
+               layout: torch.memory_format = torch.contiguous_format) -> Tensor:
+    """``fill(empty)`` of ``x``'s shape (in ``layout``), or under :func:`global_batch_rows`
+    this process's rows of ``fill`` on the global batch's shape: the rows of a batch occupy
+    consecutive memory in both layouts, so they get the same numbers."""
+    dev = _generator_device(generator, x.device)
+    shard = _global_rows(x, generator)
+    if shard is None:
+        return fill(torch.empty(x.shape, dtype=x.dtype, device=dev, memory_format=layout)).to(x.device)
+    offset, total = shard
+    full = fill(torch.empty((total, *x.shape[1:]), dtype=x.dtype, device=dev, memory_format=layout))
+    return full[offset:offset + x.shape[0]].to(x.device)
+
+
+def _layout(x: Tensor) -> torch.memory_format:
+    """The memory format ``torch.*_like(x)`` gives (for the draws that follow x's layout)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def uniform_like(x: Tensor, low: float, high: float, generator: torch.Generator | None) -> Tensor:
     """U[low, high) of ``x``'s shape/dtype/device, drawn on the generator's device."""
-    dev = _generator_device(generator, x.device)
-    u = torch.empty(x.shape, dtype=x.dtype, device=dev).uniform_(low, high, generator=generator)
-    return u.to(x.device)
+    return _draw_rows(x, generator, lambda t: t.uniform_(low, high, generator=generator))
 
 
 def normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """N(0, I) of ``x``'s shape/dtype/device, drawn on the generator's device."""
-    dev = _generator_device(generator, x.device)
-    return torch.randn(x.shape, dtype=x.dtype, device=dev, generator=generator).to(x.device)
+    return _draw_rows(x, generator, lambda t: t.normal_(generator=generator))
+
+
+def rand_like(x: Tensor) -> Tensor:
+    """``torch.rand_like(x)`` (U[0, 1), x's layout), global-batch rows under :func:`global_batch_rows`."""
+    if _global_rows(x, None) is None:
+        return torch.rand_like(x)
+    return _draw_rows(x, None, lambda t: t.uniform_(0, 1), _layout(x))
+
+
+def randn_like(x: Tensor) -> Tensor:
+    """``torch.randn_like(x)`` (N(0, I), x's layout), global-batch rows under :func:`global_batch_rows`."""
+    if _global_rows(x, None) is None:
+        return torch.randn_like(x)
+    return _draw_rows(x, None, lambda t: t.normal_(), _layout(x))
 
 
 def random_start(

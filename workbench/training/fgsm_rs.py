@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..attacks import fgsm, pgd
+from ..attacks.base import rand_like
 from ..config import Eps, RecipeBase
 from ..state import eval_mode
 from .base import RECIPES, EpochReport, Recipe, frozen_parameters
@@ -40,7 +41,7 @@ class FGSMRS(Recipe):
 
     def loss(self, model, x, y):
         eps, alpha = float(self.cfg.eps), self.cfg.alpha_factor * float(self.cfg.eps)
-        delta = (torch.rand_like(x) * 2 - 1) * eps
+        delta = (rand_like(x) * 2 - 1) * eps
         delta = ((x + delta).clamp_(0, 1) - x).requires_grad_(True)
         # Wong et al. take the FGSM step in train mode; only the input gradient is needed,
         # so parameters are frozen for it (no weight-gradient work: cost ≈ 5/3 of standard).

@@ -30,6 +30,7 @@ from torch import nn
 
 from .. import distributed
 from ..attacks import pgd
+from ..attacks.base import global_batch_rows
 from ..data import Augmentation, DataSplits, iterate_batches
 from ..data.base import stratified_subset
 from ..errors import CheckpointError, TrainingError
@@ -331,8 +332,8 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
                     loss_sum += ckpt["sums"]["loss"]
                     correct += ckpt["sums"]["correct"]
                     seen = int(ckpt["sums"]["seen"])
-            else:  # attack starts, dropout; each further rank its own stream
-                seed_global_rng(derive_seed(seed, "epoch", epoch, *(("rank", world.rank) if world.rank else ())), device)
+            else:  # attack starts: every rank the same stream, each keeping its rows' draws (below)
+                seed_global_rng(derive_seed(seed, "epoch", epoch), device)
             model.train()
             batches = iterate_batches(
                 data.train_x, data.train_y, t.batch_size, shuffle=True, seed=derive_seed(seed, "order", epoch),
@@ -343,7 +344,11 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
                 for xb, yb in batches:
                     if t.channels_last:
                         xb = xb.contiguous(memory_format=torch.channels_last)
-                    with _autocast(device, t.precision):
+                    # data-parallel: the random starts of this rank's rows are those one process
+                    # draws for them on the whole batch (so the ranks train the one-process model)
+                    rows = (global_batch_rows(world.rank * len(yb), len(yb), world.size * len(yb))
+                            if world.active else contextlib.nullcontext())
+                    with rows, _autocast(device, t.precision):
                         loss, logits = recipe.loss(train_model, xb, yb)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

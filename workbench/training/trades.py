@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 
 from ..attacks.ascent import ascend
-from ..attacks.base import attack_mode
+from ..attacks.base import attack_mode, randn_like
 from ..config import Eps, RecipeBase
 from .base import RECIPES, Recipe
 
@@ -38,7 +38,7 @@ class TRADES(Recipe):
             with torch.no_grad():
                 p_clean = F.softmax(model(x).float(), dim=1)
             # the reference code's start: x + 0.001·N(0, I), clipped to [0, 1] only
-            x0 = (x + 0.001 * torch.randn_like(x)).clamp_(0, 1)
+            x0 = (x + 0.001 * randn_like(x)).clamp_(0, 1)
 
             def kl(x_adv: torch.Tensor) -> torch.Tensor:
                 return F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), p_clean, reduction="none").sum(1)
