@@ -105,7 +105,7 @@ class TrainTask:
 
     def __call__(self) -> dict[str, Any]:
         from . import distributed
-        from .runner import job_decode, load_job_data, load_study_data
+        from .runner import load_job_data, load_study_data
         from .store import ModelStore
         from .study import study_from_dict
         from .training import fit
@@ -113,7 +113,7 @@ class TrainTask:
         _distributed_env(self.threads)
         device = distributed.setup(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         if self.study_dict is not None:
-            data = load_study_data(study_from_dict(self.study_dict), device, decode=job_decode(self.job))
+            data = load_study_data(study_from_dict(self.study_dict), device, decode=self.job.decode)
         else:  # submitted through the Executor interface: the job says where its data is
             data = load_job_data(self.job, device)
         try:

@@ -189,18 +189,13 @@ def load_study_data(study: Study, device: torch.device, *, decode: str | None = 
 def load_job_data(job: TrainJob, device: torch.device) -> DataSplits:
     """The data a training job reads, from the data section and seed it carries (a job run
     elsewhere: a submitit job); the same splits as :func:`load_study_data` of its study,
-    decoded as its key says (:func:`job_decode`)."""
+    decoded as its key says (:attr:`TrainJob.decode`)."""
     d = job.data_config()
     return load_dataset(
         d.name, root=d.resolved_root(), download=d.download, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
         seed=int(job.source["seed"]), limit_train=d.limit_train, limit_test=d.limit_test, device=device,
-        stream=d.stream, workers=d.workers, decode=job_decode(job), **dict(d.options),
+        stream=d.stream, workers=d.workers, decode=job.decode, **dict(d.options),
     )
-
-
-def job_decode(job: TrainJob) -> str:
-    """How a training job's images must be decoded: as the data identity in its key says."""
-    return str(job.data.get("decode", "cpu"))
 
 
 def model_jobs(study: Study, data: DataSplits) -> list[TrainJob]:

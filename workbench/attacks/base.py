@@ -418,18 +418,22 @@ def normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return _draw_rows(x, generator, lambda t: t.normal_(generator=generator))
 
 
+def _like(x: Tensor, torch_like: Callable[[Tensor], Tensor], fill: Callable[[Tensor], Tensor]) -> Tensor:
+    """``torch_like(x)`` itself outside :func:`global_batch_rows` (the draws stay bit for bit
+    what they were), else this process's rows of ``fill`` on the global batch in x's layout."""
+    if _global_rows(x, None) is None:
+        return torch_like(x)
+    return _draw_rows(x, None, fill, _layout(x))
+
+
 def rand_like(x: Tensor) -> Tensor:
     """``torch.rand_like(x)`` (U[0, 1), x's layout), global-batch rows under :func:`global_batch_rows`."""
-    if _global_rows(x, None) is None:
-        return torch.rand_like(x)
-    return _draw_rows(x, None, lambda t: t.uniform_(0, 1), _layout(x))
+    return _like(x, torch.rand_like, lambda t: t.uniform_(0, 1))
 
 
 def randn_like(x: Tensor) -> Tensor:
     """``torch.randn_like(x)`` (N(0, I), x's layout), global-batch rows under :func:`global_batch_rows`."""
-    if _global_rows(x, None) is None:
-        return torch.randn_like(x)
-    return _draw_rows(x, None, lambda t: t.normal_(), _layout(x))
+    return _like(x, torch.randn_like, lambda t: t.normal_())
 
 
 def random_start(

@@ -467,7 +467,7 @@ def run_cka(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     # under torchrun each rank extracts its share of the models; every rank gets every Gram
     with ctx.progress.task("cka features", len(distributed.my_batches(len(model_ids)))) as advance:
         done = distributed.run_sharded(len(model_ids), model_grams, "the CKA features")
-    grams = {m: ({k: v.to(ctx.device) for k, v in g.items()} if sharded else g) for m, (g, _) in zip(model_ids, done)}
+    grams = {m: ({k: v.to(ctx.device) for k, v in gm.items()} if sharded else gm) for m, (gm, _) in zip(model_ids, done)}
     positions = {m: p for m, (_, p) in zip(model_ids, done)}
 
     combos: list[tuple[str, str]] = [(ref, other) for _arch, ref, other in ctx.pairs]

@@ -72,6 +72,11 @@ class TrainJob:
     def train_config(self) -> TrainConfig:
         return self.spec.train
 
+    @property
+    def decode(self) -> str:
+        """How the job's images must be decoded ("cpu" or "gpu"): as its data identity says."""
+        return str(self.data.get("decode", "cpu"))
+
     def identity(self) -> dict[str, Any]:
         recipe = self.spec.recipe.model_dump(mode="json", exclude={"label", "train"})
         return {

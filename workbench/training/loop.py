@@ -207,10 +207,9 @@ def fit(
     driver guarantees one job per model)."""
     device = torch.device(device)
     key = job.key()
-    decoded = getattr(data, "decode", "cpu")
-    if job.data.get("decode", "cpu") != decoded:  # else a model would be stored under another decoder's key
-        raise TrainingError(f"{job.id}: its model key is for {job.data.get('decode', 'cpu')}-decoded images, "
-                            f"but the data was decoded on the {decoded}", field="data.decode")
+    if job.decode != data.decode:  # else a model would be stored under another decoder's key
+        raise TrainingError(f"{job.id}: its model key is for {job.decode}-decoded images, "
+                            f"but the data was decoded on the {data.decode}", field="data.decode")
     model = build_model(job.spec, data, device)
     try:
         # every epoch reseeds the global RNG (dropout and recipes' draws cannot take a
