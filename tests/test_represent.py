@@ -1,0 +1,163 @@
+"""The represent probe: inversion recovers what an invertible map hides, the judge is never
+attacked nor changed, synthesis seeds are reproducible, and the runner's tables pair the
+models' items."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from workbench.data import load_dataset
+from workbench.models import WorkbenchModel
+from workbench.represent import core
+from workbench.represent import run as represent_run
+from workbench.represent.judge import JudgeConfig, fit_judge
+from workbench.represent.run import RepresentProbe, represent
+from workbench.study import study_from_dict
+
+
+def _targets(n: int = 4, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 + 0.8 * torch.rand(n, 1, 6, 6, generator=g)  # inside (0, 1): reachable
+
+
+def _net(seed: int = 0) -> WorkbenchModel:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    return WorkbenchModel(net, {"hidden": "2"}, "hidden", in_shape=(1, 8, 8), num_classes=10)
+
+
+# ---------------------------------------------------------------- inversion
+
+
+def test_inversion_through_the_identity_recovers_the_target():
+    xt = _targets()
+    seeds = core.noise_seeds(tuple(xt.shape), torch.Generator().manual_seed(1))
+    got = core.invert(nn.Identity(), xt, seeds, phi=lambda x: x.flatten(1), steps=300, step_size=0.01)
+    agree = core.image_agreement(got.x, xt)
+    assert float(agree["nl2"].max()) < 0.01
+    assert float(got.distance.max()) < 0.01
+    assert float(agree["ssim"].min()) > 0.99
+    # the seeds themselves are far: the search did the work
+    assert float(core.image_agreement(seeds, xt)["nl2"].min()) > 0.2
+
+
+def test_inversion_through_an_invertible_linear_map_recovers_the_target():
+    g = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(36, 36, generator=g))
+    a = q * torch.linspace(0.5, 2.0, 36)  # condition number 4
+    xt = _targets()
+    seeds = core.noise_seeds(tuple(xt.shape), torch.Generator().manual_seed(2))
+    got = core.invert(nn.Identity(), xt, seeds, phi=lambda x: x.flatten(1) @ a.T, steps=1500, step_size=0.005)
+    assert float(core.image_agreement(got.x, xt)["nl2"].max()) < 0.03
+
+
+def test_image_agreement_of_identical_and_different_images():
+    xt = _targets()
+    same = core.image_agreement(xt, xt)
+    torch.testing.assert_close(same["ssim"], torch.ones(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(same["nl2"], torch.zeros(4))
+    other = core.image_agreement(1 - xt, xt)
+    assert float(other["ssim"].max()) < 0.5 and float(other["nl2"].min()) > 0.3
+
+
+# ---------------------------------------------------------------- synthesis seeds
+
+
+def test_synthesis_seeds_are_reproducible_and_follow_the_class_gaussians():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat_interleave(50)
+    x = (torch.rand(150, 1, 4, 4, generator=g) * 0.1 + y.float()[:, None, None, None] * 0.3).clamp(0, 1)
+    gauss = core.fit_class_gaussians(x, y, 3)
+    classes = torch.tensor([0, 1, 2, 2])
+    a = core.class_gaussian_seeds(gauss, classes, torch.Generator().manual_seed(7))
+    b = core.class_gaussian_seeds(gauss, classes, torch.Generator().manual_seed(7))
+    c = core.class_gaussian_seeds(gauss, classes, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # each seed sits near its class's mean image
+    means = x.reshape(3, 50, -1).mean(1)
+    d = torch.cdist(a.flatten(1), means)
+    assert torch.equal(d.argmin(1), classes)
+
+
+# ---------------------------------------------------------------- the runner
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+def _cfg(**over) -> RepresentProbe:
+    base = dict(inversion={"examples": 4, "steps": 20}, features={"features": 2, "seeds": 2, "steps": 10},
+                synthesis={"per_class": 1, "steps": 10}, perceptual={"examples": 2, "steps": 5, "fool_examples": 8},
+                gallery={"examples": 2, "lost": 2, "pool": 8, "steps": 3})
+    return RepresentProbe.model_validate({**base, **over})
+
+
+def test_the_judge_is_never_attacked_nor_changed(digits, monkeypatch):
+    models = {"a": _net(0), "b": _net(1)}
+    judge = fit_judge(JudgeConfig(), digits.train_x, digits.train_y)
+    before = judge.parameters()
+    assert before and all(v.size for v in before.values())
+    seen: list[object] = []
+    real = core.ascend
+
+    def spy(objective, x, eps, steps, **kw):
+        seen.append(kw.get("model"))
+        return real(objective, x, eps, steps, **kw)
+
+    monkeypatch.setattr(core, "ascend", spy)
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("workbench.attacks.pgd"), "ascend", spy)
+    x, y = digits.test_x[:16], digits.test_y[:16]
+    represent(models, [("mlp", "a", "b")], digits, x, y, torch.arange(16), _cfg(), seed=0, main_eps=0.1, judge=judge)
+    assert seen, "no ascent ran"
+    assert all(any(m is s for s in models.values()) for m in seen), "an ascent ran on something other than a studied model"
+    after = judge.parameters()
+    assert before.keys() == after.keys()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+
+
+def test_runner_is_reproducible_and_pairs_the_models(digits):
+    models = {"a": _net(0), "b": _net(1)}
+    x, y = digits.test_x[:16], digits.test_y[:16]
+    r1 = represent(models, [("mlp", "a", "b")], digits, x, y, torch.arange(16), _cfg(), seed=0, main_eps=0.1)
+    r2 = represent(models, [("mlp", "a", "b")], digits, x, y, torch.arange(16), _cfg(), seed=0, main_eps=0.1)
+    for k, v in r1.arrays.items():
+        np.testing.assert_array_equal(v, r2.arrays[k], err_msg=k)
+    np.testing.assert_array_equal(r1.arrays["synthesis.seeds"], r2.arrays["synthesis.seeds"])
+    r3 = represent(models, [("mlp", "a", "b")], digits, x, y, torch.arange(16), _cfg(), seed=1, main_eps=0.1)
+    assert not np.array_equal(r1.arrays["synthesis.seeds"], r3.arrays["synthesis.seeds"])
+    pe = r1.per_example
+    assert set(pe["task"]) == {"inversion", "features", "synthesis", "perceptual", "fool"}
+    # the same items for both models (paired), and every paired task has a test
+    for task in ("inversion", "synthesis", "perceptual", "fool"):
+        a, b = pe[(pe.model == "a") & (pe.task == task)], pe[(pe.model == "b") & (pe.task == task)]
+        assert list(a["item"]) == list(b["item"]) and list(a["target_class"]) == list(b["target_class"])
+        assert task in set(r1.tests["task"])
+    assert (pe[pe.task == "perceptual"]["target_class"] != pe[pe.task == "perceptual"]["source_class"]).all()
+    s = r1.summary
+    assert ((s["ci_low"] <= s["value"] + 1e-12) & (s["value"] <= s["ci_high"] + 1e-12)).all()
+    assert r1.tests["p_value"].between(0, 1).all()
+    # the gallery: the seeded examples, then those lost by the pair's second model
+    assert list(r1.arrays["gallery.why"][:2]) == ["seeded", "seeded"]
+
+
+def test_study_section_validates():
+    s = study_from_dict({"name": "t", "architectures": ["mlp"], "recipes": ["standard"],
+                         "probes": {"represent": {"synthesis": None, "judge": {"kind": "svm"}}}})
+    assert s.probes.represent.synthesis is None and s.probes.represent.judge.kind == "svm"
+    assert s.probes.represent.inversion.layer == "penultimate"
+
+
+def test_arrays_round_trip(tmp_path):
+    arr = {"models": np.array(["x/y", "z"]), "inversion.x.0": np.ones((2, 1, 3, 3), dtype=np.float32)}
+    p = tmp_path / "represent.npz"
+    p.write_bytes(represent_run.arrays_bytes(arr))
+    back = represent_run.load_arrays(p)
+    assert list(back["models"]) == ["x/y", "z"] and back["inversion.x.0"].shape == (2, 1, 3, 3)

@@ -1,0 +1,88 @@
+"""The ``represent`` probe: what the representations encode (inversion, feature
+visualisation, synthesis, perceptually aligned gradients scored by a judge, and the
+evaluation gallery). A thin wrapper: the work is :func:`workbench.represent.run.represent`."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..registry import TableSchema
+from ..represent.run import ARRAY_FILE, RepresentProbe, arrays_bytes, represent
+from .base import PROBES, ProbeContext
+
+TABLES_REPRESENT: dict[str, TableSchema] = {
+    "represent_per_example": (
+        "one row per model × task × item: an inversion target, a visualised feature and seed, a synthesised image, a "
+        "large-ε targeted example or a small-ε untargeted one (the same items for every model)",
+        {
+            "model": "model id",
+            "task": "`inversion`, `features`, `synthesis`, `perceptual` (large-ε targeted L2) or `fool` (small-ε untargeted)",
+            "item": "position of the item within the task (pairs the models' rows)",
+            "index": "test-split index of the example (a feature's coordinate for `features`; -1 for synthesis)",
+            "source_class": "class of the example (a feature's top class; the seed's class for synthesis)",
+            "target_class": "class the image was pushed towards (= source_class for inversion and fool)",
+            "seed": "seed number of the item (per target, feature or class)",
+            "distance": "inversion: ‖φ(x) − φ(x_t)‖₂ / ‖φ(x_t)‖₂ reached",
+            "ssim": "inversion: SSIM of the image with its target (torchmetrics)",
+            "nl2": "inversion: ‖x − x_t‖₂ / ‖x_t‖₂; perceptual: ‖δ‖₂",
+            "model_label": "the model's prediction on the image",
+            "judge_label": "the judge's prediction on the image",
+            "judge_agrees": "judge_label equals target_class (fool: equals the true class)",
+            "cosine": "perceptual: cos(δ, μ_target − μ_source), μ the class-mean training images",
+        },
+    ),
+    "represent": (
+        "one row per model × task × measure, with a 95% interval (model `(seed)`: the seeds alone; `(clean)`: clean images)",
+        {
+            "model": "model id, `(seed)` or `(clean)`",
+            "task": "as in represent_per_example",
+            "measure": "what is measured",
+            "n": "items",
+            "value": "proportion or mean",
+            "ci_low": "95% interval, lower end",
+            "ci_high": "upper end",
+            "interval": "`wilson` (proportions) or `bootstrap` (means, percentile)",
+        },
+    ),
+    "represent_tests": (
+        "paired tests between the models of each pair on the same items, Holm-corrected across the rows",
+        {
+            "reference": "reference model id",
+            "model": "paired model id",
+            "task": "task",
+            "measure": "measure",
+            "test": "`mcnemar` (judge verdicts) or a paired test of means (`sign_flip` or `paired_bootstrap`)",
+            "n": "paired items",
+            "reference_value": "the reference's value",
+            "model_value": "the paired model's value",
+            "difference": "model_value − reference_value",
+            "ci_low": "95% interval of the difference, lower end",
+            "ci_high": "upper end",
+            "b": "McNemar: items only the reference's image convinces the judge of",
+            "c": "McNemar: items only the paired model's image does",
+            "p_value": "two-sided p-value",
+            "p_holm": "Holm-adjusted across this table",
+            "significant": "p_holm < 0.05",
+        },
+    ),
+    "represent_judge": (
+        "the judge: a classifier that is not a studied model and is never attacked",
+        {
+            "judge": "what it is",
+            "train_accuracy": "accuracy on the images it was fitted on",
+            "test_accuracy": "accuracy on the test split",
+            "test_examples": "test images",
+        },
+    ),
+}
+
+
+@PROBES.register("represent", config=RepresentProbe, tables=TABLES_REPRESENT)
+def run_represent(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
+    """Every enabled part of ``probes.represent`` on every model; the images go to
+    ``arrays/represent.npz``."""
+    out = represent(ctx.models, ctx.pairs, ctx.data, ctx.x, ctx.y, ctx.index, ctx.cfg, seed=ctx.seed_for("represent"),
+                    main_eps=ctx.study.main_eps(), batch_size=ctx.batch_size)
+    ctx.artifacts[f"arrays/{ARRAY_FILE}"] = arrays_bytes(out.arrays)
+    return {"represent_per_example": out.per_example, "represent": out.summary, "represent_tests": out.tests,
+            "represent_judge": out.judge}
