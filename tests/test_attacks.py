@@ -28,6 +28,8 @@ from workbench.attacks import (
     project,
     random_perturbation,
 )
+from workbench.attacks.base import random_start
+from workbench.attacks.pgd import pgd_starts
 from workbench.errors import UnknownNameError
 
 CUDA = torch.cuda.is_available()
@@ -209,6 +211,33 @@ def test_l2_pgd_on_linear_binary_model_converges_to_eps_along_w(random_start):
     x_adv = pgd(model, x, y, 0.1, alpha=0.025, steps=120, norm="l2", random_start=random_start, generator=g)
     close(x_adv, [[0.56, 0.58, 0.5]] * 3, atol=1e-5)
     close(perturbation_norm(x_adv - x, "l2"), [0.1] * 3, atol=1e-6)
+
+
+def test_l2_random_start_radius_is_uniform_not_on_the_sphere():
+    """torchattacks' PGDL2 law: radius ε·U, U ~ U[0, 1]. Uniform in the ball (the old law)
+    puts it at ε·U^{1/d}, median 0.989ε at d = 64, so starts were all at the surface."""
+    from scipy import stats as st
+
+    x = torch.full((4000, 1, 8, 8), 0.5)
+    start = random_start(x, 0.5, "l2", torch.Generator().manual_seed(0))
+    r = (perturbation_norm(start - x, "l2") / 0.5).numpy()  # no clipping: |δᵢ| stays far below 0.5
+    assert st.kstest(r, "uniform").pvalue > 1e-3
+    assert abs(float((r < 0.5).mean()) - 0.5) < 0.03
+
+
+def test_l2_pgd_with_restarts_starts_once_from_the_clean_input():
+    # one step of ε from x along w is the exact optimum of a linear model; a random start
+    # followed by one step of ε and the projection is not: so a clean start must be among them
+    torch.manual_seed(0)
+    w = torch.randn(64)
+    model = linear_model(torch.stack([torch.zeros(64), w]).tolist())
+    x = torch.full((5, 64), 0.5)
+    y = torch.zeros(5, dtype=torch.long)
+    optimum = x + 0.1 * w / w.norm()
+    out = pgd(model, x, y, 0.1, alpha=0.1, steps=1, norm="l2", restarts=3, generator=torch.Generator().manual_seed(1))
+    close(out, optimum.tolist(), atol=1e-6)
+    assert pgd_starts("l2", 3) == ["clean", "random", "random"] and pgd_starts("l2", 1) == ["random"]
+    assert pgd_starts("linf", 3) == ["random"] * 3 and pgd_starts("l2", 2, random_start=False) == ["clean"] * 2
 
 
 def test_l2_pgd_zero_gradient_is_a_zero_step():
@@ -437,9 +466,11 @@ def test_generator_makes_random_start_reproducible():
     model = small_cnn()
     x, y = batch(n=4)
     for norm in ("linf", "l2"):
-        a = pgd(model, x, y, 0.1, steps=2, norm=norm, restarts=2, generator=torch.Generator().manual_seed(5))
-        b = pgd(model, x, y, 0.1, steps=2, norm=norm, restarts=2, generator=torch.Generator().manual_seed(5))
-        c = pgd(model, x, y, 0.1, steps=2, norm=norm, restarts=2, generator=torch.Generator().manual_seed(6))
+        # one restart at L2: with several, the first starts from x and may win everywhere
+        r = 2 if norm == "linf" else 1
+        a = pgd(model, x, y, 0.1, steps=2, norm=norm, restarts=r, generator=torch.Generator().manual_seed(5))
+        b = pgd(model, x, y, 0.1, steps=2, norm=norm, restarts=r, generator=torch.Generator().manual_seed(5))
+        c = pgd(model, x, y, 0.1, steps=2, norm=norm, restarts=r, generator=torch.Generator().manual_seed(6))
         assert torch.equal(a, b) and not torch.equal(a, c)
 
 

@@ -10,7 +10,7 @@ maximisation and the training monitors. What differs between them is a callback:
 
 The step rule, written once (METHODS.md, "PGD"): L∞ ``x ← clip_{B∞(x,ε)∩[0,1]}(x + α·sign g)``;
 L2 ``x ← clip₀₁(Π_{B₂(x,ε)}(x + α·g/‖g‖₂))`` per example, with α = 2.5·ε/steps by default
-(:func:`default_alpha`). Starts (one per restart): a uniform random point of the ball, the
+(:func:`default_alpha`). Starts (one per restart): a random point of the ball (:func:`~.base.random_start`), the
 clean input, a given tensor, or a callable. Random draws come from the caller's generator
 (or torch's global one when it passes none), in the order the starts are listed.
 
@@ -48,7 +48,7 @@ from .base import (
 KEEP = ("last", "best")
 
 Score = Union[Tensor, tuple[Tensor, ...]]
-#: a start: "random" (uniform in the ball), "clean" (x itself), a tensor x + δ₀, or
+#: a start: "random" (:func:`~workbench.attacks.base.random_start`), "clean" (x itself), a tensor x + δ₀, or
 #: ``start(ball, generator) -> x + δ₀``
 Start = Union[str, Tensor, Callable[["Ball", Union[torch.Generator, None]], Tensor]]
 

@@ -441,18 +441,19 @@ def random_start(
 ) -> Tensor:
     """PGD's random start, x + δ₀ clipped to [0, 1] (a new tensor).
 
-    L∞: δ₀ ~ U[−ε, ε] per coordinate (Madry et al. 2018). L2: δ₀ uniform in the L2 ball
-    of radius ε (Gaussian direction, radius ε·U^{1/d} with d the per-example dimension).
+    L∞: δ₀ ~ U[−ε, ε] per coordinate (Madry et al. 2018). L2: a Gaussian direction at a
+    radius ε·U, U ~ U[0, 1] (torchattacks' PGDL2). Not uniform in the ball: that puts the
+    radius at ε·U^{1/d} (median 0.989ε in 64 dimensions): nearly every start would sit on the
+    sphere, where a step along the gradient is soon cut by the projection.
     """
     # Random numbers are drawn in logical (contiguous) order, so a seed gives the same start
     # whatever x's memory layout; ``out=empty_like(x)`` keeps x's layout for the iterates.
     if norm == "linf":
         u = uniform_like(x, -eps, eps, generator)
     else:
-        d = max(x[0].numel(), 1) if x.shape[0] else 1
         u = normal_like(x, generator)
         n = _per_example(perturbation_norm(u, "l2"), x).clamp_min(torch.finfo(x.dtype).tiny)
-        radius = uniform_like(x.new_empty(x.shape[0]), 0.0, 1.0, generator).pow_(1.0 / d)
+        radius = uniform_like(x.new_empty(x.shape[0]), 0.0, 1.0, generator)
         u.mul_(_per_example(radius.mul_(eps), x) / n)
     return torch.add(x, u, out=torch.empty_like(x)).clamp_(0.0, 1.0)
 

@@ -55,6 +55,18 @@ class PGDAttack(AttackBase):
         }
 
 
+def pgd_starts(norm: str, restarts: int, random_start: bool = True) -> list[str]:
+    """The start of each restart: random (or all clean without ``random_start``); at L2 with
+    several restarts the first starts from the clean input. At L2 the clean start is often the
+    strongest single one (its first step is a full step along the gradient, none spent
+    leaving a random offset), and a random start alone can miss it (issue 19)."""
+    if not random_start:
+        return ["clean"] * restarts
+    if norm == "l2" and restarts > 1:
+        return ["clean"] + ["random"] * (restarts - 1)
+    return ["random"] * restarts
+
+
 @ATTACKS.register("pgd", config=PGDAttack)
 def pgd(
     model: nn.Module,
@@ -74,7 +86,8 @@ def pgd(
     """Projected gradient ascent on ℓ within the ε-ball around x (Madry et al. 2018).
 
     L∞: x⁰ = clip₀₁(x + U[−ε, ε]); xᵗ⁺¹ = clip₀₁(Π_{B∞(x,ε)}(xᵗ + α·sign ∇ℓ)).
-    L2: x⁰ = clip₀₁(x + δ₀), δ₀ uniform in the L2 ball; steps α·g/‖g‖₂ per example;
+    L2: x⁰ = clip₀₁(x + δ₀), δ₀ a Gaussian direction at radius ε·U[0, 1] (torchattacks'
+    PGDL2; the first of several restarts starts at x); steps α·g/‖g‖₂ per example;
     Π rescales δ to ‖δ‖₂ ≤ ε; then clip₀₁.
 
     Args:
@@ -85,7 +98,8 @@ def pgd(
         alpha: step size in the same units; default 2.5·ε/steps (docs/methods.md).
         steps: gradient steps per restart (0 returns the start point).
         norm: ``"linf"`` or ``"l2"``.
-        random_start: start from a random point of the ball (else from x).
+        random_start: start from a random point of the ball (else from x); at L2 with
+            several restarts the first starts from x (:func:`pgd_starts`).
         restarts: independent runs; per example the worst case is kept: a perturbation
             that fools the model (argmax ≠ y) beats one that does not, and among equal
             status the higher loss wins (the first restart on ties). This is "mean over x
@@ -130,8 +144,8 @@ def pgd(
             logits = model(x_adv).float()
             return logits.argmax(dim=1) != y, loss_fn(logits, y)
 
-        start = "random" if random_start else "clean"
-        return ascend(loss, x0, eps, steps, norm=norm, alpha=alpha, starts=[start] * restarts, keep="last",
+        return ascend(loss, x0, eps, steps, norm=norm, alpha=alpha, starts=pgd_starts(norm, restarts, random_start),
+                      keep="last",
                       score=worst_case, generator=generator, precision=precision, model=model).x
 
     return run_attack(model, x, y, craft, generator)
