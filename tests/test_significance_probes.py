@@ -86,7 +86,7 @@ def test_per_example_tables_match_the_summaries(identical):
 
 def test_identical_models_differ_in_nothing(identical):
     sig = significance_table(identical, [("small_cnn", REF, OTHER)])
-    rep = sig[sig.test == "paired_bootstrap"]
+    rep = sig[sig.test == "sign_flip"]
     # penultimate layer (fc1) only, every norm × ε × kind; γ and gradient alignment per ε
     lip = rep[rep.measure.str.startswith("lipschitz")]
     assert set(lip.measure) == {"lipschitz loss (fc1)", "lipschitz feat (fc1)", "lipschitz rand (fc1)"}
@@ -122,7 +122,7 @@ def test_seeded_reruns_are_identical(scaled):
 
 
 def test_large_differences_stay_significant_across_many_rows():
-    # 60 settings, each a clear difference: the bootstrap p-value's floor (1/resamples) times
+    # 60 settings, each a clear difference: the sign-flip p-value's floor (1/(1 + sign vectors)) times
     # Holm's 60 must stay below 0.05, which 1,000 resamples would not allow (0.001 × 60)
     rng = np.random.default_rng(0)
     frames = []

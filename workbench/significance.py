@@ -9,8 +9,8 @@ pairwise (docs/statistics.md):
 - per-example representation measures, on the examples both models share: the saliency
   probe's Gini sparsity, infidelity and sensitivity of each method; the feature Lipschitz
   ratio at the penultimate layer (the deepest measured layer before the logits) for every
-  norm, ε and kind of δ; γ and gradient alignment at every ε: paired bootstrap of the
-  difference of means;
+  norm, ε and kind of δ; γ and gradient alignment at every ε: the difference of means,
+  tested by a sign-flip permutation test (exact for n ≤ 16), with a bootstrap interval;
 - Holm's correction across every row of the run; ``significant`` is ``p_holm < 0.05``.
 
 :func:`significance_table` works on a run's tables (``results.load(run).tables``), so a
@@ -26,12 +26,13 @@ import numpy as np
 import pandas as pd
 
 from .registry import TableSchema
-from .stats import discordant, holm, mcnemar, paired_bootstrap
+from .stats import discordant, holm, mcnemar, paired_test
 
 ALPHA = 0.05
-#: resamples of the paired bootstrap: its p-value is at least 1/PAIRED_SAMPLES, and Holm's
-#: correction multiplies the smallest by the number of rows (~50 on the quickstart), so 1,000
-#: would leave no bootstrap row significant past ~50 rows however large the difference
+#: random sign vectors of the sign-flip test (and resamples of the bootstrap interval): its
+#: p-value is at least 1/(1 + PAIRED_SAMPLES) above n = 16, and Holm's correction multiplies
+#: the smallest by the number of rows (~50 on the quickstart), so 1,000 would leave no such
+#: row significant past ~50 rows however large the difference
 PAIRED_SAMPLES = 10_000
 COLUMNS = ["reference", "model", "measure", "norm", "eps", "test", "n", "reference_value", "model_value", "difference",
            "ci_low", "ci_high", "b", "c", "p_value", "p_holm", "significant"]
@@ -42,17 +43,17 @@ TABLES_SIGNIFICANCE: dict[str, TableSchema] = {
         {
             "reference": "reference model id",
             "model": "paired model id",
-            "measure": "`clean`, `worst_case` (accuracy, exact McNemar) or a representation measure (paired bootstrap)",
+            "measure": "`clean`, `worst_case` (accuracy, exact McNemar) or a representation measure (sign-flip test)",
             "norm": "norm (`none` for clean accuracy and the saliency metrics)",
             "eps": "ε (0 for clean and the saliency metrics)",
-            "test": "`mcnemar` or `paired_bootstrap`",
+            "test": "`mcnemar` or `sign_flip` (paired permutation test of the mean difference)",
             "n": "paired examples",
             "reference_value": "the measure for the reference",
             "model_value": "the measure for the paired model",
             "difference": "model_value − reference_value",
             "ci_low": "95% interval of the difference, lower end (paired Wald for accuracies, percentile bootstrap otherwise)",
             "ci_high": "upper end",
-            "b": "McNemar: examples only the reference gets right (empty for bootstrap)",
+            "b": "McNemar: examples only the reference gets right (empty for the sign-flip test)",
             "c": "McNemar: examples only the paired model gets right",
             "p_value": "two-sided p-value",
             "p_holm": "Holm-adjusted p-value across the run's comparisons",
@@ -67,13 +68,13 @@ SALIENCY_MEASURES = ("gini", "infidelity", "sensitivity")
 LINEARITY_MEASURES = {"gamma": "local linearity γ", "grad_alignment": "gradient alignment"}
 
 
-def _bootstrap_row(ref: str, other: str, measure: str, norm: str, eps: float, x: np.ndarray, y: np.ndarray,
+def _mean_row(ref: str, other: str, measure: str, norm: str, eps: float, x: np.ndarray, y: np.ndarray,
                    seed: int) -> dict:
-    t = paired_bootstrap(x, y, samples=PAIRED_SAMPLES, seed=seed)
+    t = paired_test(x, y, samples=PAIRED_SAMPLES, permutations=PAIRED_SAMPLES, seed=seed)
     keep = np.isfinite(x) & np.isfinite(y)
     return {
         "reference": ref, "model": other, "measure": measure, "norm": norm, "eps": float(eps),
-        "test": "paired_bootstrap", "n": t["n"], "reference_value": float(x[keep].mean()) if keep.any() else math.nan,
+        "test": "sign_flip", "n": t["n"], "reference_value": float(x[keep].mean()) if keep.any() else math.nan,
         "model_value": float(y[keep].mean()) if keep.any() else math.nan, "difference": t["diff"],
         "ci_low": t["ci_low"], "ci_high": t["ci_high"], "b": np.nan, "c": np.nan, "p_value": t["p_value"],
     }
@@ -97,7 +98,7 @@ def _lipschitz_rows(lpe: pd.DataFrame, ref: str, other: str, seed: int) -> list[
     for (norm, eps, kind), g in m.groupby(["norm", "eps", "kind"], sort=False):
         x, y = g["ratio_ref"].to_numpy(float), g["ratio_model"].to_numpy(float)
         if np.isfinite(x).any():
-            rows.append(_bootstrap_row(ref, other, f"lipschitz {kind} ({layer})", str(norm), eps, x, y, seed))
+            rows.append(_mean_row(ref, other, f"lipschitz {kind} ({layer})", str(norm), eps, x, y, seed))
     return rows
 
 
@@ -107,7 +108,7 @@ def _linearity_rows(lpe: pd.DataFrame, ref: str, other: str, seed: int) -> list[
     for (metric, eps), g in m.groupby(["metric", "eps"], sort=False):
         x, y = g["value_ref"].to_numpy(float), g["value_model"].to_numpy(float)
         if np.isfinite(x).any():
-            rows.append(_bootstrap_row(ref, other, LINEARITY_MEASURES.get(str(metric), str(metric)), "linf", eps, x, y, seed))
+            rows.append(_mean_row(ref, other, LINEARITY_MEASURES.get(str(metric), str(metric)), "linf", eps, x, y, seed))
     return rows
 
 
@@ -148,7 +149,7 @@ def _saliency_rows(sal: pd.DataFrame, ref: str, other: str, seed: int) -> list[d
             x, y = m[f"{measure}_ref"].to_numpy(float), m[f"{measure}_model"].to_numpy(float)
             if not np.isfinite(x).any():
                 continue
-            rows.append(_bootstrap_row(ref, other, f"{measure} ({method})", "none", 0.0, x, y, seed))
+            rows.append(_mean_row(ref, other, f"{measure} ({method})", "none", 0.0, x, y, seed))
     return rows
 
 

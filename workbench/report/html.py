@@ -318,7 +318,7 @@ def _summary_notes(res: Results) -> list[str]:
     if sig is not None and len(sig):
         from ..significance import describe
 
-        notes.append("Paired tests (exact McNemar on per-example correctness for accuracies, paired bootstrap for the "
+        notes.append("Paired tests (exact McNemar on per-example correctness for accuracies, sign-flip permutation test for the "
                      "representation measures (penultimate-layer Lipschitz ratio, γ, gradient alignment, saliency metrics); "
                      "Holm-corrected across the run's comparisons): " + " ".join(describe(sig)))
     if res.get("soundness") is None:
