@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-pytest.importorskip("pyautoattack")  # in the test extra; skipped only where it is not installed
+pytest.importorskip("pyautoattack")  # a core dependency; skipped only where it is not installed
 from pyautoattack import AutoAttack  # noqa: E402
 
 import sys  # noqa: E402

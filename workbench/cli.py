@@ -43,6 +43,20 @@ app = typer.Typer(
 _err = logging.getLogger("workbench")
 
 
+class _Command(typer.core.TyperCommand):
+    """Help that shows each argument's metavar (STUDY, RUN_DIR...) without typer's Python type
+    next to it (`<list[Path]>`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for p in self.params:
+            if isinstance(p, typer.core.TyperArgument):  # this instance only
+                p.display_type_rich = lambda ctx: None
+                # usage as in man pages: STUDY, [KIND], RUN_DIR... (typer writes {STUDY})
+                p._usage_display_name = (lambda p=p: (p.metavar if p.required else f"[{p.metavar}]")
+                                         + ("..." if p.nargs != 1 else ""))
+
+
 def tune_cpu_allocator() -> bool:
     """Keep freed tensor memory in the process instead of returning it to the OS at once.
 
@@ -95,6 +109,39 @@ def _console_logging(quiet: bool) -> None:
     logger.setLevel(logging.INFO)
 
 
+def _version_text() -> str:
+    """``workbench --version``: this package's version and distribution, and a warning when
+    PyPI's unrelated ``workbench`` (an AWS SageMaker tool) is installed over the same
+    import name."""
+    from importlib import metadata
+
+    from . import __version__
+    from .errors import DISTRIBUTION
+
+    text = f"workbench {__version__} ({DISTRIBUTION}, {Path(__file__).parent})"
+    try:
+        metadata.distribution("workbench")
+    except metadata.PackageNotFoundError:
+        return text
+    return (text + "\nwarning: the unrelated distribution 'workbench' is installed too and shares the import "
+            f"name; remove it and reinstall this one: pip uninstall workbench && pip install --force-reinstall "
+            f"--no-deps {DISTRIBUTION} (in a clone: pip install --force-reinstall --no-deps -e .)")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(_version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
+    """Adversarial robustness and representation analysis of paired models."""
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """A user error, or the operating system refusing (disk full, read-only, a file where a
@@ -107,15 +154,15 @@ def _user_errors() -> Iterator[None]:
         _fail(os_error(e))
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(
-    study: Path = typer.Argument(..., help="study file, e.g. studies/quickstart.yaml"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: reports/<study name>)"),
-    device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N"),
+    study: Path = typer.Argument(..., metavar="STUDY", help="study file, e.g. studies/quickstart.yaml"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="run folder (default: reports/<study name>)"),
+    device: str = typer.Option("auto", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda or cuda:N"),
     store: Optional[Path] = typer.Option(
-        None, help="model and result cache (default: $WORKBENCH_STORE or ~/.cache/workbench)", envvar="WORKBENCH_STORE"
+        None, metavar="DIR", help="model and result cache (default: $WORKBENCH_STORE or ~/.cache/workbench)", envvar="WORKBENCH_STORE"
     ),
-    set_: list[str] = typer.Option([], "--set", "-s", help="override a study field: --set train.epochs=2 (repeatable)"),
+    set_: list[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="override a study field: --set train.epochs=2 (repeatable)"),
     retrain: bool = typer.Option(
         False, help="train anew instead of reusing cached models (old entries are moved aside); implies --recompute"
     ),
@@ -127,28 +174,28 @@ def run(
         None, "--report/--no-report", help="write figures and index.html at the end (default: the study's report.enabled)"
     ),
     threads: Optional[int] = typer.Option(
-        None, min=1, help="CPU threads for torch (default: half the cores; $WORKBENCH_THREADS)"
+        None, min=1, metavar="N", help="CPU threads for torch (default: half the cores; $WORKBENCH_THREADS)"
     ),
     jobs: int = typer.Option(
-        1, "--jobs", "-j", min=1, help="train up to N models at once in separate processes (their threads share --threads)"
+        1, "--jobs", "-j", min=1, metavar="N", help="train up to N models at once in separate processes (their threads share --threads)"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars, warnings only"),
     gpus: Optional[int] = typer.Option(
-        None, min=1, help="train each model on this many GPUs of this machine with DistributedDataParallel "
+        None, min=1, metavar="N", help="train each model on this many GPUs of this machine with DistributedDataParallel "
         "(starts the same command under torchrun; see docs/scaling.md)"
     ),
     executor: str = typer.Option(
-        "inprocess", help="inprocess (default), processes (a local pool of --jobs processes; --jobs > 1 picks it), "
+        "inprocess", metavar="NAME", help="inprocess (default), processes (a local pool of --jobs processes; --jobs > 1 picks it), "
         "slurm (each model a SLURM job, then the evaluation as a dependent job) or local (the same jobs on this "
         "machine); slurm and local need the cluster extra (submitit)"
     ),
-    gpus_per_job: Optional[int] = typer.Option(None, min=0, help="--executor slurm/local: GPUs per training job "
+    gpus_per_job: Optional[int] = typer.Option(None, min=0, metavar="N", help="--executor slurm/local: GPUs per training job "
                                                "(default: the study's cluster.gpus_per_job)"),
-    partition: Optional[str] = typer.Option(None, help="--executor slurm: the SLURM partition"),
-    time_min: Optional[int] = typer.Option(None, min=1, help="--executor slurm/local: time limit per job in minutes"),
-    slurm_opt: list[str] = typer.Option([], "--slurm", help="--executor slurm: a further sbatch option KEY=VALUE "
+    partition: Optional[str] = typer.Option(None, metavar="NAME", help="--executor slurm: the SLURM partition"),
+    time_min: Optional[int] = typer.Option(None, min=1, metavar="MIN", help="--executor slurm/local: time limit per job in minutes"),
+    slurm_opt: list[str] = typer.Option([], "--slurm", metavar="KEY=VALUE", help="--executor slurm: a further sbatch option KEY=VALUE "
                                         "(repeatable), e.g. --slurm account=vision"),
-    parallel: Optional[int] = typer.Option(None, min=1, help="--executor local: jobs at once (default: one per "
+    parallel: Optional[int] = typer.Option(None, min=1, metavar="N", help="--executor local: jobs at once (default: one per "
                                            "--gpus-per-job GPUs, or 1 without GPUs)"),
 ) -> None:
     """Train, attack and probe the models of a study; write its run folder.
@@ -276,8 +323,8 @@ def _relaunch_under_torchrun(gpus: int) -> None:
     os.execv(sys.executable, cmd)
 
 
-@app.command()
-def validate(studies: list[Path] = typer.Argument(..., help="study files to check")) -> None:
+@app.command(cls=_Command)
+def validate(studies: list[Path] = typer.Argument(..., metavar="STUDY", help="study files to check")) -> None:
     """Check study files completely (schema, names, ε values) without running anything.
 
     Example: workbench validate studies/*.yaml
@@ -297,8 +344,8 @@ def validate(studies: list[Path] = typer.Argument(..., help="study files to chec
         raise typer.Exit(2)
 
 
-@app.command()
-def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="write to this file instead of stdout")) -> None:
+@app.command(cls=_Command)
+def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="write to this file instead of stdout")) -> None:
     """Print the JSON Schema of study files (for editors).
 
     Example (VS Code / yaml-language-server): workbench schema -o study.schema.json, then put
@@ -318,13 +365,13 @@ def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="write t
 KINDS = ("datasets", "models", "recipes", "attacks", "losses", "probes", "stages", "executors")
 
 
-@app.command("list")
+@app.command("list", cls=_Command)
 def list_(
-    kind: Optional[str] = typer.Argument(None, help=f"one of: {', '.join(KINDS)}, layers (default: all)"),
-    model: Optional[str] = typer.Argument(None, help="layers: the model source, e.g. torchvision:resnet50"),
-    pattern: str = typer.Option("*", help="filter names, e.g. 'resnet*'"),
-    classes: int = typer.Option(1000, help="layers: number of classes the model is built for"),
-    in_shape: str = typer.Option("3,224,224", help="layers: input shape C,H,W"),
+    kind: Optional[str] = typer.Argument(None, metavar="KIND", help=f"one of: {', '.join(KINDS)}, layers (default: all)"),
+    model: Optional[str] = typer.Argument(None, metavar="MODEL", help="layers: the model source, e.g. torchvision:resnet50"),
+    pattern: str = typer.Option("*", metavar="GLOB", help="filter names, e.g. 'resnet*'"),
+    classes: int = typer.Option(1000, metavar="N", help="layers: number of classes the model is built for"),
+    in_shape: str = typer.Option("3,224,224", metavar="C,H,W", help="layers: input shape C,H,W"),
 ) -> None:
     """List what studies can name: data sets, models, recipes, attacks, losses, probes, stages, executors; or a model's layers.
 
@@ -341,10 +388,18 @@ def list_(
         return
     if kind is not None and kind not in KINDS:
         _fail(WorkbenchError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}, layers", field="list"))
+    import shutil
+    import textwrap
+
+    width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
     for k in (kind,) if kind else KINDS:
         typer.echo(f"{k}:")
         for name, doc in registries.listing(k, pattern):
-            typer.echo(f"  {name:<28} {doc}")
+            # the whole description, wrapped under its column (never cut mid-sentence)
+            first, *rest = textwrap.wrap(doc, width - 31) or [""]
+            typer.echo(f"  {name:<28} {first}" if len(name) <= 28 else f"  {name}\n{' ' * 31}{first}")
+            for line in rest:
+                typer.echo(" " * 31 + line)
 
 
 def _list_layers(model: Optional[str], classes: int, in_shape: str) -> None:
@@ -396,10 +451,10 @@ def _nullcontext():
     return contextlib.nullcontext()
 
 
-@app.command("convert-checkpoint")
+@app.command("convert-checkpoint", cls=_Command)
 def convert_checkpoint(
-    src: Path = typer.Argument(..., help="a pickled checkpoint that torch.load(weights_only=True) refuses"),
-    dst: Path = typer.Argument(..., help="where to write the plain-tensor copy (.pt)"),
+    src: Path = typer.Argument(..., metavar="IN", help="a pickled checkpoint that torch.load(weights_only=True) refuses"),
+    dst: Path = typer.Argument(..., metavar="OUT", help="where to write the plain-tensor copy (.pt)"),
     trust: bool = typer.Option(False, "--trust", help="required: converting unpickles SRC, which runs any code in it"),
 ) -> None:
     """Rewrite a checkpoint you trust as plain tensors that load with weights_only=True.
@@ -418,8 +473,8 @@ def convert_checkpoint(
     typer.echo(f"converted: {out}")
 
 
-@app.command()
-def report(run_dir: Path = typer.Argument(..., help="a run folder written by `workbench run`")) -> None:
+@app.command(cls=_Command)
+def report(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a run folder written by `workbench run`")) -> None:
     """(Re)write the figures and index.html of a run folder from its tables.
 
     Example: workbench report reports/quickstart
@@ -431,10 +486,10 @@ def report(run_dir: Path = typer.Argument(..., help="a run folder written by `wo
     typer.echo(f"report: {path}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def compare(
-    run_dirs: list[Path] = typer.Argument(..., help="two or more run folders"),
-    out: Path = typer.Option(Path("reports/compare"), "--out", "-o", help="folder for the comparison report"),
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="two or more run folders"),
+    out: Path = typer.Option(Path("reports/compare"), "--out", "-o", metavar="DIR", help="folder for the comparison report"),
 ) -> None:
     """Set runs side by side: accuracy-vs-ε and Lipschitz profiles of every model, and a table of differences.
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .errors import WorkbenchError
+from .errors import WorkbenchError, install_hint
 from .executors import EXECUTORS, Executor, JobResult
 from .progress import QUIET, Progress
 
@@ -49,7 +49,7 @@ def _submitit():
     try:
         import submitit
     except ImportError:
-        raise WorkbenchError("--executor slurm/local needs submitit: pip install 'workbench[cluster]'",
+        raise WorkbenchError(f"--executor slurm/local needs submitit: {install_hint('cluster')}",
                              field="--executor") from None
     return submitit
 

@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+#: the name to install by (PyPI's ``workbench`` is an unrelated AWS SageMaker tool); the
+#: import package and the command are ``workbench``
+DISTRIBUTION = "robustness-workbench"
+
+
+def install_hint(extra: str) -> str:
+    """The command installing an optional extra, for messages about a missing package."""
+    return f"pip install '{DISTRIBUTION}[{extra}]' (in a clone: pip install -e '.[{extra}]')"
+
 
 class WorkbenchError(Exception):
     """An error caused by user input; printed as one line, exit status 2."""

@@ -29,7 +29,32 @@ def listing(kind: str, pattern: str = "*") -> list[tuple[str, str]]:
         tv = [n for n in model_names() if n.startswith("torchvision:") and fnmatch.fnmatch(n, pattern)]
         if tv:
             out.append((f"torchvision:<name>", f"any of {len(tv)} torchvision classifiers, e.g. {', '.join(tv[:4])}"))
+        if fnmatch.fnmatch("timm:", pattern.split("*")[0] + "*") or pattern.startswith("timm:"):
+            out.extend(_timm_listing(pattern))
         return out
     else:
         raise ValueError(kind)
     return [(n, reg.describe(n)) for n in reg.names(pattern)]
+
+
+def _timm_listing(pattern: str) -> list[tuple[str, str]]:
+    """The ``timm:<name>`` entry: how many timm models match, or how to install timm."""
+    import importlib.util
+
+    from .errors import install_hint
+    from .models.timm_models import TIMM_PREFIX
+
+    if importlib.util.find_spec("timm") is None:
+        return [("timm:<name>", f"any timm model; timm is not installed: {install_hint('models')}")]
+    import warnings
+
+    with warnings.catch_warnings():  # timm's import warns about torch.jit deprecations
+        warnings.simplefilter("ignore")
+        import timm
+
+    sub = pattern[len(TIMM_PREFIX):] if pattern.startswith(TIMM_PREFIX) else "*"
+    names = timm.list_models(sub or "*")
+    if not names:
+        return []
+    return [("timm:<name>", f"any of {len(names)} timm models{' matching ' + repr(sub) if sub != '*' else ''}, "
+             f"e.g. {', '.join(TIMM_PREFIX + n for n in names[:4])}")]

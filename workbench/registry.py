@@ -83,13 +83,12 @@ class Registry(Generic[T]):
         return list(self._entries)
 
     def describe(self, name: str) -> str:
-        """First paragraph of the entry's docstring on one line, at most ~110 characters
-        (for ``workbench list``)."""
+        """First paragraph of the entry's docstring on one line, whole, as plain text (for
+        ``workbench list``)."""
         import inspect
 
         doc = inspect.cleandoc(getattr(self.get(name), "__doc__", None) or "")
-        text = " ".join(doc.split("\n\n")[0].split())
-        return text if len(text) <= 110 else text[:108].rstrip() + " …"
+        return plain_text(" ".join(doc.split("\n\n")[0].split()))
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -99,6 +98,16 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def plain_text(text: str) -> str:
+    """Docstring text without its reStructuredText markup: ``code`` -> code,
+    :func:`~pkg.mod.name` -> name, :data:`X` -> X."""
+    import re
+
+    text = re.sub(r":[a-z]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`", lambda m: m.group(1).rsplit(".", 1)[-1]
+                  if m.group(0).split("`")[1].startswith("~") else m.group(1), text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
 
 
 def import_submodules(package: str, path: Iterable[str]) -> None:

@@ -22,14 +22,15 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from ..config import Eps, Norm, Strict, check_label
-from ..errors import WorkbenchError
+from ..errors import DISTRIBUTION, WorkbenchError
 from .base import ATTACKS, attack_mode, check_batch, check_eps, check_norm
 
 VERSIONS = ("standard", "plus", "rand")
 #: AutoAttack's single attacks (pyautoattack names)
 SINGLE_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
 _NORMS = {"linf": "Linf", "l2": "L2"}
-MISSING = "attack 'autoattack' needs the pyautoattack package: pip install 'workbench[autoattack]' (or pyautoattack)"
+# a core dependency since 0.2; only a broken or hand-trimmed environment lacks it
+MISSING = f"attack 'autoattack' needs the pyautoattack package, a dependency of {DISTRIBUTION}: pip install pyautoattack"
 
 
 def available() -> bool:

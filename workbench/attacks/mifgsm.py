@@ -50,7 +50,10 @@ def mifgsm(
     loss: str = "ce",
     precision: str = "fp32",
 ) -> Tensor:
-    """MI-FGSM (Dong et al. 2018, Algorithm 1): from x⁰ = x, with α = ε/T,
+    """MI-FGSM (Dong et al. 2018, Algorithm 1): iterative FGSM with momentum on the
+    L1-normalised gradient, T steps of α = ε/T.
+
+    From x⁰ = x:
 
         gᵗ⁺¹ = μ·gᵗ + ∇ℓ(xᵗ) / ‖∇ℓ(xᵗ)‖₁   (per example; g⁰ = 0)
         xᵗ⁺¹ = clip₀₁(Π_{B∞(x,ε)}(xᵗ + α·sign gᵗ⁺¹))

@@ -755,7 +755,7 @@ def verdicts(df: pd.DataFrame) -> dict[str, str]:
 
 
 class SoundnessStage(Stage):
-    """The checks above on every model; they read the evaluation's tables (so a cached
+    """The soundness checks (evaluation.soundness) on every model; they read the evaluation's tables (so a cached
     evaluation serves them as well) and craft their extra attacks on its examples."""
 
     name = "soundness"

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, install_hint
 
 #: The documented conversion command (docs/models.md), named by every refusal.
 CONVERT_COMMAND = "workbench convert-checkpoint {file} OUT.pt --trust"
@@ -74,7 +74,7 @@ def read_weights(path: str | Path) -> Weights:
         try:
             from safetensors.torch import load as st_load
         except ImportError:
-            raise CheckpointError("reading .safetensors needs the safetensors package: pip install 'workbench[models]'",
+            raise CheckpointError(f"reading .safetensors needs the safetensors package: {install_hint('models')}",
                                   file=str(path)) from None
         try:
             return Weights(st_load(data), digest, path)
@@ -83,11 +83,14 @@ def read_weights(path: str | Path) -> Weights:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message for a global outside the allow-list ("Unsupported global: GLOBAL x.y")
-        reason = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "GLOBAL" in ln), "")
+        # torch's message names the global outside its allow-list ("Unsupported global: GLOBAL x.y was
+        # not an allowed global ..."): quote the name, not a cut of torch's long advice
+        import re
+
+        found = re.search(r"GLOBAL\s+([\w.]+)", str(e))
         raise CheckpointError(
             "refused: the file holds pickled Python objects that torch.load(weights_only=True) will not run"
-            + (f" ({reason[:120]})" if reason else "")
+            + (f" (the class or function {found.group(1)})" if found else "")
             + "; if you trust the file, convert it once with `" + CONVERT_COMMAND.format(file=path) + "` (docs/models.md)",
             file=str(path),
         ) from None

@@ -1,4 +1,4 @@
-"""Any timm model as ``"timm:<name>"`` (optional extra: ``pip install 'workbench[models]'``).
+"""Any timm model as ``"timm:<name>"`` (optional extra: ``pip install 'robustness-workbench[models]'``).
 
 Built untrained (``pretrained=False``: timm would fetch weights from a hub) with the
 study's ``num_classes``; other options pass through to ``timm.create_model``. Weights come
@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UnknownNameError, WorkbenchError
+from ..errors import UnknownNameError, WorkbenchError, install_hint
 from .base import Built
 
 TIMM_PREFIX = "timm:"
@@ -23,7 +23,7 @@ def _timm():
     try:
         import timm
     except ImportError:
-        raise WorkbenchError("timm models need the timm package: pip install 'workbench[models]'") from None
+        raise WorkbenchError(f"timm models need the timm package: {install_hint('models')}") from None
     return timm
 
 

@@ -1,6 +1,6 @@
 """RobustBench zoo entries, built with the ``robustbench`` package's own architectures.
 
-Optional extra (``pip install 'workbench[zoo]'``). Weights are read from a local model
+Optional extra (``pip install 'robustness-workbench[zoo]'``). Weights are read from a local model
 folder in RobustBench's layout, ``<model_dir>/<dataset>/<threat_model>/<name>.pt``;
 nothing is downloaded unless the source says ``download: true``, and a missing file
 names the path it expects. The file is read with ``weights_only=True`` and its state
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import CheckpointError, UnknownNameError, WorkbenchError
+from ..errors import CheckpointError, UnknownNameError, WorkbenchError, install_hint
 from .checkpoint import fit_state_dict, load_into, read_weights
 
 #: robustbench entries whose file holds the weights under an entry of its own
@@ -48,7 +48,7 @@ def _rb():
         from robustbench.model_zoo import model_dicts
         from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
     except ImportError as e:
-        raise WorkbenchError(f"robustbench sources need the robustbench package: pip install 'workbench[zoo]' ({e})") from None
+        raise WorkbenchError(f"robustbench sources need the robustbench package: {install_hint('zoo')} ({e})") from None
     return model_dicts, BenchmarkDataset, ThreatModel
 
 

@@ -281,6 +281,7 @@ def compare_runs(runs: Sequence[str | Path | Results], names: Sequence[str] | No
     function behind ``workbench compare`` (which draws its figures from the same tables)."""
     from .cross_model import correlations, cross_model_table, replicate_rows
 
+    _check_distinct([Path(r.path if isinstance(r, Results) else r) for r in runs])
     loaded = [r if isinstance(r, Results) else load(r) for r in runs]
     names = list(names) if names is not None else run_names([r.path for r in loaded])
     cross = cross_model_table(loaded, names)
@@ -312,6 +313,16 @@ def _headline_significance(c: Comparison) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[cols]
 
 
+def _check_distinct(paths: Sequence[Path]) -> None:
+    """A run given twice (under any spelling of its path) would be compared with itself."""
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        real = p.expanduser().resolve()
+        if real in seen:
+            raise WorkbenchError(f"{p} is the same run folder as {seen[real]}: give each run once", field="run_dirs")
+        seen[real] = p
+
+
 def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """Compare runs: joined tables in ``<out>/tables``, figures in ``<out>/figures``, the page at
     ``<out>/index.html``. Refuses (:class:`RunFolderError`) to write into a run folder."""
@@ -319,6 +330,7 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     out = Path(out)
     if len(paths) < 2:
         raise WorkbenchError(f"compare needs at least two run folders, got {len(paths)}", field="run_dirs")
+    _check_distinct(paths)
     _check_out(out, paths)
     runs = [load(p) for p in paths]
     names = run_names(paths)

@@ -470,7 +470,16 @@ def _timings(res: Results) -> HtmlTable | None:
     t = res.run.get("timings")
     if not isinstance(t, Mapping) or not t:
         return None
-    df = pd.DataFrame({"stage": list(t), "seconds": [float(v) for v in t.values()]})
+    # a stage read back from the result cache took only the read: say so, not just "0.0 s"
+    cached = set(res.run.get("cached_stages") or [])
+    mt = res.get("models")
+    trained = mt[mt["role"] != "loaded"] if mt is not None and "role" in mt.columns else None
+    if trained is not None and len(trained) and "cached" in trained.columns and trained["cached"].astype(bool).all():
+        cached.add("train")
+    df = pd.DataFrame({"stage": list(t), "seconds": [float(v) for v in t.values()],
+                       "how": ["cached (read from the store)" if k in cached else "" for k in t]})
+    if not df["how"].astype(bool).any():
+        df = df.drop(columns="how")
     return html_table(df, {"seconds": "sec"})
 
 

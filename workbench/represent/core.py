@@ -222,7 +222,9 @@ def image_agreement(x: Tensor, x_t: Tensor) -> dict[str, Tensor]:
     try:
         from torchmetrics.functional.image import structural_similarity_index_measure as ssim
     except ImportError as e:  # an optional extra
-        raise ImportError("the represent probe measures SSIM with torchmetrics: pip install 'workbench[represent]'") from e
+        from ..errors import install_hint
+
+        raise ImportError(f"the represent probe measures SSIM with torchmetrics: {install_hint('represent')}") from e
     x, x_t = x.detach().float().cpu(), x_t.detach().float().cpu()
     side = min(x.shape[-2:])
     k = min(11, side if side % 2 else side - 1)
