@@ -197,6 +197,8 @@ def run(
                                         "(repeatable), e.g. --slurm account=vision"),
     parallel: Optional[int] = typer.Option(None, min=1, metavar="N", help="--executor local: jobs at once (default: one per "
                                            "--gpus-per-job GPUs, or 1 without GPUs)"),
+    strict: bool = typer.Option(False, "--strict", help="exit with status 1 when a soundness check warns (the run "
+                                "folder is still written); for scripts and CI"),
 ) -> None:
     """Train, attack and probe the models of a study; write its run folder.
 
@@ -227,7 +229,7 @@ def run(
     if executor in KINDS:  # the submitit executors: the driver submits the stages as a job too
         _run_jobs(study, set_, out, store, executor, retrain=retrain, recompute=recompute, report=report, quiet=quiet,
                   threads=threads, gpus_per_job=gpus_per_job, partition=partition, time_min=time_min,
-                  slurm_opt=slurm_opt, parallel=parallel)
+                  slurm_opt=slurm_opt, parallel=parallel, strict=strict)
         return
     try:
         with _user_errors():
@@ -242,10 +244,7 @@ def run(
         distributed.teardown()
     if not _is_rank_zero():
         return  # rank 0 reports
-    rob = result.tables["robustness"]
-    summary = rob[rob.attack == "clean"][["model", "accuracy"]]
-    for _, r in summary.iterrows():
-        typer.echo(f"  {r['model']:<32} clean accuracy {r['accuracy']:.3f}")
+    warned = _echo_verdict(result.tables, result.study.main_eps())
     rep = result.tables.get("replicates")
     if rep is not None and len(rep):
         from .replicates import mean_sd_text
@@ -258,10 +257,27 @@ def run(
     if result.cached_stages:
         typer.echo(f"reused cached results: {', '.join(result.cached_stages)} (--recompute to compute them anew)")
     typer.echo(f"finished in {result.timings['total']:.1f}s")
+    _strict_exit(strict, warned)
+
+
+def _echo_verdict(tables, main_eps: float) -> list[str]:
+    """Print the verdict table (workbench.verdict); returns the models whose checks warn."""
+    from .verdict import verdict_table, verdict_text
+
+    typer.echo(verdict_text(tables, main_eps))
+    v = verdict_table(tables, main_eps)
+    return [str(m) for m, w in zip(v["model"], v["warnings"]) if len(w)]
+
+
+def _strict_exit(strict: bool, warned: list[str]) -> None:
+    if warned and strict:
+        typer.echo(f"--strict: soundness checks warn for {', '.join(warned)} (see the soundness column); exit 1",
+                   err=True)
+        raise typer.Exit(1)
 
 
 def _run_jobs(study_path, set_, out, store, executor, *, retrain, recompute, report, quiet, threads, gpus_per_job,
-              partition, time_min, slurm_opt, parallel) -> None:
+              partition, time_min, slurm_opt, parallel, strict=False) -> None:
     """``workbench run --executor slurm|local``: the driver of a study's jobs (workbench.cluster)."""
     import pandas as pd
 
@@ -288,11 +304,12 @@ def _run_jobs(study_path, set_, out, store, executor, *, retrain, recompute, rep
         typer.echo("driver stopped: SLURM jobs keep running (local jobs stop); run the same command again to "
                    "follow them or resubmit what is missing", err=True)
         raise typer.Exit(130)
-    rob = pd.read_parquet(path / "tables" / "robustness.parquet")
-    for _, r in rob[rob.attack == "clean"][["model", "accuracy"]].iterrows():
-        typer.echo(f"  {r['model']:<32} clean accuracy {r['accuracy']:.3f}")
+    tables = {name: pd.read_parquet(path / "tables" / f"{name}.parquet") for name in ("robustness", "soundness")
+              if (path / "tables" / f"{name}.parquet").is_file()}
+    warned = _echo_verdict(tables, s.main_eps())
     where = path / "index.html"
     typer.echo(f"run folder: {path}" + (f"\nreport: {where}" if where.exists() else ""))
+    _strict_exit(strict, warned)
 
 
 def _is_rank_zero() -> bool:
