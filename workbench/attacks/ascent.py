@@ -1,27 +1,36 @@
-"""The one ascent engine: projected (sign-)gradient ascent over an ε-ball ∩ [0, 1].
+"""The one ascent engine: projected gradient ascent over an ε-ball ∩ [0, 1].
 
-Every gradient search of the workbench runs here: PGD (and FGSM, one step from x), the
-Lipschitz feature search and logit-Lipschitz ascent, the linearity γ search, TRADES' inner
-maximisation and the training monitors. What differs between them is a callback:
+Every gradient search of the workbench runs here: PGD, FGSM (one step from x), MI-FGSM,
+FGSM-RS's training step, the Lipschitz feature search and logit-Lipschitz ascent, the
+linearity γ search, TRADES' inner maximisation and the training monitors. What differs
+between them is a callback and a step rule:
 
 - ``objective(x_adv) -> (N,)``: per-example values; the engine ascends their *sum* (so an
   example's step does not depend on the batch), or ``(values, score)``;
-- the score that decides which iterate is kept per example (:data:`KEEP` below).
+- the score that decides which iterate is kept per example (:data:`KEEP` below);
+- the :class:`StepRule`: how a step moves the iterate along the gradient. The engine
+  projects after every move, so a rule never clips. Rules here: :class:`Sign` (L∞
+  steepest ascent, the default for ``norm="linf"``), :class:`L2Normalised` (the default for
+  ``"l2"``), :class:`Momentum` (MI-FGSM's L1-normalised accumulated gradient) and
+  :class:`RandomStartSign` (FGSM-RS's uniform start and δ-space sign step). A new rule is
+  a subclass (docs/development.md, "Adding a component: Attack").
 
-The step rule, written once (METHODS.md, "PGD"): L∞ ``x ← clip_{B∞(x,ε)∩[0,1]}(x + α·sign g)``;
-L2 ``x ← clip₀₁(Π_{B₂(x,ε)}(x + α·g/‖g‖₂))`` per example, with α = 2.5·ε/steps by default
+The projection, written once (METHODS.md, "PGD"): L∞ ``x ← clip_{B∞(x,ε)∩[0,1]}(x + α·d)``;
+L2 ``x ← clip₀₁(Π_{B₂(x,ε)}(x + α·d))`` per example, with α = 2.5·ε/steps by default
 (:func:`default_alpha`). Starts (one per restart): a random point of the ball (:func:`~.base.random_start`), the
 clean input, a given tensor, or a callable. Random draws come from the caller's generator
 (or torch's global one when it passes none), in the order the starts are listed.
 
-The engine does not touch the model's mode or memory layout: callers run it inside
-:func:`~workbench.attacks.base.run_attack` (eval mode, frozen parameters, channels_last) or
-:func:`~workbench.attacks.base.attack_mode`. The iterate is updated in place; with
-``keep="last"`` on CUDA the step is replayed as a CUDA graph (:func:`run_steps`).
+Given the ``model``, the engine runs it in :func:`~workbench.attacks.base.attack_mode`
+(eval mode, frozen parameters; ``keep_mode=True`` freezes only); attacks add the memory
+layout and input copies with :func:`~workbench.attacks.base.run_attack`. The iterate is
+updated in place; with ``keep="last"`` on CUDA the step is replayed as a CUDA graph
+(:func:`run_steps`), so a rule keeps its state in tensors it updates in place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,12 +42,16 @@ from torch import nn
 from ..types import Tensor
 from .base import (
     _per_example,
+    attack_mode,
     check_norm,
     default_alpha,
     forward_context,
+    input_gradient,
     perturbation_norm,
+    rand_like,
     random_start,
     run_steps,
+    uniform_like,
 )
 
 #: ``"last"``: each start's final iterate; among several starts, per example the best by
@@ -79,17 +92,6 @@ class Ball:
         # clip01 only shortens δ, so ‖δ‖₂ ≤ ε still holds after it
         return torch.addcmul(self.x, delta, (self.eps / d_norm).clamp_(max=1.0), out=x_adv).clamp_(0.0, 1.0)
 
-    def step(self, x_adv: Tensor, grad: Tensor, alpha: float) -> None:
-        """One ascent step of size ``alpha`` along ``grad``, projected, in place."""
-        if self.norm == "linf":
-            x_adv.add_(grad.sign(), alpha=alpha).clamp_(self.lo, self.hi)
-            return
-        # α·g/‖g‖₂ per example, evaluated as (α·g)/‖g‖: a zero gradient gives a zero step,
-        # never 0·∞ = NaN (the clamp only touches norms below the smallest normal float).
-        g_norm = _per_example(perturbation_norm(grad, "l2"), self.x).clamp_min(torch.finfo(grad.dtype).tiny)
-        x_adv.addcdiv_(grad, g_norm, value=alpha)
-        self.clip(x_adv)
-
     def start(self, start: Start, generator: torch.Generator | None) -> Tensor:
         """A fresh iterate for one restart, in ``x``'s dtype and memory layout."""
         if isinstance(start, str):
@@ -113,6 +115,104 @@ def gaussian_start(std: float) -> Callable[[Ball, torch.Generator | None], Tenso
         return ball.clip(x + std * noise)
 
     return start
+
+
+# --------------------------------------------------------------------------- step rules
+class StepRule:
+    """How one ascent step moves the iterate ``x_adv`` along the gradient, in place.
+
+    The engine computes the gradient, calls :meth:`move`, then projects onto the ball ∩
+    [0, 1]; a rule never clips. A rule object serves one :func:`ascend` call: :meth:`begin`
+    runs once per start (before the first step) and resets any state, which lives in
+    tensors allocated there and updated in place (the step may be replayed as a CUDA
+    graph). :meth:`start` makes a start's first iterate (by default the engine's starts);
+    :meth:`point` is where the gradient is taken (by default the iterate itself; a
+    look-ahead rule, e.g. NI-FGSM's Nesterov step, returns another point and sets
+    ``lookahead``).
+    """
+
+    #: the gradient is taken away from the iterate, so the objective's forward there does
+    #: not score the iterate: only ``keep="last"``
+    lookahead: bool = False
+
+    def start(self, ball: Ball, start: Start, generator: torch.Generator | None) -> Tensor:
+        return ball.start(start, generator)
+
+    def begin(self, ball: Ball, x_adv: Tensor) -> None:
+        pass
+
+    def point(self, ball: Ball, x_adv: Tensor, alpha: float) -> Tensor:
+        return x_adv
+
+    def move(self, ball: Ball, x_adv: Tensor, grad: Tensor, alpha: float) -> None:
+        raise NotImplementedError
+
+
+class Sign(StepRule):
+    """``x ← x + α·sign g``: steepest ascent for the L∞ ball (PGD, FGSM)."""
+
+    def move(self, ball: Ball, x_adv: Tensor, grad: Tensor, alpha: float) -> None:
+        x_adv.add_(grad.sign(), alpha=alpha)
+
+
+class L2Normalised(StepRule):
+    """``x ← x + α·g/‖g‖₂`` per example: steepest ascent for the L2 ball."""
+
+    def move(self, ball: Ball, x_adv: Tensor, grad: Tensor, alpha: float) -> None:
+        # evaluated as (α·g)/‖g‖: a zero gradient gives a zero step, never 0·∞ = NaN (the
+        # clamp only touches norms below the smallest normal float)
+        g_norm = _per_example(perturbation_norm(grad, "l2"), ball.x).clamp_min(torch.finfo(grad.dtype).tiny)
+        x_adv.addcdiv_(grad, g_norm, value=alpha)
+
+
+class Momentum(StepRule):
+    """MI-FGSM's rule (Dong et al. 2018): ``m ← μ·m + g/‖g‖₁`` per example (m = 0 at each
+    start), then ``x ← x + α·sign m``. μ = 0 is the sign rule."""
+
+    def __init__(self, decay: float):
+        self.decay = float(decay)
+
+    def begin(self, ball: Ball, x_adv: Tensor) -> None:
+        self.m = torch.zeros_like(x_adv)
+
+    def move(self, ball: Ball, x_adv: Tensor, grad: Tensor, alpha: float) -> None:
+        # a zero gradient adds nothing (0 / tiny)
+        l1 = _per_example(grad.flatten(1).abs().sum(1), ball.x).clamp_min(torch.finfo(grad.dtype).tiny)
+        self.m.mul_(self.decay).add_(grad / l1)
+        x_adv.add_(self.m.sign(), alpha=alpha)
+
+
+class RandomStartSign(StepRule):
+    """Fast AT's step (Wong et al. 2020): a ``"random"`` start draws δ₀ ~ U[−ε, ε] (from
+    :func:`~workbench.attacks.base.rand_like` on torch's global generator, so data-parallel
+    ranks draw their rows of the global batch) with x + δ₀ clipped to [0, 1]; each step is
+    ``δ ← clip_{[−ε, ε]}(δ + α·sign g)``, ``x ← x + δ`` (then the engine's clip to [0, 1]),
+    the reference code's arithmetic in δ, so the iterates are its bits. Meant for one step
+    (α = 1.25ε); later steps continue from δ = x − x₀. L∞ only."""
+
+    def start(self, ball: Ball, start: Start, generator: torch.Generator | None) -> Tensor:
+        self.delta = None
+        if start != "random":
+            return ball.start(start, generator)
+        if ball.norm != "linf":
+            raise ValueError("RandomStartSign is an L∞ rule")
+        x, eps = ball.x, ball.eps
+        u = rand_like(x) if generator is None else uniform_like(x, 0.0, 1.0, generator)
+        self.delta = (x + (u * 2 - 1) * eps).clamp_(0, 1) - x
+        return x + self.delta
+
+    def move(self, ball: Ball, x_adv: Tensor, grad: Tensor, alpha: float) -> None:
+        delta = self.delta if self.delta is not None else x_adv - ball.x
+        self.delta = None
+        # x + clip_ε(δ) then clip₀₁ equals the engine's clamp to max(x−ε, 0) … min(x+ε, 1)
+        # of x + δ exactly (rounding is monotone), so the projection is left to the engine.
+        delta.add_(grad.sign(), alpha=alpha).clamp_(-ball.eps, ball.eps)
+        torch.add(ball.x, delta, out=x_adv)
+
+
+def default_rule(norm: str) -> StepRule:
+    """The steepest-ascent rule of the norm's ball: :class:`Sign` (L∞), :class:`L2Normalised` (L2)."""
+    return Sign() if check_norm(norm) == "linf" else L2Normalised()
 
 
 @dataclass
@@ -158,6 +258,8 @@ def ascend(
     generator: torch.Generator | None = None,
     precision: str = "fp32",
     model: nn.Module | None = None,
+    rule: StepRule | None = None,
+    keep_mode: bool = False,
 ) -> Ascent:
     """Projected gradient ascent of Σᵢ objective(x_adv)ᵢ over B_norm(x, ε) ∩ [0, 1].
 
@@ -175,25 +277,25 @@ def ascend(
             lexicographically (PGD: (fooled, loss)); evaluated without gradients.
         generator: random starts; torch's global generator when None.
         precision: ``"fp32"`` or ``"bf16"`` (autocast) for every objective/score call.
-        model: the model behind the objective, for the CUDA-graph safety check.
+        model: the model behind the objective: run in eval mode with frozen parameters
+            (:func:`~workbench.attacks.base.attack_mode`) and checked for CUDA-graph safety.
+        rule: the :class:`StepRule`; default :func:`default_rule` of ``norm``.
+        keep_mode: freeze the model's parameters but leave its train/eval mode (FGSM-RS).
     """
     if keep not in KEEP:
         raise ValueError(f"unknown keep {keep!r}; valid: {', '.join(KEEP)}")
     ball = Ball(x, float(eps), norm)
+    rule = default_rule(norm) if rule is None else rule
     alpha = default_alpha(eps, steps) if alpha is None else float(alpha)
     ctx = lambda: forward_context(x.device, precision)  # noqa: E731
     graph_model = model if model is not None else nn.Module()
 
-    def gradient(x_adv: Tensor) -> tuple[Tensor, Score]:
-        # x_adv is a leaf updated in place: it requires grad only for this call
-        x_adv.requires_grad_(True)
-        try:
-            with torch.enable_grad(), ctx():
-                out = objective(x_adv)
-            (grad,) = torch.autograd.grad(_split(out)[0].sum(), x_adv)
-        finally:
-            x_adv.requires_grad_(False)
-        return grad, out
+    if rule.lookahead and keep != "last":
+        raise ValueError(f"{type(rule).__name__} takes its gradient away from the iterate: use keep='last'")
+
+    def step(x_adv: Tensor) -> None:
+        rule.move(ball, x_adv, input_gradient(objective, rule.point(ball, x_adv, alpha), precision)[0], alpha)
+        ball.clip(x_adv)
 
     best: Tensor | None = None
     best_score: Score | None = None
@@ -201,37 +303,40 @@ def ascend(
         best = x.clone()
         best_score = torch.full((x.shape[0],), -math.inf, device=x.device)
 
-    for start in starts:
-        x_adv = ball.start(start, generator)
-        if keep == "last":
-            run_steps(lambda: ball.step(x_adv, gradient(x_adv)[0], alpha), steps, graph_model, x)
-            if best is None:
-                best = x_adv
-                if score is not None and len(starts) > 1:
-                    with torch.no_grad(), ctx():
-                        best_score = score(best)
-                continue
-            if score is None:  # several starts but nothing to rank them by: the last one
-                best = x_adv
-                continue
-            with torch.no_grad(), ctx():
-                s = score(x_adv)
-            better = _better(s, best_score)
-            best = torch.where(_per_example(better, x), x_adv, best)
-            best_score = _take(better, s, best_score)
-            continue
-        for t in range(steps + 1):
-            if t < steps:
-                grad, out = gradient(x_adv)
-            else:  # the final iterate is scored, not stepped from
+    with attack_mode(model, keep_mode) if model is not None else contextlib.nullcontext():
+        for start in starts:
+            x_adv = rule.start(ball, start, generator)
+            rule.begin(ball, x_adv)
+            if keep == "last":
+                run_steps(lambda: step(x_adv), steps, graph_model, x)
+                if best is None:
+                    best = x_adv
+                    if score is not None and len(starts) > 1:
+                        with torch.no_grad(), ctx():
+                            best_score = score(best)
+                    continue
+                if score is None:  # several starts but nothing to rank them by: the last one
+                    best = x_adv
+                    continue
                 with torch.no_grad(), ctx():
-                    grad, out = None, objective(x_adv)
-            with torch.no_grad():
-                s = _split(out)[1].detach()
+                    s = score(x_adv)
                 better = _better(s, best_score)
                 best = torch.where(_per_example(better, x), x_adv, best)
                 best_score = _take(better, s, best_score)
-                if grad is not None:
-                    ball.step(x_adv, grad, alpha)
+                continue
+            for t in range(steps + 1):
+                if t < steps:
+                    grad, out = input_gradient(objective, x_adv, precision)
+                else:  # the final iterate is scored, not stepped from
+                    with torch.no_grad(), ctx():
+                        grad, out = None, objective(x_adv)
+                with torch.no_grad():
+                    s = _split(out)[1].detach()
+                    better = _better(s, best_score)
+                    best = torch.where(_per_example(better, x), x_adv, best)
+                    best_score = _take(better, s, best_score)
+                    if grad is not None:
+                        rule.move(ball, x_adv, grad, alpha)
+                        ball.clip(x_adv)
     assert best is not None, "ascend needs at least one start"
     return Ascent(best, best_score)

@@ -1,7 +1,8 @@
 """Concerns shared by every attack, kept in one place (as torchattacks' ``Attack`` base).
 
 - :func:`attack_mode`: eval mode and frozen parameters while crafting, restored afterwards;
-- :func:`input_gradient`: ∇ₓ Σᵢ ℓ(f(xᵢ), yᵢ) via ``torch.autograd.grad`` (never ``.backward()``);
+- :func:`input_gradient`: ∇ₓ Σᵢ objective(x)ᵢ via ``torch.autograd.grad`` (never ``.backward()``),
+  the one input gradient of attacks, probes, recipes and checks;
 - :func:`forward_context`: the forward's numeric precision (fp32, or bf16 autocast);
 - :func:`run_attack` / :func:`run_steps`: input copies, memory layout, CUDA-graph replay;
 - the geometry of the ε-ball: :func:`project`, :func:`perturbation_norm`,
@@ -103,8 +104,11 @@ def default_alpha(eps: float, steps: int) -> float:
 
 # --------------------------------------------------------------------------- model state
 @contextlib.contextmanager
-def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+def attack_mode(model: nn.Module, keep_mode: bool = False) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode with every parameter frozen while an attack runs.
+
+    ``keep_mode=True`` freezes the parameters only and leaves train/eval mode alone (fast
+    adversarial training takes its FGSM step in train mode, as Wong et al. do).
 
     BatchNorm uses (and does not update) its running statistics, dropout is off, and no
     parameter gradient is computed or stored. On exit, even on an exception, each module's
@@ -119,7 +123,7 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
     modes = [m.training for m in modules]
     trainable = [p for p in model.parameters() if p.requires_grad]
     try:
-        if any(modes):
+        if any(modes) and not keep_mode:
             model.eval()
         for p in trainable:
             p.requires_grad_(False)
@@ -166,23 +170,33 @@ def _autocast_on(device_type: str) -> bool:
 
 
 def input_gradient(
-    model: nn.Module, x_adv: Tensor, y: Labels, loss_fn: LossFn, precision: str
-) -> Tensor:
-    """∇ over ``x_adv`` of Σᵢ ℓ(f(x_adv)ᵢ, yᵢ); shape and dtype of ``x_adv``.
+    objective: Callable[[Tensor], Union[Tensor, tuple[Tensor, ...]]], x_adv: Tensor, precision: str = "fp32"
+) -> tuple[Tensor, Union[Tensor, tuple[Tensor, ...]]]:
+    """(∇ over ``x_adv`` of Σᵢ objective(x_adv)ᵢ, the objective's output): the one input
+    gradient of the workbench (attacks, the ascent engine, probes, recipes, checks).
 
-    The *sum* of per-example losses, so an example's gradient does not depend on the
-    batch size. ``x_adv`` must be a leaf that does not require grad; it is returned to
-    that state, so callers may update it in place.
+    ``objective(x) -> (N,)``, or a tuple whose first entry is the (N,) values (the rest is
+    returned untouched, e.g. a score from the same forward). It runs under the forward
+    ``precision`` (:func:`forward_context`) with gradients on. The *sum* of per-example
+    values, so an example's gradient does not depend on the batch size. ``x_adv`` must be a
+    leaf that does not require grad; it is returned to that state, so callers may update it
+    in place (the iterate of the engine is). Only ``x_adv``'s gradient is computed
+    (``torch.autograd.grad``, never ``.backward()``): no parameter ``.grad`` is written.
     """
     x_adv.requires_grad_(True)
     try:
-        with forward_context(x_adv.device, precision):
-            logits = model(x_adv)
-        total = loss_fn(logits.float(), y).sum()
-        (grad,) = torch.autograd.grad(total, x_adv)
+        with torch.enable_grad(), forward_context(x_adv.device, precision):
+            out = objective(x_adv)
+        values = out[0] if isinstance(out, tuple) else out
+        (grad,) = torch.autograd.grad(values.sum(), x_adv)
     finally:
         x_adv.requires_grad_(False)
-    return grad
+    return grad, out
+
+
+def loss_objective(model: nn.Module, y: Labels, loss_fn: LossFn) -> Callable[[Tensor], Tensor]:
+    """``x -> ℓ(f(x), y)`` per example, on float32 logits: what the attacks ascend."""
+    return lambda x_adv: loss_fn(model(x_adv).float(), y)
 
 
 def compile_for_attacks(model: nn.Module) -> nn.Module:

@@ -9,7 +9,7 @@ from torch import nn
 from ..config import AttackBase, Norm
 from ..types import Images, Labels, Tensor
 from .ascent import ascend
-from .base import ATTACKS, check_batch, check_eps, check_precision, run_attack
+from .base import ATTACKS, check_batch, check_eps, check_precision, loss_objective, run_attack
 from .losses import LOSSES
 
 
@@ -64,7 +64,6 @@ def fgsm(
 
     def craft(x0: Tensor, y: Labels) -> Tensor:
         # one step of size ε from x: the ε-box clamp is the [0, 1] clip (x ± ε lies on the box)
-        loss = lambda x_adv: loss_fn(model(x_adv).float(), y)  # noqa: E731
-        return ascend(loss, x0, eps, 1, alpha=eps, starts=["clean"], precision=precision, model=model).x
+        return ascend(loss_objective(model, y, loss_fn), x0, eps, 1, alpha=eps, starts=["clean"], precision=precision, model=model).x
 
     return run_attack(model, x, y, craft)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
 from ..config import AttackBase, Norm
 from ..types import Images, Labels, Tensor
-from .base import ATTACKS, _per_example, check_batch, check_eps, check_precision, input_gradient, run_attack
+from .ascent import Momentum, ascend
+from .base import ATTACKS, check_batch, check_eps, check_precision, loss_objective, run_attack
 from .losses import LOSSES
 
 
@@ -79,16 +79,11 @@ def mifgsm(
     if eps == 0.0:
         return x.detach().clone()
     alpha = eps / steps
-    tiny = torch.finfo(x.dtype).tiny
 
     def craft(x0: Tensor, y: Labels) -> Tensor:
-        lo, hi = (x0 - eps).clamp_(min=0.0), (x0 + eps).clamp_(max=1.0)
-        x_adv, g = x0.clone(), torch.zeros_like(x0)
-        for _ in range(steps):
-            grad = input_gradient(model, x_adv, y, loss_fn, precision)
-            l1 = _per_example(grad.flatten(1).abs().sum(1), x0).clamp_min(tiny)  # a zero gradient adds nothing
-            g.mul_(decay).add_(grad / l1)
-            x_adv.add_(g.sign(), alpha=alpha).clamp_(lo, hi)
-        return x_adv
+        # the engine's loop with MI-FGSM's step rule: projection, eval mode and (on CUDA)
+        # graph replay come from the engine
+        return ascend(loss_objective(model, y, loss_fn), x0, eps, steps, alpha=alpha, starts=["clean"],
+                      rule=Momentum(decay), precision=precision, model=model).x
 
     return run_attack(model, x, y, craft)

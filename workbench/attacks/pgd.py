@@ -20,6 +20,7 @@ from .base import (
     check_norm,
     check_precision,
     default_alpha,
+    loss_objective,
     run_attack,
 )
 from .losses import LOSSES
@@ -136,16 +137,13 @@ def pgd(
         return x.detach().clone()
 
     def craft(x0: Tensor, y: Labels) -> Tensor:
-        def loss(x_adv: Tensor) -> Tensor:
-            return loss_fn(model(x_adv).float(), y)
-
         def worst_case(x_adv: Tensor) -> tuple[Tensor, Tensor]:
             # fooling beats not fooling; among equal status the higher loss wins
             logits = model(x_adv).float()
             return logits.argmax(dim=1) != y, loss_fn(logits, y)
 
-        return ascend(loss, x0, eps, steps, norm=norm, alpha=alpha, starts=pgd_starts(norm, restarts, random_start),
-                      keep="last",
+        return ascend(loss_objective(model, y, loss_fn), x0, eps, steps, norm=norm, alpha=alpha,
+                      starts=pgd_starts(norm, restarts, random_start), keep="last",
                       score=worst_case, generator=generator, precision=precision, model=model).x
 
     return run_attack(model, x, y, craft, generator)

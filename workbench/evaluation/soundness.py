@@ -74,7 +74,7 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from ..attacks import ATTACKS, LOSSES, default_alpha, random_perturbation
-from ..attacks.base import attack_mode, crafting, input_gradient
+from ..attacks.base import attack_mode, crafting, input_gradient, loss_objective
 from ..attacks.fgsm import FGSMAttack
 from ..attacks.pgd import PGDAttack
 from ..config import Eps, Strict
@@ -630,7 +630,7 @@ class _Checker:
         with crafting(), attack_mode(model):
             for i in range(0, self.n, bs):
                 xb, yb = self.xs[i : i + bs], self.ys[i : i + bs]
-                g = input_gradient(model, xb.detach().clone().float(), yb, ce, "fp32")
+                g, _ = input_gradient(loss_objective(model, yb, ce), xb.detach().clone().float())
                 zero.append((g.flatten(1).abs().amax(1) == 0).cpu())
             with torch.no_grad():
                 for i in range(0, self.n, bs):

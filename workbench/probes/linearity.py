@@ -30,7 +30,7 @@ from torch import nn
 from .. import distributed
 from ..attacks import fgsm, pgd
 from ..attacks.ascent import ascend
-from ..attacks.base import attack_mode, crafting, uniform_like
+from ..attacks.base import attack_mode, crafting, input_gradient, uniform_like
 from ..config import Eps, Strict
 from ..errors import WorkbenchError
 from ..registry import TableSchema
@@ -148,10 +148,8 @@ def _flat_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> tuple[torch.Tensor, torch.Tensor]:
     """(ℓ(x) (N,), ∇ₓℓ(x) like x), both detached; gradient of the *sum* of per-example losses,
     so an example's gradient does not depend on the batch."""
-    xg = x.detach().clone().requires_grad_(True)
-    loss = loss_fn(model, xg, y)
-    (grad,) = torch.autograd.grad(loss.sum(), xg)
-    return loss.detach(), grad.detach()
+    grad, loss = input_gradient(lambda xg: loss_fn(model, xg, y), x.detach().clone())
+    return loss.detach(), grad
 
 
 def _per_batch(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device,

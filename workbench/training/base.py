@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attacks.base import attack_mode
 from ..registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,15 +24,10 @@ if TYPE_CHECKING:  # pragma: no cover
 def frozen_parameters(model: nn.Module) -> Iterator[None]:
     """Parameters stop requiring grad inside the block (an input-gradient step then skips
     all weight-gradient work), restored afterwards. Unlike an attack, the mode (train/eval)
-    is left alone: fast AT takes its FGSM step in train mode, as Wong et al. do."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
+    is left alone: fast AT takes its FGSM step in train mode, as Wong et al. do
+    (:func:`~workbench.attacks.base.attack_mode` with ``keep_mode=True``)."""
+    with attack_mode(model, keep_mode=True):
         yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 @dataclass

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..attacks import fgsm, pgd
-from ..attacks.base import rand_like
+from ..attacks.ascent import RandomStartSign, ascend
 from ..config import Eps, RecipeBase
 from ..state import eval_mode
-from .base import RECIPES, EpochReport, Recipe, frozen_parameters
+from .base import RECIPES, EpochReport, Recipe
 
 
 class FGSMRSRecipe(RecipeBase):
@@ -41,15 +41,16 @@ class FGSMRS(Recipe):
 
     def loss(self, model, x, y):
         eps, alpha = float(self.cfg.eps), self.cfg.alpha_factor * float(self.cfg.eps)
-        delta = (rand_like(x) * 2 - 1) * eps
-        delta = ((x + delta).clamp_(0, 1) - x).requires_grad_(True)
-        # Wong et al. take the FGSM step in train mode; only the input gradient is needed,
-        # so parameters are frozen for it (no weight-gradient work: cost ≈ 5/3 of standard).
-        with frozen_parameters(model):
-            step_loss = F.cross_entropy(model(x + delta).float(), y)
-            (grad,) = torch.autograd.grad(step_loss, delta)
-        delta = (delta.detach() + alpha * grad.sign()).clamp_(-eps, eps)
-        x_adv = (x + delta).clamp_(0, 1)
+        n = len(y)
+
+        def batch_mean_ce(x_adv):
+            # each example's CE / N: the gradient of the reference code's batch-mean loss, bit for bit
+            return F.cross_entropy(model(x_adv).float(), y, reduction="none") / n
+
+        # Wong et al. take the FGSM step in train mode (keep_mode); the engine freezes the
+        # parameters for it (no weight-gradient work: cost ≈ 5/3 of standard).
+        x_adv = ascend(batch_mean_ce, x, eps, 1, alpha=alpha, starts=["random"], rule=RandomStartSign(),
+                       precision=self.train.precision, model=model, keep_mode=True).x
         logits = model(x_adv)
         return self.ce(logits, y), logits
 
