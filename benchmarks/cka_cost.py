@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 
 import torch
 
@@ -38,13 +37,13 @@ def main() -> None:
     data = load_study_data(study, device)
     store = ModelStore(args.store)
     trained = train_models(study, data, store, device, progress=Progress(False))
-    base = probe_context(study, {k: v.model for k, v in trained.items()}, data, device=device, seed=study.seed)
+    base = probe_context(study, {k: v.model for k, v in trained.items()}, data, device=device, seed=study.seed,
+                         probe="cka")
 
     def timed(samples: int) -> float:
         cka = study.probes.cka.model_copy(update={"bootstrap": samples})
-        st = study.model_copy(update={"probes": study.probes.model_copy(update={"cka": cka})})
         t0 = time.perf_counter()
-        run_probe(replace(base, study=st), "cka")
+        run_probe(base, "cka", cka)
         return time.perf_counter() - t0
 
     print(f"{study.name}: {len(base.x)} probe examples, {len(trained)} models, {args.threads} thread(s)")

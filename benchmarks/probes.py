@@ -59,8 +59,9 @@ def main() -> None:
             cfg = getattr(probes_cfg, name) or PROBES_DEFAULTS[name]
             if layers is not None and hasattr(cfg, "layers"):
                 cfg = cfg.model_copy(update={"layers": layers})
-            ctx = ProbeContext(study=study, cfg=cfg, models=models, pairs=study.pairs(), x=x, y=y, index=idx, data=data,
-                               folder=None, device=dev, batch_size=probes_cfg.batch_size, seed=study.seed)
+            ctx = ProbeContext.of(cfg, x=x, y=y, index=idx, batch_size=probes_cfg.batch_size, models=models,
+                                  pairs=study.pairs(), data=data, device=dev, seed=study.seed, main_eps=study.main_eps(),
+                                  eval_eps=tuple(study.evaluation.eps), eval_eps_l2=tuple(study.evaluation.eps_l2))
             out[name] = timed(lambda: PROBES.get(name)(ctx), dev)[0]
             print(f"  N={n} layers={layers or 'study'}: {name} {out[name]:.2f}s", flush=True)
         return out

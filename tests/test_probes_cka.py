@@ -12,7 +12,7 @@ import torch
 from workbench.data import DataSplits
 from workbench.errors import WorkbenchError
 from workbench.models import create_model, extract_features
-from workbench.probes.base import ProbeContext
+from workbench.probes.base import ProbeContext, probe_context
 from workbench.probes.cka import bootstrap_cka, centered_gram, cka, cka_matrix, hsic_unbiased, minibatches, run_cka
 from workbench.study import study_from_dict
 from workbench.tables import TABLES
@@ -189,9 +189,8 @@ def _context(tmp_path, cfg: dict) -> ProbeContext:
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(24, 1, 8, 8, generator=g), torch.randint(0, 3, (24,), generator=g)
     data = DataSplits("toy", x, y, x[:0], y[:0], x, y, ["a", "b", "c"], 3, (1, 8, 8), (0.5,), (0.25,))
-    return ProbeContext(study=study, cfg=study.probes.cka, models=models, pairs=study.pairs(), x=x, y=y,
-                        index=torch.arange(24), data=data, device=torch.device("cpu"),
-                        batch_size=10, seed=0)
+    return probe_context(study, models, data, device=torch.device("cpu"), seed=0, probe="cka",
+                         examples=(x, y, torch.arange(24)), batch_size=10)
 
 
 def test_runner_table_schema_and_values(tmp_path):

@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from workbench.data import DataSplits
 from workbench.errors import WorkbenchError
 from workbench.models import create_model
-from workbench.probes.base import ProbeContext
+from workbench.probes.base import ProbeContext, probe_context
 from workbench.probes.linear_probe import linear_probe, plan_reduction, run_linear_probe
 from workbench.study import study_from_dict
 from workbench.tables import TABLES
@@ -153,9 +153,8 @@ def _context(models, cfg: dict, *, val: bool = True) -> ProbeContext:
     vx, vy = _toy_images(30 if val else 0, seed=2)
     x, y = _toy_images(48, seed=3)
     data = DataSplits("toy", tx, ty, vx, vy, x, y, ["a", "b", "c"], 3, (1, 8, 8), (0.5,), (0.25,))
-    return ProbeContext(study=study, cfg=study.probes.linear_probe, models=models, pairs=study.pairs(), x=x, y=y,
-                        index=torch.arange(48), data=data, device=torch.device("cpu"),
-                        batch_size=32, seed=0)
+    return probe_context(study, models, data, device=torch.device("cpu"), seed=0, probe="linear_probe",
+                         examples=(x, y, torch.arange(48)), batch_size=32)
 
 
 def test_runner_table(toy_models):

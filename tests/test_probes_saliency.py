@@ -11,7 +11,7 @@ from torch import nn
 from workbench.data import DataSplits
 from workbench.errors import RunFolderError, WorkbenchError
 from workbench.models import WorkbenchModel, create_model
-from workbench.probes.base import ProbeContext
+from workbench.probes.base import ProbeContext, probe_context
 from workbench.probes.saliency import (
     attribution_metrics,
     common_correct,
@@ -228,9 +228,8 @@ def _context(cfg: dict, pair) -> ProbeContext:
     x, y = _toy_images(40, seed=1)
     data = DataSplits("toy", x, y, x[:0], y[:0], x, y, ["a", "b", "c"], 3, (1, 8, 8), (0.5,), (0.25,))
     models = {"small_cnn/standard": pair[0], "small_cnn/pgd_at": pair[1]}
-    return ProbeContext(study=study, cfg=study.probes.saliency, models=models, pairs=study.pairs(), x=x, y=y,
-                        index=torch.arange(100, 140), data=data, device=torch.device("cpu"),
-                        batch_size=32, seed=0)
+    return probe_context(study, models, data, device=torch.device("cpu"), seed=0, probe="saliency",
+                         examples=(x, y, torch.arange(100, 140)), batch_size=32)
 
 
 def test_runner_tables_and_saved_maps(tmp_path, toy_pair):

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from workbench import runner as runner_mod
+from workbench import stages as stages_mod
 from workbench.cache import ResultCache, cached_stage
 from workbench.codehash import code_hash
 from workbench.report.html import _provenance
@@ -201,7 +201,7 @@ def test_corrupt_entries_are_recomputed_not_trusted(first, store, tmp_path, capl
 
 
 def test_a_code_change_recomputes_everything(first, store, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner_mod, "code_hash", lambda *modules: "another version of the code")
+    monkeypatch.setattr(stages_mod, "code_hash", lambda *modules: "another version of the code")
     r = run(store, tmp_path / "code")
     assert r.cached_stages == []
 

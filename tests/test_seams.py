@@ -15,8 +15,8 @@ import workbench.codehash as codehash
 from workbench.cache import ResultCache
 from workbench.codehash import CodeIndex, code_hash
 from workbench.registry import Registry
-from workbench.runner import model_jobs, run_stages, run_study
-from workbench.stages import STAGES, Stage, StageContext, StageOutput, plan
+from workbench.runner import model_jobs, run_study
+from workbench.stages import STAGES, Stage, StageOutput, plan, run_stages, section_of
 from workbench.study import study_from_dict
 from workbench.training import TrainJob, plan_jobs
 
@@ -63,8 +63,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 def _stage_hashes(study) -> dict[str, str]:
-    ctx = StageContext(study, None, {}, torch.device("cpu"), 0)  # code_modules reads only the study
-    return {s.name: code_hash(*STAGES.get(s.name).code_modules(ctx)) for s in plan(study)}
+    return {s.name: code_hash(*s.code_modules(section_of(study, s))) for s in plan(study)}
 
 
 def _model_keys(study, data_name_digest=None) -> dict[str, str]:
@@ -111,9 +110,8 @@ def test_figure_and_html_code_change_no_stage_or_model_key(package_copy):
     assert _stage_hashes(QUICK) == stages0 and _model_keys(QUICK) == models0
     # no stage imports report code at all
     index = codehash.installed()
-    ctx = StageContext(QUICK, None, {}, torch.device("cpu"), 0)
     for s in plan(QUICK):
-        assert not [m for m in index.closure(s.code_modules(ctx)) if m.startswith("workbench.report")], s.name
+        assert not [m for m in index.closure(s.code_modules(section_of(QUICK, s))) if m.startswith("workbench.report")], s.name
 
 
 def test_a_probe_change_invalidates_only_that_probe(package_copy):
@@ -151,16 +149,29 @@ class _Fake(Stage):
         self.name, self.needs, self.order, self.value, self.calls = name, tuple(needs), order, value, 0
         self.tables = {f"t_{name}": ("a fake table", {"v": "value"})}
 
-    def inputs(self, ctx):
-        return {"value": self.value}
+    def code_modules(self, cfg):
+        return [__name__]
 
-    def run(self, ctx):
+    def run(self, cfg, ctx):
         self.calls += 1
-        self.seen = sorted(ctx.outputs)
-        before = sum(float(o.tables[f"t_{n}"]["v"].sum()) for n, o in ctx.outputs.items()
+        self.seen = sorted(ctx.needs)
+        before = sum(float(o.tables[f"t_{n}"]["v"].sum()) for n, o in ctx.needs.items()
                      if n in self.needs and f"t_{n}" in o.tables)
         return StageOutput({f"t_{self.name}": pd.DataFrame({"v": [self.value + before]})},
                            artifacts={f"arrays/{self.name}.bin": bytes([self.value])})
+
+
+class _Facts:
+    """A fact source by hand: each fact's key is its value."""
+
+    def __init__(self, **values):
+        self.values = values
+
+    def key(self, name):
+        return self.values[name]
+
+    def value(self, name):
+        return self.values[name]
 
 
 def test_generic_loop_plans_by_needs_runs_caches_and_writes_nothing(tmp_path):
@@ -172,21 +183,25 @@ def test_generic_loop_plans_by_needs_runs_caches_and_writes_nothing(tmp_path):
     stages = plan(study, reg)
     assert [s.name for s in stages] == ["early", "late"]  # needs beat order
 
-    def go():
-        ctx = StageContext(study, None, {}, torch.device("cpu"), 0)
-        return run_stages(stages, ctx, ResultCache(tmp_path / "store"), {"common": 1}), ctx
+    early.facts = ("seed",)
+    facts = _Facts(seed=0)
 
-    (tables, artifacts, reused), ctx = go()
-    assert tables["t_late"]["v"].tolist() == [1 + 2] and reused == []
-    assert artifacts == {"arrays/early.bin": b"\x02", "arrays/late.bin": b"\x01"}
+    def go():
+        return run_stages(stages, study, facts, ResultCache(tmp_path / "store"))
+
+    r = go()
+    assert r.tables["t_late"]["v"].tolist() == [1 + 2] and r.reused == []
+    assert r.artifacts == {"arrays/early.bin": b"\x02", "arrays/late.bin": b"\x01"}
     assert not (tmp_path / "arrays").exists()  # the loop hands artifacts back; it writes no run folder
-    (tables2, artifacts2, reused2), ctx2 = go()
-    assert reused2 == ["early", "late"] and artifacts2 == artifacts and (early.calls, late.calls) == (1, 1)
-    pd.testing.assert_frame_equal(tables2["t_late"], tables["t_late"])
-    assert ctx2.keys == ctx.keys
-    early.value = 5  # a needed stage's change reaches the stage that reads it, through its key
-    (tables3, _, reused3), ctx3 = go()
-    assert reused3 == [] and tables3["t_late"]["v"].tolist() == [1 + 5] and ctx3.keys["late"] != ctx.keys["late"]
+    r2 = go()
+    assert r2.reused == ["early", "late"] and r2.artifacts == r.artifacts and (early.calls, late.calls) == (1, 1)
+    pd.testing.assert_frame_equal(r2.tables["t_late"], r.tables["t_late"])
+    assert r2.keys == r.keys
+    # a change to what a needed stage reads reaches the stage that reads it, through its key
+    facts.values["seed"] = 1
+    early.value = 5
+    r3 = go()
+    assert r3.reused == [] and r3.tables["t_late"]["v"].tolist() == [1 + 5] and r3.keys["late"] != r.keys["late"]
 
 
 def test_plan_rejects_a_missing_need():

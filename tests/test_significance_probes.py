@@ -13,7 +13,7 @@ import torch
 
 from workbench.data import DataSplits
 from workbench.models import create_model
-from workbench.probes.base import ProbeContext
+from workbench.probes.base import ProbeContext, probe_context
 from workbench.probes.linearity import run_linearity
 from workbench.probes.lipschitz import run_lipschitz
 from workbench.significance import describe, significance_table
@@ -52,8 +52,8 @@ def _tables(second: str) -> dict[str, pd.DataFrame]:
     index = torch.arange(100, 160)  # positions in a test split, not 0..n-1
     tables = {}
     for name, run in (("lipschitz", run_lipschitz), ("linearity", run_linearity)):
-        ctx = ProbeContext(study=study, cfg=getattr(study.probes, name), models=models, pairs=study.pairs(), x=x, y=y,
-                           index=index, data=data, device=torch.device("cpu"), batch_size=32, seed=0)
+        ctx = probe_context(study, models, data, device=torch.device("cpu"), seed=0, probe=name,
+                            examples=(x, y, index), batch_size=32)
         tables.update(run(ctx))
     return tables
 

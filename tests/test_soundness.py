@@ -304,8 +304,8 @@ def test_reference_attack_is_the_strongest_linf_ce_pgd():
         ],
         eps_l2=[0.5],
     )
-    assert reference_attack(study).id == "pgd10-linf-r3"
-    assert reference_attack(make_study(attacks=["fgsm"])) == PGDAttack(name="pgd")
+    assert reference_attack(study.evaluation.attacks).id == "pgd10-linf-r3"
+    assert reference_attack(make_study(attacks=["fgsm"]).evaluation.attacks) == PGDAttack(name="pgd")
 
 
 def test_extra_attacks_run_on_the_configured_number_of_examples():

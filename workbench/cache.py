@@ -3,12 +3,12 @@ soundness checks, each probe; see :mod:`workbench.stages`), kept in the model st
 that a rerun with nothing changed reuses them.
 
 A stage's result is stored under a key: the sha256 of the canonical JSON
-(:func:`workbench.config.content_hash`) of everything that determines it — the stage name,
-the settings the stage declares (:meth:`Stage.inputs <workbench.stages.Stage.inputs>`),
-the store keys and ids of the models in order, the pairs, the data identity, the seed,
-the device type, the torch version, the keys of the stages it reads, and the hash of
-the code it runs (:func:`workbench.codehash.code_hash` of the stage's modules and their
-imports: a comment edit or a change to figure code recomputes nothing). Layout::
+(:func:`workbench.config.content_hash`) of everything that determines it, made by
+:func:`workbench.stages.stage_key_inputs` — the stage name, its section of the study, the
+keys of the shared facts it declares (models, pairs, data, examples, seed, device, main ε,
+...), the torch version, the keys of the stages it reads, and the hash of the code it runs
+(:func:`workbench.codehash.code_hash` of the stage's modules and their imports: a comment
+edit or a change to figure code recomputes nothing). Layout::
 
     <store>/results/<key>/meta.json              the key's inputs, when it was computed, sha256 of every file
     <store>/results/<key>/tables/<name>.parquet  the stage's tables

@@ -110,6 +110,17 @@ def plain_text(text: str) -> str:
     return re.sub(r"``([^`]+)``", r"\1", text)
 
 
+def tagged_union(registry: Registry) -> Any:
+    """The discriminated union (on ``name``) of the configs registered in ``registry``: the
+    type of a study field that takes any of them (``recipes[]``, ``evaluation.attacks[]``)."""
+    from typing import Annotated, Union
+
+    from pydantic import Field
+
+    configs = tuple(registry.configs().values())
+    return Annotated[Union[configs], Field(discriminator="name")]  # type: ignore[valid-type]
+
+
 def import_submodules(package: str, path: Iterable[str]) -> None:
     """Import every module of a package (in name order) so that each registers itself: a
     new component is one new module, with no import to add anywhere."""

@@ -23,16 +23,16 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .cache import ResultCache, cached_stage
-from .codehash import code_hash
 from . import distributed
+from .cache import ResultCache
 from .data import DataSplits, load_dataset
 from .errors import WorkbenchError
 from .evaluation import EvalResult
 from .executors import Executor, InProcess, make_executor
 from .progress import Progress
 from .registry import TableSchema
-from .stages import Stage, StageContext, StageOutput, plan
+from .facts import RunFacts
+from .stages import plan, run_stages
 from .state import cpu_threads, cudnn_benchmark, preserved_rng
 from .store import ModelStore, RunFolder, atomic_write_bytes, environment, now
 from .study import Study
@@ -305,68 +305,16 @@ def model_table(study: Study, trained: dict[str, TrainedModel], loaded: dict[str
     return df
 
 
-def result_inputs(study: Study, data: DataSplits, trained: dict[str, TrainedModel], device: torch.device,
-                  loaded: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What every stage result depends on besides its own inputs and code: the models
-    (store keys, which hash everything that determines the weights, and ids) in order, the
-    pairs, the data, the seed, the device type and torch."""
-    return {
-        "torch": torch.__version__,
-        "device": device.type,
-        "seed": study.seed,
-        "models": [{"id": spec.id, "key": trained[spec.id].key} for spec in study.models()]
-        + [{"id": m.id, "key": (loaded or {})[m.id].key} for m in study.loaded],
-        "pairs": [list(p) for p in study.pairs()],
-        "data": {
-            **data_identity(study.data, data),
-            "limit_test": study.data.limit_test,
-            "sizes": {"train": len(data.train_y), "val": len(data.val_y), "test": len(data.test_y)},
-            "num_classes": data.num_classes,
-        },
-    }
+def model_keys(study: Study, trained: dict[str, TrainedModel], loaded: dict[str, Any] | None = None) -> dict[str, str]:
+    """id -> store key of every model of the study, in order (the ``models`` fact's key)."""
+    return {spec.id: trained[spec.id].key for spec in study.models()} | {m.id: (loaded or {})[m.id].key for m in study.loaded}
 
 
-def stage_key_inputs(stage: Stage, ctx: StageContext, common: dict[str, Any]) -> dict[str, Any]:
-    """The full key inputs of ``stage``: the common ones, its own, the keys of the stages
-    it reads and the hash of its code."""
-    return {
-        **common,
-        **stage.inputs(ctx),
-        "needs": {n: ctx.keys[n] for n in stage.needs},
-        "code": code_hash(*stage.code_modules(ctx)),
-    }
-
-
-def run_stages(
-    stages: list[Stage],
-    ctx: StageContext,
-    cache: ResultCache,
-    common: dict[str, Any],
-    *,
-    recompute: bool = False,
-    timings: dict[str, float] | None = None,
-) -> tuple[dict[str, pd.DataFrame], dict[str, bytes], list[str]]:
-    """Run (or read from the cache) each planned stage in order; returns the tables, the
-    artifacts (to be written by the caller) and the names of the stages reused."""
-    tables: dict[str, pd.DataFrame] = {}
-    artifacts: dict[str, bytes] = {}
-    reused: list[str] = []
-    for stage in stages:
-        t0 = time.perf_counter()
-        inputs = stage_key_inputs(stage, ctx, common)
-        got = cached_stage(cache, stage.name, inputs, lambda: stage.run(ctx), recompute=recompute, progress=ctx.progress)
-        ctx.outputs[stage.name] = StageOutput(got.tables, got.artifacts, got.value)
-        ctx.keys[stage.name] = got.key
-        if got.cached:
-            reused.append(stage.name)
-        clash = set(got.tables) & set(tables)
-        if clash:
-            raise ValueError(f"stage {stage.name} writes tables already written: {sorted(clash)}")
-        tables.update(got.tables)
-        artifacts.update(got.artifacts)
-        if timings is not None:
-            timings[stage.name] = time.perf_counter() - t0
-    return tables, artifacts, reused
+def run_facts(study: Study, data: DataSplits, device: torch.device, trained: dict[str, TrainedModel],
+              loaded: dict[str, Any] | None = None) -> RunFacts:
+    """The shared facts the stages of this run may declare (:mod:`workbench.facts`)."""
+    models = {k: v.model for k, v in trained.items()} | {k: v.model for k, v in (loaded or {}).items()}
+    return RunFacts(study, data, device, model_keys(study, trained, loaded), models)
 
 
 def run_study(
@@ -442,10 +390,8 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         # result cache and writes the tables and the run folder
         quiet = Progress(False)
         trained = train_models(study, data, store, device, progress=quiet, retrain=retrain)
-        models = {k: v.model for k, v in trained.items()} | {k: v.model for k, v in loaded.items()}
-        ctx = StageContext(study, data, models, device, study.seed, quiet)
-        run_stages(plan(study), ctx, ResultCache(store.root), result_inputs(study, data, trained, device, loaded),
-                   recompute=recompute)
+        run_stages(plan(study), study, run_facts(study, data, device, trained, loaded), ResultCache(store.root),
+                   progress=quiet, recompute=recompute)
         return Run(folder.path, study, device, data, trained, {}, timings)
 
     # Written into a staging folder, published when complete: a failure leaves the previous run as it was.
@@ -461,7 +407,6 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         t0 = time.perf_counter()
         trained = train_models(study, data, store, device, progress=progress, retrain=retrain, executor=executor)
         timings["train"] = time.perf_counter() - t0
-        models = {k: v.model for k, v in trained.items()} | {k: v.model for k, v in loaded.items()}
         tables: dict[str, pd.DataFrame] = {"models": model_table(study, trained, loaded)}
         tables["pairs"] = pd.DataFrame(
             [{"pair": f"{ref}~{other}", "architecture": a, "reference": ref, "model": other} for a, ref, other in study.pairs()],
@@ -474,12 +419,10 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         # The stages (evaluation, checks, probes) in a generic loop; each result is cached in
         # the store under a hash of what determines it (stages.py, cache.py), so a rerun with
         # nothing changed reads it back. The runner, not the stage, writes its artifacts.
-        ctx = StageContext(study, data, models, device, study.seed, progress)
         stage_timings: dict[str, float] = {}
-        stage_tables, artifacts, cached_stages = run_stages(
-            plan(study), ctx, ResultCache(store.root), result_inputs(study, data, trained, device, loaded),
-            recompute=recompute, timings=stage_timings,
-        )
+        ran = run_stages(plan(study), study, run_facts(study, data, device, trained, loaded), ResultCache(store.root),
+                         progress=progress, recompute=recompute, timings=stage_timings)
+        stage_tables, artifacts, cached_stages = ran.tables, ran.artifacts, ran.reused
         timings.update(stage_timings)
         if any(k.startswith("probe:") for k in stage_timings):
             timings["probes"] = sum(v for k, v in stage_timings.items() if k.startswith("probe:"))
@@ -493,8 +436,8 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
             tables["robustness"], tables["per_example"], tables.get("soundness_per_example"))
         for rel, blob in artifacts.items():
             atomic_write_bytes(folder.path / rel, blob)
-        result_keys = dict(ctx.keys)
-        ev = ctx.outputs["evaluate"]
+        result_keys = dict(ran.keys)
+        ev = ran.outputs["evaluate"]
         result = ev.value if ev.value is not None else EvalResult(
             ev.tables["robustness"], ev.tables["per_example"], ev.tables["transfer"])
         if cached_stages:

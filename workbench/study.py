@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import ConfigDict, Field, PositiveInt, ValidationError, create_model, field_validator, model_validator
@@ -50,10 +50,11 @@ from .config import (  # noqa: F401  (re-exported: the building blocks of every 
     parse_eps,
 )
 from .errors import StudyError
-from .evaluation.soundness import SoundnessConfig
+from .evaluation import SoundnessConfig  # noqa: F401  (registers the evaluation's stages and section; re-exported)
 from .models.sources import SourceConfig
-from .probes import PROBES
-from .registry import Registry
+from .probes import PROBES  # noqa: F401  (registers the probes' stages and section)
+from .registry import tagged_union
+from .stages import SECTIONS, STAGES
 from .training import RECIPES
 
 # Compatibility: the configs of the built-in components, importable from here as before.
@@ -71,101 +72,38 @@ from .training.standard import StandardRecipe  # noqa: E402,F401  isort: skip
 from .training.trades import TradesRecipe  # noqa: E402,F401  isort: skip
 
 
-def _tagged_union(registry: Registry) -> Any:
-    """The discriminated union (on ``name``) of the configs registered in ``registry``."""
-    configs = tuple(registry.configs().values())
-    return Annotated[Union[configs], Field(discriminator="name")]  # type: ignore[valid-type]
-
-
 # --------------------------------------------------------------------------- recipes and attacks
 
-RecipeConfig = _tagged_union(RECIPES)
+RecipeConfig = tagged_union(RECIPES)
 RECIPE_CONFIGS: dict[str, type[RecipeBase]] = RECIPES.configs()
-AttackConfig = _tagged_union(ATTACKS)
+AttackConfig = tagged_union(ATTACKS)
 ATTACK_CONFIGS: dict[str, type[AttackBase]] = ATTACKS.configs()
 
 _name_shorthand = name_shorthand  # older spelling
 
 
-# --------------------------------------------------------------------------- evaluation
+# --------------------------------------------------------------------------- stage sections
 
 
-class EvaluationConfig(Strict):
-    examples: PositiveInt | None = Field(1000, description="test examples evaluated (null: the whole test split)")
-    batch_size: PositiveInt = 500
-    eps: tuple[Eps, ...] = Field((2 / 255, 4 / 255, 8 / 255), description="L∞ ε grid")
-    eps_l2: tuple[Eps, ...] = Field((), description="L2 ε grid (for L2 attacks)")
-    main_eps: Eps | None = Field(None, description="ε of the summary (default: the training ε of the first adversarial recipe)")
-    attacks: tuple[AttackConfig, ...] = Field(
-        default_factory=lambda: (FGSMAttack(name="fgsm"), PGDAttack(name="pgd")),
-        description="attacks evaluated on every model",
-    )
-    transfer: bool = Field(True, description="examples crafted on one model of a pair, tested on the other")
-    precision: Precision = Field("fp32", description="bf16 autocast for crafting attacks (CUDA only); scoring stays fp32")
-    compile: bool = Field(
-        False, description="torch.compile each model for crafting attacks (CUDA; compile time once per model; slower on CPU)"
-    )
-    soundness: SoundnessConfig = Field(default_factory=SoundnessConfig)
-
-    @field_validator("attacks", mode="before")
-    @classmethod
-    def _attack_shorthand(cls, v):
-        return name_shorthand(v)
-
-    @model_validator(mode="after")
-    def _grids(self) -> EvaluationConfig:
-        seen: set[str] = set()
-        for i, a in enumerate(self.attacks):
-            if a.id in seen:
-                raise ValueError(f"attacks[{i}]: two attacks are named {a.id!r}; give one a label")
-            seen.add(a.id)
-            if a.norm == "linf" and any(e > 1 for e in (a.eps or ())):
-                raise ValueError(f"attacks[{i}].eps: an L∞ ε is at most 1 (pixel units)")
-            if a.norm == "l2" and not (a.eps or self.eps_l2):
-                raise ValueError(f"attacks[{i}]: an L2 attack needs eps_l2 (or its own eps list); the study's eps grid is L∞")
-        if any(e > 1 for e in self.eps):
-            raise ValueError("eps: an L∞ ε is at most 1 (pixel units)")
-        return self
-
-    def grid(self, attack: AttackBase) -> tuple[float, ...]:
-        """The nonzero ε values at which ``attack`` is evaluated (clean accuracy is scored once)."""
-        eps = attack.eps if attack.eps is not None else (self.eps if attack.norm == "linf" else self.eps_l2)
-        return tuple(sorted({float(e) for e in eps if e > 0}))
+def stage_section(name: str) -> Any:
+    """The study section ``name`` (``evaluation``, ``probes``), built from the registries:
+    the section's own fields (:data:`~workbench.stages.SECTIONS`) and the section of every
+    stage registered under it (:attr:`Stage.section <workbench.stages.Stage.section>`):
+    optional (null or absent: off) or defaulted."""
+    base = SECTIONS.get(name)
+    fields: dict[str, Any] = {}
+    for stage_name in STAGES.in_order():
+        stage = STAGES.get(stage_name)
+        if len(stage.section) == 2 and stage.section[0] == name and stage.config is not None:
+            cfg = stage.config
+            fields[stage.section[1]] = (Optional[cfg], None) if stage.optional else (cfg, Field(default_factory=cfg))
+    return create_model(f"{name.title()}Config", __base__=base, __module__=__name__, **fields)  # type: ignore[call-overload]
 
 
-# --------------------------------------------------------------------------- probes
-
-
-class _ProbesBase(Strict):
-    examples: PositiveInt = Field(256, description="fixed test examples shared by all models")
-    batch_size: PositiveInt = 256
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_means_defaults(cls, v):
-        # `lipschitz:` with nothing under it (YAML null) or `{}` both mean "run with defaults";
-        # `false` means off.
-        if isinstance(v, Mapping):
-            v = dict(v)
-            for key in PROBES.in_order():
-                if key in v and (v[key] is None or v[key] is True):
-                    v[key] = {}
-                elif key in v and v[key] is False:
-                    v[key] = None
-        return v
-
-    def enabled(self) -> list[str]:
-        """The probes this study runs, in registration order."""
-        return [k for k in PROBES.in_order() if getattr(self, k, None) is not None]
-
-
-#: one optional section per registered probe (null or absent: off; empty: defaults)
-ProbesConfig = create_model(
-    "ProbesConfig",
-    __base__=_ProbesBase,
-    __module__=__name__,
-    **{name: (Optional[cfg], None) for name, cfg in PROBES.configs().items()},  # type: ignore[call-overload]
-)
+#: ``evaluation:``: the evaluation's settings, the soundness checks' (``soundness:``), ...
+EvaluationConfig = stage_section("evaluation")
+#: ``probes:``: the shared probe settings and one optional section per registered probe
+ProbesConfig = stage_section("probes")
 
 
 class ClusterConfig(Strict):

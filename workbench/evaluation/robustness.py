@@ -23,17 +23,72 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pydantic import Field, PositiveInt, field_validator, model_validator
+
 from ..attacks import ATTACKS, compile_for_attacks
+from ..attacks.fgsm import FGSMAttack
+from ..attacks.pgd import PGDAttack
+from ..config import Eps, Precision, Strict, name_shorthand
 from ..progress import QUIET, Progress
-from ..registry import TableSchema
+from ..registry import TableSchema, tagged_union
 from ..seeds import derive_seed, seeded_generator, seeded_subset
-from ..stages import Stage, StageContext, StageOutput, index_digest, register_stage
+from ..stages import Stage, StageContext, StageOutput, register_section, register_stage
 from ..state import eval_mode, seeded_rng
 from ..stats import wilson_interval
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import AttackBase
-    from ..study import EvaluationConfig
+
+#: one study attack: the union of the configs the attacks register (tagged by ``name``)
+AttackConfig = tagged_union(ATTACKS)
+
+
+class EvaluationConfig(Strict):
+    """The evaluation stage's section: ``evaluation:`` (the soundness checks, and any stage
+    registered under ``evaluation``, add their sections beside these fields)."""
+
+    examples: PositiveInt | None = Field(1000, description="test examples evaluated (null: the whole test split)")
+    batch_size: PositiveInt = 500
+    eps: tuple[Eps, ...] = Field((2 / 255, 4 / 255, 8 / 255), description="L∞ ε grid")
+    eps_l2: tuple[Eps, ...] = Field((), description="L2 ε grid (for L2 attacks)")
+    main_eps: Eps | None = Field(None, description="ε of the summary (default: the training ε of the first adversarial recipe)")
+    attacks: tuple[AttackConfig, ...] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: (FGSMAttack(name="fgsm"), PGDAttack(name="pgd")),
+        description="attacks evaluated on every model",
+    )
+    transfer: bool = Field(True, description="examples crafted on one model of a pair, tested on the other")
+    precision: Precision = Field("fp32", description="bf16 autocast for crafting attacks (CUDA only); scoring stays fp32")
+    compile: bool = Field(
+        False, description="torch.compile each model for crafting attacks (CUDA; compile time once per model; slower on CPU)"
+    )
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _attack_shorthand(cls, v):
+        return name_shorthand(v)
+
+    @model_validator(mode="after")
+    def _grids(self) -> EvaluationConfig:
+        seen: set[str] = set()
+        for i, a in enumerate(self.attacks):
+            if a.id in seen:
+                raise ValueError(f"attacks[{i}]: two attacks are named {a.id!r}; give one a label")
+            seen.add(a.id)
+            if a.norm == "linf" and any(e > 1 for e in (a.eps or ())):
+                raise ValueError(f"attacks[{i}].eps: an L∞ ε is at most 1 (pixel units)")
+            if a.norm == "l2" and not (a.eps or self.eps_l2):
+                raise ValueError(f"attacks[{i}]: an L2 attack needs eps_l2 (or its own eps list); the study's eps grid is L∞")
+        if any(e > 1 for e in self.eps):
+            raise ValueError("eps: an L∞ ε is at most 1 (pixel units)")
+        return self
+
+    def grid(self, attack: AttackBase) -> tuple[float, ...]:
+        """The nonzero ε values at which ``attack`` is evaluated (clean accuracy is scored once)."""
+        eps = attack.eps if attack.eps is not None else (self.eps if attack.norm == "linf" else self.eps_l2)
+        return tuple(sorted({float(e) for e in eps if e > 0}))
+
+
+register_section("evaluation", EvaluationConfig)
 
 
 #: the tables this component writes (collected by workbench.tables)
@@ -291,41 +346,27 @@ def evaluate(
 # --------------------------------------------------------------------------- stage
 
 
-def evaluation_examples(ctx: StageContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(indices, x, y) of the evaluated test examples, shared by the evaluation and the checks."""
-
-    def make():
-        data = ctx.data
-        idx = evaluation_subset(len(data.test_y), ctx.study.evaluation.examples, ctx.seed)
-        if getattr(data, "streamed", False):  # the evaluation reads its batches from the files
-            return idx, data.test_x.subset(idx), data.test_y[idx.to(data.test_y.device)]  # type: ignore[attr-defined]
-        return idx, data.test_x[idx.to(data.test_x.device)], data.test_y[idx.to(data.test_y.device)]
-
-    return ctx.shared("evaluation-examples", make)
-
-
 class EvaluationStage(Stage):
     """Clean accuracy and every declared attack over its ε grid for every model; transfer."""
 
     name = "evaluate"
+    section = ("evaluation",)
+    config = EvaluationConfig
+    facts = ("models", "pairs", "device", "seed", "eval_examples")
     order = 0.0
     tables = TABLES_EVALUATION
 
-    def inputs(self, ctx: StageContext) -> dict:
-        idx, _, _ = evaluation_examples(ctx)
-        return {
-            "evaluation": ctx.study.evaluation.model_dump(mode="json", exclude={"soundness"}),
-            "examples": index_digest(idx),
-        }
+    def reads(self, cfg: EvaluationConfig) -> tuple[str, ...]:
+        # the pairs matter only to the transfer rows
+        return self.facts if cfg.transfer else tuple(f for f in self.facts if f != "pairs")
 
-    def code_modules(self, ctx: StageContext) -> list[str]:
+    def code_modules(self, cfg: EvaluationConfig) -> list[str]:
         # the attacks are looked up by name: their modules are what crafts the examples
-        return [__name__, *sorted({ATTACKS.get(a.name).__module__ for a in ctx.study.evaluation.attacks})]
+        return [__name__, *sorted({ATTACKS.get(a.name).__module__ for a in cfg.attacks})]
 
-    def run(self, ctx: StageContext) -> StageOutput:
-        idx, x, y = evaluation_examples(ctx)
-        ev = ctx.study.evaluation
-        r = evaluate(ctx.models, x, y, ev, ctx.study.pairs(), seed=ctx.seed, progress=ctx.progress, index=idx)
+    def run(self, cfg: EvaluationConfig, ctx: StageContext) -> StageOutput:
+        ex = ctx.eval_examples
+        r = evaluate(ctx.models, ex.x, ex.y, cfg, ctx.pairs if cfg.transfer else (), seed=ctx.seed, progress=ctx.progress, index=ex.index)
         return StageOutput({"robustness": r.robustness, "per_example": r.per_example, "transfer": r.transfer}, value=r)
 
 

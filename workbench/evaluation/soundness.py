@@ -63,9 +63,9 @@ apply (no transfer rows, a zero main ε) is left out rather than reported as pas
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -77,17 +77,14 @@ from ..attacks import ATTACKS, LOSSES, default_alpha, random_perturbation
 from ..attacks.base import attack_mode, crafting, input_gradient, loss_objective
 from ..attacks.fgsm import FGSMAttack
 from ..attacks.pgd import PGDAttack
-from ..config import Eps, Strict
+from ..config import AttackBase, Eps, Strict
 from ..progress import QUIET, Progress
 from ..registry import TableSchema
 from ..seeds import derive_seed, seeded_generator, seeded_subset
 from ..stages import Stage, StageContext, StageOutput, register_stage
 from ..state import seeded_rng
 from ..stats import binomial_excess, discordant
-from .robustness import EvalResult, evaluation_examples, score
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..study import Study
+from .robustness import EvalResult, EvaluationConfig, score
 
 
 class SoundnessConfig(Strict):
@@ -241,11 +238,11 @@ def _counts(b: int, c: int) -> str:
     return f" {b} examples broken only by the second attack, {c} only by the first."
 
 
-def reference_attack(study: Study) -> PGDAttack:
-    """The study's strongest L∞ cross-entropy PGD (most steps × restarts, first on ties);
-    the default PGD (20 steps) when the study has none."""
+def reference_attack(attacks: Sequence[AttackBase]) -> PGDAttack:
+    """The strongest L∞ cross-entropy PGD of the study's ``attacks`` (most steps × restarts,
+    first on ties); the default PGD (20 steps) when there is none."""
     best: PGDAttack | None = None
-    for a in study.evaluation.attacks:
+    for a in attacks:
         if isinstance(a, PGDAttack) and a.norm == "linf" and a.loss == "ce":
             if best is None or a.steps * a.restarts > best.steps * best.restarts:
                 best = a
@@ -270,10 +267,11 @@ def _variant(base: PGDAttack, **update) -> PGDAttack:
 class _Checker:
     """Everything the checks of one run share: the subset, the per-example lookup, the plan."""
 
-    def __init__(self, study: Study, x: torch.Tensor, y: torch.Tensor, result: EvalResult, num_classes: int, seed: int):
-        self.study, self.result = study, result
-        self.cfg: SoundnessConfig = study.evaluation.soundness
-        self.ev = study.evaluation
+    def __init__(self, ev: EvaluationConfig, cfg: SoundnessConfig, main_eps: float, x: torch.Tensor, y: torch.Tensor,
+                 result: EvalResult, num_classes: int, seed: int):
+        self.result = result
+        self.cfg = cfg
+        self.ev = ev
         self.num_classes, self.seed = num_classes, seed
         self.x, self.y = x, y
         n = len(y)
@@ -281,8 +279,8 @@ class _Checker:
         idx = torch.as_tensor(self.pos, device=x.device)
         self.xs, self.ys = x[idx], y[idx]
         self.n = len(self.pos)
-        self.main_eps = float(study.main_eps())
-        self.ref = reference_attack(study)
+        self.main_eps = float(main_eps)
+        self.ref = reference_attack(ev.attacks)
         self.jobs: dict[str, _Job] = {}
         self.level = float(self.cfg.level)
         #: model -> job -> per-example cross-entropy at the job's adversarial examples
@@ -669,7 +667,7 @@ class _Checker:
 
 
 def run_checks(
-    study: Study,
+    study: Any,
     models: Mapping[str, nn.Module],
     x: torch.Tensor,
     y: torch.Tensor,
@@ -684,13 +682,18 @@ def run_checks(
     ``x``, ``y`` are the evaluated examples, in the order ``evaluate`` scored them (inputs
     in [0, 1], labels (N,)); ``result`` is what ``evaluate`` returned for them. A check
     that does not apply (no transfer rows, no attack) is left out rather than reported as
-    passed.
+    passed. ``study`` is a :class:`~workbench.study.Study` (its evaluation section, checks
+    and main ε are read).
     """
-    return run_checks_full(study, models, x, y, result, num_classes=num_classes, progress=progress, seed=seed)[0]
+    ev = study.evaluation
+    return run_checks_full(ev, ev.soundness, study.main_eps(), models, x, y, result, num_classes=num_classes,
+                           progress=progress, seed=seed)[0]
 
 
 def run_checks_full(
-    study: Study,
+    ev: EvaluationConfig,
+    cfg: SoundnessConfig,
+    main_eps: float,
     models: Mapping[str, nn.Module],
     x: torch.Tensor,
     y: torch.Tensor,
@@ -702,12 +705,12 @@ def run_checks_full(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(soundness table, per-example outcomes of the checks' white-box attacks): the second
     is the ``soundness_per_example`` table, which enters the worst case."""
-    ck = _Checker(study, x, y, result, num_classes, seed)
+    ck = _Checker(ev, cfg, main_eps, x, y, result, num_classes, seed)
     jobs = ck.plan()
     ck.jobs = {j.name: j for j in jobs}
     from .. import distributed
 
-    n_batches = len(distributed.my_batches(-(-ck.n // study.evaluation.batch_size)))
+    n_batches = len(distributed.my_batches(-(-ck.n // ev.batch_size)))
     rows: list[dict] = []
     outcomes: list[pd.DataFrame] = []
     index = _test_index(result, len(y))
@@ -759,25 +762,24 @@ class SoundnessStage(Stage):
     evaluation serves them as well) and craft their extra attacks on its examples."""
 
     name = "soundness"
+    section = ("evaluation", "soundness")
+    config = SoundnessConfig
+    # data: the number of classes (the large-ε bound); main_eps: the ε of the attack comparisons
+    facts = ("models", "data", "device", "seed", "main_eps", "eval_examples")
     needs = ("evaluate",)
     order = 1.0
     tables = TABLES_SOUNDNESS
 
-    def enabled(self, study: Study) -> bool:
-        return study.evaluation.soundness.enabled
+    def enabled(self, cfg: SoundnessConfig | None) -> bool:
+        return cfg is not None and cfg.enabled
 
-    def inputs(self, ctx: StageContext) -> dict:
-        # the rest of the evaluation section, and the examples, are in the evaluation's key
-        return {"soundness": ctx.study.evaluation.soundness.model_dump(mode="json"), "main_eps": ctx.study.main_eps()}
-
-    def run(self, ctx: StageContext) -> StageOutput:
-        ev = ctx.outputs["evaluate"].tables
-        result = EvalResult(ev["robustness"], ev["per_example"], ev["transfer"])
-        _, x, y = evaluation_examples(ctx)
-        if getattr(ctx.data, "streamed", False):
-            x = ctx.shared("evaluation-examples-decoded", x.load)  # the checks get them decoded
-        table, outcomes = run_checks_full(ctx.study, ctx.models, x, y, result, num_classes=ctx.data.num_classes,
-                                          progress=ctx.progress, seed=ctx.seed)
+    def run(self, cfg: SoundnessConfig, ctx: StageContext) -> StageOutput:
+        ev = ctx.needs["evaluate"]
+        result = EvalResult(ev.tables["robustness"], ev.tables["per_example"], ev.tables["transfer"])
+        ex = ctx.eval_examples
+        x = ex.x.load() if getattr(ctx.data, "streamed", False) else ex.x  # the checks get them decoded
+        table, outcomes = run_checks_full(ev.section, cfg, ctx.main_eps, ctx.models, x, ex.y, result,
+                                          num_classes=ctx.data.num_classes, progress=ctx.progress, seed=ctx.seed)
         return StageOutput({"soundness": table, "soundness_per_example": outcomes})
 
 

@@ -1,25 +1,28 @@
-"""The probe registry, what every probe runner receives, and the stage that runs a probe."""
+"""The probe registry, the probes' shared section, what every probe runner receives, and
+the stage that runs a probe."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import torch
+from pydantic import Field, PositiveInt, model_validator
 
+from ..config import Strict
 from ..data import DataSplits
 from ..errors import UnknownNameError, WorkbenchError
-from ..models import WorkbenchModel
 from ..progress import QUIET, Progress
 from ..registry import Registry, TableSchema
 from ..seeds import derive_seed, seeded_generator, seeded_subset
-from ..stages import Stage, StageContext, StageOutput, index_digest, register_stage
+from ..stages import STAGES, Examples, Stage, StageContext, StageOutput, register_section, register_stage
 from ..store import RunFolder, atomic_write_bytes
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..study import Study
+#: the facts every probe reads: the models, the probe examples and their batch size, the
+#: device and the seed (a probe declares any other it reads when it registers)
+PROBE_FACTS = ("models", "device", "seed", "probe_examples", "probe_batch_size")
 
 
 class ProbeRegistry(Registry):
@@ -27,19 +30,24 @@ class ProbeRegistry(Registry):
     Registering a probe (with its config and tables) also registers its stage
     ``probe:<name>``, so the runner needs no edit for a new probe.
 
+    ``facts``: the shared facts the probe reads besides :data:`PROBE_FACTS` (e.g.
+    ``("pairs",)``, ``("main_eps",)``, ``("data",)``); a probe whose config has an ``eps``
+    (``eps_l2``) field left null reads the evaluation's grid, and declares it by having it.
+
     ``sharded=True`` declares that the probe splits its own work over the ranks under
     ``torchrun`` (:func:`~workbench.distributed.run_sharded`: units such as batches of
     examples or models, each seeded by its position, so the result does not depend on who
     computes it) and returns the whole result on every rank. Any other probe (a new one, by
     default) runs on rank 0 while the others wait, and its tables are sent to them."""
 
-    def register(self, name=None, *, config=None, tables=None, sharded: bool = False):
+    def register(self, name=None, *, config=None, tables=None, sharded: bool = False, facts: tuple[str, ...] = ()):
         inner = super().register(name, config=config, tables=tables)
 
         def deco(fn):
             inner(fn)
             key = name or fn.__name__
-            register_stage(ProbeStage(key, len(self), dict(tables or {}), sharded=sharded))
+            register_stage(ProbeStage(key, len(self), dict(tables or {}), config=config, sharded=sharded,
+                                      facts=tuple(facts)))
             return fn
 
         return deco
@@ -48,31 +56,91 @@ class ProbeRegistry(Registry):
 PROBES: Registry[Callable[["ProbeContext"], dict[str, pd.DataFrame]]] = ProbeRegistry("probe")
 
 
+class ProbeSettings(Strict):
+    """The ``probes:`` section's own fields (each probe adds its section beside them)."""
+
+    examples: PositiveInt = Field(256, description="fixed test examples shared by all models")
+    batch_size: PositiveInt = 256
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, v):
+        # `lipschitz:` with nothing under it (YAML null) or `{}` both mean "run with defaults";
+        # `false` means off.
+        if isinstance(v, Mapping):
+            v = dict(v)
+            for key in PROBES.in_order():
+                if key in v and (v[key] is None or v[key] is True):
+                    v[key] = {}
+                elif key in v and v[key] is False:
+                    v[key] = None
+        return v
+
+    def enabled(self) -> list[str]:
+        """The probes this study runs, in registration order."""
+        return [k for k in PROBES.in_order() if getattr(self, k, None) is not None]
+
+
+register_section("probes", ProbeSettings)
+
+
 @dataclass(frozen=True)
 class ProbeContext:
     """Everything a probe runner may use. ``x, y`` are the probe examples: one fixed set of
     test examples shared by every model of the study (``index`` gives their positions in the
-    test split). A runner that makes files puts their bytes into ``artifacts`` (path inside
+    test split). ``facts`` holds the shared facts the probe declared (``models``,
+    ``pairs``, ``data``, ``main_eps``, ...: read them as ``ctx.models``; an undeclared one
+    raises). A runner that makes files puts their bytes into ``artifacts`` (path inside
     the run folder -> bytes); whoever runs the probe writes them."""
 
-    study: Study
     cfg: Any  # this probe's section of the study (e.g. LipschitzProbe)
-    models: dict[str, WorkbenchModel]
-    pairs: list[tuple[str, str, str]]  # (architecture, reference model id, paired model id)
+    facts: StageContext
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor
-    data: DataSplits
-    device: torch.device
     batch_size: int
-    seed: int
     progress: Progress = QUIET
     artifacts: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cfg: Any, *, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None,
+           batch_size: int = 256, progress: Progress = QUIET, **facts: Any) -> ProbeContext:
+        """A context built by hand (notebooks, tests): ``facts`` as keywords (``models=``,
+        ``device=``, ``seed=``, ``pairs=``, ``data=``, ``main_eps=``, ``eval_eps=``, ...)."""
+        index = torch.arange(len(y)) if index is None else index
+        facts.setdefault("device", x.device)
+        facts.setdefault("seed", 0)
+        facts = {k: v for k, v in facts.items() if v is not None}
+        return cls(cfg, StageContext(facts, progress=progress, stage="probe"), x, y, index, batch_size, progress)
+
+    @property
+    def models(self) -> dict[str, torch.nn.Module]:
+        return self.facts.models
+
+    @property
+    def pairs(self) -> list[tuple[str, str, str]]:
+        return self.facts.pairs
+
+    @property
+    def data(self) -> DataSplits:
+        return self.facts.data
+
+    @property
+    def device(self) -> torch.device:
+        return self.facts.device
+
+    @property
+    def seed(self) -> int:
+        return self.facts.seed
+
+    @property
+    def main_eps(self) -> float:
+        return self.facts.main_eps
 
     def eps_grid(self, norm: str = "linf") -> tuple[float, ...]:
         """The probe's own ε grid for ``norm``, else the study's evaluation grid (nonzero)."""
         own = getattr(self.cfg, "eps" if norm == "linf" else "eps_l2", None)
-        grid = own if own is not None else (self.study.evaluation.eps if norm == "linf" else self.study.evaluation.eps_l2)
+        grid = own if own is not None else (self.facts.eval_eps if norm == "linf" else self.facts.eval_eps_l2)
         return tuple(sorted({float(e) for e in grid if e > 0}))
 
     def seed_for(self, *parts: Any) -> int:
@@ -87,8 +155,8 @@ def probe_examples(data: DataSplits, n: int, seed: int) -> tuple[torch.Tensor, t
 
 
 def run_probes(
-    study: Study,
-    models: dict[str, WorkbenchModel],
+    study: Any,
+    models: dict[str, torch.nn.Module],
     data: DataSplits,
     folder: RunFolder | str | None = None,
     *,
@@ -96,11 +164,12 @@ def run_probes(
     progress: Progress = QUIET,
     seed: int = 0,
 ) -> dict[str, pd.DataFrame]:
-    """Run every probe the study enables, in a fixed order; returns all their tables (and
-    writes their artifacts, e.g. the saliency arrays, into ``folder`` when given)."""
-    base = probe_context(study, models, data, device=device, progress=progress, seed=seed)
+    """Run every probe ``study`` enables, in a fixed order (a notebook helper; the runner
+    runs each probe as a stage); returns all their tables (and writes their artifacts,
+    e.g. the saliency arrays, into ``folder`` when given)."""
     tables: dict[str, pd.DataFrame] = {}
     for name in study.probes.enabled():
+        base = probe_context(study, models, data, device=device, progress=progress, seed=seed, probe=name)
         out = run_probe(base, name)
         add_probe_tables(tables, name, out.tables)
         if folder is not None:
@@ -111,27 +180,39 @@ def run_probes(
 
 
 def probe_context(
-    study: Study,
-    models: dict[str, WorkbenchModel],
+    study: Any,
+    models: dict[str, torch.nn.Module],
     data: DataSplits,
     *,
     device: torch.device,
     progress: Progress = QUIET,
     seed: int = 0,
+    probe: str | None = None,
+    examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    batch_size: int | None = None,
 ) -> ProbeContext:
-    """The context every probe of the study shares (``cfg`` is set per probe by :func:`run_probe`)."""
+    """The context of probe ``probe`` of ``study`` (a notebook helper), holding only the
+    facts that probe declares (every fact when ``probe`` is None). ``examples`` ``(x, y,
+    index)`` and ``batch_size`` replace the study's probe examples and batch size."""
     cfg = study.probes
-    x, y, idx = probe_examples(data, cfg.examples, seed)
-    return ProbeContext(
-        study=study, cfg=None, models=models, pairs=study.pairs(), x=x, y=y, index=idx, data=data,
-        device=device, batch_size=cfg.batch_size, seed=seed, progress=progress,
-    )
+    x, y, idx = examples if examples is not None else probe_examples(data, cfg.examples, seed)
+    bs = batch_size or cfg.batch_size
+    every = {
+        "models": models, "pairs": study.pairs(), "data": data, "device": device, "seed": seed,
+        "main_eps": float(study.main_eps()), "eval_eps": tuple(study.evaluation.eps),
+        "eval_eps_l2": tuple(study.evaluation.eps_l2), "probe_examples": Examples(idx, x, y),
+        "probe_batch_size": bs,
+    }
+    own = getattr(cfg, probe) if probe is not None else None
+    names = STAGES.get(f"probe:{probe}").reads(own) if probe is not None else tuple(every)
+    facts = StageContext({k: every[k] for k in names}, progress=progress, stage=f"probe:{probe}")
+    return ProbeContext(own, facts, x, y, idx, bs, progress)
 
 
-def run_probe(base: ProbeContext, name: str) -> StageOutput:
-    """One probe of the study (``name``: a key of ``study.probes``) on the shared context:
-    its tables and the artifacts it made."""
-    ctx = replace(base, cfg=getattr(base.study.probes, name), artifacts={})
+def run_probe(base: ProbeContext, name: str, cfg: Any = None) -> StageOutput:
+    """One probe on a context (``name``: its registered name; ``cfg``: its section, by
+    default the context's): its tables and the artifacts it made."""
+    ctx = replace(base, cfg=base.cfg if cfg is None else cfg, artifacts={})
     try:
         return StageOutput(dict(PROBES.get(name)(ctx)), dict(ctx.artifacts))
     except WorkbenchError as e:
@@ -150,38 +231,37 @@ def add_probe_tables(tables: dict[str, pd.DataFrame], name: str, out: Mapping[st
 class ProbeStage(Stage):
     """The stage of one registered probe: runs it on the probe examples every probe shares."""
 
-    def __init__(self, probe: str, position: int, tables: dict[str, TableSchema], sharded: bool = False):
+    optional = True
+
+    def __init__(self, probe: str, position: int, tables: dict[str, TableSchema], *, config: Any = None,
+                 sharded: bool = False, facts: tuple[str, ...] = ()):
         self.probe = probe
         self.sharded = sharded
         self.name = f"probe:{probe}"
+        self.section = ("probes", probe)
+        self.config = config
+        self.facts = PROBE_FACTS + tuple(f for f in facts if f not in PROBE_FACTS)
         self.order = 10.0 + position  # after the evaluation, in the order probes registered
         self.tables = tables
 
-    def enabled(self, study: Study) -> bool:
-        return getattr(study.probes, self.probe, None) is not None
+    def enabled(self, cfg: Any) -> bool:
+        return cfg is not None
 
-    def _context(self, ctx: StageContext) -> ProbeContext:
-        return ctx.shared("probe-context", lambda: probe_context(
-            ctx.study, ctx.models, ctx.data, device=ctx.device, progress=ctx.progress, seed=ctx.seed))
+    def reads(self, cfg: Any) -> tuple[str, ...]:
+        # a probe without its own ε grid uses the evaluation's
+        fields = type(cfg).model_fields if cfg is not None else {}
+        grids = tuple(fact for own, fact in (("eps", "eval_eps"), ("eps_l2", "eval_eps_l2"))
+                      if own in fields and getattr(cfg, own) is None)
+        return self.facts + grids
 
-    def inputs(self, ctx: StageContext) -> dict[str, Any]:
-        study = ctx.study
-        return {
-            "probe": getattr(study.probes, self.probe).model_dump(mode="json"),
-            "probes": study.probes.model_dump(mode="json", include={"examples", "batch_size"}),
-            # a probe without its own ε grid uses the evaluation's; linearity uses the main ε
-            "eps": {"linf": list(study.evaluation.eps), "l2": list(study.evaluation.eps_l2)},
-            "main_eps": study.main_eps(),
-            "examples": index_digest(self._context(ctx).index),
-        }
-
-    def code_modules(self, ctx: StageContext) -> list[str]:
+    def code_modules(self, cfg: Any) -> list[str]:
         return [PROBES.get(self.probe).__module__, __name__]
 
-    def run(self, ctx: StageContext) -> StageOutput:
+    def run(self, cfg: Any, ctx: StageContext) -> StageOutput:
         from .. import distributed
 
-        base = self._context(ctx)
+        ex = ctx.probe_examples
+        base = ProbeContext(cfg, ctx, ex.x, ex.y, ex.index, ctx.probe_batch_size, ctx.progress)
         w = distributed.world()
         if not w.active or self.sharded:  # a sharded probe splits its work over the ranks itself
             return run_probe(base, self.probe)

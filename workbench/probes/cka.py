@@ -436,7 +436,7 @@ COLUMNS = ["model_a", "model_b", "layer_a", "layer_b", "layer_a_index", "layer_b
            "ci_low", "ci_high"]
 
 
-@PROBES.register("cka", config=CKAProbe, tables=TABLES_CKA, sharded=True)
+@PROBES.register("cka", config=CKAProbe, tables=TABLES_CKA, sharded=True, facts=("pairs",))
 def run_cka(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """Linear and debiased CKA between all layers of each pair (reference × paired) and of
     each model with itself, on the probe examples.

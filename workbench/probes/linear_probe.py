@@ -314,7 +314,7 @@ def _adversarial(model: WorkbenchModel, x: torch.Tensor, y: torch.Tensor, eps: f
     ])
 
 
-@PROBES.register("linear_probe", config=LinearProbe, tables=TABLES_LINEAR_PROBE, sharded=True)
+@PROBES.register("linear_probe", config=LinearProbe, tables=TABLES_LINEAR_PROBE, sharded=True, facts=("data",))
 def run_linear_probe(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """Per model and layer: a logistic-regression probe fitted on ``cfg.train_examples``
     training examples (a seeded subset, the same for every model), C chosen on the

@@ -410,7 +410,7 @@ def _empty(name: str) -> pd.DataFrame:
     return pd.DataFrame(columns=list(TABLES_LINEARITY[name][1]))
 
 
-@PROBES.register("linearity", config=LinearityProbe, tables=TABLES_LINEARITY, sharded=True)
+@PROBES.register("linearity", config=LinearityProbe, tables=TABLES_LINEARITY, sharded=True, facts=("main_eps",))
 def run_linearity(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """γ(ε) and gradient alignment on the L∞ grid, the FGSM–PGD gap, and loss surfaces and
     slices at the study's main ε, for every model. Random starts, noise and the slice
@@ -418,7 +418,7 @@ def run_linearity(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     numbers for the paired comparison)."""
     cfg = ctx.cfg
     grid = ctx.eps_grid("linf")
-    main_eps = ctx.study.main_eps()
+    main_eps = ctx.main_eps
     k = min(cfg.surface.examples, len(ctx.x))
     lin, per_example, gap, surf, sl = [], [], [], [], []
     index = ctx.index.cpu().numpy()

@@ -434,7 +434,7 @@ def common_correct(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch
     return ok.nonzero().flatten()[:k].cpu()
 
 
-@PROBES.register("saliency", config=SaliencyProbe, tables=TABLES_SALIENCY, sharded=True)
+@PROBES.register("saliency", config=SaliencyProbe, tables=TABLES_SALIENCY, sharded=True, facts=("pairs",))
 def run_saliency(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """Saliency, integrated gradients and SmoothGrad maps of every model on one shared
     example set (the first ``cfg.examples`` probe examples that every model classifies
