@@ -27,7 +27,7 @@ BASE = {
     "train": {"epochs": 1, "batch_size": 64, "monitor_examples": 32, "monitor_steps": 2},
     "evaluation": {"examples": 32, "eps": [0.05, 0.1], "attacks": ["fgsm", {"name": "pgd", "steps": 2}],
                    "soundness": {"enabled": True}},
-    "probes": {"examples": 16, "lipschitz": {}, "linearity": {}, "saliency": {}, "cka": {}, "linear_probe": {}},
+    "probes": {"examples": 16, "lipschitz": {}, "linearity": {}, "saliency": {}, "cka": {}, "linear_probe": {}, "represent": {}},
     "report": {"enabled": False},
 }
 
@@ -56,7 +56,19 @@ def _keys(study, data) -> tuple[dict[str, str], dict[str, Any]]:
     return stage_keys(plan(study), study, facts), {f: facts.key(f) for f in FACTS}
 
 
-def _candidates(value: Any, annotation: Any) -> list[Any]:
+def _pattern_words(info) -> list[str]:
+    """The alternatives of a ``pattern="^(a|b)$"`` constraint."""
+    import re
+
+    for m in getattr(info, "metadata", []):
+        pat = getattr(m, "pattern", None)
+        hit = re.fullmatch(r"\^\((.*)\)\$", pat or "")
+        if hit:
+            return hit.group(1).split("|")
+    return []
+
+
+def _candidates(value: Any, annotation: Any, info=None) -> list[Any]:
     """Values to try in place of ``value`` (JSON-like, as in a study file)."""
     literals = [a for arg in (typing.get_args(annotation) or (annotation,)) for a in typing.get_args(arg)
                 if typing.get_origin(arg) is typing.Literal] if annotation is not None else []
@@ -69,7 +81,7 @@ def _candidates(value: Any, annotation: Any) -> list[Any]:
     if isinstance(value, float):
         return [value / 2, value * 2, value + 0.1, 0.05]
     if isinstance(value, str):
-        return [v for v in literals if v != value] + [value + "x", "penultimate", "all"]
+        return [v for v in literals + _pattern_words(info) if v != value] + [value + "x", "penultimate", "all"]
     if isinstance(value, (list, tuple)):
         out: list[Any] = []
         if len(value) > 1:
@@ -101,7 +113,7 @@ def _set(raw: dict, path: tuple[str, ...], value: Any) -> dict:
 
 
 def _fields(model: type[BaseModel], path: tuple[str, ...], dumped: dict) -> list[tuple[tuple[str, ...], Any, Any]]:
-    """(path, current value, annotation) of every leaf field of a section; nested models recurse."""
+    """(path, current value, field info) of every leaf field of a section; nested models recurse."""
     out = []
     for name, info in model.model_fields.items():
         if name not in dumped:
@@ -111,7 +123,7 @@ def _fields(model: type[BaseModel], path: tuple[str, ...], dumped: dict) -> list
         if sub is not None and isinstance(dumped[name], dict):
             out += _fields(sub, path + (name,), dumped[name])
         else:
-            out.append((path + (name,), dumped[name], ann))
+            out.append((path + (name,), dumped[name], info))
     return out
 
 
@@ -133,10 +145,10 @@ def _perturbations(base) -> list[tuple[tuple[str, ...], Any]]:
         for part in path:
             node = node[part]
         dumped = model.model_validate(node).model_dump(mode="json") if len(path) > 1 else node
-        for fpath, value, ann in _fields(model, path, dumped):
+        for fpath, value, info in _fields(model, path, dumped):
             if len(fpath) == 2 and fpath[0] in SECTIONS and fpath[1] not in SECTIONS.get(fpath[0]).model_fields:
                 continue  # another stage's section inside this one (evaluation.soundness): its own stage
-            for cand in _candidates(value, ann):
+            for cand in _candidates(value, info.annotation, info):
                 try:
                     study = study_from_dict(_set(raw, fpath, cand))
                 except (StudyError, KeyError):
@@ -221,13 +233,18 @@ def test_a_stage_cannot_read_a_fact_it_did_not_declare():
         assert set(stage.facts) <= set(FACTS), name
 
 
+#: the probes that compare the models of a pair
+PAIRWISE = {n for n in STAGES.in_order() if "pairs" in STAGES.get(n).facts and n.startswith("probe:")}
+
+
 @pytest.mark.parametrize("change, expected", [
-    # the pairs reach the transfer rows and the pair-wise probes only
-    ({"pairs": [["small_cnn/pgd_at", "small_cnn/standard"]]}, {"evaluate", "soundness", "probe:cka", "probe:saliency"}),
+    # the pairs reach the transfer rows (and the checks reading them) and the pair-wise probes only
+    ({"pairs": [["small_cnn/pgd_at", "small_cnn/standard"]]}, {"evaluate", "soundness"} | PAIRWISE),
     # the seed reaches every model, so every stage
     ({"seed": 1}, set(STAGES.in_order())),
 ])
 def test_study_level_facts_reach_the_stages_that_declare_them(data, change, expected):
+    assert {"probe:cka", "probe:saliency"} <= PAIRWISE and "probe:lipschitz" not in PAIRWISE
     base = study_from_dict(BASE)
     keys0, _ = _keys(base, data)
     keys1, _ = _keys(study_from_dict({**BASE, **change}), data)

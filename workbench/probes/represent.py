@@ -77,12 +77,12 @@ TABLES_REPRESENT: dict[str, TableSchema] = {
 }
 
 
-@PROBES.register("represent", config=RepresentProbe, tables=TABLES_REPRESENT)
+@PROBES.register("represent", config=RepresentProbe, tables=TABLES_REPRESENT, facts=("pairs", "data", "main_eps"))
 def run_represent(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     """Every enabled part of ``probes.represent`` on every model; the images go to
     ``arrays/represent.npz``."""
     out = represent(ctx.models, ctx.pairs, ctx.data, ctx.x, ctx.y, ctx.index, ctx.cfg, seed=ctx.seed_for("represent"),
-                    main_eps=ctx.study.main_eps(), batch_size=ctx.batch_size)
+                    main_eps=ctx.main_eps, batch_size=ctx.batch_size)
     ctx.artifacts[f"arrays/{ARRAY_FILE}"] = arrays_bytes(out.arrays)
     return {"represent_per_example": out.per_example, "represent": out.summary, "represent_tests": out.tests,
             "represent_judge": out.judge}
