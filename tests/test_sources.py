@@ -355,6 +355,35 @@ def test_user_factory_with_checkpoint_equals_the_users_network(user_pkg, tmp_pat
     assert lm.model.layer_names() == ["features", "pool", "logits"]
 
 
+def test_a_python_sources_key_covers_the_users_modules_it_imports_as_syntax(tmp_path, monkeypatch):
+    # the factory module imports a helper module of the user's (and the standard library,
+    # torch): editing the helper's behaviour gives a new model key, a comment or docstring
+    # edit (anywhere) the same key
+    (tmp_path / "my_helpers_i20.py").write_text('"""helpers"""\nimport math\n\nWIDTH = 4\n\n\ndef act():\n'
+                                             '    from torch import nn\n    return nn.ReLU()\n')
+    (tmp_path / "my_nets_i20.py").write_text("import torch\nfrom torch import nn\n\nimport my_helpers_i20 as h\n\n\n"
+                                          "def build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, h.WIDTH),"
+                                          " h.act(), nn.Linear(h.WIDTH, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path / "store"))
+
+    def key():
+        for m in ("my_nets_i20", "my_helpers_i20"):
+            sys.modules.pop(m, None)
+        return load_source({"python": "my_nets_i20:build"}, num_classes=10, in_shape=(3, 8, 8)).key
+
+    first = key()
+    helper = tmp_path / "my_helpers_i20.py"
+    helper.write_text(helper.read_text().replace('"""helpers"""', '"""helpers, documented"""\n# a comment'))
+    (tmp_path / "my_nets_i20.py").write_text((tmp_path / "my_nets_i20.py").read_text() + "# the end\n")
+    assert key() == first
+    helper.write_text(helper.read_text().replace("nn.ReLU()", "nn.Tanh()"))
+    second = key()
+    assert second != first
+    helper.write_text(helper.read_text().replace("WIDTH = 4", "WIDTH = 5"))
+    assert key() not in (first, second)
+
+
 # --------------------------------------------------------------------------- refusals
 
 

@@ -250,6 +250,117 @@ def installed() -> CodeIndex:
     return CodeIndex(Path(__file__).resolve().parent, memo=default_memo())
 
 
+def _installed_roots() -> tuple[Path, ...]:
+    """Where installed code lives: the standard library, site-packages (also the user's) and
+    the workbench package itself (hashed by :func:`code_hash` where a stage runs it)."""
+    import site
+    import sysconfig
+
+    roots = {Path(__file__).resolve().parent}
+    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+        p = sysconfig.get_paths().get(name)
+        if p:
+            roots.add(Path(p).resolve())
+    try:
+        roots.update(Path(p).resolve() for p in site.getsitepackages())
+    except AttributeError:  # a virtualenv's old site module
+        pass
+    user = getattr(site, "USER_SITE", None)
+    if user:
+        roots.add(Path(user).resolve())
+    return tuple(roots)
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of module ``name`` (imported or importable), or None (built in, an
+    extension module, a namespace package, not found)."""
+    import importlib.util
+
+    mod = sys.modules.get(name)
+    f = getattr(mod, "__file__", None) if mod is not None else None
+    if f is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):  # a parent that is not a package, a broken import
+            return None
+        f = spec.origin if spec is not None and spec.has_location else None
+    return Path(f).resolve() if f and f.endswith(".py") and Path(f).is_file() else None
+
+
+def user_code_hash(module: str, memo: str | Path | None | bool = True) -> str:
+    """sha256 over the syntax (as :func:`code_hash`: comments and docstrings do not count) of
+    ``module`` and of every module it imports, transitively, that is the user's own code: a
+    ``.py`` file outside the standard library, the site-packages and the workbench package
+    (those are versioned by the environment). The key of a ``python:`` model source.
+
+    Imports are read from the syntax (also those inside functions), resolved by name like
+    the interpreter does (``sys.modules``, else ``importlib.util.find_spec``); one that cannot
+    be found (an optional dependency) is skipped. ``memo``: the parse memo folder (True: the
+    default store's, as :func:`installed`)."""
+    memo_dir = default_memo() if memo is True else (Path(memo) if memo else None)
+    roots = _installed_roots()
+
+    def user_file(name: str) -> Path | None:
+        # the top-level package first: finding a submodule imports its parent, which for an
+        # installed package (an import inside a function, say timm's) is work for nothing
+        for part in ([name.split(".")[0]] if "." in name else []) + [name]:
+            f = _module_file(part)
+            if f is None or any(f.is_relative_to(r) for r in roots):
+                return None
+        return f
+
+    first = _module_file(module)
+    if first is None:
+        raise KeyError(f"{module} has no Python source file")
+    h = hashlib.sha256()
+    seen: dict[str, Path] = {}
+    todo = [(module, first)]
+    while todo:
+        name, path = todo.pop()
+        if name in seen:
+            continue
+        seen[name] = path
+        info = _file_syntax(path, memo_dir)
+        pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for level, target, names in info["imports"]:
+            if level < 0:
+                candidates = list(names)
+            else:
+                base = pkg.split(".") if pkg else []
+                base = base[: len(base) - (level - 1)] if level else []
+                src = ".".join(base + ([target] if target else []))
+                if not src:
+                    continue
+                candidates = [src] + [f"{src}.{n}" for n in names if n != "*"]
+            for cand in candidates:
+                if cand in seen:
+                    continue
+                f = user_file(cand)
+                if f is not None:
+                    todo.append((cand, f))
+    for name in sorted(seen):
+        h.update(name.encode() + b"\0" + _file_syntax(seen[name], memo_dir)["hash"].encode() + b"\n")
+    return h.hexdigest()
+
+
+def _file_syntax(path: Path, memo: Path | None) -> dict:
+    """:func:`_syntax_info` of a file, memoised by its bytes like :meth:`CodeIndex._syntax`."""
+    source = path.read_bytes()
+    digest = hashlib.sha256(b"%d %d.%d\0" % (MEMO_VERSION, *sys.version_info[:2]) + source).hexdigest()
+    entry = memo / f"{digest}.json" if memo is not None else None
+    if entry is not None:
+        try:
+            info = json.loads(entry.read_text())
+            if isinstance(info, dict) and isinstance(info.get("hash"), str) and isinstance(info.get("imports"), list):
+                return info
+        except (OSError, ValueError):
+            pass
+    info = _syntax_info(source, str(path))
+    if entry is not None:
+        _write_memo(entry, info)
+    return info
+
+
 def code_hash(*modules: str, index: CodeIndex | None = None) -> str:
     """:meth:`CodeIndex.hash` of ``modules`` in the installed package (or ``index``)."""
     return (index or installed()).hash(*modules)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import inspect
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -131,7 +130,11 @@ class LoadedModel:
 
 
 def _python_factory(spec: str) -> tuple[Any, str]:
-    """The factory and a digest of its module's source (so an edit changes the model key)."""
+    """The factory and the hash of its code: its module and the user's modules it imports,
+    transitively, as syntax (:func:`~workbench.codehash.user_code_hash`), so an edit that
+    changes behaviour changes the model key and a comment edit does not."""
+    from ..codehash import user_code_hash
+
     mod_name, fn_name = spec.split(":", 1)
     try:
         mod = importlib.import_module(mod_name)
@@ -145,10 +148,10 @@ def _python_factory(spec: str) -> tuple[Any, str]:
     if not callable(fn):
         raise WorkbenchError(f"python source {spec!r}: {fn_name!r} is not callable")
     try:
-        code = inspect.getsource(mod)
-    except (OSError, TypeError):
-        code = spec
-    return fn, hashlib.sha256(code.encode()).hexdigest()
+        digest = user_code_hash(mod_name)
+    except (KeyError, SyntaxError):  # no source file (a compiled module): its name stands for it
+        digest = hashlib.sha256(spec.encode()).hexdigest()
+    return fn, digest
 
 
 def _torchvision_cache_file(name: str) -> Path:
