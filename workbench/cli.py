@@ -174,10 +174,10 @@ def run(
         None, "--report/--no-report", help="write figures and index.html at the end (default: the study's report.enabled)"
     ),
     threads: Optional[int] = typer.Option(
-        None, min=1, metavar="N", help="CPU threads for torch (default: half the cores; $WORKBENCH_THREADS)"
+        None, min=1, metavar="N", help="CPU threads for torch in this process and in each process or job that trains (default: $WORKBENCH_THREADS, else half the cores)"
     ),
     jobs: int = typer.Option(
-        1, "--jobs", "-j", min=1, metavar="N", help="train up to N models at once in separate processes (their threads share --threads)"
+        1, "--jobs", "-j", min=1, metavar="N", help="train up to N models at once in separate processes (each with --threads threads, so the weights are the in-process run's)"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars, warnings only"),
     gpus: Optional[int] = typer.Option(

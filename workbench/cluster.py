@@ -39,6 +39,7 @@ import torch
 from .errors import WorkbenchError, install_hint
 from .executors import EXECUTORS, Executor, JobResult
 from .progress import QUIET, Progress
+from .state import threads_setting
 
 log = logging.getLogger("workbench")
 
@@ -101,21 +102,22 @@ class TrainTask:
     store's last checkpoint."""
 
     def __init__(self, job: Any, study_dict: dict[str, Any] | None, store_root: str, retrain: bool, threads: int | None):
-        self.job, self.study_dict, self.store_root, self.retrain, self.threads = job, study_dict, store_root, retrain, threads
+        self.job, self.study_dict, self.store_root, self.retrain = job, study_dict, store_root, retrain
+        # resolved where the task is made (the driver): --threads, else the driver's
+        # $WORKBENCH_THREADS, which a job's environment need not carry; else None, and the
+        # job counts its own machine's cores (threads_setting), as an in-process run there would
+        self.threads = threads_setting(threads, default=False)
 
     def __call__(self) -> dict[str, Any]:
         from . import distributed
-        from .runner import load_job_data, load_study_data
         from .store import ModelStore
-        from .study import study_from_dict
         from .training import fit
 
-        _distributed_env(self.threads)
-        device = distributed.setup(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.study_dict is not None:
-            data = load_study_data(study_from_dict(self.study_dict), device, decode=self.job.decode)
-        else:  # submitted through the Executor interface: the job says where its data is
-            data = load_job_data(self.job, device)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # the in-process run's setting on the CPU (the same weights); on a GPU only an explicit one
+        _distributed_env(threads_setting(self.threads) if device.type == "cpu" else self.threads)
+        device = distributed.setup(device)
+        data = self.job.load_data(device)  # the data section and seed the job carries, as the runner loads them
         try:
             t = fit(self.job, data, ModelStore(self.store_root), device, retrain=self.retrain, lock=False)
         finally:
@@ -134,7 +136,7 @@ class StagesTask:
     def __init__(self, study_dict: dict[str, Any], out: str, store_root: str, recompute: bool, report: bool | None,
                  threads: int | None):
         self.study_dict, self.out, self.store_root = study_dict, out, store_root
-        self.recompute, self.report, self.threads = recompute, report, threads
+        self.recompute, self.report, self.threads = recompute, report, threads_setting(threads, default=False)
 
     def __call__(self) -> dict[str, Any]:
         from .runner import run_study

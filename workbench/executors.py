@@ -6,10 +6,11 @@ runner then loads the weights from there. Registered by name in :data:`EXECUTORS
 
 - ``inprocess`` (default): one after the other in this process;
 - ``processes``: a local pool of ``jobs`` spawned processes (``workbench run --jobs N``),
-  each training one job at a time with its own torch and BLAS thread count; a job starts
-  once the jobs it depends on are done. Every job reseeds all its random streams, so the
-  weights are those of the in-process run (bit for bit on the CPU when each process uses
-  as many threads as the in-process run did).
+  each training one job at a time; a job starts once the jobs it depends on are done.
+  Every job reseeds all its random streams and each worker trains with the run's threads
+  setting (:func:`~workbench.state.threads_setting`: ``--threads``, ``$WORKBENCH_THREADS``,
+  half the cores), not a share of it: on the CPU a different thread count can change the
+  summation order, so the weights are the in-process run's bit for bit.
 
 - ``slurm`` and ``local`` (:mod:`workbench.cluster`, the ``cluster`` extra): each job a
   submitit job, on a SLURM cluster or on this machine's GPUs.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -98,8 +98,11 @@ class InProcess(Executor):
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(threads: int) -> None:
-    # each worker sets its own threads (a spawned process starts from the defaults)
+def _worker_init(threads: int | None) -> None:
+    # each worker sets its own threads (a spawned process starts from torch's default);
+    # None: the run leaves them alone too (training on a GPU)
+    if threads is None:
+        return
     torch.set_num_threads(threads)
     from threadpoolctl import threadpool_limits
 
@@ -107,17 +110,12 @@ def _worker_init(threads: int) -> None:
 
 
 def _worker_data(job: TrainJob, device: torch.device) -> DataSplits:
-    from .data import load_dataset
-
+    """The job's data (:meth:`TrainJob.load_data`: every field of the data section), loaded
+    once per worker for all the jobs that share it."""
     src = job.source or {}
-    key = repr(sorted(src.get("data", {}).items())) + repr(src.get("seed"))
+    key = repr(sorted(src.get("data", {}).items())) + repr(src.get("seed")) + job.decode
     if _WORKER.get("data_key") != key:
-        cfg = job.data_config()
-        _WORKER["data"] = load_dataset(
-            cfg.name, root=cfg.resolved_root(), download=cfg.download, val_fraction=cfg.val_fraction,
-            test_fraction=cfg.test_fraction, seed=int(src["seed"]), limit_train=cfg.limit_train,
-            limit_test=cfg.limit_test, device=device, **dict(cfg.options),
-        )
+        _WORKER["data"] = job.load_data(device)
         _WORKER["data_key"] = key
     return _WORKER["data"]
 
@@ -144,8 +142,9 @@ class ProcessPool(Executor):
 
     def __init__(self, jobs: int = 2, threads: int | None = None):
         self.jobs = max(1, int(jobs))
-        total = threads or max(1, (os.cpu_count() or 2) // 2)
-        self.threads = max(1, total // self.jobs)
+        # the in-process run's setting in every worker (not divided among them: the same
+        # weights matter more than oversubscribed cores; lower --threads to share them)
+        self.threads = threads
 
     def run(self, jobs, data, store, device, *, retrain=False, progress=QUIET, done=lambda job, result: None):
         keys = {j.key(): j for j in jobs}
@@ -154,7 +153,12 @@ class ProcessPool(Executor):
         running: dict[Future, str] = {}
         ctx = multiprocessing.get_context("spawn")
         t0 = time.perf_counter()
-        with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init, initargs=(self.threads,)) as pool:
+        threads = self.threads
+        if threads is None and torch.device(device).type == "cpu":  # as run_study resolves it
+            from .state import threads_setting
+
+            threads = threads_setting()
+        with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
             pending = list(keys)
             while pending or running:
                 for k in [k for k in pending if deps[k] <= set(out)]:

@@ -25,7 +25,7 @@ import torch
 
 from . import distributed
 from .cache import ResultCache
-from .data import DataSplits, load_dataset
+from .data import DataSplits, load_section
 from .errors import WorkbenchError
 from .evaluation import EvalResult
 from .executors import Executor, InProcess, make_executor
@@ -33,7 +33,7 @@ from .progress import Progress
 from .registry import TableSchema
 from .facts import RunFacts
 from .stages import plan, run_stages
-from .state import cpu_threads, cudnn_benchmark, preserved_rng
+from .state import cpu_threads, cudnn_benchmark, preserved_rng, threads_setting
 from .store import ModelStore, RunFolder, atomic_write_bytes, environment, now
 from .study import Study
 from .training import TrainedModel, TrainJob, data_identity, fit, plan_jobs
@@ -99,22 +99,9 @@ TABLES_RUN: dict[str, TableSchema] = {
 
 
 def default_threads() -> int:
-    """CPU threads for torch: half the cores (at least one).
-
-    On a small shared machine a two-thread OpenMP team whose second core is busy elsewhere
-    spin-waits at every barrier: a small CNN's training step was measured 180x slower with
-    2 threads than with 1 on a loaded 2-core box. Half the cores keeps large models fast
-    and small ones safe; ``--threads`` or ``$WORKBENCH_THREADS`` overrides.
-    """
-    import os
-
-    if os.environ.get("WORKBENCH_THREADS"):
-        text = os.environ["WORKBENCH_THREADS"]
-        try:
-            return max(1, int(text))
-        except ValueError:
-            raise WorkbenchError(f"expected a whole number of threads, got {text!r}", field="$WORKBENCH_THREADS") from None
-    return max(1, (os.cpu_count() or 2) // 2)
+    """CPU threads for torch when ``--threads`` is not given: ``$WORKBENCH_THREADS``, else
+    half the cores (:func:`~workbench.state.threads_setting`)."""
+    return threads_setting()
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -166,36 +153,9 @@ def _log_to(path: Path) -> Iterator[None]:
 
 
 def load_study_data(study: Study, device: torch.device, *, decode: str | None = None) -> DataSplits:
-    """The study's data on ``device``; ``decode`` overrides data.decode (cluster jobs decode
-    as their driver resolved it, so the model keys hold)."""
-    d = study.data
-    return load_dataset(
-        d.name,
-        root=d.resolved_root(),
-        download=d.download,
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        seed=study.seed,
-        limit_train=d.limit_train,
-        limit_test=d.limit_test,
-        device=device,
-        stream=d.stream,
-        workers=d.workers,
-        decode=decode or d.decode,
-        **dict(d.options),
-    )
-
-
-def load_job_data(job: TrainJob, device: torch.device) -> DataSplits:
-    """The data a training job reads, from the data section and seed it carries (a job run
-    elsewhere: a submitit job); the same splits as :func:`load_study_data` of its study,
-    decoded as its key says (:attr:`TrainJob.decode`)."""
-    d = job.data_config()
-    return load_dataset(
-        d.name, root=d.resolved_root(), download=d.download, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-        seed=int(job.source["seed"]), limit_train=d.limit_train, limit_test=d.limit_test, device=device,
-        stream=d.stream, workers=d.workers, decode=job.decode, **dict(d.options),
-    )
+    """The study's data on ``device`` (:func:`~workbench.data.load_section` of its data
+    section and seed); ``decode`` overrides data.decode."""
+    return load_section(study.data, study.seed, device, decode=decode)
 
 
 def model_jobs(study: Study, data: DataSplits) -> list[TrainJob]:
@@ -348,8 +308,11 @@ def run_study(
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
     device = distributed.setup(device)  # under torchrun: join the process group, on the rank's own GPU
+    # one threads setting for the run and every process that trains for it (bit-identical
+    # weights on the CPU); on a GPU the in-process run leaves torch's count alone, and so do the workers
+    threads = threads_setting(threads) if device.type == "cpu" else threads
     if not isinstance(executor, Executor):
-        executor = make_executor(executor, jobs=jobs, threads=threads or (default_threads() if device.type == "cpu" else None))
+        executor = make_executor(executor, jobs=jobs, threads=threads)
     with contextlib.ExitStack() as scope:
         scope.enter_context(preserved_rng(device))
         if device.type == "cuda":
@@ -357,7 +320,7 @@ def run_study(
         else:
             # numpy/scikit-learn (OpenBLAS) ignore torch's setting and have the same spin-wait
             # problem: the linear probe was measured 18x slower with 2 BLAS threads on a busy box
-            scope.enter_context(cpu_threads(threads or default_threads()))
+            scope.enter_context(cpu_threads(threads))
         return _run_study(study, out, device=device, store=store, retrain=retrain, recompute=recompute,
                           progress=progress, report=report, executor=executor)
 

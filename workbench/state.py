@@ -60,6 +60,33 @@ def seeded_rng(seed: int, device: torch.device | str | None = None) -> Iterator[
         yield
 
 
+def threads_setting(threads: int | None = None, *, default: bool = True) -> int | None:
+    """The CPU threads a run trains and evaluates with, resolved in one order everywhere (the
+    in-process run, the process-pool workers, the cluster jobs): ``threads`` (``--threads``),
+    else ``$WORKBENCH_THREADS``, else half the cores (at least one); ``default=False`` gives
+    None instead of the last, for a job to count the cores of the machine it runs on.
+
+    Why half the cores: on a small shared machine a two-thread OpenMP team whose second core
+    is busy elsewhere spin-waits at every barrier (a small CNN's training step was measured
+    180x slower with 2 threads than with 1 on a loaded 2-core box), while large models want
+    the cores. The same setting in every process is what makes an executor train the
+    in-process run's weights bit for bit on the CPU.
+    """
+    import os
+
+    from .errors import WorkbenchError
+
+    if threads:
+        return max(1, int(threads))
+    text = os.environ.get("WORKBENCH_THREADS")
+    if text:
+        try:
+            return max(1, int(text))
+        except ValueError:
+            raise WorkbenchError(f"expected a whole number of threads, got {text!r}", field="$WORKBENCH_THREADS") from None
+    return max(1, (os.cpu_count() or 2) // 2) if default else None
+
+
 @contextlib.contextmanager
 def cpu_threads(n: int | None) -> Iterator[None]:
     """torch's intra-op threads and the BLAS/OpenMP pools of numpy and scikit-learn

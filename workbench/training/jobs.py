@@ -18,11 +18,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..codehash import code_hash
 from ..config import ArchitectureConfig, DataConfig, ModelSpec, TrainConfig, content_hash
+from ..data import load_section
 from .base import RECIPES, Recipe
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ..data import DataSplits
 
 #: part of every model key: bump only if the layout of a key's identity changes
 JOB_FORMAT = 2
@@ -138,6 +144,12 @@ class TrainJob:
         if not self.source:
             raise ValueError(f"{self.id}: the job does not say where its data comes from")
         return DataConfig.model_validate(self.source["data"])
+
+    def load_data(self, device: torch.device | str) -> DataSplits:
+        """The data the job trains on, from the data section and seed it carries (a job run
+        in another process or on another machine): :func:`~workbench.data.load_section`, as
+        the runner loads its study's, decoded as the job's key says (:attr:`decode`)."""
+        return load_section(self.data_config(), int(self.source["seed"]), device, decode=self.decode)
 
 
 def _train_identity(t: TrainConfig) -> dict[str, Any]:

@@ -420,6 +420,9 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
         "history": history,
         "train_seconds": seconds,
         "device": str(device),
+        # provenance: on the CPU the thread count can change the summation order, so every
+        # executor trains with the run's setting (workbench.state.threads_setting)
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "stopped_early": stop_message,
     }
     bad = [n for n, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
