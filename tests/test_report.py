@@ -305,7 +305,45 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
         rows["significance"].append(dict(reference=ref, model=m, measure="worst_case", norm="linf", eps=0.2, test="mcnemar",
                                          n=100, reference_value=0.3, model_value=0.7, difference=0.4, ci_low=0.3,
                                          ci_high=0.5, b=2, c=42, p_value=1e-10, p_holm=3e-10, significant=True))
+    for i, m in enumerate(models + ["(seed)"]):
+        for task, measure in (("inversion", "SSIM to target"), ("synthesis", "judge agrees with the class")):
+            v = 0.3 + 0.2 * i
+            rows["represent"].append(dict(model=m, task=task, measure=measure, n=10, value=v, ci_low=v - 0.1,
+                                          ci_high=v + 0.1, interval="wilson"))
+    for m in models:
+        for item in range(3):
+            rows["represent_per_example"].append(dict(
+                model=m, task="synthesis", item=item, index=-1, source_class=item, target_class=item, seed=0,
+                distance=np.nan, ssim=np.nan, nl2=np.nan, model_label=item, judge_label=item, judge_agrees=True,
+                cosine=np.nan))
+    rows["represent_tests"].append(dict(reference=ref, model=models[1], task="synthesis", measure="judge agrees",
+                                        test="mcnemar", n=3, reference_value=1.0, model_value=1.0, difference=0.0,
+                                        ci_low=0.0, ci_high=0.0, b=0, c=0, p_value=1.0, p_holm=1.0, significant=False))
+    rows["represent_judge"].append(dict(judge="scikit-learn logistic on pixels", train_accuracy=1.0, test_accuracy=0.9,
+                                        test_examples=10))
     return {k: pd.DataFrame(v, columns=list(TABLES[k][1])) for k, v in rows.items()}
+
+
+def synthetic_represent_arrays(models: list[str] = MODELS, n: int = 3, classes: int = 3) -> dict[str, np.ndarray]:
+    """What arrays/represent.npz holds (workbench.represent.run), with random images."""
+    rng = np.random.default_rng(0)
+
+    def img(*lead: int) -> np.ndarray:
+        return rng.uniform(size=(*lead, 1, 8, 8)).astype(np.float32)
+
+    out: dict[str, np.ndarray] = {"models": np.array(models), "inversion.targets": img(n), "inversion.seeds": img(n),
+                                  "inversion.labels": np.arange(n), "synthesis.seeds": img(classes),
+                                  "synthesis.classes": np.arange(classes), "perceptual.x": img(n),
+                                  "perceptual.source": np.zeros(n, dtype=int),
+                                  "perceptual.target": np.tile(np.arange(1, classes), (n, 1)),
+                                  "gallery.x": img(n), "gallery.labels": np.arange(n),
+                                  "gallery.why": np.array(["seeded"] * n), "gallery.eps": np.array(0.2)}
+    for j, _ in enumerate(models):
+        out |= {f"inversion.x.{j}": img(n), f"features.x.{j}": img(4), f"features.index.{j}": np.array([0, 0, 5, 5]),
+                f"features.class.{j}": np.array([1, 1, 2, 2]), f"synthesis.x.{j}": img(classes),
+                f"perceptual.adv.{j}": img(n, classes - 1), f"gallery.adv.{j}": img(n),
+                f"gallery.pred.{j}": np.arange(n)}
+    return out
 
 
 def synthetic_saliency(models: list[str] = MODELS, n: int = 3) -> dict:
@@ -325,6 +363,11 @@ def test_synthetic_tables_have_exactly_the_schema_columns():
 @pytest.mark.parametrize("spec", [s for s in F.FIGURES if s.name != "saliency"], ids=lambda s: s.name)
 def test_every_figure_draws_from_its_tables_and_skips_without_them(spec):
     tables = synthetic_tables()
+    if spec.arrays is not None:  # drawn from the run's arrays (and tables)
+        fig = spec.draw(synthetic_represent_arrays(), tables)
+        assert fig is not None and sum(len(ax.images) for ax in fig.axes) > 0, spec.name
+        assert spec.draw({"models": np.array(MODELS)}, tables) is None  # its part of the probe was not run
+        return
     fig = spec.draw(tables, main_eps=0.2)
     assert fig is not None and fig.axes, spec.name
     assert sum(len(ax.lines) + len(ax.images) + len(ax.patches) + len(ax.collections) for ax in fig.axes) > 0

@@ -161,3 +161,64 @@ def test_arrays_round_trip(tmp_path):
     p.write_bytes(represent_run.arrays_bytes(arr))
     back = represent_run.load_arrays(p)
     assert list(back["models"]) == ["x/y", "z"] and back["inversion.x.0"].shape == (2, 1, 3, 3)
+
+
+# ---------------------------------------------------------------- derived data sets (Ilyas et al.)
+
+
+def test_derived_sets_follow_the_paper(digits):
+    from workbench.represent.derived import build_derived
+
+    model = _net(0)
+    x, y = digits.train_x[:12], digits.train_y[:12]
+    xr, yr, tab = build_derived(model, x, y, "d_r", num_classes=10, seed=0, steps=5)
+    assert torch.equal(yr, y) and xr.shape == x.shape and tab["distance"].notna().all()
+    xd, yd, tab = build_derived(model, x, y, "d_det", num_classes=10, seed=0, eps=0.5, attack_steps=5)
+    assert torch.equal(yd, (y + 1) % 10)
+    assert float((xd - x).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5  # inside the ε-ball
+    _, yrand, _ = build_derived(model, x, y, "d_rand", num_classes=10, seed=0, eps=0.5, attack_steps=5)
+    _, yrand2, _ = build_derived(model, x, y, "d_rand", num_classes=10, seed=0, eps=0.5, attack_steps=5)
+    assert torch.equal(yrand, yrand2) and not torch.equal(yrand, yd)
+
+
+def _derived_study(source_eps: float) -> dict:
+    src = {"name": "pgd_at", "eps": source_eps, "steps": 2}
+    return {"name": "t", "seed": 0, "data": {"name": "digits", "limit_train": 96},
+            "architectures": [{"name": "mlp", "options": {"hidden": [16]}}],
+            "recipes": [src, {"name": "robust_features", "label": "d_r", "set": "d_r", "source": src, "steps": 3}],
+            "train": {"epochs": 1, "batch_size": 32}}
+
+
+def test_a_derived_set_is_reused_and_rebuilt_when_its_source_changes(tmp_path, caplog):
+    import logging
+
+    from workbench.runner import load_study_data, model_jobs
+    from workbench.store import ModelStore
+    from workbench.training import fit
+
+    store = ModelStore(tmp_path / "store")
+    results = tmp_path / "store" / "results"
+
+    def train(study_dict):
+        study = study_from_dict(study_dict)
+        data = load_study_data(study, torch.device("cpu"))
+        jobs = model_jobs(study, data)
+        src_job, d_job = jobs
+        # the source declared inside the recipe is the study's own pgd_at model (one key)
+        assert d_job.dependencies()["source"].key() == src_job.key()
+        store.quarantine(d_job.key())  # the model on the derived set trains anew (not --retrain: that rebuilds all)
+        return fit(d_job, data, store, "cpu")
+
+    def entries():
+        return {p.name for p in results.iterdir() if p.is_dir()} if results.is_dir() else set()
+
+    first = train(_derived_study(0.1))
+    built = entries()
+    assert len(built) == 1
+    with caplog.at_level(logging.INFO, logger="workbench"):
+        again = train(_derived_study(0.1))  # the model retrains, the set is read back
+    assert entries() == built and "reused from the store" in caplog.text
+    for k, v in first.model.state_dict().items():
+        torch.testing.assert_close(v, again.model.state_dict()[k])
+    train(_derived_study(0.2))  # another source model: another set
+    assert len(entries()) == 2

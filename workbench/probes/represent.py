@@ -51,7 +51,7 @@ TABLES_REPRESENT: dict[str, TableSchema] = {
             "model": "paired model id",
             "task": "task",
             "measure": "measure",
-            "test": "`mcnemar` (judge verdicts) or a paired test of means (`sign_flip` or `paired_bootstrap`)",
+            "test": "`mcnemar` (judge verdicts) or `sign_flip` (paired sign-flip test of a difference of means)",
             "n": "paired items",
             "reference_value": "the reference's value",
             "model_value": "the paired model's value",

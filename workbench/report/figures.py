@@ -653,6 +653,20 @@ class FigureSpec:
     section: str
     draw: Callable[..., Figure | None]
     needs: tuple[str, ...]
+    #: a file of the run's ``arrays/`` the figure draws from: ``draw(arrays, tables)`` then
+    #: gets its arrays as a dict (the figure is skipped when the file is absent)
+    arrays: str | None = None
+
+
+def _represent(name: str) -> Callable[..., Figure | None]:
+    """A figure of workbench.represent.figures, imported when drawn (it imports this module)."""
+
+    def draw(*args: Any, **kw: Any) -> Figure | None:
+        import importlib
+
+        return getattr(importlib.import_module("workbench.represent.figures"), name)(*args, **kw)
+
+    return draw
 
 
 FIGURES: tuple[FigureSpec, ...] = (
@@ -732,6 +746,45 @@ FIGURES: tuple[FigureSpec, ...] = (
         "One cell per model and check: green passes, red warns, with the measured value; any red cell means that "
         "model's robust accuracy may be overestimated (the table below gives thresholds and details).",
         "soundness", soundness, ("soundness",)),
+    FigureSpec(
+        "gallery", "Evaluation gallery",
+        "Rows: the first probe examples (seeded), then the first ones each pair's second model classifies correctly "
+        "but loses to PGD at the main ε; per model the adversarial image and its perturbation amplified to the full "
+        "grey range (mid-grey is zero): a robust model's perturbations that look like strokes of another digit are "
+        "what perceptually aligned gradients look like at a small ε.",
+        "robustness", _represent("gallery"), (), "represent.npz"),
+    FigureSpec(
+        "represent_inversion", "Representation inversion",
+        "Top: the targets x_t and the seeds; below, per model, the image found by minimising ‖φ(x) − φ(x_t)‖₂ / "
+        "‖φ(x_t)‖₂ at its penultimate layer from that seed: an inversion that looks like its target means the "
+        "representation keeps what we see; one that does not, with the same small distance, means it keeps "
+        "something else (Engstrom et al. 2019).",
+        "encode", _represent("inversion"), (), "represent.npz"),
+    FigureSpec(
+        "represent_features", "Feature visualisation",
+        "Per model, images from noise that maximise single coordinates of the penultimate layer (first seed of "
+        "each); k→c under a row names the coordinate and the class whose test images activate it most, which the "
+        "judge's agreement is scored against.",
+        "encode", _represent("features"), (), "represent.npz"),
+    FigureSpec(
+        "represent_synthesis", "Class-conditional synthesis",
+        "Top: seeds drawn from a Gaussian fitted to each class's training images; below, per model, the seed "
+        "after maximising that class's log-probability (Santurkar et al. 2019). The judge scores both: the "
+        "seeds' own agreement is the baseline a model must add to.",
+        "encode", _represent("synthesis"), (), "represent.npz"),
+    FigureSpec(
+        "represent_perceptual", "Perceptually aligned gradients",
+        "Per example and model, its large-ε targeted L2 examples towards each class (the input itself in its own "
+        "class's column) "
+        "(Tsipras et al. 2019): for a robust model they are expected to look like the target class.",
+        "encode", _represent("perceptual"), (), "represent.npz"),
+    FigureSpec(
+        "represent_measures", "What the representations encode: measures",
+        "Each panel one measure, each point a model with its 95% interval (Wilson for the judge's agreement, "
+        "bootstrap for means); (seed) and (clean) are the baselines without any model. The judge's accuracy "
+        "on each model's small-ε adversarial examples says how far its verdicts can be bought by perturbations "
+        "that transfer: a model whose examples fool the judge more is credited more by it.",
+        "encode", _represent("measures"), ("represent",)),
 )
 
 

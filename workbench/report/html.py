@@ -34,7 +34,8 @@ from . import figures as F
 
 log = logging.getLogger("workbench")
 
-SECTIONS = (("robustness", "Robustness"), ("representations", "Representations"))
+SECTIONS = (("robustness", "Robustness"), ("representations", "Representations"),
+            ("encode", "What the representations encode"))
 
 
 # --------------------------------------------------------------------------- templates
@@ -389,6 +390,13 @@ def _draw_one(spec: F.FigureSpec, res: Results, main_eps: float) -> tuple[Any, s
     if spec.needs and all(res.get(t) is None for t in spec.needs):
         return None, f"table {' / '.join(spec.needs)} absent (probe or check not run)"
     try:
+        if spec.arrays is not None:
+            path = res.path / "arrays" / spec.arrays
+            if not path.is_file():
+                return None, f"no arrays/{spec.arrays} (probe not run)"
+            from ..represent.run import load_arrays
+
+            return spec.draw(load_arrays(path), res.tables), f"nothing to draw in arrays/{spec.arrays}"
         if spec.name == "saliency":
             arrays, why = load_saliency_arrays(res.path)
             if arrays is None:
@@ -551,6 +559,35 @@ def _details(res: Results) -> list[dict[str, Any]]:
     return out
 
 
+def _encode_details(res: Results) -> list[dict[str, Any]]:
+    out = []
+    nums = {"value": "num", "ci_low": "num", "ci_high": "num"}
+    s = res.get("represent")
+    if s is not None and len(s):
+        out.append({"summary": "Measures per model with 95% intervals (represent table)", "table": html_table(s, nums)})
+    t = res.get("represent_tests")
+    if t is not None and len(t):
+        out.append({"summary": "Paired tests between the models of each pair on the same items (represent_tests; Holm-corrected)",
+                    "table": html_table(t, {**nums, "reference_value": "num", "model_value": "num", "difference": "num",
+                                            "p_value": "num", "p_holm": "num"})})
+    j = res.get("represent_judge")
+    if j is not None and len(j):
+        out.append({"summary": "The judge (represent_judge)", "table": html_table(j, {"train_accuracy": "num",
+                                                                                       "test_accuracy": "num"})})
+    return out
+
+
+def _encode_notes(res: Results) -> list[str]:
+    j = res.get("represent_judge")
+    notes = ["These measures are the workbench's own: the papers show the images (Engstrom et al. 2019, Santurkar "
+             "et al. 2019, Tsipras et al. 2019) and give no number to compare with (docs/methods.md)."]
+    if j is not None and len(j):
+        r = j.iloc[0]
+        notes.append(f"Judge: {r['judge']}, never attacked; {100 * float(r['test_accuracy']):.1f}% accurate on the "
+                     f"{int(r['test_examples'])} test images.")
+    return notes
+
+
 def _study_yaml(res: Results) -> str:
     """study.yaml as written, re-dumped with Unicode kept (the runner's dump escapes ε as \\u03B5)."""
     import yaml
@@ -636,8 +673,12 @@ def build_report(res: Results, *, out_dir: Path | None = None) -> str:
         notes = []
         if sid == "representations" and not figs:
             notes.append("No representation probes were run for this study (its probes section enables none).")
-        sections.append({"id": sid, "title": title, "figures": figs, "notes": notes,
-                         "details": _details(res) if sid == "robustness" else []})
+        if sid == "encode":
+            if res.get("represent") is None:
+                continue  # the represent probe was not run: no section
+            notes += _encode_notes(res)
+        details = _details(res) if sid == "robustness" else (_encode_details(res) if sid == "encode" else [])
+        sections.append({"id": sid, "title": title, "figures": figs, "notes": notes, "details": details})
     study_yaml = _study_yaml(res)
     from ..replicates import replicate_summary
 

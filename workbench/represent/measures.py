@@ -3,7 +3,8 @@
 Per model, a proportion (the judge's agreement, its accuracy) gets a Wilson interval and a
 mean of a per-example value (distance, SSIM, cosine) a percentile bootstrap interval.
 Between the two models of a pair, measured on the same targets and seeds: McNemar on the
-paired judge verdicts, a paired test of the difference of means for per-example values;
+paired judge verdicts, the sign-flip test of the difference of means for per-example values
+(:func:`workbench.stats.paired_test`);
 Holm's correction runs over the rows of the table.
 """
 
@@ -20,17 +21,14 @@ from .. import stats
 SUMMARY_COLUMNS = ["model", "task", "measure", "n", "value", "ci_low", "ci_high", "interval"]
 TEST_COLUMNS = ["reference", "model", "task", "measure", "test", "n", "reference_value", "model_value", "difference",
                 "ci_low", "ci_high", "b", "c", "p_value", "p_holm", "significant"]
-#: resamples of the paired tests (a p-value is at least about 1/PAIRED_SAMPLES)
+#: random sign vectors of the paired test above n = 16 (a p-value is then at least 1/(1 + PAIRED_SAMPLES))
 PAIRED_SAMPLES = 10_000
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, seed: int) -> dict[str, float]:
-    """mean(b) − mean(a) on paired values: interval and two-sided p-value from
-    :mod:`workbench.stats` (its paired test of a difference of means)."""
-    test = getattr(stats, "paired_test", None)
-    if test is not None:
-        return test(a, b, seed=seed, permutations=PAIRED_SAMPLES)
-    return stats.paired_bootstrap(a, b, samples=PAIRED_SAMPLES, seed=seed)
+    """mean(b) − mean(a) on paired values: the sign-flip p-value and the bootstrap
+    interval of :func:`workbench.stats.paired_test`."""
+    return stats.paired_test(a, b, seed=seed, permutations=PAIRED_SAMPLES)
 
 
 def proportion_row(model: str, task: str, measure: str, hits: np.ndarray) -> dict:
@@ -78,8 +76,7 @@ def mean_test_row(pe: pd.DataFrame, ref: str, other: str, task: str, measure: st
     x, y = m[f"{value}_ref"].to_numpy(float), m[f"{value}_model"].to_numpy(float)
     t = paired_difference(x, y, seed)
     keep = np.isfinite(x) & np.isfinite(y)
-    name = "sign_flip" if getattr(stats, "paired_test", None) is not None else "paired_bootstrap"
-    return {"reference": ref, "model": other, "task": task, "measure": measure, "test": name, "n": t["n"],
+    return {"reference": ref, "model": other, "task": task, "measure": measure, "test": "sign_flip", "n": t["n"],
             "reference_value": float(x[keep].mean()) if keep.any() else math.nan,
             "model_value": float(y[keep].mean()) if keep.any() else math.nan, "difference": t["diff"],
             "ci_low": t["ci_low"], "ci_high": t["ci_high"], "b": np.nan, "c": np.nan, "p_value": t["p_value"]}

@@ -278,7 +278,9 @@ def represent(
             nf = min(pg.fool_examples, len(x))
             xf, yf = x[:nf], y[:nf]
             jc = judge.predict(xf)
-            summary.append(proportion_row("(clean)", "fool", "judge accuracy", jc == yn[:nf]))
+            fool_measure = f"judge accuracy on the model's adversarial examples ({pg.fool_norm} ε={float(fe):g})"
+            # the clean images' row shares the measure: the baseline the attacks lower it from
+            summary.append(proportion_row("(clean)", "fool", fool_measure, jc == yn[:nf]))
             for j, m in enumerate(ids):
                 adv = pgd(models[m], xf, yf, float(fe), steps=pg.fool_steps, norm=pg.fool_norm,
                           generator=_gen(seed, "fool", m))
@@ -288,7 +290,7 @@ def represent(
                                    target_class=yn[:nf], seed=np.zeros(nf), model_label=ml, judge_label=jl,
                                    judge_agrees=jl == yn[:nf]))
                 summary.append(proportion_row(m, "fool", f"model accuracy ({pg.fool_norm} ε={float(fe):g})", ml == yn[:nf]))
-            jrows("fool", f"judge accuracy on the model's adversarial examples ({pg.fool_norm} ε={float(fe):g})")
+            jrows("fool", fool_measure)
 
     # ---- gallery: clean, adversarial and amplified perturbation per model at the main ε
     ga = cfg.gallery

@@ -1,7 +1,7 @@
 """Training: recipes by name (one module each), training jobs, and the loop that trains,
 checkpoints, resumes and caches paired models."""
 
-from . import distillation, fgsm_rs, pgd_at, standard, trades  # noqa: F401  (registration)
+from . import distillation, fgsm_rs, pgd_at, robust_features, standard, trades  # noqa: F401  (registration)
 from ..seeds import derive_seed
 from .base import RECIPES, EpochReport, Recipe, frozen_parameters
 from .distillation import DistillationRecipe, TeacherAtTemperature

@@ -65,6 +65,11 @@ class Recipe:
     def setup(self, ctx: FitContext) -> None:
         """Called once before the first epoch (distillation takes its teacher here)."""
 
+    def training_data(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (x, y) the model is trained on, after :meth:`setup`: the training split, or a
+        set derived from it (robust_features)."""
+        return ctx.data.train_x, ctx.data.train_y
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (scalar loss, logits of the inputs trained on) for one batch."""
         raise NotImplementedError

@@ -271,6 +271,7 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
     recipe: Recipe = recipe_class(job.spec.recipe.name, job.role)(job.spec.recipe, t)
     ctx = FitContext(job, data, store, device, progress, retrain)
     recipe.setup(ctx)
+    train_x, train_y = recipe.training_data(ctx)
 
     _warn_slow_bf16(device, t.precision, job.id)
     if t.channels_last:
@@ -280,7 +281,7 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
     world = distributed.world()
     shard = distributed.shard_of(t.batch_size)
     opt = _make_optimizer(model, t)
-    n_train = len(data.train_y)
+    n_train = len(train_y)
     drop_last = n_train > t.batch_size  # a last batch of one breaks BatchNorm in train mode
     steps_per_epoch = n_train // t.batch_size if drop_last else 1
     total_steps = steps_per_epoch * t.epochs
@@ -335,7 +336,7 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
                 seed_global_rng(derive_seed(seed, "epoch", epoch), device)
             model.train()
             batches = iterate_batches(
-                data.train_x, data.train_y, t.batch_size, shuffle=True, seed=derive_seed(seed, "order", epoch),
+                train_x, train_y, t.batch_size, shuffle=True, seed=derive_seed(seed, "order", epoch),
                 augment=augment, drop_last=drop_last, start_batch=step, shard=shard,
             )
             with progress.task(f"  epoch {epoch + 1}/{t.epochs}", steps_per_epoch) as advance:
