@@ -29,6 +29,7 @@ RECIPE_CFGS = {
     "fgsm_rs": {"name": "fgsm_rs", "eps": 0.1},
     "trades": {"name": "trades", "eps": 0.1, "steps": 3},
     "distillation": {"name": "distillation", "temperature": 20},
+    "robust_features": {"name": "robust_features", "set": "d_r", "source": {"name": "standard"}, "steps": 3},
 }
 
 
