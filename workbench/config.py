@@ -53,6 +53,8 @@ def parse_eps(value: Any) -> Any:
 #: a perturbation size in pixel units ([0,1] range); YAML may say 0.1 or "8/255"
 Eps = Annotated[float, BeforeValidator(parse_eps), Field(ge=0)]
 Norm = Literal["linf", "l2"]
+#: the norms of the L_p attacks of the evaluation (the Lipschitz probe and the recipes stay on L∞/L2)
+AttackNorm = Literal["linf", "l2", "l1"]
 Precision = Literal["fp32", "bf16"]
 LayerSpec = Union[str, tuple[str, ...]]
 
@@ -260,7 +262,7 @@ class AttackBase(Strict):
     def _label(cls, v):
         return check_label(v)
 
-    # Every attack also has ``norm`` ("linf"/"l2") and ``id`` (its label in tables), as a
+    # Every attack also has ``norm`` ("linf"/"l2"/"l1", or "spatial") and ``id`` (its label in tables), as a
     # field or a property; ``steps`` and ``restarts`` where they apply (tables read them).
 
     def options(self) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from .base import (
     run_steps,
     uniform_like,
 )
+from .l1 import project_l1_box
 
 #: ``"last"``: each start's final iterate; among several starts, per example the best by
 #: ``score(x_adv)`` (one extra forward per start, only when there are several).
@@ -83,9 +84,15 @@ class Ball:
             self.hi = (self.x + self.eps).clamp_(max=1.0)
 
     def clip(self, x_adv: Tensor) -> Tensor:
-        """Project ``x_adv`` into the ball ∩ [0, 1] in place (L2: rescale δ, then clip01)."""
+        """Project ``x_adv`` into the ball ∩ [0, 1] in place (L2: rescale δ, then clip01; L1: the
+        exact projection onto the intersection)."""
         if self.norm == "linf":
             return x_adv.clamp_(self.lo, self.hi)
+        if self.norm == "l1":
+            # the exact projection onto the L1 ball ∩ [0, 1] (clipping after the ball's
+            # projection would not be the projection: workbench/attacks/l1.py)
+            delta = project_l1_box(x_adv.sub_(self.x), self.x, self.eps)
+            return torch.add(self.x, delta, out=x_adv).clamp_(0.0, 1.0)
         tiny = torch.finfo(x_adv.dtype).tiny
         delta = x_adv.sub_(self.x)
         d_norm = _per_example(perturbation_norm(delta, "l2"), self.x).clamp_min(tiny)

@@ -21,14 +21,14 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from ..config import Eps, Norm, Strict, check_label
+from ..config import AttackNorm, Eps, Strict, check_label
 from ..errors import DISTRIBUTION, WorkbenchError
 from .base import ATTACKS, attack_mode, check_batch, check_eps, check_norm
 
 VERSIONS = ("standard", "plus", "rand")
 #: AutoAttack's single attacks (pyautoattack names)
 SINGLE_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
-_NORMS = {"linf": "Linf", "l2": "L2"}
+_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 # a core dependency since 0.2; only a broken or hand-trimmed environment lacks it
 MISSING = f"attack 'autoattack' needs the pyautoattack package, a dependency of {DISTRIBUTION}: pip install pyautoattack"
 
@@ -70,7 +70,7 @@ class AutoAttackAttack(Strict):
     name: Literal["autoattack"]
     label: str | None = Field(None, description="name in tables (default aa-<version or attacks>-<norm>)")
     eps: tuple[Eps, ...] | None = Field(None, description="ε grid for this attack (default: the study's grid for its norm)")
-    norm: Norm = "linf"
+    norm: AttackNorm = "linf"
     version: Literal["standard", "plus", "rand"] = Field("standard", description="AutoAttack version")
     attacks: tuple[Literal["apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab"], ...] | None = Field(
         None, description="run only these of the version's attacks (e.g. [apgd-ce]); null: all of them"
@@ -103,7 +103,8 @@ class AutoAttackAttack(Strict):
 
     @property
     def restarts(self) -> int:
-        return 5 if self.version == "plus" else 1
+        # the package's standard version at L1 runs APGD with 5 restarts (use_largereps)
+        return 5 if self.version == "plus" or (self.version == "standard" and self.norm == "l1") else 1
 
     @property
     def id(self) -> str:

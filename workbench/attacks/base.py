@@ -38,7 +38,7 @@ from ..types import Labels, Tensor
 #: Attacks by name; each entry is called as ``ATTACKS.get(name)(model, x, y, eps, **options)``.
 ATTACKS: Registry[Callable[..., Tensor]] = Registry("attack")
 
-NORMS = ("linf", "l2")
+NORMS = ("linf", "l2", "l1")
 PRECISIONS = ("fp32", "bf16")
 
 #: Devices where 4-D inputs to conv nets are attacked in channels_last (measured faster:
@@ -342,11 +342,13 @@ def _as_eps(eps: Eps, like: Tensor) -> Eps:
 
 
 def perturbation_norm(delta: Tensor, norm: str) -> Tensor:
-    """Per-example norm of ``delta`` (N, ...) -> (N,): linf = max|δ|, l2 = ‖δ‖₂."""
+    """Per-example norm of ``delta`` (N, ...) -> (N,): linf = max|δ|, l2 = ‖δ‖₂, l1 = Σ|δᵢ|."""
     check_norm(norm)
     flat = delta.reshape(delta.shape[0], -1)
     if norm == "linf":
         return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+    if norm == "l1":
+        return flat.abs().sum(dim=1)
     return torch.linalg.vector_norm(flat, ord=2, dim=1)
 
 
@@ -354,10 +356,15 @@ def project(delta: Tensor, eps: Eps, norm: str) -> Tensor:
     """Euclidean projection of each example's ``delta`` onto the ε-ball of ``norm``.
 
     L∞ clamps each coordinate to [−ε, ε]; L2 rescales δ to ‖δ‖₂ ≤ ε (unchanged inside the
-    ball; δ = 0 stays 0). ``eps`` is a float or a per-example (N,) tensor, in pixel units.
+    ball; δ = 0 stays 0); L1 soft-thresholds (Duchi et al. 2008, :mod:`workbench.attacks.l1`,
+    whose ``project_l1_box`` also respects x + δ ∈ [0, 1]). ``eps`` is a float or a per-example (N,) tensor, in pixel units.
     Returns a new tensor of ``delta``'s shape; it does not clip x+δ to [0, 1].
     """
     check_norm(norm)
+    if norm == "l1":
+        from .l1 import project_l1_ball
+
+        return project_l1_ball(delta, eps)
     eps_b = _as_eps(eps, delta)
     if norm == "linf":
         if isinstance(eps_b, Tensor):
@@ -459,6 +466,7 @@ def random_start(
     radius ε·U, U ~ U[0, 1] (torchattacks' PGDL2). Not uniform in the ball: that puts the
     radius at ε·U^{1/d} (median 0.989ε in 64 dimensions): nearly every start would sit on the
     sphere, where a step along the gradient is soon cut by the projection.
+    L1: likewise a Gaussian direction at L1 radius ε·U, projected onto the L1 ball ∩ [0, 1].
     """
     # Random numbers are drawn in logical (contiguous) order, so a seed gives the same start
     # whatever x's memory layout; ``out=empty_like(x)`` keeps x's layout for the iterates.
@@ -466,9 +474,15 @@ def random_start(
         u = uniform_like(x, -eps, eps, generator)
     else:
         u = normal_like(x, generator)
-        n = _per_example(perturbation_norm(u, "l2"), x).clamp_min(torch.finfo(x.dtype).tiny)
+        n = _per_example(perturbation_norm(u, norm), x).clamp_min(torch.finfo(x.dtype).tiny)
         radius = uniform_like(x.new_empty(x.shape[0]), 0.0, 1.0, generator)
         u.mul_(_per_example(radius.mul_(eps), x) / n)
+        if norm == "l1":
+            # the exact projection onto the L1 ball ∩ [0, 1]: the clip below alone would
+            # throw away the budget spent on saturated pixels
+            from .l1 import project_l1_box
+
+            u = project_l1_box(u, x, eps)
     return torch.add(x, u, out=torch.empty_like(x)).clamp_(0.0, 1.0)
 
 
@@ -478,7 +492,8 @@ def random_perturbation(
     """A random direction at the attack's budget, returned as x + δ clipped to [0, 1].
 
     L∞: δ = ε·sign(u), u ~ N(0, I) (a vertex of the box); L2: δ = ε·u/‖u‖₂ per example
-    (docs/methods.md, δ_rand). ``eps`` is a float or a per-example (N,) tensor (e.g. the norms
+    (docs/methods.md, δ_rand); L1: δ = ε·u/‖u‖₁ (a dense direction of L1 size ε). ``eps``
+    is a float or a per-example (N,) tensor (e.g. the norms
     of PGD perturbations, to draw a random δ of the same size). Measure ‖δ‖ after the clip
     with :func:`perturbation_norm` (x_rand − x), since clipping can shorten it.
     """
@@ -488,6 +503,6 @@ def random_perturbation(
     if norm == "linf":
         delta = u.sign_().mul_(eps_b)
     else:
-        n = _per_example(perturbation_norm(u, "l2"), u).clamp_min(torch.finfo(u.dtype).tiny)
+        n = _per_example(perturbation_norm(u, norm), u).clamp_min(torch.finfo(u.dtype).tiny)
         delta = u.mul_(eps_b / n)
     return delta.add_(x.detach()).clamp_(0.0, 1.0)

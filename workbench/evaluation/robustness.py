@@ -51,6 +51,10 @@ class EvaluationConfig(Strict):
     batch_size: PositiveInt = 500
     eps: tuple[Eps, ...] = Field((2 / 255, 4 / 255, 8 / 255), description="L∞ ε grid")
     eps_l2: tuple[Eps, ...] = Field((), description="L2 ε grid (for L2 attacks)")
+    eps_l1: tuple[Eps, ...] = Field((), description="L1 ε grid (for L1 attacks; L1 norm of the whole image in pixel units)")
+    eps_spatial: tuple[Eps, ...] = Field(
+        (1.0,), description="spatial ε grid: fractions of each spatial attack's (angle, shift) box (1: the whole box)"
+    )
     main_eps: Eps | None = Field(None, description="ε of the summary (default: the training ε of the first adversarial recipe)")
     attacks: tuple[AttackConfig, ...] = Field(  # type: ignore[valid-type]
         default_factory=lambda: (FGSMAttack(name="fgsm"), PGDAttack(name="pgd")),
@@ -78,13 +82,27 @@ class EvaluationConfig(Strict):
                 raise ValueError(f"attacks[{i}].eps: an L∞ ε is at most 1 (pixel units)")
             if a.norm == "l2" and not (a.eps or self.eps_l2):
                 raise ValueError(f"attacks[{i}]: an L2 attack needs eps_l2 (or its own eps list); the study's eps grid is L∞")
+            if a.norm == "l1" and not (a.eps or self.eps_l1):
+                raise ValueError(f"attacks[{i}]: an L1 attack needs eps_l1 (or its own eps list); the study's eps grid is L∞")
         if any(e > 1 for e in self.eps):
             raise ValueError("eps: an L∞ ε is at most 1 (pixel units)")
+        if any(e > 1 for e in self.eps_spatial):
+            raise ValueError("eps_spatial: a spatial ε is a fraction of the (angle, shift) box, at most 1")
+        # one threat model per norm: the worst case combines the spatial attacks, so they
+        # must search the same box
+        boxes = {a.box for a in self.attacks if a.norm == "spatial"}
+        if len(boxes) > 1:
+            raise ValueError(f"attacks: the spatial attacks declare different boxes {sorted(boxes)} (max_angle, max_shift); "
+                             "give them one")
         return self
+
+    def norm_grid(self, norm: str) -> tuple[float, ...]:
+        """The study's ε grid of ``norm`` (an attack's own ``eps`` replaces it)."""
+        return {"linf": self.eps, "l2": self.eps_l2, "l1": self.eps_l1, "spatial": self.eps_spatial}.get(norm, ())
 
     def grid(self, attack: AttackBase) -> tuple[float, ...]:
         """The nonzero ε values at which ``attack`` is evaluated (clean accuracy is scored once)."""
-        eps = attack.eps if attack.eps is not None else (self.eps if attack.norm == "linf" else self.eps_l2)
+        eps = attack.eps if attack.eps is not None else self.norm_grid(attack.norm)
         return tuple(sorted({float(e) for e in eps if e > 0}))
 
 
@@ -100,11 +118,11 @@ TABLES_EVALUATION: dict[str, TableSchema] = {
             "model": "model id",
             "attack": "attack label (e.g. `fgsm`, `pgd20-linf`, `aa-standard-linf`), `clean` or `worst_case`",
             "method": "attack registry name (`fgsm`, `pgd`, `autoattack`), `clean` or `worst_case`",
-            "norm": "`linf`, `l2` or `none`",
+            "norm": "`linf`, `l2`, `l1`, `spatial` (rotations and translations) or `none`",
             "loss": "loss the attack ascends (`ce`, `margin`, `dlr`; `mixed` for an AutoAttack ensemble; `any` for the worst case)",
             "steps": "attack steps",
             "restarts": "random restarts (per-example worst case kept)",
-            "eps": "ε in pixel units",
+            "eps": "ε in pixel units (spatial: the fraction of the attack's (angle, shift) box)",
             "n": "examples",
             "accuracy": "accuracy on the adversarial examples",
             "ci_low": "lower end of the 95% Wilson interval of the accuracy",

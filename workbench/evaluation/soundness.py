@@ -26,7 +26,8 @@ The checks (:data:`CHECKS`; the names are stable). "max" checks warn when
 check                     rule  value (threshold)
 ========================  ====  =================================================================
 ``monotonic_eps``         max   largest rise of accuracy from a smaller to a larger ε of one
-                                attack, clean accuracy counting as ε = 0 (tol)
+                                attack, clean accuracy counting as ε = 0 (tol); an L1 radius
+                                and a spatial box fraction are an ε too
 ``large_eps``             max   reference PGD (one restart, α = 2.5ε/steps) at L∞ ε = ``large_eps``
                                 (majority-class rate of the examples + 1%: at ε = 0.5 every image
                                 can be moved to the all-grey image, so a perfect attack leaves at
@@ -40,7 +41,8 @@ check                     rule  value (threshold)
 ``more_restarts``         min   reference plus ``restarts`` fresh restarts, per example robust only
                                 if it survives all (reported reference − tol)
 ``noise_vs_whitebox``     max   white-box accuracy minus accuracy under random noise of the same
-                                norm and ε (L∞ ε·sign(u), L2 ε·u/‖u‖), every attack and ε (tol)
+                                norm and ε (L∞ ε·sign(u), L2 ε·u/‖u‖, L1 ε·u/‖u‖₁; spatial: a
+                                random transformation of the box), every attack and ε (tol)
 ``transfer_vs_whitebox``  max   strongest white-box accuracy at a norm and ε minus the accuracy on
                                 examples transferred from the paired model (tol)
 ``zero_gradients``        max   share of examples whose CE input gradient is exactly zero
@@ -139,7 +141,7 @@ TABLES_SOUNDNESS: dict[str, TableSchema] = {
             "model": "model id",
             "job": "the check's attack (`reference`, `more_steps`, `extra_restarts`, `margin`, `large_eps`, `fgsm-<loss>@<ε>`)",
             "attack": "attack label of its settings",
-            "norm": "`linf` or `l2`",
+            "norm": "`linf`, `l2`, `l1` or `spatial`",
             "eps": "ε",
             "index": "position of the example in the test split",
             "correct": "classified correctly",
@@ -546,7 +548,7 @@ class _Checker:
                 continue
             key = (a.norm, e)
             if key not in survived:
-                survived[key] = self._noise(model, a.norm, e, mid)
+                survived[key] = self._noise(model, a.norm, e, mid, getattr(a, "box", None))
             gap = float(wb.mean() - survived[key].mean())
             if worst is None or gap > worst[0]:
                 worst = (gap, a.id, a.norm, e, float(wb.mean()), float(survived[key].mean()), wb, survived[key])
@@ -565,13 +567,20 @@ class _Checker:
             p=p,
         )
 
-    def _noise(self, model: nn.Module, norm: str, eps: float, mid: str) -> np.ndarray:
+    def _noise(self, model: nn.Module, norm: str, eps: float, mid: str, box=None) -> np.ndarray:
         """Per example: correct under every one of ``noise_draws`` random perturbations
-        (L∞: ε·sign(u), a vertex of the box; L2: ε·u/‖u‖₂)."""
+        (L∞: ε·sign(u), a vertex of the box; L2: ε·u/‖u‖₂; L1: ε·u/‖u‖₁; spatial: a
+        transformation drawn uniformly from ε × the (angle, shift) box, so the check also
+        holds the grid's worst case at or below every sampled transformation)."""
+        from ..attacks.spatial import SPATIAL, random_transform
+
         g = seeded_generator("cpu", self.seed, "soundness-noise", mid, norm, eps)
         ok = torch.ones(self.n, dtype=torch.bool)
         for _ in range(self.cfg.noise_draws):
-            x_r = random_perturbation(self.xs, eps, norm, generator=g)
+            if norm == SPATIAL:
+                x_r = random_transform(self.xs, eps, *box, generator=g)
+            else:
+                x_r = random_perturbation(self.xs, eps, norm, generator=g)
             ok &= score(model, x_r, self.ys, self.ev.batch_size)[0].cpu()
         return ok.numpy()
 
