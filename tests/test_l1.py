@@ -131,3 +131,38 @@ def test_sparse_direction():
     e = sparse_l1_direction(grad, 80, x)
     assert e[0, 1] == 0 and e[0, 2] > 0 and e.abs().sum() == pytest.approx(1.0)
     assert sparse_l1_direction(torch.zeros(2, 5), 90).abs().sum() == 0
+
+
+def test_autoattack_l1_stays_in_the_ball_and_box():
+    pytest.importorskip("pyautoattack")
+    from torch import nn
+
+    from workbench.attacks.autoattack import AutoAttackAttack, autoattack
+
+    assert AutoAttackAttack(name="autoattack", norm="l1").id == "aa-standard-l1"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(3, 16))
+        model[1].bias.zero_()
+    x = torch.rand(6, 1, 4, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    adv = autoattack(model, x, y, 3.0, norm="l1", attacks=["apgd-ce"], seed=0)
+    assert ((adv - x).flatten(1).abs().sum(1) <= 3.0 + 1e-4).all()
+    assert adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        assert (model(adv).argmax(1) == y).float().mean() < 1.0  # it does find something
+
+
+def test_study_l1_and_spatial_grids():
+    from workbench.study import EvaluationConfig
+
+    ev = EvaluationConfig(eps_l1=[2, 1], attacks=[{"name": "autoattack", "norm": "l1"},
+                                                   {"name": "spatial-grid", "max_shift": 1}])
+    assert ev.grid(ev.attacks[0]) == (1.0, 2.0)
+    assert ev.grid(ev.attacks[1]) == (1.0,)  # the default spatial grid: the whole box
+    with pytest.raises(ValueError, match="eps_l1"):
+        EvaluationConfig(attacks=[{"name": "autoattack", "norm": "l1"}])
+    with pytest.raises(ValueError, match="different boxes"):
+        EvaluationConfig(attacks=[{"name": "spatial-grid", "max_shift": 1}, {"name": "spatial-pgd", "max_shift": 2}])

@@ -55,7 +55,7 @@ DPI = 100
 _STYLE = {"axes.grid": True, "grid.linestyle": ":", "axes.spines.top": False, "axes.spines.right": False}
 _KIND_STYLE = {"loss": "-", "feat": "--", "rand": ":"}
 _KIND_LABEL = {"loss": "δ_loss (PGD on CE)", "feat": "δ_feat (worst case for the layer)", "rand": "δ_rand (random)"}
-NORM_LABEL = {"linf": "L∞", "l2": "L2", "none": ""}
+NORM_LABEL = {"linf": "L∞", "l2": "L2", "l1": "L1", "spatial": "spatial", "none": ""}
 
 
 # --------------------------------------------------------------------------- helpers

@@ -242,7 +242,7 @@ def summary_table(res: Results) -> pd.DataFrame:
         rows[m]["clean 95% CI"] = interval_text(clean_rows, m)
 
     # the headline: per-example worst case over every white-box attack, one column per norm
-    for norm in [n for n in ("linf", "l2") if ((rob["attack"] == WORST) & (rob["norm"] == n)).any()]:
+    for norm in [n for n in ("linf", "l2", "l1", "spatial") if ((rob["attack"] == WORST) & (rob["norm"] == n)).any()]:
         eps = robust_eps(rob, WORST, main_eps, norm)
         d = rob[(rob["attack"] == WORST) & (rob["norm"] == norm) & np.isclose(rob["eps"], eps)]
         label = f"worst case (%) {F.NORM_LABEL.get(norm, norm)} ε={F.eps_label(eps)}"
