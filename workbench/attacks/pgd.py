@@ -124,7 +124,8 @@ def pgd(
     """
     check_batch(x, y)
     eps = check_eps(eps)
-    check_norm(norm)
+    if norm not in ("linf", "l2"):  # L1 steps are SLIDE's sparse rule, not a rescaled gradient
+        raise ValueError(f"unknown norm {norm!r} for pgd; valid norms: linf, l2")
     check_precision(precision)
     loss_fn: LossFn = LOSSES.get(loss)
     steps, restarts = int(steps), int(restarts)

@@ -24,9 +24,11 @@ Departures from the reference (docs/methods.md):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -211,39 +213,46 @@ def snow(x, severity, rng):
     return x + layer + np.rot90(layer, 2)
 
 
-def frost_images() -> list:
-    """The frost photographs shipped by ``imagecorruptions`` (the ``corruptions`` extra)."""
-    try:
-        from importlib.resources import files
+def frost_images() -> list[Path]:
+    """The frost photographs shipped by ``imagecorruptions`` (the ``corruptions`` extra), found
+    without importing the package (its import loads OpenCV and scikit-image and warns)."""
+    import importlib.util
 
-        folder = files("imagecorruptions") / "frost"
-    except (ImportError, ModuleNotFoundError):
+    spec = importlib.util.find_spec("imagecorruptions")
+    if spec is None or not spec.submodule_search_locations:
         return []
+    folder = Path(list(spec.submodule_search_locations)[0]) / "frost"
     names = ["frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg"]
     return [folder / n for n in names if (folder / n).is_file()]
 
 
 def frost_available() -> bool:
-    import importlib.util
+    return len(frost_images()) >= 5
 
-    return importlib.util.find_spec("imagecorruptions") is not None and bool(frost_images())
+
+@functools.lru_cache(maxsize=16)
+def _frost_layer(path: str, h: int, w: int) -> np.ndarray:
+    """A frost photograph resized by 0.2·size/32 (the reference's 0.2 at 32 pixels), in [0, 1]."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        f = 0.2 * max(h, w) / 32.0
+        im = im.resize((max(int(im.width * f), w + 1), max(int(im.height * f), h + 1)), Image.BILINEAR)
+        out = np.asarray(im, dtype=np.float64) / 255.0
+    out.setflags(write=False)
+    return out
 
 
 @_register
 def frost(x, severity, rng):
-    from PIL import Image
-
     a, b = [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)][severity - 1]
     paths = frost_images()
     if not paths:
         raise RuntimeError("the frost corruption needs the imagecorruptions package: pip install 'workbench[corruptions]'")
     path = paths[int(rng.integers(5))]  # the reference draws from the first five
     h, w = x.shape[:2]
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        f = 0.2 * max(h, w) / 32.0
-        im = im.resize((max(int(im.width * f), w + 1), max(int(im.height * f), h + 1)), Image.BILINEAR)
-        layer = np.asarray(im, dtype=np.float64) / 255.0
+    layer = _frost_layer(str(path), h, w)
     top, left = rng.integers(0, layer.shape[0] - h), rng.integers(0, layer.shape[1] - w)
     layer = layer[top:top + h, left:left + w]
     if x.shape[2] == 1:
