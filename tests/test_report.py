@@ -321,6 +321,20 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
                                         ci_low=0.0, ci_high=0.0, b=0, c=0, p_value=1.0, p_holm=1.0, significant=False))
     rows["represent_judge"].append(dict(judge="scikit-learn logistic on pixels", train_accuracy=1.0, test_accuracy=0.9,
                                         test_examples=10))
+    for i, m in enumerate(models):  # common corruptions: clean, then two corruptions at two severities
+        rows["corruptions"].append(dict(model=m, corruption="clean", severity=0, n=100, accuracy=0.95, ci_low=0.9,
+                                        ci_high=0.98, error=0.05, distance=0.0))
+        for name in ("fog", "contrast"):
+            for s in (1, 5):
+                acc = 0.9 - 0.1 * s - 0.05 * i
+                rows["corruptions"].append(dict(model=m, corruption=name, severity=s, n=100, accuracy=acc,
+                                                ci_low=acc - 0.05, ci_high=acc + 0.05, error=1 - acc, distance=0.5 * s))
+            rows["corruption_errors"].append(dict(model=m, baseline=models[0], corruption=name, accuracy=0.6 - 0.05 * i,
+                                                  ci_low=0.55, ci_high=0.65, ce=1 + 0.1 * i, relative_ce=1 + 0.2 * i,
+                                                  max_rise=-0.4))
+        rows["corruption_errors"].append(dict(model=m, baseline=models[0], corruption="mean", accuracy=0.6 - 0.05 * i,
+                                              ci_low=0.55, ci_high=0.65, ce=1 + 0.1 * i, relative_ce=1 + 0.2 * i,
+                                              max_rise=-0.4))
     return {k: pd.DataFrame(v, columns=list(TABLES[k][1])) for k, v in rows.items()}
 
 
