@@ -85,8 +85,9 @@ TABLES_CORRUPTIONS: dict[str, TableSchema] = {
             "accuracy": "mean accuracy over the severities (mean: over corruptions and severities)",
             "ci_low": "lower end of a 95% interval of that mean accuracy (normal, over examples)",
             "ci_high": "upper end of that interval",
-            "ce": "CE = Σ_s err / Σ_s err of the baseline (mean: mCE)",
-            "relative_ce": "Σ_s (err − clean err) / Σ_s of the same for the baseline (mean: relative mCE)",
+            "ce": "CE = Σ_s err / Σ_s err of the baseline (mean: mCE, over the corruptions where it is defined)",
+            "relative_ce": "Σ_s (err − clean err) / Σ_s of the same for the baseline, NaN where the baseline's is ≤ 0 "
+            "(mean: relative mCE over the corruptions where it is defined)",
             "max_rise": "largest rise of accuracy from a lower to a higher severity (should be ≤ 0 up to noise)",
         },
     ),
@@ -163,9 +164,16 @@ def corruption_errors(table: pd.DataFrame, correct: dict, baseline: str) -> pd.D
             rces.append(rce)
         ex = np.mean(per_example, axis=0)
         rows.append({"model": mid, "baseline": baseline, "corruption": "mean", "accuracy": float(ex.mean()),
-                     **_normal_interval(ex), "ce": float(np.mean(ces)), "relative_ce": float(np.mean(rces)),
+                     **_normal_interval(ex), "ce": _mean_defined(ces), "relative_ce": _mean_defined(rces),
                      "max_rise": float(max(r["max_rise"] for r in rows if r["model"] == mid))})
     return pd.DataFrame(rows, columns=list(TABLES_CORRUPTIONS["corruption_errors"][1]))
+
+
+def _mean_defined(values: list[float]) -> float:
+    """The mean over the corruptions where the ratio is defined (a baseline with no error, or no
+    error above its clean error, leaves it undefined); NaN when it is defined for none."""
+    v = np.asarray(values, dtype=float)
+    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
 
 
 def _normal_interval(per_example: np.ndarray) -> dict[str, float]:
