@@ -499,8 +499,8 @@ def test_registry_and_validation_errors():
         ATTACKS.get("cw")
     with pytest.raises(UnknownNameError, match="ce, dlr, margin"):
         pgd(model, x, y, 0.1, loss="hinge")
-    with pytest.raises(ValueError, match="linf, l2"):
-        pgd(model, x, y, 0.1, norm="l1")
+    with pytest.raises(ValueError, match="linf, l2, l1"):
+        pgd(model, x, y, 0.1, norm="l3")
     with pytest.raises(ValueError, match="fp32, bf16"):
         fgsm(model, x, y, 0.1, precision="fp16")
     with pytest.raises(ValueError, match="eps"):

@@ -166,3 +166,52 @@ def test_study_l1_and_spatial_grids():
         EvaluationConfig(attacks=[{"name": "autoattack", "norm": "l1"}])
     with pytest.raises(ValueError, match="different boxes"):
         EvaluationConfig(attacks=[{"name": "spatial-grid", "max_shift": 1}, {"name": "spatial-pgd", "max_shift": 2}])
+
+
+def _linear(w):
+    from torch import nn
+
+    m = nn.Linear(len(w), 2, bias=False)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([w, [0.0] * len(w)]))
+    return m
+
+
+def test_pgd_l1_slide_step_by_hand():
+    from workbench.attacks.pgd import pgd
+
+    # the loss of class 1 rises with w·x: one sparse step moves the largest-|w| pixel by α
+    model = _linear([3.0, 2.0, -1.0, 0.5])
+    x, y = torch.tensor([[0.5, 0.9, 0.2, 0.5]]), torch.tensor([1])
+    out = pgd(model, x, y, 1.0, alpha=0.25, steps=1, norm="l1", random_start=False)
+    torch.testing.assert_close(out - x, torch.tensor([[0.25, 0.0, 0.0, 0.0]]))
+
+
+def test_pgd_l1_reaches_the_linear_optimum_over_ball_and_box():
+    from workbench.attacks.pgd import PGDAttack, pgd
+
+    # max w·δ over ‖δ‖₁ ≤ 1, 0 ≤ x + δ ≤ 1 is greedy by |w|: pixel 0 up to 1 (+0.5), pixel 1 up to 1
+    # (+0.1), pixel 2 down to 0 (−0.2), the rest (0.2) on pixel 3: w·δ = 1.5 + 0.2 + 0.2 + 0.1 = 2.0
+    model = _linear([3.0, 2.0, -1.0, 0.5])
+    x, y = torch.tensor([[0.5, 0.9, 0.2, 0.5]]), torch.tensor([1])
+    out = pgd(model, x, y, 1.0, steps=20, norm="l1", random_start=False)
+    d = out - x
+    assert float(d.abs().sum()) <= 1.0 + 1e-6 and out.min() >= 0 and out.max() <= 1
+    assert float((torch.tensor([3.0, 2.0, -1.0, 0.5]) * d[0]).sum()) >= 0.98 * 2.0
+    cfg = PGDAttack(name="pgd", norm="l1", steps=20, eps=[1.0])
+    assert cfg.id == "pgd20-l1" and cfg.options()["sparsity"] == 99.0
+    assert "sparsity" not in PGDAttack(name="pgd").options()
+
+
+def test_pgd_l1_random_restarts_stay_feasible():
+    from workbench.attacks.pgd import pgd
+
+    torch.manual_seed(0)
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand(8, 1, 4, 4)
+    y = torch.randint(0, 3, (8,))
+    out = pgd(model, x, y, 2.0, steps=5, norm="l1", restarts=3, generator=torch.Generator().manual_seed(0))
+    assert ((out - x).flatten(1).abs().sum(1) <= 2.0 + 1e-5).all()
+    assert out.min() >= 0 and out.max() <= 1

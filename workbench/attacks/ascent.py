@@ -53,7 +53,7 @@ from .base import (
     run_steps,
     uniform_like,
 )
-from .l1 import project_l1_box
+from .l1 import project_l1_box, sparse_l1_direction
 
 #: ``"last"``: each start's final iterate; among several starts, per example the best by
 #: ``score(x_adv)`` (one extra forward per start, only when there are several).
@@ -217,9 +217,31 @@ class RandomStartSign(StepRule):
         torch.add(ball.x, delta, out=x_adv)
 
 
+class SparseL1(StepRule):
+    """SLIDE's step for the L1 ball (Tramèr & Boneh 2019): ``x ← x + α·e``, e = sign(g) on the
+    top (100 − q) % of |g| (ties included, at least one coordinate), L1-normalised, so a step
+    moves the iterate by α in L1 (:func:`~workbench.attacks.l1.sparse_l1_direction`).
+    Coordinates the box blocks (at 0 with g < 0, at 1 with g > 0) are left out first
+    (``mask_box``), as cleverhans' SparseL1Descent with ``clip_grad``. The engine then projects
+    exactly onto the L1 ball ∩ [0, 1]."""
+
+    def __init__(self, q: float = 99.0, mask_box: bool = True):
+        if not 0.0 <= float(q) < 100.0:
+            raise ValueError(f"the sparsity percentile q is in [0, 100), got {q!r}")
+        self.q = float(q)
+        self.mask_box = bool(mask_box)
+
+    def move(self, ball: Ball, x_adv: Tensor, grad: Tensor, alpha: float) -> None:
+        x_adv.add_(sparse_l1_direction(grad, self.q, x_adv if self.mask_box else None), alpha=alpha)
+
+
 def default_rule(norm: str) -> StepRule:
-    """The steepest-ascent rule of the norm's ball: :class:`Sign` (L∞), :class:`L2Normalised` (L2)."""
-    return Sign() if check_norm(norm) == "linf" else L2Normalised()
+    """The steepest-ascent rule of the norm's ball: :class:`Sign` (L∞), :class:`L2Normalised`
+    (L2), :class:`SparseL1` with q = 99 (L1)."""
+    norm = check_norm(norm)
+    if norm == "l1":
+        return SparseL1()
+    return Sign() if norm == "linf" else L2Normalised()
 
 
 @dataclass

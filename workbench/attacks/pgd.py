@@ -1,4 +1,5 @@
-"""Projected Gradient Descent (Madry et al. 2018, arXiv:1706.06083), L∞ and L2, with restarts."""
+"""Projected Gradient Descent (Madry et al. 2018, arXiv:1706.06083), L∞, L2 and L1 (SLIDE's sparse
+steps, Tramèr & Boneh 2019), with restarts."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from ..config import AttackBase, Eps, Norm
+from ..config import AttackBase, AttackNorm, Eps
 
 from ..types import Images, Labels, Tensor
-from .ascent import ascend
+from .ascent import SparseL1, ascend
 from .base import (
     ATTACKS,
     LossFn,
@@ -30,11 +31,13 @@ class PGDAttack(AttackBase):
     """Madry et al. 2018."""
 
     name: Literal["pgd"]
-    norm: Norm = "linf"
+    norm: AttackNorm = "linf"
     steps: PositiveInt = 20
     alpha: Eps | None = Field(None, description="step size (default 2.5·eps/steps)")
     restarts: PositiveInt = 1
     random_start: bool = True
+    sparsity: float = Field(99.0, ge=0, lt=100, description="L1 only: SLIDE's percentile q; each step moves the "
+                            "top (100 − q) % of the gradient's coordinates")
 
     @property
     def id(self) -> str:
@@ -53,6 +56,7 @@ class PGDAttack(AttackBase):
             "restarts": self.restarts,
             "random_start": self.random_start,
             "loss": self.loss,
+            **({"sparsity": self.sparsity} if self.norm == "l1" else {}),
         }
 
 
@@ -60,10 +64,11 @@ def pgd_starts(norm: str, restarts: int, random_start: bool = True) -> list[str]
     """The start of each restart: random (or all clean without ``random_start``); at L2 with
     several restarts the first starts from the clean input. At L2 the clean start is often the
     strongest single one (its first step is a full step along the gradient, none spent
-    leaving a random offset), and a random start alone can miss it (issue 19)."""
+    leaving a random offset), and a random start alone can miss it (issue 19). L1 likewise
+    (SLIDE starts at x)."""
     if not random_start:
         return ["clean"] * restarts
-    if norm == "l2" and restarts > 1:
+    if norm in ("l2", "l1") and restarts > 1:
         return ["clean"] + ["random"] * (restarts - 1)
     return ["random"] * restarts
 
@@ -83,6 +88,7 @@ def pgd(
     loss: str = "ce",
     precision: str = "fp32",
     generator: torch.Generator | None = None,
+    sparsity: float = 99.0,
 ) -> Tensor:
     """Projected gradient ascent on ℓ within the ε-ball around x (Madry et al. 2018).
 
@@ -90,15 +96,20 @@ def pgd(
     L2: x⁰ = clip₀₁(x + δ₀), δ₀ a Gaussian direction at radius ε·U[0, 1] (torchattacks'
     PGDL2; the first of several restarts starts at x); steps α·g/‖g‖₂ per example;
     Π rescales δ to ‖δ‖₂ ≤ ε; then clip₀₁.
+    L1 (SLIDE, Tramèr & Boneh 2019): steps α·e, e = sign g on the top (100 − ``sparsity``) %
+    of |g| (box-blocked coordinates left out), L1-normalised; Π the exact projection onto
+    the L1 ball ∩ [0, 1]; random starts a Gaussian direction at L1 radius ε·U[0, 1], projected
+    (the first of several restarts starts at x).
 
     Args:
         model: maps x (N, ...) in [0, 1] to logits (N, K); normalisation inside it.
         x: clean inputs in [0, 1], shape (N, ...).
         y: int64 labels, shape (N,).
-        eps: budget in pixel units (L∞: per coordinate; L2: Euclidean norm per example).
+        eps: budget in pixel units (L∞: per coordinate; L2: Euclidean norm per example; L1: the
+            sum of |δᵢ| per example).
         alpha: step size in the same units; default 2.5·ε/steps (docs/methods.md).
         steps: gradient steps per restart (0 returns the start point).
-        norm: ``"linf"`` or ``"l2"``.
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``.
         random_start: start from a random point of the ball (else from x); at L2 with
             several restarts the first starts from x (:func:`pgd_starts`).
         restarts: independent runs; per example the worst case is kept: a perturbation
@@ -110,6 +121,7 @@ def pgd(
         precision: ``"fp32"`` or ``"bf16"`` (autocast forward, meant for CUDA); δ and every
             update stay float32.
         generator: makes random starts reproducible; it may live on another device than x.
+        sparsity: L1 only: SLIDE's percentile q in [0, 100).
 
     Returns:
         Detached adversarial inputs, same shape/dtype/device as ``x``. ``eps == 0``
@@ -124,8 +136,8 @@ def pgd(
     """
     check_batch(x, y)
     eps = check_eps(eps)
-    if norm not in ("linf", "l2"):  # L1 steps are SLIDE's sparse rule, not a rescaled gradient
-        raise ValueError(f"unknown norm {norm!r} for pgd; valid norms: linf, l2")
+    check_norm(norm)
+    rule = SparseL1(sparsity) if norm == "l1" else None  # None: the engine's rule for the norm
     check_precision(precision)
     loss_fn: LossFn = LOSSES.get(loss)
     steps, restarts = int(steps), int(restarts)
@@ -145,6 +157,6 @@ def pgd(
 
         return ascend(loss_objective(model, y, loss_fn), x0, eps, steps, norm=norm, alpha=alpha,
                       starts=pgd_starts(norm, restarts, random_start), keep="last",
-                      score=worst_case, generator=generator, precision=precision, model=model).x
+                      score=worst_case, generator=generator, precision=precision, model=model, rule=rule).x
 
     return run_attack(model, x, y, craft, generator)

@@ -41,7 +41,7 @@ class CorruptionsProbe(Strict):
     baseline: str | None = Field(None, description="model id whose errors normalise CE and mCE (default: the first model)")
     folder: str | None = Field(
         None, description="a CIFAR-10-C folder (<corruption>.npy, 10,000 test images per severity in test order): "
-        "read instead of corrupting (data set cifar10 only)"
+        "read instead of corrupting (for CIFAR-10's test split)"
     )
 
     @field_validator("corruptions")
@@ -104,6 +104,10 @@ def read_cifar10_c(folder: Path, name: str, severity: int, index: torch.Tensor) 
         raise WorkbenchError(f"{path}: expected 5 severities of (N, 32, 32, 3) uint8 images, got shape {arr.shape}",
                              field="probes.corruptions.folder")
     per = arr.shape[0] // 5
+    if arr.shape[1:] != (32, 32, 3) or len(index) and int(index.max()) >= per:
+        raise WorkbenchError(f"{path}: holds {per} images of shape {arr.shape[1:]} per severity; the probe examples "
+                             "need CIFAR-10's test split (10,000 images of 32×32×3, in test order)",
+                             field="probes.corruptions.folder")
     rows = (severity - 1) * per + index.cpu().numpy()
     return torch.from_numpy(np.ascontiguousarray(arr[rows])).permute(0, 3, 1, 2).float() / 255.0
 
@@ -195,8 +199,6 @@ def run_corruptions(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     if baseline not in ctx.models:
         raise WorkbenchError(f"baseline {baseline!r} is not a model of the study; models: {', '.join(ctx.models)}",
                              field="probes.corruptions.baseline")
-    if cfg.folder is not None and ctx.study.data.name != "cifar10":
-        raise WorkbenchError("folder: CIFAR-10-C files go with data set cifar10", field="probes.corruptions.folder")
     n = len(cfg.corruptions) * len(cfg.severities)
     with ctx.progress.task("corruptions", n) as advance:
         table, correct = corruption_accuracy(
