@@ -27,7 +27,8 @@ BASE = {
     "train": {"epochs": 1, "batch_size": 64, "monitor_examples": 32, "monitor_steps": 2},
     "evaluation": {"examples": 32, "eps": [0.05, 0.1], "attacks": ["fgsm", {"name": "pgd", "steps": 2}],
                    "soundness": {"enabled": True}},
-    "probes": {"examples": 16, "lipschitz": {}, "linearity": {}, "saliency": {}, "cka": {}, "linear_probe": {}, "represent": {}},
+    "probes": {"examples": 16, "lipschitz": {}, "linearity": {}, "saliency": {}, "cka": {}, "linear_probe": {}, "represent": {},
+               "corruptions": {"corruptions": ["contrast", "fog"], "severities": [1, 2]}},
     "report": {"enabled": False},
 }
 
