@@ -384,6 +384,37 @@ def test_a_python_sources_key_covers_the_users_modules_it_imports_as_syntax(tmp_
     assert key() not in (first, second)
 
 
+def test_a_behaviour_edit_of_a_user_helper_recomputes_the_study_a_comment_edit_reuses_it(tmp_path, monkeypatch):
+    from workbench.runner import run_study
+    from workbench.study import study_from_dict
+
+    (tmp_path / "my_helpers_j20.py").write_text("from torch import nn\n\n\ndef act():\n    return nn.ReLU()\n")
+    (tmp_path / "my_nets_j20.py").write_text("import torch\nfrom torch import nn\n\nfrom my_helpers_j20 import act\n\n\n"
+                                          "def build():\n    torch.manual_seed(0)\n"
+                                          "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), act(), nn.Linear(16, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    study = study_from_dict({
+        "name": "user-code", "data": {"name": "digits", "limit_train": 64, "limit_test": 32}, "architectures": [],
+        "recipes": [], "models": [{"id": "user", "source": {"python": "my_nets_j20:build"}}],
+        "evaluation": {"examples": 16, "eps": [0.1], "attacks": ["fgsm"], "soundness": {"enabled": False}},
+        "probes": {}, "report": {"enabled": False},
+    })
+
+    def run(name):
+        for m in ("my_nets_j20", "my_helpers_j20"):
+            sys.modules.pop(m, None)
+        return run_study(study, tmp_path / name, store=tmp_path / "store", device="cpu", progress=False, threads=1)
+
+    first = run("first")
+    helper = tmp_path / "my_helpers_j20.py"
+    helper.write_text("# the activation\n" + helper.read_text())
+    assert "evaluate" in run("comment").cached_stages
+    helper.write_text(helper.read_text().replace("nn.ReLU()", "nn.Tanh()"))
+    changed = run("behaviour")
+    assert "evaluate" not in changed.cached_stages
+    assert list(changed.tables["models"]["key"]) != list(first.tables["models"]["key"])
+
+
 # --------------------------------------------------------------------------- refusals
 
 
