@@ -74,7 +74,10 @@ def nifgsm(
     loss: str = "ce",
     precision: str = "fp32",
 ) -> Tensor:
-    """NI-FGSM (Lin et al. 2020, eqs. 6–8): from x⁰ = x, m⁰ = 0, with α = ε/T,
+    """NI-FGSM (Lin et al. 2020, eqs. 6–8): MI-FGSM with the gradient taken at the Nesterov
+    look-ahead xᵗ + α·μ·mᵗ, T steps of α = ε/T.
+
+    From x⁰ = x, m⁰ = 0:
 
         gᵗ = ∇ℓ(xᵗ + α·μ·mᵗ)
         mᵗ⁺¹ = μ·mᵗ + gᵗ / mean|gᵗ|   (per example; the authors' code)
