@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from workbench.views import figures, resolve
 from workbench.errors import RunFolderError, WorkbenchError
 from workbench.report import figures as F
 from workbench.report import summary_table, write_comparison, write_report
@@ -374,21 +375,21 @@ def test_synthetic_tables_have_exactly_the_schema_columns():
         assert len(df), name
 
 
-@pytest.mark.parametrize("spec", [s for s in F.FIGURES if s.name != "saliency"], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [s for s in figures() if s.name != "saliency"], ids=lambda s: s.name)
 def test_every_figure_draws_from_its_tables_and_skips_without_them(spec):
     tables = synthetic_tables()
     if spec.arrays is not None:  # drawn from the run's arrays (and tables)
-        fig = spec.draw(synthetic_represent_arrays(), tables)
+        fig = resolve(spec.draw)(synthetic_represent_arrays(), tables)
         assert fig is not None and sum(len(ax.images) for ax in fig.axes) > 0, spec.name
-        assert spec.draw({"models": np.array(MODELS)}, tables) is None  # its part of the probe was not run
+        assert resolve(spec.draw)({"models": np.array(MODELS)}, tables) is None  # its part of the probe was not run
         return
-    fig = spec.draw(tables, main_eps=0.2)
+    fig = resolve(spec.draw)(tables, main_eps=0.2)
     assert fig is not None and fig.axes, spec.name
     assert sum(len(ax.lines) + len(ax.images) + len(ax.patches) + len(ax.collections) for ax in fig.axes) > 0
     without = {k: v for k, v in tables.items() if k not in spec.needs}
-    assert spec.draw(without, main_eps=0.2) is None
+    assert resolve(spec.draw)(without, main_eps=0.2) is None
     empty = {**tables, **{k: tables[k].iloc[0:0] for k in spec.needs}}  # a table with no rows = not run
-    assert spec.draw(empty, main_eps=0.2) is None
+    assert resolve(spec.draw)(empty, main_eps=0.2) is None
 
 
 def test_saliency_grid_has_a_column_per_method_and_model():
@@ -430,7 +431,7 @@ def test_render_writes_the_study_formats(tmp_path):
 def expected_figures(runs) -> set[str]:
     names = {"accuracy_vs_eps", "training_curves"}
     if runs["probes"]:
-        names |= {s.name for s in F.FIGURES if s.section == "representations"} | {"fgsm_pgd_gap"}
+        names |= {s.name for s in figures() if s.section == "representations"} | {"fgsm_pgd_gap"}
     if runs["soundness"]:
         names.add("soundness")
     return names
@@ -449,7 +450,7 @@ def test_report_has_every_section_and_embeds_every_figure(runs):
         for fmt in ("png", "svg"):
             assert (runs["full"] / "figures" / f"{f['name']}.{fmt}").stat().st_size > 1000
     text = path.read_text(encoding="utf-8")
-    for spec in F.FIGURES:
+    for spec in figures():
         if spec.name in names:
             assert spec.caption in html.unescape(text)  # the reading sentence is under the figure
     # provenance: resolved study, versions, commit, device, seed, timings, store keys
@@ -670,3 +671,32 @@ def test_cli_report_on_missing_folder_exits_2_with_one_line(tmp_path):
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     result = CliRunner().invoke(app, ["compare", str(missing), str(missing), "--out", str(tmp_path / "cmp")])
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0 and "Traceback" not in result.output
+
+
+def _draw_registered(tables, *, main_eps):
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [0, main_eps])
+    return fig
+
+
+def _column_registered(res):
+    return "registered column", {m: 0.5 for m in res.model_ids}
+
+
+@pytest.mark.slow
+def test_the_report_draws_what_components_register(runs, tmp_path, monkeypatch):
+    """A new component's figure and summary column appear with no edit to the report code."""
+    from workbench.views import FIGURES, MEASURES, FigureSpec, Measure
+
+    spec = FigureSpec("registered", "A registered figure", "Drawn because a component registered it.", "robustness",
+                      f"{__name__}:_draw_registered", ("robustness",), order=5)
+    monkeypatch.setitem(FIGURES._entries, spec.name, spec)
+    monkeypatch.setitem(MEASURES._entries, "registered", Measure("registered", "x", f"{__name__}:_column_registered",
+                                                                 summary=True))
+    run = _copy_run(runs["plain"], tmp_path / "run")
+    page = page_of(write_report(run))
+    assert [f["name"] for f in page.figures][:2] == ["accuracy_vs_eps", "registered"]
+    assert (run / "figures" / "registered.png").is_file()
+    assert "registered column" in summary_table(load(run)).columns

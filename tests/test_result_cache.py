@@ -105,9 +105,10 @@ def test_rerun_reuses_every_result_and_gives_identical_tables(first, store, tmp_
     # in memory and in the run folder, the cached tables are those computed the first time
     assert_same_tables(first.tables, again.tables)
     assert_same_tables(load(first.path).tables, load(again.path).tables)
-    # the evaluation handed to the soundness checks is the same, less the adversarial examples
+    # each stage's own output is the same (the evaluation's before the worst case is appended)
     for t in ("robustness", "per_example", "transfer"):
-        pd.testing.assert_frame_equal(getattr(first.evaluation, t), getattr(again.evaluation, t))
+        pd.testing.assert_frame_equal(first.outputs["evaluate"].tables[t], again.outputs["evaluate"].tables[t])
+    assert first.outputs["evaluate"].value is not None and again.outputs["evaluate"].value is None  # not cached
     # files the probes write into the run folder come back too
     npz = again.path / "arrays" / "saliency.npz"
     assert npz.read_bytes() == (first.path / "arrays" / "saliency.npz").read_bytes()
@@ -138,7 +139,7 @@ def test_a_changed_setting_recomputes_only_what_it_determines(first, store, tmp_
     changed = study(**{"evaluation.soundness.restarts": 2})
     r = run(store, tmp_path / "sound", changed)
     assert r.cached_stages == [s for s in ALL_STAGES if s != "soundness"]
-    assert r.evaluation.adversarial == {}
+    assert r.outputs["evaluate"].value is None  # the evaluation came from the cache
     # ... and give what a run computing everything gives (--recompute)
     fresh = run(store, tmp_path / "fresh", changed, recompute=True)
     assert fresh.cached_stages == [] and cached_stages(fresh.path) == []

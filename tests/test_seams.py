@@ -16,7 +16,7 @@ from workbench.cache import ResultCache
 from workbench.codehash import CodeIndex, code_hash
 from workbench.registry import Registry
 from workbench.runner import model_jobs, run_study
-from workbench.stages import STAGES, Stage, StageOutput, plan, run_stages, section_of
+from workbench.stages import STAGES, TABLE_STEPS, Stage, StageOutput, TableStep, plan, run_stages, section_of
 from workbench.study import study_from_dict
 from workbench.training import TrainJob, plan_jobs
 
@@ -217,9 +217,21 @@ def test_a_registered_stage_runs_in_run_study_and_its_table_is_documented(tmp_pa
     fake = _Fake("fake", needs=("evaluate",), order=50.0, value=7)
     monkeypatch.setitem(STAGES._entries, "fake", fake)
     monkeypatch.setitem(STAGES._tables, "fake", dict(fake.tables))
-    assert "t_fake" in all_tables()
+
+    class Doubled(TableStep):  # a step after the stages, given the facts it declares
+        name, facts, order = "doubled", ("seed",), 15.0
+        tables = {"t_doubled": ("twice the fake table", {"v": "value", "seed": "seed"})}
+
+        def run(self, tables, ctx):
+            assert "significance" in tables and "replicates" not in tables  # after the steps of lower order
+            return {"t_doubled": tables["t_fake"].assign(v=lambda d: 2 * d["v"], seed=ctx.seed)}
+
+    monkeypatch.setitem(TABLE_STEPS._entries, "doubled", Doubled())
+    monkeypatch.setitem(TABLE_STEPS._tables, "doubled", dict(Doubled.tables))
+    assert "t_fake" in all_tables() and list(all_tables())[-2:] == ["t_doubled", "replicates"]
     r = run_study(study_from_dict(TINY), tmp_path / "run", store=tmp_path / "store", progress=False, threads=1)
     assert fake.calls == 1 and r.tables["t_fake"]["v"].tolist() == [7] and fake.seen == ["evaluate"]
+    assert r.tables["t_doubled"]["v"].tolist() == [14] and (tmp_path / "run" / "tables" / "t_doubled.parquet").is_file()
     assert (tmp_path / "run" / "arrays" / "fake.bin").read_bytes() == b"\x07"
     assert (tmp_path / "run" / "tables" / "t_fake.parquet").is_file()
     keys = json.loads((tmp_path / "run" / "run.json").read_text())["result_keys"]
@@ -283,3 +295,16 @@ def test_two_processes_train_the_same_models_as_one(tmp_path):
     # the teacher was trained once, as its own job, and is in the store
     teacher = [j for j in plan_jobs(model_jobs(study, one.data)) if j.role == "teacher"]
     assert len(teacher) == 1 and (tmp_path / "s2" / "models" / teacher[0].key() / "model.pt").is_file()
+
+
+def test_the_runner_names_no_stage_and_no_table_step():
+    """The runner plans and runs what is registered: no stage, step or stage table is named in it."""
+    import ast
+
+    from workbench.stages import table_steps
+
+    tree = ast.parse((ROOT / "workbench" / "runner.py").read_text())
+    strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    names = set(STAGES.in_order()) | {s.name for s in table_steps()}
+    tables = {t for n in STAGES.in_order() for t in STAGES.get(n).tables} | {t for s in table_steps() for t in s.tables}
+    assert not strings & (names | tables), sorted(strings & (names | tables))

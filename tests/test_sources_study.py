@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from workbench.views import figures
 from workbench.data import load_dataset
 from workbench.errors import StudyError
 from workbench.models import create_model
@@ -130,7 +131,7 @@ def test_mixed_study_writes_every_table_and_the_report_with_all_four_models(mixe
     from workbench.report import figures as F
 
     assert "drawing failed" not in html
-    missing = [s.name for s in F.FIGURES if not (mixed_run["run"].path / "figures" / f"{s.name}.png").is_file()]
+    missing = [s.name for s in figures() if not (mixed_run["run"].path / "figures" / f"{s.name}.png").is_file()]
     assert not missing, missing
 
 

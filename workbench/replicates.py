@@ -28,6 +28,7 @@ import pandas as pd
 
 from .registry import TableSchema
 from .seeds import derive_seed
+from .stages import TableStep, register_table_step
 from .stats import bootstrap_interval
 
 COLUMNS = ["architecture", "recipe", "measure", "detail", "norm", "eps", "seed", "model", "value", "ci_low", "ci_high",
@@ -167,6 +168,20 @@ def replicates_table(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     df["_group"] = df.groupby(keys, sort=False).ngroup()
     df = df.sort_values(["_group", "seed"], kind="stable").drop(columns="_group")
     return df[COLUMNS].reset_index(drop=True)
+
+
+class ReplicatesStep(TableStep):
+    """The ``replicates`` table (empty for a run of one seed), after the paired tests."""
+
+    name = "replicates"
+    order = 20.0
+    tables = TABLES_REPLICATES
+
+    def run(self, tables, ctx):
+        return {"replicates": replicates_table(tables)}
+
+
+register_table_step(ReplicatesStep())
 
 
 def mean_sd_text(mean: float, sd: float, n: int, *, percent: bool = False) -> str:

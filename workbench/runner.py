@@ -27,12 +27,11 @@ from . import distributed
 from .cache import ResultCache
 from .data import DataSplits, load_section
 from .errors import WorkbenchError
-from .evaluation import EvalResult
 from .executors import Executor, InProcess, make_executor
 from .progress import Progress
 from .registry import TableSchema
 from .facts import RunFacts
-from .stages import plan, run_stages
+from .stages import StageOutput, plan, run_stages, run_table_steps
 from .state import cpu_threads, cudnn_benchmark, preserved_rng, threads_setting
 from .store import ModelStore, RunFolder, atomic_write_bytes, environment, now
 from .study import Study
@@ -128,8 +127,9 @@ class Run:
     models: dict[str, TrainedModel]
     tables: dict[str, pd.DataFrame]
     timings: dict[str, float] = field(default_factory=dict)
-    #: the evaluation's tables; ``adversarial`` is empty when they came from the result cache
-    evaluation: EvalResult | None = None
+    #: each stage's output (its tables as computed, before any table step; ``value``, e.g. the
+    #: evaluation's EvalResult, only when it was computed in this run, not read from the cache)
+    outputs: dict[str, StageOutput] = field(default_factory=dict)
     #: stages whose tables came from the result cache (``evaluate``, ``soundness``, ``probe:<name>``)
     cached_stages: list[str] = field(default_factory=list)
     #: the study's loaded models (``models:``), by id
@@ -383,33 +383,22 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         # the store under a hash of what determines it (stages.py, cache.py), so a rerun with
         # nothing changed reads it back. The runner, not the stage, writes its artifacts.
         stage_timings: dict[str, float] = {}
-        ran = run_stages(plan(study), study, run_facts(study, data, device, trained, loaded), ResultCache(store.root),
-                         progress=progress, recompute=recompute, timings=stage_timings)
+        facts = run_facts(study, data, device, trained, loaded)
+        ran = run_stages(plan(study), study, facts, ResultCache(store.root), progress=progress, recompute=recompute,
+                         timings=stage_timings)
         stage_tables, artifacts, cached_stages = ran.tables, ran.artifacts, ran.reused
         timings.update(stage_timings)
         if any(k.startswith("probe:") for k in stage_timings):
             timings["probes"] = sum(v for k, v in stage_timings.items() if k.startswith("probe:"))
         tables.update(stage_tables)
-        # the headline: per example, robust only if no white-box attack run on it broke it
-        # (the checks' attacks included), then paired tests between the models of each pair
-        from .evaluation.worst_case import with_worst_case
-        from .significance import significance_table
-
-        tables["robustness"], tables["per_example"] = with_worst_case(
-            tables["robustness"], tables["per_example"], tables.get("soundness_per_example"))
         for rel, blob in artifacts.items():
             atomic_write_bytes(folder.path / rel, blob)
         result_keys = dict(ran.keys)
-        ev = ran.outputs["evaluate"]
-        result = ev.value if ev.value is not None else EvalResult(
-            ev.tables["robustness"], ev.tables["per_example"], ev.tables["transfer"])
         if cached_stages:
             log.info("reused cached results: %s", ", ".join(cached_stages))
-        tables["significance"] = significance_table(tables, study.pairs())
-        # seeds as replicates: per architecture × recipe × measure, each seed's value, mean and sd
-        from .replicates import replicates_table
-
-        tables["replicates"] = replicates_table(tables)
+        # the table steps derive tables from all of these (the worst case, the paired tests,
+        # the seeds as replicates: stages.TABLE_STEPS)
+        run_table_steps(tables, facts, progress=progress)
 
         for name, df in tables.items():
             folder.write_table(name, df)
@@ -445,4 +434,4 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         archived = folder.publish()
         if archived:
             log.info("previous run moved to %s", archived)
-    return Run(folder.path, study, device, data, trained, tables, timings, result, cached_stages, loaded)
+    return Run(folder.path, study, device, data, trained, tables, timings, ran.outputs, cached_stages, loaded)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .registry import TableSchema
+from .stages import TableStep, register_table_step
 from .stats import discordant, holm, mcnemar, paired_test
 
 ALPHA = 0.05
@@ -175,6 +176,21 @@ def significance_table(tables: Mapping[str, pd.DataFrame], pairs: Sequence[tuple
     df["p_holm"] = holm(df["p_value"].to_numpy(float)) if len(df) else []
     df["significant"] = df["p_holm"] < ALPHA
     return df[COLUMNS]
+
+
+class SignificanceStep(TableStep):
+    """The ``significance`` table, from every table the stages wrote and the study's pairs."""
+
+    name = "significance"
+    facts = ("pairs",)
+    order = 10.0
+    tables = TABLES_SIGNIFICANCE
+
+    def run(self, tables, ctx):
+        return {"significance": significance_table(tables, ctx.pairs)}
+
+
+register_table_step(SignificanceStep())
 
 
 def describe(df: pd.DataFrame, limit: int = 12) -> list[str]:

@@ -320,3 +320,55 @@ def run_stages(stages: list[Stage], study: Any, facts: FactSource, cache: Any, *
         if timings is not None:
             timings[stage.name] = time.perf_counter() - t0
     return out
+
+
+# --------------------------------------------------------------------------- table steps
+
+
+class TableStep:
+    """A step after the stages that derives tables from every table written so far (the
+    worst case over the attacks, the paired tests, the seeds as replicates). It is given
+    the facts it declares, like a stage, and returns tables to add or to replace. Not
+    cached: it is cheap, and what it reads is (the stages' results). Subclasses set
+    ``name``, ``facts``, ``order`` and ``tables`` (the new tables it writes)."""
+
+    name: str = ""
+    facts: tuple[str, ...] = ()
+    #: steps run by ``order`` (then name): a step reads what the steps before it wrote
+    order: float = 100.0
+    tables: Mapping[str, TableSchema] = {}
+
+    def run(self, tables: Mapping[str, pd.DataFrame], ctx: StageContext) -> dict[str, pd.DataFrame]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<table step {self.name}>"
+
+
+#: table steps by name, run after the stages
+TABLE_STEPS: Registry[TableStep] = Registry("table step")
+
+
+def register_table_step(step: TableStep) -> TableStep:
+    unknown = sorted(set(step.facts) - set(FACTS))
+    if unknown:
+        raise ValueError(f"table step {step.name!r} declares unknown facts {unknown}")
+    TABLE_STEPS.register(step.name, tables=step.tables)(step)
+    return step
+
+
+def table_steps(registry: Registry[TableStep] | None = None) -> list[TableStep]:
+    """The registered table steps, in the order they run."""
+    reg = TABLE_STEPS if registry is None else registry
+    return sorted((reg.get(n) for n in reg.in_order()), key=lambda s: (s.order, s.name))
+
+
+def run_table_steps(tables: dict[str, pd.DataFrame], facts: FactSource, *, progress: Progress = QUIET) -> list[str]:
+    """Run every table step on ``tables`` (updated in place); returns the names of the tables written."""
+    written: list[str] = []
+    for step in table_steps():
+        ctx = StageContext({f: facts.value(f) for f in step.facts}, progress=progress, stage=step.name)
+        out = step.run(dict(tables), ctx)
+        tables.update(out)
+        written += [t for t in out if t not in written]
+    return written

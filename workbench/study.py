@@ -26,8 +26,9 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import ConfigDict, Field, PositiveInt, ValidationError, create_model, field_validator, model_validator
 
-# The components register their configs on import; the evaluation comes before the probes
-# so that the stages (and their tables) keep their order.
+# Every component registers its config on import (workbench/components.py: the one place that
+# imports them); the schema below is built from the registries.
+from . import components  # noqa: F401  isort: skip
 from .attacks import ATTACKS
 from .config import (  # noqa: F401  (re-exported: the building blocks of every config)
     _SAFE_NAME,
@@ -50,9 +51,9 @@ from .config import (  # noqa: F401  (re-exported: the building blocks of every 
     parse_eps,
 )
 from .errors import StudyError
-from .evaluation import SoundnessConfig  # noqa: F401  (registers the evaluation's stages and section; re-exported)
+from .evaluation import SoundnessConfig  # noqa: F401  (re-exported)
 from .models.sources import SourceConfig
-from .probes import PROBES  # noqa: F401  (registers the probes' stages and section)
+from .probes import PROBES  # noqa: F401  (re-exported)
 from .registry import tagged_union
 from .stages import SECTIONS, STAGES
 from .training import RECIPES

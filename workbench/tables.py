@@ -2,8 +2,8 @@
 
 One row per observation, one column per variable. Each component declares the tables it
 writes next to its code (the runner: ``models``, ``pairs``, ``history``; every stage:
-``Stage.tables``, probes through their registration; the runner's closing ``significance``
-and ``replicates`` tables from workbench.significance and workbench.replicates); this module collects them, in the
+``Stage.tables``, probes through their registration; the table steps after the stages,
+``TableStep.tables``: ``significance``, ``replicates``); this module collects them, in the
 order the runner writes them. The result is the single source of the table documentation
 (``python -m workbench.tables`` prints it as Markdown) and of the schema tests: every
 table a run writes must have exactly these columns (extra columns are allowed only where
@@ -22,11 +22,9 @@ OPEN = {"history"}
 
 def all_tables() -> dict[str, TableSchema]:
     """name -> (what a row is, {column: meaning}) of every table of every registered component."""
-    from . import study as _study  # noqa: F401  (imports, and so registers, every component)
+    from . import components  # noqa: F401  (imports, and so registers, every component)
     from .runner import TABLES_RUN
-    from .replicates import TABLES_REPLICATES
-    from .significance import TABLES_SIGNIFICANCE
-    from .stages import STAGES
+    from .stages import STAGES, table_steps
 
     out: dict[str, TableSchema] = dict(TABLES_RUN)
     for stage in sorted((STAGES.get(n) for n in STAGES.in_order()), key=lambda s: (s.order, s.name)):
@@ -34,8 +32,11 @@ def all_tables() -> dict[str, TableSchema]:
             if name in out:
                 raise ValueError(f"table {name!r} is declared twice (stage {stage.name})")
             out[name] = schema
-    out.update(TABLES_SIGNIFICANCE)  # the runner's closing tables: tests on the stages' tables,
-    out.update(TABLES_REPLICATES)  # then the seeds as replicates
+    for step in table_steps():  # then the tables the steps after the stages derive from them
+        for name, schema in step.tables.items():
+            if name in out:
+                raise ValueError(f"table {name!r} is declared twice (table step {step.name})")
+            out[name] = schema
     return out
 
 

@@ -35,6 +35,7 @@ from ..seeds import derive_seed, seeded_generator, seeded_subset
 from ..stages import Stage, StageContext, StageOutput, register_section, register_stage
 from ..state import eval_mode, seeded_rng
 from ..stats import wilson_interval
+from ..views import FigureSpec, register_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import AttackBase
@@ -389,3 +390,18 @@ class EvaluationStage(Stage):
 
 
 register_stage(EvaluationStage())
+
+
+# --------------------------------------------------------------------------- report figures
+# drawn by the report from these tables (workbench/views.py; the drawing code is imported only then)
+
+register_figure(FigureSpec(
+    "accuracy_vs_eps",
+    "Accuracy against ε",
+    "Each panel is one attack; solid lines are white-box accuracy of each model as ε grows (ε = 0 is clean "
+        "accuracy), dashed lines are the same model scored on examples crafted on the other model of its pair, "
+        "so a robust model keeps its solid curve high, and a dashed curve below the solid one hints at gradient masking.",
+    "robustness",
+    "workbench.report.figures:accuracy_vs_eps",
+    ("robustness",),
+    order=0))

@@ -87,6 +87,7 @@ from ..stages import Stage, StageContext, StageOutput, register_stage
 from ..state import seeded_rng
 from ..stats import binomial_excess, discordant
 from .robustness import EvalResult, EvaluationConfig, score
+from ..views import FigureSpec, Measure, register_figure, register_measure
 
 
 class SoundnessConfig(Strict):
@@ -793,3 +794,21 @@ class SoundnessStage(Stage):
 
 
 register_stage(SoundnessStage())
+
+
+# --------------------------------------------------------------------------- report figures
+# drawn by the report from these tables (workbench/views.py; the drawing code is imported only then)
+
+register_figure(FigureSpec(
+    "soundness",
+    "Soundness checks",
+    "One cell per model and check: green passes, red warns, with the measured value; any red cell means that "
+        "model's robust accuracy may be overestimated (the table below gives thresholds and details).",
+    "soundness",
+    "workbench.report.figures:soundness",
+    ("soundness",),
+    order=120))
+
+# its column in the report's summary: each model's verdict
+register_measure(Measure("soundness_verdict", "soundness", "workbench.report.html:soundness_summary", summary=True,
+                         format="text", order=90))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..stages import TableStep, register_table_step
 from .robustness import accuracy_interval
 
 WORST = "worst_case"
@@ -92,3 +93,20 @@ def with_worst_case(
         rob = pd.concat([rob, w_rob], ignore_index=True)
         pe = pd.concat([pe, w_pe], ignore_index=True)
     return rob, pe
+
+
+class WorstCaseStep(TableStep):
+    """Appends the worst-case rows to ``robustness`` and ``per_example`` (the soundness
+    checks' per-example outcomes count when the checks ran)."""
+
+    name = "worst_case"
+    order = 0.0  # first: the paired tests and the replicates read the worst case
+
+    def run(self, tables, ctx):
+        if "robustness" not in tables:
+            return {}
+        rob, pe = with_worst_case(tables["robustness"], tables["per_example"], tables.get("soundness_per_example"))
+        return {"robustness": rob, "per_example": pe}
+
+
+register_table_step(WorstCaseStep())

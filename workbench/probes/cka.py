@@ -53,6 +53,7 @@ from ..models import extract_features, resolve_layers
 from ..registry import TableSchema
 from ..stats import BOOTSTRAP_SAMPLES, LEVEL
 from .base import PROBES, ProbeContext
+from ..views import FigureSpec, Measure, register_figure, register_measure
 
 
 class CKAProbe(Strict):
@@ -494,3 +495,23 @@ def run_cka(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
                     })
     log.info("cka: %d model combinations × %d kinds on %d examples", len(combos), len(cfg.kinds), n)
     return {"cka": pd.DataFrame(rows, columns=COLUMNS)}
+
+
+# --------------------------------------------------------------------------- report figures
+# drawn by the report from these tables (workbench/views.py; the drawing code is imported only then)
+
+register_figure(FigureSpec(
+    "cka",
+    "CKA between layers",
+    "CKA between every layer of the row model (vertical, input at the bottom) and every layer of the column "
+        "model (horizontal) — 1 means identical up to rotation and scale: self panels show each model's own "
+        "layer structure, pair panels show at which depth the standard and robust representations part ways "
+        "(a dark diagonal).",
+    "representations",
+    "workbench.report.figures:cka",
+    ("cka",),
+    order=80))
+
+# the measure workbench compare correlates with robustness
+register_measure(Measure("cka_to_reference", "linear CKA to the reference, penultimate",
+                         "workbench.report.cross_model:cka_to_reference", compare=True, order=40))

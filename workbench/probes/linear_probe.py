@@ -32,6 +32,7 @@ from ..errors import WorkbenchError
 from ..models import WorkbenchModel, extract_features, resolve_layers
 from ..registry import TableSchema
 from .base import PROBES, ProbeContext
+from ..views import FigureSpec, register_figure
 
 
 class LinearProbe(Strict):
@@ -371,3 +372,19 @@ def run_linear_probe(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     with ctx.progress.task("linear probes", len(distributed.my_batches(len(model_ids)))) as advance:
         rows = [r for part in distributed.run_sharded(len(model_ids), probe_model, "the linear probe") for r in part]
     return {"linear_probe": pd.DataFrame(rows, columns=COLUMNS)}
+
+
+# --------------------------------------------------------------------------- report figures
+# drawn by the report from these tables (workbench/views.py; the drawing code is imported only then)
+
+register_figure(FigureSpec(
+    "linear_probe",
+    "Linear probes per layer",
+    "Test accuracy of a logistic-regression probe trained on each layer's frozen features, on clean inputs "
+        "(first panel) and on PGD examples at each ε (next panels, with the clean curve repeated faintly): the "
+        "layer where a model's adversarial curve falls away from its clean one is where the attack destroys the "
+        "class information.",
+    "representations",
+    "workbench.report.figures:linear_probe",
+    ("linear_probe",),
+    order=90))

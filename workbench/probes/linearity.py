@@ -38,6 +38,7 @@ from ..seeds import seeded_generator
 from ..state import eval_mode
 from .base import PROBES, ProbeContext
 from .lipschitz import _device, summarize
+from ..views import FigureSpec, Measure, register_figure, register_measure
 
 
 class SurfaceConfig(Strict):
@@ -451,3 +452,56 @@ def run_linearity(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
         "loss_surface": cat(surf, "loss_surface"),
         "loss_slice": cat(sl, "loss_slice"),
     }
+
+
+# --------------------------------------------------------------------------- report figures
+# drawn by the report from these tables (workbench/views.py; the drawing code is imported only then)
+
+register_figure(FigureSpec(
+    "fgsm_pgd_gap",
+    "FGSM – PGD gap",
+    "FGSM accuracy minus PGD accuracy at each ε (left) with both accuracies (right): a gap near zero means one "
+        "gradient step already finds what PGD finds (a locally linear loss), a large gap at the training ε of an "
+        "FGSM-trained model is the signature of catastrophic overfitting.",
+    "robustness",
+    "workbench.report.figures:fgsm_pgd_gap",
+    ("fgsm_pgd_gap",),
+    order=10))
+
+register_figure(FigureSpec(
+    "linearity",
+    "Local linearity and gradient alignment",
+    "Left: γ(ε), the largest deviation of the loss from its first-order Taylor expansion in the ε-ball (lower "
+        "is more linear); right: cosine between the input gradient at x and at a random point of the ball (near 1: "
+        "the gradient is stable); bands span the 10–90% quantiles over examples.",
+    "representations",
+    "workbench.report.figures:linearity",
+    ("linearity",),
+    order=50))
+
+register_figure(FigureSpec(
+    "loss_surface",
+    "Loss surfaces",
+    "Cross-entropy on a 2-D slice x + a·ε·d₁ + b·ε·d₂ around each example (rows; + marks the clean input), with "
+        "d₁ the sign of the loss gradient (horizontal) and d₂ a random orthogonal direction (vertical); the colour "
+        "scale is shared within a row, so a uniformly dark panel is a flat loss an attacker cannot climb.",
+    "representations",
+    "workbench.report.figures:loss_surface",
+    ("loss_surface",),
+    order=60))
+
+register_figure(FigureSpec(
+    "loss_slice",
+    "Loss slices",
+    "Cross-entropy along the sign-gradient and along a random direction (t in units of ε): thin lines are "
+        "examples, thick lines their mean; a steep rise along the gradient but not along the random direction is "
+        "what adversarial vulnerability looks like.",
+    "representations",
+    "workbench.report.figures:loss_slice",
+    ("loss_slice",),
+    order=70))
+
+# the measures workbench compare correlates with robustness
+register_measure(Measure("gamma", "local linearity γ", "workbench.report.cross_model:gamma", compare=True, order=20))
+register_measure(Measure("grad_alignment", "gradient alignment", "workbench.report.cross_model:grad_alignment",
+                         compare=True, order=21))

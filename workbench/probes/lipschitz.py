@@ -49,6 +49,7 @@ from ..seeds import seeded_generator
 from ..state import eval_mode
 from ..stats import bootstrap_interval
 from .base import PROBES, ProbeContext
+from ..views import FigureSpec, Measure, register_figure, register_measure
 
 
 class LipschitzProbe(Strict):
@@ -569,3 +570,34 @@ def run_lipschitz(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     if cfg.logit_lipschitz:
         out["logit_lipschitz"] = pd.DataFrame(logit_rows, columns=list(TABLES_LIPSCHITZ["logit_lipschitz"][1]))
     return out
+
+
+# --------------------------------------------------------------------------- report figures
+# drawn by the report from these tables (workbench/views.py; the drawing code is imported only then)
+
+register_figure(FigureSpec(
+    "lipschitz_ratio",
+    "Feature-space Lipschitz ratio per layer",
+    "Top: D = ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖ per layer (log scale) for adversarial (solid), worst-case-feature (dashed) "
+        "and random (dotted) δ at the ε in each title; bottom: the relative change ‖Δφ‖/‖φ‖; lower means a more "
+        "stable representation, and dashed ≥ solid ≥ dotted must hold for every model or the search is broken.",
+    "representations",
+    "workbench.report.figures:lipschitz_ratio",
+    ("lipschitz",),
+    order=30))
+
+register_figure(FigureSpec(
+    "logit_lipschitz",
+    "Logit local Lipschitz",
+    "Yang et al.'s estimate of the logits' local Lipschitz constant (mean over examples of the largest "
+        "‖f(x) − f(x′)‖₁ / ‖x − x′‖∞ found in the L∞ ball, ± s.e.m.) against ε: smaller is smoother.",
+    "representations",
+    "workbench.report.figures:logit_lipschitz",
+    ("logit_lipschitz",),
+    order=40))
+
+# its column in the report's summary, and the measure workbench compare correlates with robustness
+register_measure(Measure("lipschitz_summary", "Lipschitz D, penultimate layer", "workbench.report.html:lipschitz_summary",
+                         summary=True, order=10))
+register_measure(Measure("lipschitz_penultimate", "Lipschitz D, penultimate (δ_loss, L∞)",
+                         "workbench.report.cross_model:lipschitz_penultimate", compare=True, order=10))

@@ -9,6 +9,7 @@ import pandas as pd
 from ..registry import TableSchema
 from ..represent.run import ARRAY_FILE, RepresentProbe, arrays_bytes, represent
 from .base import PROBES, ProbeContext
+from ..views import FigureSpec, register_figure
 
 TABLES_REPRESENT: dict[str, TableSchema] = {
     "represent_per_example": (
@@ -86,3 +87,76 @@ def run_represent(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     ctx.artifacts[f"arrays/{ARRAY_FILE}"] = arrays_bytes(out.arrays)
     return {"represent_per_example": out.per_example, "represent": out.summary, "represent_tests": out.tests,
             "represent_judge": out.judge}
+
+
+# --------------------------------------------------------------------------- report figures
+# drawn by the report (workbench/views.py; workbench.represent.figures is imported only then)
+
+register_figure(FigureSpec(
+    "gallery",
+    "Evaluation gallery",
+    "Rows: the first probe examples (seeded), then the first ones each pair's second model classifies correctly "
+        "but loses to PGD at the main ε; per model the adversarial image and its perturbation amplified to the full "
+        "grey range (mid-grey is zero): a robust model's perturbations that look like strokes of another digit are "
+        "what perceptually aligned gradients look like at a small ε.",
+    "robustness",
+    "workbench.represent.figures:gallery",
+    (),
+    order=130, arrays="represent.npz", load="workbench.represent.run:load_arrays"))
+
+register_figure(FigureSpec(
+    "represent_inversion",
+    "Representation inversion",
+    "Top: the targets x_t and the seeds; below, per model, the image found by minimising ‖φ(x) − φ(x_t)‖₂ / "
+        "‖φ(x_t)‖₂ at its penultimate layer from that seed: an inversion that looks like its target means the "
+        "representation keeps what we see; one that does not, with the same small distance, means it keeps "
+        "something else (Engstrom et al. 2019).",
+    "encode",
+    "workbench.represent.figures:inversion",
+    (),
+    order=140, arrays="represent.npz", load="workbench.represent.run:load_arrays"))
+
+register_figure(FigureSpec(
+    "represent_features",
+    "Feature visualisation",
+    "Per model, images from noise that maximise single coordinates of the penultimate layer (first seed of "
+        "each); k→c under a row names the coordinate and the class whose test images activate it most, which the "
+        "judge's agreement is scored against.",
+    "encode",
+    "workbench.represent.figures:features",
+    (),
+    order=150, arrays="represent.npz", load="workbench.represent.run:load_arrays"))
+
+register_figure(FigureSpec(
+    "represent_synthesis",
+    "Class-conditional synthesis",
+    "Top: seeds drawn from a Gaussian fitted to each class's training images; below, per model, the seed "
+        "after maximising that class's log-probability (Santurkar et al. 2019). The judge scores both: the "
+        "seeds' own agreement is the baseline a model must add to.",
+    "encode",
+    "workbench.represent.figures:synthesis",
+    (),
+    order=160, arrays="represent.npz", load="workbench.represent.run:load_arrays"))
+
+register_figure(FigureSpec(
+    "represent_perceptual",
+    "Perceptually aligned gradients",
+    "Per example and model, its large-ε targeted L2 examples towards each class (the input itself in its own "
+        "class's column) "
+        "(Tsipras et al. 2019): for a robust model they are expected to look like the target class.",
+    "encode",
+    "workbench.represent.figures:perceptual",
+    (),
+    order=170, arrays="represent.npz", load="workbench.represent.run:load_arrays"))
+
+register_figure(FigureSpec(
+    "represent_measures",
+    "What the representations encode: measures",
+    "Each panel one measure, each point a model with its 95% interval (Wilson for the judge's agreement, "
+        "bootstrap for means); (seed) and (clean) are the baselines without any model. The judge's accuracy "
+        "on each model's small-ε adversarial examples says how far its verdicts can be bought by perturbations "
+        "that transfer: a model whose examples fool the judge more is credited more by it.",
+    "encode",
+    "workbench.represent.figures:measures",
+    ("represent",),
+    order=180))

@@ -62,6 +62,7 @@ from ..registry import TableSchema
 from ..state import seeded_rng
 from ..store import RunFolder, atomic_write_bytes
 from .base import PROBES, ProbeContext
+from ..views import FigureSpec, Measure, register_figure, register_measure
 
 
 class SaliencyProbe(Strict):
@@ -507,3 +508,32 @@ def run_saliency(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
     ctx.artifacts[ARRAY_PATH] = saliency_bytes(x, y, index, maps)
     return {"saliency_metrics": pd.DataFrame(rows, columns=METRIC_COLUMNS),
             "saliency_agreement": pd.DataFrame(agreement, columns=AGREEMENT_COLUMNS)}
+
+
+# --------------------------------------------------------------------------- report figures
+# drawn by the report from these tables (workbench/views.py; the drawing code is imported only then)
+
+register_figure(FigureSpec(
+    "saliency",
+    "Saliency maps",
+    "Rows are test examples both models classify correctly; columns are the input, then each attribution method "
+        "for each model (|attribution| summed over channels, each map scaled to its own 99th percentile): robust "
+        "models' maps are expected to be sparser and to follow the object.",
+    "representations",
+    "workbench.report.html:saliency_figure",
+    (),
+    order=100))
+
+register_figure(FigureSpec(
+    "saliency_metrics",
+    "Attribution metrics",
+    "Mean (± s.e.m.) over examples of each map's Gini sparsity, captum infidelity and max-sensitivity per method "
+        "and model, and the Spearman rank agreement between the two models of each pair.",
+    "representations",
+    "workbench.report.figures:saliency_metrics",
+    ("saliency_metrics", "saliency_agreement"),
+    order=110))
+
+# the measure workbench compare correlates with robustness
+register_measure(Measure("saliency_gini", "saliency Gini sparsity", "workbench.report.cross_model:saliency_gini",
+                         compare=True, order=30))

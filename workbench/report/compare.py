@@ -361,12 +361,13 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     folder.write_table("cross_model_replicates", comp.replicates)
     rep_view = pd.DataFrame()
     if len(comp.replicates):
-        from .cross_model import REPLICATED, MEASURES
+        from .cross_model import compare_measures, replicated
         from ..replicates import mean_sd_text
 
         rep_view = comp.replicates[["run", "model", "n_seeds"]].copy()
-        for col in REPLICATED:
-            label = f"{col} (%)" if col in ("clean", "worst case", "autoattack") else MEASURES.get(col, col)
+        labels = compare_measures()
+        for col in replicated():
+            label = f"{col} (%)" if col in ("clean", "worst case", "autoattack") else labels.get(col, col)
             rep_view[label] = [
                 mean_sd_text(r[f"{col} mean"], r[f"{col} sd"], int(r["n_seeds"]), percent=col in ("clean", "worst case",
                                                                                                      "autoattack"))

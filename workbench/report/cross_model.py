@@ -19,18 +19,79 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .. import components  # noqa: F401  (registers every component's measures)
 from ..results import Results
 from ..stats import spearman
+from ..views import measures, resolve
 from . import figures as F
 from .html import penultimate_layers, robust_eps
 
-MEASURES = {
-    "lipschitz_penultimate": "Lipschitz D, penultimate (δ_loss, L∞)",
-    "gamma": "local linearity γ",
-    "grad_alignment": "gradient alignment",
-    "saliency_gini": "saliency Gini sparsity",
-    "cka_to_reference": "linear CKA to the reference, penultimate",
-}
+
+
+def compare_measures() -> dict[str, str]:
+    """name -> label of the representation measures the components register for compare
+    (:func:`workbench.views.register_measure` with ``compare=True``), in order."""
+    return {m.name: m.label for m in measures(compare=True)}
+
+
+# ----------------------------------------------------------------- the built-in probes' measures
+# (registered by the probes, workbench/probes/*.py; each returns {model: value} for one run)
+
+
+def _penultimate_lipschitz(res: Results) -> tuple[pd.DataFrame | None, dict]:
+    """The lipschitz rows (L∞, δ_loss, at the main ε) and each model's penultimate layer."""
+    lip = res.get("lipschitz")
+    if lip is None:
+        return None, {}
+    e = F.lipschitz_eps(lip, "linf", res.study.main_eps())
+    if e is None:
+        return None, {}
+    lip_d = _at(lip, norm="linf", kind="loss", eps=e)
+    return lip_d, penultimate_layers(lip_d)
+
+
+def lipschitz_penultimate(res: Results) -> dict[str, float]:
+    lip_d, pen = _penultimate_lipschitz(res)
+    return {m: _first(lip_d[(lip_d["model"] == m) & (lip_d["layer"] == pen[m][0])], "mean") for m in pen} \
+        if lip_d is not None else {}
+
+
+def _linearity_metric(res: Results, metric: str) -> dict[str, float]:
+    lin = res.get("linearity")
+    if lin is None or not len(lin):
+        return {}
+    e = F.closest(lin["eps"], res.study.main_eps())
+    return {m: _first(_at(lin, model=m, metric=metric, eps=e), "mean") for m in F.model_order(res.tables)}
+
+
+def gamma(res: Results) -> dict[str, float]:
+    return _linearity_metric(res, "gamma")
+
+
+def grad_alignment(res: Results) -> dict[str, float]:
+    return _linearity_metric(res, "grad_alignment")
+
+
+def saliency_gini(res: Results) -> dict[str, float]:
+    sal = res.get("saliency_metrics")
+    if sal is None or not len(sal):
+        return {}
+    return {m: float(sal[(sal["model"] == m) & (sal["method"] == "saliency")]["gini"].mean())
+            for m in F.model_order(res.tables)}
+
+
+def cka_to_reference(res: Results) -> dict[str, float]:
+    cka, pairs = res.get("cka"), res.get("pairs")
+    if cka is None or not len(cka) or pairs is None or not len(pairs):
+        return {}
+    _, pen = _penultimate_lipschitz(res)  # the penultimate layer the Lipschitz ratio names
+    out = {}
+    for m, ref in zip(pairs["model"], pairs["reference"]):
+        if m in pen:
+            layer = pen[m][0]
+            out[m] = _first(cka[(cka["model_a"] == ref) & (cka["model_b"] == m) & (cka["kind"] == "linear")
+                                & (cka["layer_a"] == layer) & (cka["layer_b"] == layer)], "value")
+    return out
 
 
 def _at(df: pd.DataFrame, **eq) -> pd.DataFrame:
@@ -48,19 +109,12 @@ def _run_rows(res: Results, name: str) -> list[dict]:
     if rob is None:
         return []
     main = res.study.main_eps()
-    lip, lin = res.get("lipschitz"), res.get("linearity")
-    sal, cka, sig = res.get("saliency_metrics"), res.get("cka"), res.get("significance")
+    sig = res.get("significance")
     pairs = res.get("pairs")
     ref_of = dict(zip(pairs["model"], pairs["reference"])) if pairs is not None and len(pairs) else {}
     w_eps = robust_eps(rob, "worst_case", main, "linf") if (rob["attack"] == "worst_case").any() else None
     aa = rob[(rob["method"] == "autoattack") & (rob["norm"] == "linf")]
-    lip_d, pen = None, {}
-    if lip is not None:
-        e = F.lipschitz_eps(lip, "linf", main)
-        if e is not None:
-            lip_d = _at(lip, norm="linf", kind="loss", eps=e)
-            pen = penultimate_layers(lip_d)
-    lin_e = F.closest(lin["eps"], main) if lin is not None and len(lin) else None
+    values = {m.name: resolve(m.compute)(res) for m in measures(compare=True)}
     mt = res.get("models")
     info = mt.set_index(mt["model"].astype(str)) if mt is not None else None
     rows = []
@@ -78,19 +132,9 @@ def _run_rows(res: Results, name: str) -> list[dict]:
             "worst ci_high": _first(worst, "ci_high"), "worst-case ε": w_eps if w_eps is not None else np.nan,
             "autoattack": _first(a, "accuracy"),
         }
-        row["lipschitz_penultimate"] = (
-            _first(lip_d[(lip_d["model"] == m) & (lip_d["layer"] == pen[m][0])], "mean") if lip_d is not None and m in pen
-            else np.nan)
-        for metric in ("gamma", "grad_alignment"):
-            row[metric] = _first(_at(lin, model=m, metric=metric, eps=lin_e), "mean") if lin_e is not None else np.nan
-        row["saliency_gini"] = (float(sal[(sal["model"] == m) & (sal["method"] == "saliency")]["gini"].mean())
-                                if sal is not None and len(sal) else np.nan)
+        for measure, got in values.items():
+            row[measure] = got.get(m, np.nan)
         ref = ref_of.get(m)
-        row["cka_to_reference"] = np.nan
-        if cka is not None and len(cka) and ref is not None and m in pen:
-            layer = pen[m][0]
-            row["cka_to_reference"] = _first(cka[(cka["model_a"] == ref) & (cka["model_b"] == m) & (cka["kind"] == "linear")
-                                                 & (cka["layer_a"] == layer) & (cka["layer_b"] == layer)], "value")
         row["worst case vs reference"] = ""
         if sig is not None and len(sig) and ref is not None and w_eps is not None:
             s = _at(sig, model=m, measure="worst_case", norm="linf", eps=w_eps)
@@ -121,14 +165,15 @@ def family(row: pd.Series | dict) -> str:
     return str(row["model"])
 
 
-#: the cross-model columns summarised across seeds (accuracies, then the representation measures)
-REPLICATED = ("clean", "worst case", "autoattack", *MEASURES)
+def replicated() -> tuple[str, ...]:
+    """The cross-model columns summarised across seeds (accuracies, then the representation measures)."""
+    return ("clean", "worst case", "autoattack", *compare_measures())
 
 
 def replicate_rows(table: pd.DataFrame) -> pd.DataFrame:
     """Mean ± sd across seeds of every measure of the cross-model table, one row per run ×
     architecture × recipe trained with two or more seeds (``<col> mean``, ``<col> sd``, n_seeds)."""
-    cols = ["run", "model", "n_seeds"] + [f"{c} {s}" for c in REPLICATED for s in ("mean", "sd")]
+    cols = ["run", "model", "n_seeds"] + [f"{c} {s}" for c in replicated() for s in ("mean", "sd")]
     if table.empty or "seed" not in table.columns:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -137,7 +182,7 @@ def replicate_rows(table: pd.DataFrame) -> pd.DataFrame:
         if d["seed"].nunique() < 2:
             continue
         row = {"run": run, "model": fam, "n_seeds": int(d["seed"].nunique())}
-        for c in REPLICATED:
+        for c in replicated():
             v = d[c].to_numpy(float) if c in d.columns else np.array([np.nan])
             v = v[np.isfinite(v)]
             row[f"{c} mean"] = float(v.mean()) if len(v) else np.nan
@@ -155,7 +200,7 @@ def cross_model_table(runs: Sequence[Results], names: Sequence[str]) -> pd.DataF
 def correlations(table: pd.DataFrame) -> pd.DataFrame:
     """Spearman's ρ (Fisher interval) of each measure with worst-case accuracy across models."""
     out = []
-    for col, label in MEASURES.items():
+    for col, label in compare_measures().items():
         if col in table.columns:
             s = spearman(table[col], table["worst case"])
             out.append({"measure": label, **s})
@@ -167,7 +212,8 @@ def measure_scatter(runs: Sequence[Results], names: Sequence[str]) -> Figure | N
     table = cross_model_table(runs, names)
     if table.empty:
         return None
-    cols = [c for c in MEASURES if c in table.columns and table[c].notna().sum() >= 2 and table["worst case"].notna().any()]
+    labels = compare_measures()
+    cols = [c for c in labels if c in table.columns and table[c].notna().sum() >= 2 and table["worst case"].notna().any()]
     if not cols:
         return None
     # replicates of one architecture × recipe share a colour (the seeds are points of one kind)
@@ -189,8 +235,8 @@ def measure_scatter(runs: Sequence[Results], names: Sequence[str]) -> Figure | N
             rho = "ρ undefined" if not np.isfinite(s["rho"]) else (
                 f"ρ = {s['rho']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if np.isfinite(s["ci_low"])
                 else f"ρ = {s['rho']:.2f}")
-            ax.set_title(f"{MEASURES[col]}\nSpearman {rho}, n = {s['n']}", fontsize="small")
-            ax.set_xlabel(MEASURES[col])
+            ax.set_title(f"{labels[col]}\nSpearman {rho}, n = {s['n']}", fontsize="small")
+            ax.set_xlabel(labels[col])
         axes[0, 0].set_ylabel("worst-case robust accuracy")
         from matplotlib.lines import Line2D
 

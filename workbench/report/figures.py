@@ -7,8 +7,10 @@ a report. Figures are built with ``matplotlib.figure.Figure`` directly, never th
 pyplot: no global figure registry to leak into (nothing to close), no backend switch in a
 user's notebook, and rendering goes through Agg whatever backend is active.
 
-:data:`FIGURES` lists them in report order with the one sentence that tells how to read
-each; :func:`render` saves one figure in the study's formats.
+The components that write the tables register each figure (its title, the one sentence
+that tells how to read it, its section and which function here draws it:
+:func:`workbench.views.register_figure`), and the report draws what is registered;
+:func:`render` saves one figure in the study's formats.
 """
 
 from __future__ import annotations
@@ -636,156 +638,6 @@ def soundness(tables: Tables, **_: Any) -> Figure | None:
         ax.set_xticks(range(len(checks)), checks, rotation=30, ha="right")
         ax.set_yticks(range(len(models)), models)
     return fig
-
-
-# --------------------------------------------------------------------------- catalogue
-
-
-@dataclass(frozen=True)
-class FigureSpec:
-    """A figure of the report: file stem, title, the sentence that says how to read it, the
-    report section, the function drawing it (called with the tables and ``main_eps``) and
-    the tables it draws from (it is skipped when none of them is present)."""
-
-    name: str
-    title: str
-    caption: str
-    section: str
-    draw: Callable[..., Figure | None]
-    needs: tuple[str, ...]
-    #: a file of the run's ``arrays/`` the figure draws from: ``draw(arrays, tables)`` then
-    #: gets its arrays as a dict (the figure is skipped when the file is absent)
-    arrays: str | None = None
-
-
-def _represent(name: str) -> Callable[..., Figure | None]:
-    """A figure of workbench.represent.figures, imported when drawn (it imports this module)."""
-
-    def draw(*args: Any, **kw: Any) -> Figure | None:
-        import importlib
-
-        return getattr(importlib.import_module("workbench.represent.figures"), name)(*args, **kw)
-
-    return draw
-
-
-FIGURES: tuple[FigureSpec, ...] = (
-    FigureSpec(
-        "accuracy_vs_eps", "Accuracy against ε",
-        "Each panel is one attack; solid lines are white-box accuracy of each model as ε grows (ε = 0 is clean "
-        "accuracy), dashed lines are the same model scored on examples crafted on the other model of its pair, "
-        "so a robust model keeps its solid curve high, and a dashed curve below the solid one hints at gradient masking.",
-        "robustness", accuracy_vs_eps, ("robustness",)),
-    FigureSpec(
-        "fgsm_pgd_gap", "FGSM – PGD gap",
-        "FGSM accuracy minus PGD accuracy at each ε (left) with both accuracies (right): a gap near zero means one "
-        "gradient step already finds what PGD finds (a locally linear loss), a large gap at the training ε of an "
-        "FGSM-trained model is the signature of catastrophic overfitting.",
-        "robustness", fgsm_pgd_gap, ("fgsm_pgd_gap",)),
-    FigureSpec(
-        "training_curves", "Training curves",
-        "Clean and PGD accuracy on the held-out monitor batch and the training loss after each epoch, per model: "
-        "a robust accuracy that collapses while clean accuracy holds marks catastrophic overfitting.",
-        "robustness", training_curves, ("history",)),
-    FigureSpec(
-        "lipschitz_ratio", "Feature-space Lipschitz ratio per layer",
-        "Top: D = ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖ per layer (log scale) for adversarial (solid), worst-case-feature (dashed) "
-        "and random (dotted) δ at the ε in each title; bottom: the relative change ‖Δφ‖/‖φ‖; lower means a more "
-        "stable representation, and dashed ≥ solid ≥ dotted must hold for every model or the search is broken.",
-        "representations", lipschitz_ratio, ("lipschitz",)),
-    FigureSpec(
-        "logit_lipschitz", "Logit local Lipschitz",
-        "Yang et al.'s estimate of the logits' local Lipschitz constant (mean over examples of the largest "
-        "‖f(x) − f(x′)‖₁ / ‖x − x′‖∞ found in the L∞ ball, ± s.e.m.) against ε: smaller is smoother.",
-        "representations", logit_lipschitz, ("logit_lipschitz",)),
-    FigureSpec(
-        "linearity", "Local linearity and gradient alignment",
-        "Left: γ(ε), the largest deviation of the loss from its first-order Taylor expansion in the ε-ball (lower "
-        "is more linear); right: cosine between the input gradient at x and at a random point of the ball (near 1: "
-        "the gradient is stable); bands span the 10–90% quantiles over examples.",
-        "representations", linearity, ("linearity",)),
-    FigureSpec(
-        "loss_surface", "Loss surfaces",
-        "Cross-entropy on a 2-D slice x + a·ε·d₁ + b·ε·d₂ around each example (rows; + marks the clean input), with "
-        "d₁ the sign of the loss gradient (horizontal) and d₂ a random orthogonal direction (vertical); the colour "
-        "scale is shared within a row, so a uniformly dark panel is a flat loss an attacker cannot climb.",
-        "representations", loss_surface, ("loss_surface",)),
-    FigureSpec(
-        "loss_slice", "Loss slices",
-        "Cross-entropy along the sign-gradient and along a random direction (t in units of ε): thin lines are "
-        "examples, thick lines their mean; a steep rise along the gradient but not along the random direction is "
-        "what adversarial vulnerability looks like.",
-        "representations", loss_slice, ("loss_slice",)),
-    FigureSpec(
-        "cka", "CKA between layers",
-        "CKA between every layer of the row model (vertical, input at the bottom) and every layer of the column "
-        "model (horizontal) — 1 means identical up to rotation and scale: self panels show each model's own "
-        "layer structure, pair panels show at which depth the standard and robust representations part ways "
-        "(a dark diagonal).",
-        "representations", cka, ("cka",)),
-    FigureSpec(
-        "linear_probe", "Linear probes per layer",
-        "Test accuracy of a logistic-regression probe trained on each layer's frozen features, on clean inputs "
-        "(first panel) and on PGD examples at each ε (next panels, with the clean curve repeated faintly): the "
-        "layer where a model's adversarial curve falls away from its clean one is where the attack destroys the "
-        "class information.",
-        "representations", linear_probe, ("linear_probe",)),
-    FigureSpec(
-        "saliency", "Saliency maps",
-        "Rows are test examples both models classify correctly; columns are the input, then each attribution method "
-        "for each model (|attribution| summed over channels, each map scaled to its own 99th percentile): robust "
-        "models' maps are expected to be sparser and to follow the object.",
-        "representations", saliency_grid, ()),
-    FigureSpec(
-        "saliency_metrics", "Attribution metrics",
-        "Mean (± s.e.m.) over examples of each map's Gini sparsity, captum infidelity and max-sensitivity per method "
-        "and model, and the Spearman rank agreement between the two models of each pair.",
-        "representations", saliency_metrics, ("saliency_metrics", "saliency_agreement")),
-    FigureSpec(
-        "soundness", "Soundness checks",
-        "One cell per model and check: green passes, red warns, with the measured value; any red cell means that "
-        "model's robust accuracy may be overestimated (the table below gives thresholds and details).",
-        "soundness", soundness, ("soundness",)),
-    FigureSpec(
-        "gallery", "Evaluation gallery",
-        "Rows: the first probe examples (seeded), then the first ones each pair's second model classifies correctly "
-        "but loses to PGD at the main ε; per model the adversarial image and its perturbation amplified to the full "
-        "grey range (mid-grey is zero): a robust model's perturbations that look like strokes of another digit are "
-        "what perceptually aligned gradients look like at a small ε.",
-        "robustness", _represent("gallery"), (), "represent.npz"),
-    FigureSpec(
-        "represent_inversion", "Representation inversion",
-        "Top: the targets x_t and the seeds; below, per model, the image found by minimising ‖φ(x) − φ(x_t)‖₂ / "
-        "‖φ(x_t)‖₂ at its penultimate layer from that seed: an inversion that looks like its target means the "
-        "representation keeps what we see; one that does not, with the same small distance, means it keeps "
-        "something else (Engstrom et al. 2019).",
-        "encode", _represent("inversion"), (), "represent.npz"),
-    FigureSpec(
-        "represent_features", "Feature visualisation",
-        "Per model, images from noise that maximise single coordinates of the penultimate layer (first seed of "
-        "each); k→c under a row names the coordinate and the class whose test images activate it most, which the "
-        "judge's agreement is scored against.",
-        "encode", _represent("features"), (), "represent.npz"),
-    FigureSpec(
-        "represent_synthesis", "Class-conditional synthesis",
-        "Top: seeds drawn from a Gaussian fitted to each class's training images; below, per model, the seed "
-        "after maximising that class's log-probability (Santurkar et al. 2019). The judge scores both: the "
-        "seeds' own agreement is the baseline a model must add to.",
-        "encode", _represent("synthesis"), (), "represent.npz"),
-    FigureSpec(
-        "represent_perceptual", "Perceptually aligned gradients",
-        "Per example and model, its large-ε targeted L2 examples towards each class (the input itself in its own "
-        "class's column) "
-        "(Tsipras et al. 2019): for a robust model they are expected to look like the target class.",
-        "encode", _represent("perceptual"), (), "represent.npz"),
-    FigureSpec(
-        "represent_measures", "What the representations encode: measures",
-        "Each panel one measure, each point a model with its 95% interval (Wilson for the judge's agreement, "
-        "bootstrap for means); (seed) and (clean) are the baselines without any model. The judge's accuracy "
-        "on each model's small-ε adversarial examples says how far its verdicts can be bought by perturbations "
-        "that transfer: a model whose examples fool the judge more is credited more by it.",
-        "encode", _represent("measures"), ("represent",)),
-)
 
 
 def render(fig: Figure, stem: str, out_dir: Path | None, formats: Sequence[str]) -> tuple[bytes, dict[str, Path]]:

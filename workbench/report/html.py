@@ -12,8 +12,10 @@ the only markup marked safe is the report's own script.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as _dt
 import hashlib
+import inspect
 import logging
 import math
 import os
@@ -28,8 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .. import components  # noqa: F401  (registers every component's figures)
 from ..errors import RunFolderError
 from ..results import Results, load
+from ..views import FigureSpec, figures, measures, resolve
 from . import figures as F
 
 log = logging.getLogger("workbench")
@@ -265,32 +269,43 @@ def summary_table(res: Results) -> pd.DataFrame:
         for m in models:
             rows[m][label] = acc.get(m, np.nan)
 
+    # the columns the components register (workbench.views: the Lipschitz ratio, the soundness verdict, ...)
+    columns: dict[str, str] = {}
+    for measure in measures(summary=True):
+        label, values = resolve(measure.compute)(res)
+        columns[measure.name] = label
+        formats[label] = measure.format
+        for m in models:
+            rows[m][label] = values.get(m, "" if measure.format == "text" else np.nan)
+
+    df = pd.DataFrame(list(rows.values()))
+    df.attrs["formats"] = formats
+    df.attrs["columns"] = columns
+    df.attrs["main_eps"] = main_eps
+    return df
+
+
+def lipschitz_summary(res: Results) -> tuple[str, dict[str, float]]:
+    """The summary column of the lipschitz probe: D at the penultimate layer (δ_loss, L∞, at the
+    grid ε closest to the main ε), with the label naming the layer and ε."""
     lip = res.get("lipschitz")
-    lip_label = "Lipschitz D, penultimate layer (δ_loss, L∞)"
+    label = "Lipschitz D, penultimate layer (δ_loss, L∞)"
     values: dict[str, float] = {}
     if lip is not None:
-        eps = F.lipschitz_eps(lip, "linf", main_eps)
+        eps = F.lipschitz_eps(lip, "linf", res.study.main_eps())
         if eps is not None:
             d = lip[(lip["norm"] == "linf") & (lip["kind"] == "loss") & np.isclose(lip["eps"], eps)]
             layers = penultimate_layers(d)
             names = sorted({layer for layer, _ in layers.values()})
-            lip_label = f"Lipschitz D at {', '.join(names) or 'penultimate layer'} (δ_loss, L∞ ε={F.eps_label(eps)})"
+            label = f"Lipschitz D at {', '.join(names) or 'penultimate layer'} (δ_loss, L∞ ε={F.eps_label(eps)})"
             for m, (layer, _) in layers.items():
                 values[m] = float(d.loc[(d["model"] == m) & (d["layer"] == layer), "mean"].iloc[0])
-    formats[lip_label] = "num"
-    for m in models:
-        rows[m][lip_label] = values.get(m, np.nan)
+    return label, values
 
-    verdicts = soundness_verdicts(res.get("soundness"))
-    for m in models:
-        rows[m]["soundness"] = verdicts.get(m, "")
-    formats["soundness"] = "text"
 
-    df = pd.DataFrame(list(rows.values()))
-    df.attrs["formats"] = formats
-    df.attrs["lipschitz_column"] = lip_label
-    df.attrs["main_eps"] = main_eps
-    return df
+def soundness_summary(res: Results) -> tuple[str, dict[str, str]]:
+    """The summary column of the soundness checks: each model's verdict."""
+    return "soundness", soundness_verdicts(res.get("soundness"))
 
 
 def _summary_notes(res: Results) -> list[str]:
@@ -385,24 +400,31 @@ def load_saliency_arrays(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
         return None, f"arrays/saliency.npz could not be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
 
 
-def _draw_one(spec: F.FigureSpec, res: Results, main_eps: float) -> tuple[Any, str]:
+def saliency_figure(tables: Mapping[str, pd.DataFrame], *, run_dir: Path, **_: Any) -> tuple[Any, str]:
+    """The saliency maps of a run (figure or None, why it is None): drawn from its arrays."""
+    arrays, why = load_saliency_arrays(run_dir)
+    if arrays is None:
+        return None, why
+    return F.saliency_grid(arrays, tables), "no maps in arrays/saliency.npz"
+
+
+def _draw_one(spec: FigureSpec, res: Results, main_eps: float) -> tuple[Any, str]:
     """(figure or None, why it is None)."""
     if spec.needs and all(res.get(t) is None for t in spec.needs):
         return None, f"table {' / '.join(spec.needs)} absent (probe or check not run)"
     try:
-        if spec.arrays is not None:
+        if spec.arrays is not None:  # drawn from a file of the run's arrays/ (and the tables)
             path = res.path / "arrays" / spec.arrays
             if not path.is_file():
                 return None, f"no arrays/{spec.arrays} (probe not run)"
-            from ..represent.run import load_arrays
-
-            return spec.draw(load_arrays(path), res.tables), f"nothing to draw in arrays/{spec.arrays}"
-        if spec.name == "saliency":
-            arrays, why = load_saliency_arrays(res.path)
-            if arrays is None:
-                return None, why
-            return F.saliency_grid(arrays, res.tables), "no maps in arrays/saliency.npz"
-        return spec.draw(res.tables, main_eps=main_eps), "nothing to draw in its table"
+            arrays = resolve(spec.load)(path) if spec.load is not None else dict(np.load(path, allow_pickle=False))
+            return resolve(spec.draw)(arrays, res.tables), f"nothing to draw in arrays/{spec.arrays}"
+        draw = resolve(spec.draw)
+        params = inspect.signature(draw).parameters
+        kwargs = {k: v for k, v in (("main_eps", main_eps), ("run_dir", res.path))
+                  if k in params or any(p.kind is p.VAR_KEYWORD for p in params.values())}
+        out = draw(res.tables, **kwargs)
+        return out if isinstance(out, tuple) else (out, "nothing to draw in its table")
     except Exception as e:  # noqa: BLE001 - one broken figure must not cost the whole report
         log.warning("figure %s failed", spec.name, exc_info=True)
         return None, f"drawing failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
@@ -413,7 +435,7 @@ def draw_figures(res: Results, out_dir: Path | None, formats: Sequence[str]) -> 
     entries: list[FigureEntry] = []
     skipped: list[str] = []
     main_eps = res.study.main_eps()
-    for spec in F.FIGURES:
+    for spec in figures():
         fig, reason = _draw_one(spec, res, main_eps)
         if fig is None:
             skipped.append(f"{spec.title}: {reason}.")
@@ -617,8 +639,16 @@ def _figure_inputs(res: Results) -> dict[str, Any]:
         "tables": tables,
         "arrays": digests(res.path / "arrays", "*"),
         "study": res.study.digest(),
-        "code": code_hash(__name__, F.__name__),
+        # the figures the components register (a new one is drawn), and the code drawing each
+        "figures": [{**dataclasses.asdict(spec), "draw": _ref(spec.draw), "load": _ref(spec.load)} for spec in figures()],
+        "code": code_hash(__name__, F.__name__, *sorted({_ref(f).partition(":")[0] for spec in figures()
+                                                         for f in (spec.draw, spec.load) if f is not None})),
     }
+
+
+def _ref(fn: Any) -> str | None:
+    """``module:function`` of a figure's drawing (or loading) function."""
+    return fn if fn is None or isinstance(fn, str) else f"{fn.__module__}:{fn.__qualname__}"
 
 
 def cached_figures(res: Results, out_dir: Path, formats: Sequence[str]) -> tuple[list[FigureEntry], list[str]]:
