@@ -56,6 +56,9 @@ PROBES = {
     "saliency": {"examples": 4, "ig_steps": 4, "smoothgrad_samples": 2},
     "cka": {},
     "linear_probe": {"eps": [0.2], "train_examples": 200, "C": [1.0], "max_iter": 100},
+    "represent": {"inversion": {"examples": 4, "steps": 5}, "features": {"features": 2, "seeds": 1, "steps": 5},
+                  "synthesis": {"per_class": 1, "steps": 5}, "perceptual": {"examples": 2, "steps": 5, "fool_examples": 16},
+                  "gallery": {"examples": 2, "lost": 2, "pool": 16, "steps": 3}},
 }
 SOUNDNESS = {"enabled": True, "examples": 50}
 
@@ -431,7 +434,7 @@ def test_render_writes_the_study_formats(tmp_path):
 def expected_figures(runs) -> set[str]:
     names = {"accuracy_vs_eps", "training_curves"}
     if runs["probes"]:
-        names |= {s.name for s in figures() if s.section == "representations"} | {"fgsm_pgd_gap"}
+        names |= {s.name for s in figures() if s.section in ("representations", "encode")} | {"fgsm_pgd_gap", "gallery"}
     if runs["soundness"]:
         names.add("soundness")
     return names
@@ -442,6 +445,7 @@ def test_report_has_every_section_and_embeds_every_figure(runs):
     path = runs["full"] / "index.html"
     page = page_of(path)
     assert {"summary", "robustness", "representations", "soundness", "provenance", "summary-table"} <= page.ids
+    assert ("encode" in page.ids) == runs["probes"]  # the represent probe's section, only when it ran
     names = [f["name"] for f in page.figures]
     assert set(names) == expected_figures(runs) and len(names) == len(set(names))
     for f in page.figures:
@@ -501,6 +505,7 @@ def test_report_without_probes_still_complete(runs):
     assert {f["name"] for f in page.figures} == {"accuracy_vs_eps", "training_curves"}
     text = (runs["plain"] / "index.html").read_text(encoding="utf-8")
     assert "No representation probes were run" in text and "checks were not run" in text
+    assert 'id="encode"' not in text  # no represent probe: no section for it
     rows = page.rows("summary-table")
     lip = [h for h in page.headers["summary-table"] if h.startswith("Lipschitz")][0]
     assert all(r[lip]["text"] == "" and r["soundness"]["text"] == "" for r in rows)
