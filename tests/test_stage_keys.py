@@ -28,7 +28,8 @@ BASE = {
     "evaluation": {"examples": 32, "eps": [0.05, 0.1], "attacks": ["fgsm", {"name": "pgd", "steps": 2}],
                    "soundness": {"enabled": True}},
     "probes": {"examples": 16, "lipschitz": {}, "linearity": {}, "saliency": {}, "cka": {}, "linear_probe": {}, "represent": {},
-               "corruptions": {"corruptions": ["contrast", "fog"], "severities": [1, 2]}},
+               "corruptions": {"corruptions": ["contrast", "fog"], "severities": [1, 2]},
+               "threats": {"layers": "penultimate", "steps": 2, "train_examples": 60, "corruptions": ["contrast"]}},
     "report": {"enabled": False},
 }
 
