@@ -32,6 +32,7 @@ from ..errors import RunFolderError, WorkbenchError
 from ..results import Results, load
 from ..store import RunFolder
 from . import figures as F
+from .cross_model import THREATS
 from .html import FigureEntry, data_uri, html_table, now_text, png_size, render_page, robust_eps, write_page
 
 _RUN_STYLES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3))]
@@ -259,6 +260,8 @@ class Comparison:
     correlations: pd.DataFrame
     significance: pd.DataFrame
     differences: pd.DataFrame
+    #: Spearman's ρ across models of the L∞ worst case with each other threat model's accuracy
+    threat_correlations: pd.DataFrame = None  # type: ignore[assignment]
 
     def scatter(self) -> Figure | None:
         """Each representation measure against worst-case accuracy, one point per model."""
@@ -279,7 +282,7 @@ class Comparison:
 def compare_runs(runs: Sequence[str | Path | Results], names: Sequence[str] | None = None) -> Comparison:
     """The comparison's tables of run folders (or loaded :class:`Results`): the library
     function behind ``workbench compare`` (which draws its figures from the same tables)."""
-    from .cross_model import correlations, cross_model_table, replicate_rows
+    from .cross_model import correlations, cross_model_table, replicate_rows, threat_correlations
 
     _check_distinct([Path(r.path if isinstance(r, Results) else r) for r in runs])
     loaded = [r if isinstance(r, Results) else load(r) for r in runs]
@@ -289,7 +292,9 @@ def compare_runs(runs: Sequence[str | Path | Results], names: Sequence[str] | No
     sig = pd.concat(sigs, ignore_index=True) if sigs else pd.DataFrame(columns=["run"])
     sig = sig[["run", *[c for c in sig.columns if c != "run"]]]
     return Comparison(loaded, names, cross, replicate_rows(cross), correlations(cross) if len(cross) else pd.DataFrame(),
-                      sig, differences(loaded, names))
+                      sig, differences(loaded, names),
+                      threat_correlations(cross) if len(cross) else pd.DataFrame(columns=["threat", "n", "rho", "ci_low",
+                                                                                           "ci_high"]))
 
 
 def _headline_significance(c: Comparison) -> pd.DataFrame:
@@ -359,6 +364,7 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     cross, corr, diff = comp.cross, comp.correlations, comp.differences
     folder.write_table("cross_model", cross)
     folder.write_table("cross_model_replicates", comp.replicates)
+    folder.write_table("threat_correlations", comp.threat_correlations)
     rep_view = pd.DataFrame()
     if len(comp.replicates):
         from .cross_model import compare_measures, replicated
@@ -395,15 +401,22 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         "recipe are not independent models, so ρ describes these models, it does not generalise beyond them.",
     ] + [f"Spearman ρ of {r['measure']} with worst-case accuracy: {r['rho']:.2f} "
          f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] over {r['n']} models." for _, r in corr.iterrows()
-         if np.isfinite(r["rho"]) and np.isfinite(r["ci_low"])]
+         if np.isfinite(r["rho"]) and np.isfinite(r["ci_low"])] + [
+        f"Spearman ρ of the L∞ worst case with {r['threat']}: {r['rho']:.2f} "
+        + (f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] " if np.isfinite(r["ci_low"]) else "(no interval: too few models) ")
+        + f"over {r['n']} models (table threat_correlations)."
+        for _, r in comp.threat_correlations.iterrows() if np.isfinite(r["rho"])]
     page = render_page(
         "compare.html.j2",
         runs=runs,
         written=now_text(),
         runs_table=html_table(runs_df, {"main ε": "text"}, id="runs-table"),
-        cross=html_table(cross.drop(columns=[c for c in ("main ε", "worst-case ε") if c in cross.columns]),
+        cross=html_table(cross.drop(columns=[c for c in cross.columns if c in ("main ε", "worst-case ε")
+                                              or (c.startswith("worst ") and c.endswith(" ε"))
+                                              or (c in THREATS and cross[c].isna().all())]),
                          {"clean": "pct", "clean ci_low": "pct", "clean ci_high": "pct", "worst case": "pct",
                           "worst ci_low": "pct", "worst ci_high": "pct", "autoattack": "pct",
+                          **{c: "pct" for c in THREATS},
                           "worst case vs reference": "text"}, id="cross-model-table") if len(cross) else None,
         replicates=html_table(rep_view, {c: "text" for c in rep_view.columns if c != "n_seeds"},
                               id="replicates-table") if len(rep_view) else None,

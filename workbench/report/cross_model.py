@@ -5,7 +5,9 @@ accuracy (L∞, at the run's main ε) with their 95 % Wilson intervals, AutoAtta
 where it ran, the penultimate-layer Lipschitz ratio (δ_loss, L∞), local linearity γ and
 gradient alignment (means at the main ε), the Gini sparsity of the saliency maps, linear CKA
 to the pair's reference at the penultimate layer, and whether the model's worst case differs
-significantly from its reference (the run's ``significance`` table, Holm-corrected).
+significantly from its reference (the run's ``significance`` table, Holm-corrected), and the other
+threat models: the worst case at L2, L1 and spatial at each norm's summary ε and the mean accuracy
+under the common corruptions (:func:`threat_correlations` ranks them against the L∞ worst case).
 ``measure_scatter`` draws each measure against worst-case accuracy across all models with
 Spearman's ρ and its Fisher interval. Both take :func:`workbench.results.load` results, so a
 notebook gets the same table and figure.
@@ -94,6 +96,16 @@ def cka_to_reference(res: Results) -> dict[str, float]:
     return out
 
 
+#: the other threat models, as columns of the cross-model table: the worst case at the norm's
+#: summary ε (the middle of its grid), and the mean accuracy under the common corruptions
+THREATS = {
+    "worst l2": "worst case L2",
+    "worst l1": "worst case L1",
+    "worst spatial": "worst case spatial",
+    "corruptions": "common corruptions (mean accuracy)",
+}
+
+
 def _at(df: pd.DataFrame, **eq) -> pd.DataFrame:
     for k, v in eq.items():
         df = df[np.isclose(df[k], v)] if isinstance(v, float) else df[df[k] == v]
@@ -135,6 +147,14 @@ def _run_rows(res: Results, name: str) -> list[dict]:
         for measure, got in values.items():
             row[measure] = got.get(m, np.nan)
         ref = ref_of.get(m)
+        for norm in ("l2", "l1", "spatial"):
+            e = robust_eps(rob, "worst_case", main, norm) if ((rob["attack"] == "worst_case") & (rob["norm"] == norm)).any() else None
+            w = _at(rob, model=m, attack="worst_case", norm=norm, eps=e) if e is not None else rob.iloc[0:0]
+            row[f"worst {norm}"] = _first(w, "accuracy")
+            row[f"worst {norm} ε"] = e if e is not None else np.nan
+        ce = res.get("corruption_errors")
+        row["corruptions"] = (_first(ce[(ce["model"] == m) & (ce["corruption"] == "mean")], "accuracy")
+                              if ce is not None and len(ce) else np.nan)
         row["worst case vs reference"] = ""
         if sig is not None and len(sig) and ref is not None and w_eps is not None:
             s = _at(sig, model=m, measure="worst_case", norm="linf", eps=w_eps)
@@ -205,6 +225,16 @@ def correlations(table: pd.DataFrame) -> pd.DataFrame:
             s = spearman(table[col], table["worst case"])
             out.append({"measure": label, **s})
     return pd.DataFrame(out, columns=["measure", "n", "rho", "ci_low", "ci_high"])
+
+
+def threat_correlations(table: pd.DataFrame) -> pd.DataFrame:
+    """Spearman's ρ (Fisher interval) across models between the L∞ worst case and each other
+    threat model's accuracy (``THREATS``): does the ranking by L∞ robustness carry over?"""
+    out = []
+    for col, label in THREATS.items():
+        if col in table.columns and table[col].notna().sum() >= 2:
+            out.append({"threat": label, **spearman(table["worst case"], table[col])})
+    return pd.DataFrame(out, columns=["threat", "n", "rho", "ci_low", "ci_high"])
 
 
 def measure_scatter(runs: Sequence[Results], names: Sequence[str]) -> Figure | None:
