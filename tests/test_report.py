@@ -339,6 +339,13 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
         rows["corruption_errors"].append(dict(model=m, baseline=models[0], corruption="mean", accuracy=0.6 - 0.05 * i,
                                               ci_low=0.55, ci_high=0.65, ce=1 + 0.1 * i, relative_ce=1 + 0.2 * i,
                                               max_rise=-0.4))
+        for li, layer in enumerate(("conv1", "fc1")):  # representations under two threat models
+            for threat, budget in (("linf", 0.2), ("spatial", 1.0)):
+                for kind, change in (("threat", 0.6 - 0.2 * i), ("random", 0.3)):
+                    rows["threat_features"].append(dict(
+                        model=m, threat=threat, budget=budget, layer=layer, layer_index=li, kind=kind, change=change,
+                        ci_low=change - 0.02, ci_high=change + 0.02, vs_random=(0.6 - 0.2 * i) / 0.3, cka=0.8,
+                        probe_accuracy=0.5 + 0.2 * i, probe_clean_accuracy=0.95))
     return {k: pd.DataFrame(v, columns=list(TABLES[k][1])) for k, v in rows.items()}
 
 

@@ -29,7 +29,8 @@ BASE = {
                    "soundness": {"enabled": True}},
     "probes": {"examples": 16, "lipschitz": {}, "linearity": {}, "saliency": {}, "cka": {}, "linear_probe": {}, "represent": {},
                "corruptions": {"corruptions": ["contrast", "fog"], "severities": [1, 2]},
-               "threats": {"layers": "penultimate", "steps": 2, "train_examples": 60, "corruptions": ["contrast"]}},
+               "threats": {"layers": "penultimate", "steps": 2, "train_examples": 60, "corruptions": ["contrast"],
+                           "spatial": {"max_angle": 10, "max_shift": 1, "angles": 3, "shifts": 3}}},
     "report": {"enabled": False},
 }
 
