@@ -229,8 +229,12 @@ def test_a_registered_stage_runs_in_run_study_and_its_table_is_documented(tmp_pa
     monkeypatch.setitem(TABLE_STEPS._entries, "doubled", Doubled())
     monkeypatch.setitem(TABLE_STEPS._tables, "doubled", dict(Doubled.tables))
     assert "t_fake" in all_tables() and list(all_tables())[-2:] == ["t_doubled", "replicates"]
-    r = run_study(study_from_dict(TINY), tmp_path / "run", store=tmp_path / "store", progress=False, threads=1)
+    r = run_study(study_from_dict(TINY), tmp_path / "run", store=tmp_path / "store", progress=False, threads=1,
+                  report=True)
     assert fake.calls == 1 and r.tables["t_fake"]["v"].tolist() == [7] and fake.seen == ["evaluate"]
+    # the report was written in the staging folder; its provenance names the published one
+    page = (tmp_path / "run" / "index.html").read_text()
+    assert str((tmp_path / "run").resolve()) in page and ".staging" not in page
     assert r.tables["t_doubled"]["v"].tolist() == [14] and (tmp_path / "run" / "tables" / "t_doubled.parquet").is_file()
     assert (tmp_path / "run" / "arrays" / "fake.bin").read_bytes() == b"\x07"
     assert (tmp_path / "run" / "tables" / "t_fake.parquet").is_file()

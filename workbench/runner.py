@@ -29,72 +29,16 @@ from .data import DataSplits, load_section
 from .errors import WorkbenchError
 from .executors import Executor, InProcess, make_executor
 from .progress import Progress
-from .registry import TableSchema
 from .facts import RunFacts
 from .stages import StageOutput, plan, run_stages, run_table_steps
 from .state import cpu_threads, cudnn_benchmark, preserved_rng, threads_setting
 from .store import ModelStore, RunFolder, atomic_write_bytes, environment, now
 from .study import Study
+from .tables import TABLES_RUN  # noqa: F401  (the tables the runner itself writes: models, pairs, history)
 from .training import TrainedModel, TrainJob, data_identity, fit, plan_jobs
 from .training.loop import load_trained
 
 log = logging.getLogger("workbench")
-
-
-#: the tables this component writes (collected by workbench.tables)
-TABLES_RUN: dict[str, TableSchema] = {
-    "models": (
-        "one row per model: each trained one (architecture × recipe), then each loaded one (study `models`)",
-        {
-            "model": "model id: `<architecture>/<recipe>` (`<architecture>/<recipe>/s<seed>` in a study of several seeds), "
-            "or the id of a loaded model",
-            "architecture": "architecture label (`loaded` for a loaded model)",
-            "arch_name": "registry name of the architecture (a loaded model: its network's class)",
-            "recipe": "recipe label (`loaded` for a loaded model)",
-            "recipe_name": "registry name of the recipe (`loaded` for a loaded model)",
-            "train_eps": "training ε (0 for non-adversarial recipes)",
-            "train_norm": "training norm (`none` for non-adversarial recipes)",
-            "role": "`reference` (first recipe), `paired` (other recipes) or `loaded`",
-            "seed": "seed the model was trained with (study `seed`; a list trains one replicate per seed); empty for a "
-            "loaded model",
-            "key": "model-store key (hash of everything that determines the weights; a loaded model: of its source, "
-            "weight file and declaration)",
-            "cached": "weights reused from the store",
-            "resumed_from_epoch": "epoch a resumed training started from (empty if none)",
-            "epochs": "epochs trained",
-            "train_seconds": "training time (seconds, when trained)",
-            "stopped_early": "why training stopped early (e.g. catastrophic overfitting), else empty",
-            "parameters": "number of parameters",
-            "source": "where a loaded model came from (e.g. `robustbench:cifar10/Linf/Wong2020Fast`); empty if trained",
-            "file": "the weight file a loaded model was read from; empty if trained or built without weights",
-            "sha256": "sha256 of that weight file; empty if none",
-        },
-    ),
-    "pairs": (
-        "which models are compared (study `pairs`): by default each architecture's first-recipe model with its others "
-        "(same initial weights and data order)",
-        {
-            "pair": "`<reference>~<model>`",
-            "architecture": "the two models' architecture label, or `<a>~<b>` when they differ (`loaded` for loaded models)",
-            "reference": "model id of the reference (first recipe), or of the pair's first model",
-            "model": "model id of the other model",
-        },
-    ),
-    "history": (
-        "per-epoch training history",
-        {
-            "model": "model id",
-            "epoch": "epoch (1-based)",
-            "lr": "learning rate at the end of the epoch",
-            "train_loss": "mean training loss (on the inputs trained on)",
-            "train_acc": "training accuracy (on the inputs trained on)",
-            "val_acc": "clean accuracy on the held-out monitor batch",
-            "monitor_eps": "ε of the monitoring PGD (the model's L∞ training ε, else the main ε of the study that trained it)",
-            "val_robust_acc": "PGD accuracy on the monitor batch at `monitor_eps`",
-            "seconds": "epoch wall time",
-        },
-    ),
-}
 
 
 def default_threads() -> int:
@@ -425,7 +369,7 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
             from .report import write_report
 
             t0 = time.perf_counter()
-            write_report(folder.path)
+            write_report(folder.path, published=folder.target)
             timings["report"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         manifest["timings"] = timings

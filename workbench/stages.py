@@ -38,8 +38,6 @@ from .registry import Registry, TableSchema
 if TYPE_CHECKING:  # pragma: no cover
     from pydantic import BaseModel
 
-    from .data import DataSplits
-
 
 @dataclass(frozen=True)
 class Examples:
@@ -87,7 +85,7 @@ class StageContext:
     declared raises :class:`UndeclaredFact`: a stage cannot depend on what its key does
     not hold."""
 
-    data: DataSplits
+    data: Any  # a workbench.data.DataSplits (a foundation imports no component)
     models: dict[str, torch.nn.Module]
     pairs: list[tuple[str, str, str]]
     device: torch.device

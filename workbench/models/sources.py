@@ -298,7 +298,7 @@ def load_source(
     model.eval()
     _check_output(model, in_shape, num_classes, what, path)
     model.to(device)
-    from ..study import content_hash
+    from ..config import content_hash
 
     key = content_hash({
         "loaded": src.model_dump(mode="json", exclude={"download", "model_dir"} if src.robustbench else {"download"}),

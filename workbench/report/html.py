@@ -462,12 +462,12 @@ def _device_text(env: Mapping[str, Any], run: Mapping[str, Any]) -> str:
     return str(run.get("device", "not recorded"))
 
 
-def _provenance(res: Results) -> list[tuple[str, str]]:
+def _provenance(res: Results, published: Path | None = None) -> list[tuple[str, str]]:
     env, run = res.environment, res.run
     seeds = [str(s) for s in res.study.seeds] if res.study.replicated else sorted(
         {str(s) for s in (res.study.seed, env.get("seed")) if s is not None})
     items = [
-        ("run folder", str(res.path.resolve())),
+        ("run folder", str((published or res.path).resolve())),
         ("study", res.study.name),
         ("seeds (replicates)" if res.study.replicated else "seed", ", ".join(seeds)),
         ("started", str(env.get("started_at", run.get("started_at", "not recorded")))),
@@ -687,7 +687,7 @@ def cached_figures(res: Results, out_dir: Path, formats: Sequence[str]) -> tuple
     return entries, list(index["skipped"])
 
 
-def build_report(res: Results, *, out_dir: Path | None = None) -> str:
+def build_report(res: Results, *, out_dir: Path | None = None, published: Path | None = None) -> str:
     """The report page of ``res`` as a string; figure files go to ``out_dir`` when given."""
     summary = summary_table(res)
     if out_dir is not None:
@@ -725,7 +725,7 @@ def build_report(res: Results, *, out_dir: Path | None = None) -> str:
         verdict_banner=_verdict_banner(res),
         sections=sections,
         soundness=_soundness_section(res, entries),
-        provenance=_provenance(res),
+        provenance=_provenance(res, published),
         models_table=_models_table(res),
         timings=_timings(res),
         versions=_versions(res),
@@ -734,10 +734,12 @@ def build_report(res: Results, *, out_dir: Path | None = None) -> str:
     )
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``<run>/figures/*`` and ``<run>/index.html`` from the run's tables; returns the page."""
+def write_report(run_dir: str | Path, *, published: str | Path | None = None) -> Path:
+    """Write ``<run>/figures/*`` and ``<run>/index.html`` from the run's tables; returns the page.
+    ``published``: where the run folder will be once published (``workbench run`` writes the
+    report into its staging folder); the provenance names it."""
     res = load(run_dir)
-    page = build_report(res, out_dir=res.path / "figures")
+    page = build_report(res, out_dir=res.path / "figures", published=Path(published) if published else None)
     out = res.path / "index.html"
     write_page(out, page)
     return out

@@ -1,0 +1,187 @@
+"""The layering, checked on the import statements of workbench/ (every import, those inside
+functions included; not those under ``if TYPE_CHECKING:``, which only name types):
+
+- foundations (config, registries, store, cache, statistics, stages, views, ...) import no
+  component, schema, runner or report;
+- components (attacks, models, data, recipes, evaluation, probes, ...) import neither the
+  study schema nor the runner nor the report;
+- reading a run folder (``workbench.results``) imports no runner;
+- no import cycles.
+
+The exceptions that remain are listed below with their reason; the test fails when a new
+one appears, and when a listed one is gone (so the list stays true)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "workbench"
+
+FOUNDATIONS = {"config", "registry", "store", "cache", "stats", "seeds", "state", "errors", "codehash", "progress",
+               "views", "stages", "types", "distributed"}
+COMPONENTS = {"attacks", "models", "data", "training", "evaluation", "probes", "represent", "significance", "replicates",
+              "executors"}
+SCHEMA = {"study", "components"}
+RUNNER = {"runner", "facts", "cluster", "cli", "verdict", "registries", "__main__"}
+REPORT = {"report"}
+READING = {"results", "tables"}
+
+#: (importer's layer, imported module) that remain, and why
+KNOWN = {
+    # the data and model sections validate names and options against the registries
+    ("workbench.config", "workbench.data"): "DataConfig checks its name against DATASETS",
+    ("workbench.config", "workbench.models"): "ArchitectureConfig checks its options against the models",
+    # the submitit executors live with the cluster driver, which runs studies (runner level)
+    ("workbench.executors", "workbench.cluster"): "registers the slurm and local executors",
+    # the represent probe's figures use the report's plotting helpers
+    ("workbench.represent.figures", "workbench.report.figures"): "model_order, new_figure, palette, theme",
+}
+#: import cycles that remain (sets of modules)
+KNOWN_CYCLES = [
+    {"workbench.data.base", "workbench.data.batches", "workbench.data.imagefolder", "workbench.data.stream"},
+    {"workbench.models.base", "workbench.models.layers", "workbench.models.timm_models", "workbench.models.tv"},
+    {"workbench.config", "workbench.models", "workbench.models.sources"},
+    {"workbench.cluster", "workbench.components", "workbench.executors", "workbench.report", "workbench.report.compare",
+     "workbench.report.cross_model", "workbench.report.html", "workbench.results", "workbench.runner",
+     "workbench.study", "workbench.tables"},
+]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in ROOT.rglob("*.py"):
+        parts = list(p.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+MODULES = _modules()
+
+
+def _type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imports_of(module: str) -> set[str]:
+    """The workbench modules ``module`` imports anywhere (a package's name when no module matches)."""
+    tree = ast.parse(MODULES[module].read_text())
+    package = module.split(".") if MODULES[module].name == "__init__.py" else module.split(".")[:-1]
+    out: set[str] = set()
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _type_checking(child.test):
+                todo.extend(child.orelse)
+                continue
+            if isinstance(child, ast.Import):
+                out |= {a.name for a in child.names if a.name.split(".")[0] == "workbench"}
+            elif isinstance(child, ast.ImportFrom):
+                base = package[:len(package) - (child.level - 1)] if child.level else []
+                mod = ".".join(base + ([child.module] if child.module else []))
+                if mod.split(".")[0] == "workbench":
+                    out |= {f"{mod}.{a.name}" if f"{mod}.{a.name}" in MODULES else mod for a in child.names}
+            todo.append(child)
+    return {m for m in out if m in MODULES and m != module}
+
+
+GRAPH = {m: imports_of(m) for m in MODULES}
+
+
+def layer(module: str) -> str:
+    top = module.split(".")[1] if "." in module else ""
+    for name, members in (("foundation", FOUNDATIONS), ("component", COMPONENTS), ("schema", SCHEMA),
+                          ("runner", RUNNER), ("report", REPORT), ("reading", READING)):
+        if top in members:
+            return name
+    return "package"
+
+
+#: layer -> the layers it must not import
+FORBIDDEN = {
+    "foundation": {"component", "schema", "runner", "report", "reading"},
+    "component": {"schema", "runner", "report", "reading"},
+    "reading": {"runner"},
+}
+
+
+def _violations() -> dict[tuple[str, str], str]:
+    out = {}
+    for m, deps in GRAPH.items():
+        for d in deps:
+            if layer(d) in FORBIDDEN.get(layer(m), ()):
+                out[(m, ".".join(d.split(".")[:2]) if layer(d) != "report" else d)] = f"{layer(m)} -> {layer(d)}"
+    return out
+
+
+def test_the_layers_import_only_downwards():
+    found = _violations()
+    new = {k: v for k, v in found.items() if k not in KNOWN}
+    assert not new, f"imports against the layering: {new}"
+    gone = set(KNOWN) - set(found)
+    assert not gone, f"listed exceptions that no longer exist (remove them from KNOWN): {gone}"
+
+
+def _cycles() -> list[set[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[set[str]] = []
+    sys.setrecursionlimit(max(10_000, sys.getrecursionlimit()))
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in GRAPH[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(comp)
+
+    for v in sorted(GRAPH):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_new_import_cycles():
+    cycles = _cycles()
+    new = [c for c in cycles if c not in KNOWN_CYCLES]
+    assert not new, f"new import cycles: {[sorted(c) for c in new]}"
+    assert all(c in cycles for c in KNOWN_CYCLES), "a listed cycle is gone: remove it from KNOWN_CYCLES"
+
+
+def test_the_rules_catch_a_violation():
+    """The check itself: a foundation importing a component is found."""
+    GRAPH["workbench.stats"] = GRAPH["workbench.stats"] | {"workbench.training"}
+    try:
+        assert ("workbench.stats", "workbench.training") in _violations()
+    finally:
+        GRAPH["workbench.stats"] = imports_of("workbench.stats")
+
+
+def test_reading_a_run_folder_imports_no_runner():
+    code = "import sys, workbench.results; print(sorted(m for m in sys.modules if m.startswith('workbench.')))"
+    loaded = eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    # (workbench.cluster is imported, through executors: KNOWN; the schema still imports the recipes' code)
+    assert not [m for m in loaded if m in ("workbench.runner", "workbench.facts") or m.startswith("workbench.report")]
