@@ -90,7 +90,11 @@ def main() -> None:
 
 
 def _defaults():
-    from workbench.study import CKAProbe, LinearityProbe, LinearProbe, LipschitzProbe, SaliencyProbe
+    from workbench.probes.cka import CKAProbe
+    from workbench.probes.linear_probe import LinearProbe
+    from workbench.probes.linearity import LinearityProbe
+    from workbench.probes.lipschitz import LipschitzProbe
+    from workbench.probes.saliency import SaliencyProbe
 
     return {"lipschitz": LipschitzProbe(), "linearity": LinearityProbe(), "saliency": SaliencyProbe(),
             "cka": CKAProbe(), "linear_probe": LinearProbe()}

@@ -24,7 +24,10 @@ import time
 
 from workbench.data import Augmentation, iterate_batches
 from workbench.runner import load_study_data
-from workbench.study import FGSMRSRecipe, PGDATRecipe, StandardRecipe, load_study
+from workbench.study import load_study
+from workbench.training.fgsm_rs import FGSMRSRecipe
+from workbench.training.pgd_at import PGDATRecipe
+from workbench.training.standard import StandardRecipe
 from workbench.training import RECIPES, build_model
 
 

@@ -25,7 +25,9 @@ from workbench.evaluation.soundness import (
     tolerance,
     verdicts,
 )
-from workbench.study import PGDAttack, SoundnessConfig, study_from_dict
+from workbench.attacks.pgd import PGDAttack
+from workbench.evaluation.soundness import SoundnessConfig
+from workbench.study import study_from_dict
 from workbench.tables import TABLES
 
 D, K, N = 16, 3, 120

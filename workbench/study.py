@@ -58,19 +58,6 @@ from .registry import tagged_union
 from .stages import SECTIONS, STAGES
 from .training import RECIPES
 
-# Compatibility: the configs of the built-in components, importable from here as before.
-from .attacks.fgsm import FGSMAttack  # noqa: E402,F401  isort: skip
-from .attacks.pgd import PGDAttack  # noqa: E402,F401  isort: skip
-from .probes.cka import CKAProbe  # noqa: E402,F401  isort: skip
-from .probes.linear_probe import LinearProbe  # noqa: E402,F401  isort: skip
-from .probes.linearity import LinearityProbe, SurfaceConfig  # noqa: E402,F401  isort: skip
-from .probes.lipschitz import LipschitzProbe  # noqa: E402,F401  isort: skip
-from .probes.saliency import SaliencyProbe  # noqa: E402,F401  isort: skip
-from .training.distillation import DistillationRecipe  # noqa: E402,F401  isort: skip
-from .training.fgsm_rs import FGSMRSRecipe  # noqa: E402,F401  isort: skip
-from .training.pgd_at import PGDATRecipe  # noqa: E402,F401  isort: skip
-from .training.standard import StandardRecipe  # noqa: E402,F401  isort: skip
-from .training.trades import TradesRecipe  # noqa: E402,F401  isort: skip
 
 
 # --------------------------------------------------------------------------- recipes and attacks
