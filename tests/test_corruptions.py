@@ -107,3 +107,19 @@ def test_corruption_errors_against_the_baseline():
     assert out.loc[("b", "mean"), "ce"] == pytest.approx(0.5)  # one corruption: mCE = its CE
     assert out.loc[("a", "fog"), "max_rise"] == pytest.approx(-0.2)
     assert out.loc[("b", "fog"), "accuracy"] == pytest.approx(0.85)
+
+
+def test_cifar10_c_folder_is_read_by_severity_and_index(tmp_path):
+    from workbench.errors import WorkbenchError
+    from workbench.probes.corruptions import read_cifar10_c
+
+    n = 4  # a miniature CIFAR-10-C file: 5 severities × n images, each image filled with its row number
+    arr = np.repeat(np.arange(5 * n, dtype=np.uint8)[:, None, None, None], 32 * 32 * 3, axis=1).reshape(5 * n, 32, 32, 3)
+    np.save(tmp_path / "fog.npy", arr)
+    got = read_cifar10_c(tmp_path, "fog", 3, torch.tensor([1, 3]))
+    assert got.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(got[:, 0, 0, 0], torch.tensor([2 * n + 1, 2 * n + 3]) / 255.0)
+    with pytest.raises(WorkbenchError, match="no such CIFAR-10-C file"):
+        read_cifar10_c(tmp_path, "snow", 1, torch.tensor([0]))
+    with pytest.raises(WorkbenchError, match="test split"):
+        read_cifar10_c(tmp_path, "fog", 1, torch.tensor([n]))  # beyond the images of a severity
