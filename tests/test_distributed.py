@@ -127,6 +127,7 @@ def test_rank_zero_alone_writes_the_run_folder(ddp_runs: Path) -> None:
 #: for the per-model probes, the models) are split over ranks: compared exactly but for
 #: float columns, to 1e-12 relative (they are computed from the same batches, in the same order)
 STAGE_TABLES = ("robustness", "per_example", "transfer", "soundness", "soundness_per_example", "significance",
+                "worst_case_cascade", "worst_case_per_example",
                 "lipschitz", "logit_lipschitz", "linearity", "fgsm_pgd_gap", "loss_surface", "loss_slice",
                 "linear_probe", "cka", "saliency_metrics", "saliency_agreement")
 TIMING_COLUMNS = {"seconds"}

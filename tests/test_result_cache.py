@@ -47,7 +47,7 @@ RAW = {
     },
     "report": {"enabled": False},
 }
-ALL_STAGES = ["evaluate", "soundness", "probe:lipschitz", "probe:linearity", "probe:saliency", "probe:cka",
+ALL_STAGES = ["evaluate", "apgd_cascade", "soundness", "probe:lipschitz", "probe:linearity", "probe:saliency", "probe:cka",
               "probe:linear_probe"]
 
 
@@ -190,7 +190,8 @@ def test_corrupt_entries_are_recomputed_not_trusted(first, store, tmp_path, capl
     (partial / "meta.json").unlink()
     with caplog.at_level(logging.WARNING, logger="workbench"):
         r = run(store, tmp_path / "after")
-    assert r.cached_stages == ["soundness", "probe:lipschitz", "probe:linear_probe"]
+    # the APGD cascade's key holds the evaluation's, which did not change: it is reused too
+    assert r.cached_stages == ["apgd_cascade", "soundness", "probe:lipschitz", "probe:linear_probe"]
     warned = "\n".join(rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING)
     for k in ("evaluate", "probe:cka", "probe:saliency", "probe:linearity"):
         assert keys[k] in warned, k

@@ -115,3 +115,112 @@ def test_significance_flags_a_real_difference():
     sig = significance_table({"per_example": pe}, [("x", "a", "b")])
     assert sig["significant"].tolist() == [True] and sig["difference"].iloc[0] == pytest.approx(-0.25)
     assert "clean accuracy" in describe(sig)[0]
+
+
+# --------------------------------------------------------------------------- the APGD cascade
+def _digits_mlp():
+    """A small MLP trained briefly on scikit-learn's digits, and 60 test examples."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(d.target)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        i = torch.randint(0, 1400, (64,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(model(x[i]), y[i]).backward()
+        opt.step()
+    return model.eval(), x[1500:1560], y[1500:1560]
+
+
+@pytest.fixture(scope="module")
+def cascade_run():
+    pytest.importorskip("pyautoattack")
+    from workbench.evaluation import evaluate
+    from workbench.evaluation.worst_case import apgd_cascade
+    from workbench.study import EvaluationConfig
+
+    model, x, y = _digits_mlp()
+    # a deliberately weak evaluation (FGSM, 2-step L2 PGD): APGD must find what it misses
+    cfg = EvaluationConfig(eps=(0.1,), eps_l2=(1.0,), batch_size=25, transfer=False,
+                           attacks=["fgsm", {"name": "pgd", "norm": "l2", "steps": 2}])
+    ev = evaluate({"m": model}, x, y, cfg, seed=1, index=torch_arange(100, 160))
+    cascade, per = apgd_cascade({"m": model}, x, y, ev.robustness, ev.per_example, batch_size=25, seed=2, targets=3)
+    return model, x, y, ev, cascade, per
+
+
+def torch_arange(a, b):
+    import torch
+
+    return torch.arange(a, b)
+
+
+def test_apgd_runs_on_what_the_evaluation_left_then_apgd_t_on_what_apgd_ce_left(cascade_run):
+    model, x, y, ev, cascade, per = cascade_run
+    pe = ev.per_example
+    assert set(zip(cascade["norm"], cascade["eps"])) == {("linf", 0.1), ("l2", 1.0)}
+    assert (cascade["status"] == "ran").all()
+    for norm, eps, attack in (("linf", 0.1, "fgsm"), ("l2", 1.0, "pgd2-l2")):
+        clean = pe[pe["attack"] == "clean"].set_index("index")["correct"]
+        weak = pe[(pe["attack"] == attack)].set_index("index")["correct"]
+        robust = set(clean.index[(clean & weak).to_numpy()])
+        ce = per[(per["norm"] == norm) & (per["attack"] == "apgd-ce")]
+        t = per[(per["norm"] == norm) & (per["attack"] == "apgd-t")]
+        assert set(ce["index"]) == robust  # exactly the still-robust examples
+        assert set(t["index"]) == set(ce.loc[ce["correct"], "index"])  # the cascade
+        row = cascade[(cascade["norm"] == norm) & (cascade["attack"] == "apgd-ce")].iloc[0]
+        assert row["candidates"] == len(robust) and row["broken"] == int((~ce["correct"]).sum())
+        assert cascade[(cascade["norm"] == norm) & (cascade["attack"] == "apgd-t")]["targets"].iloc[0] == 3
+    # APGD finds examples the weak evaluation missed, and they enter the worst case
+    assert (~per["correct"]).sum() > 0
+    before, _ = worst_case(ev.robustness, pe)
+    after, _ = worst_case(ev.robustness, pe, per)
+    assert (after["accuracy"].to_numpy() <= before["accuracy"].to_numpy()).all()
+    assert (after["accuracy"].to_numpy() < before["accuracy"].to_numpy()).any()
+
+
+def test_apgd_cascade_is_seeded(cascade_run):
+    from workbench.evaluation.worst_case import apgd_cascade
+
+    model, x, y, ev, cascade, per = cascade_run
+    again = apgd_cascade({"m": model}, x, y, ev.robustness, ev.per_example, batch_size=25, seed=2, targets=3)[1]
+    pd.testing.assert_frame_equal(per.reset_index(drop=True), again.reset_index(drop=True))
+
+
+def test_missing_package_is_recorded_and_said(monkeypatch, caplog, cascade_run):
+    import sys
+
+    from workbench.evaluation.worst_case import MISSING, apgd_cascade
+
+    model, x, y, ev, _, _ = cascade_run
+    monkeypatch.setattr(sys.modules["workbench.attacks.autoattack"], "available", lambda: False)
+    with caplog.at_level("WARNING", logger="workbench"):
+        cascade, per = apgd_cascade({"m": model}, x, y, ev.robustness, ev.per_example, batch_size=25)
+    assert (cascade["status"] == MISSING).all() and cascade["broken"].isna().all() and per.empty
+    assert "pyautoattack" in caplog.text and "no APGD" in caplog.text
+
+
+def test_a_norm_autoattack_lacks_is_recorded_not_attacked():
+    import torch
+
+    from workbench.evaluation.worst_case import FEW_CLASSES, NO_NORM, apgd_cascade
+
+    pytest.importorskip("pyautoattack")
+    rob, pe, idx = _tables()
+    rob.loc[rob["norm"] == "l2", "norm"] = "l7"
+    pe.loc[pe["norm"] == "l2", "norm"] = "l7"
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.rand(N, 4), torch.zeros(N, dtype=torch.long)
+    cascade, _ = apgd_cascade({"a": model}, x, y, rob[rob["model"] == "a"], pe[pe["model"] == "a"], batch_size=N)
+    assert set(cascade.loc[cascade["norm"] == "l7", "status"]) == {NO_NORM}
+    linf = cascade[cascade["norm"] == "linf"].set_index(["eps", "attack"])["status"]
+    # three classes: APGD-CE runs, APGD-T cannot (its targeted DLR loss needs four)
+    assert set(linf.xs("apgd-ce", level="attack")) == {"ran"}
+    assert set(linf.xs("apgd-t", level="attack")) == {FEW_CLASSES}

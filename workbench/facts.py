@@ -40,6 +40,7 @@ class RunFacts:
             "eval_examples": (self._eval_examples, lambda v: index_digest(v.index)),
             "probe_examples": (self._probe_examples, lambda v: index_digest(v.index)),
             "probe_batch_size": (lambda: int(study.probes.batch_size), lambda v: v),
+            "packages": (self._packages, lambda v: v),
         }
         assert set(self._makers) == set(FACTS), "every fact is made here"
         self._keys: dict[str, Any] = {}
@@ -88,3 +89,8 @@ class RunFacts:
 
         x, y, idx = probe_examples(self.data, self.study.probes.examples, int(self.study.seed))
         return Examples(idx, x, y)
+
+    def _packages(self) -> dict[str, str | None]:
+        from .attacks.autoattack import package_version
+
+        return {"pyautoattack": package_version()}

@@ -62,6 +62,8 @@ FACTS: dict[str, str] = {
     "eval_examples": "the evaluated test examples (Examples; evaluation.examples of them) [their positions]",
     "probe_examples": "the probe examples shared by every probe (Examples; probes.examples of them) [their positions]",
     "probe_batch_size": "batch size of the probes, probes.batch_size [the value]",
+    "packages": "the installed versions of third-party packages whose own code crafts results: pyautoattack "
+    "[name -> version, null when missing: installing one must not leave a result made without it cached]",
 }
 
 
@@ -96,6 +98,7 @@ class StageContext:
     eval_examples: Examples
     probe_examples: Examples
     probe_batch_size: int
+    packages: dict[str, str | None]
 
     def __init__(self, facts: Mapping[str, Any] | None = None, needs: Mapping[str, Upstream] | None = None, *,
                  progress: Progress = QUIET, stage: str = "?"):

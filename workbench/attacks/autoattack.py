@@ -28,7 +28,10 @@ from .base import ATTACKS, attack_mode, check_batch, check_eps, check_norm
 VERSIONS = ("standard", "plus", "rand")
 #: AutoAttack's single attacks (pyautoattack names)
 SINGLE_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
-_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+#: the workbench's norm names -> AutoAttack's (the worst case's APGD cascade follows this
+#: mapping: a norm the workbench adds that AutoAttack also has is one entry here)
+AA_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+_NORMS = AA_NORMS
 # a core dependency since 0.2; only a broken or hand-trimmed environment lacks it
 MISSING = f"attack 'autoattack' needs the pyautoattack package, a dependency of {DISTRIBUTION}: pip install pyautoattack"
 
@@ -39,9 +42,20 @@ def available() -> bool:
     return importlib.util.find_spec("pyautoattack") is not None
 
 
+def package_version() -> str | None:
+    """The installed pyautoattack's version (None when it is missing)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pyautoattack")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def build(model: torch.nn.Module, eps: float, *, norm: str = "linf", version: str = "standard",
-          attacks=None, seed: int = 0, device=None, num_classes: int | None = None):
-    """The ``pyautoattack.AutoAttack`` object the workbench runs (for running it directly)."""
+          attacks=None, seed: int = 0, device=None, num_classes: int | None = None, targets: int | None = None):
+    """The ``pyautoattack.AutoAttack`` object the workbench runs (for running it directly).
+    ``targets``: target classes of the targeted attacks (default the version's, 9)."""
     try:
         from pyautoattack import AutoAttack
     except ImportError:
@@ -55,6 +69,8 @@ def build(model: torch.nn.Module, eps: float, *, norm: str = "linf", version: st
         if unknown:
             raise ValueError(f"unknown AutoAttack attack {unknown[0]!r}; valid: {', '.join(SINGLE_ATTACKS)}")
         aa.attacks_to_run = list(attacks)  # the single attacks keep this version's settings
+    if targets is not None:
+        aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = int(targets)
     if num_classes is not None and num_classes - 1 < aa.apgd_targeted.n_target_classes:
         # the targeted attacks take the top-k other classes; fewer than 10 classes have fewer
         aa.apgd_targeted.n_target_classes = num_classes - 1
@@ -129,9 +145,11 @@ def autoattack(
     attacks=None,
     seed: int | None = None,
     precision: str = "fp32",
+    targets: int | None = None,
 ) -> torch.Tensor:
     """AutoAttack's adversarial examples for ``x`` (N, ...) in [0, 1], labels ``y`` (N,).
-    ``precision`` is accepted for the uniform attack call and ignored (always float32)."""
+    ``precision`` is accepted for the uniform attack call and ignored (always float32);
+    ``targets`` sets the targeted attacks' number of target classes (default the version's)."""
     check_batch(x, y)
     eps = check_eps(eps)
     if len(y) == 0 or eps == 0:
@@ -148,7 +166,7 @@ def autoattack(
             with torch.no_grad():
                 num_classes = int(model(x[:1].float()).shape[1])
             aa = build(model, eps, norm=norm, version=version, attacks=attacks, seed=seed, device=x.device,
-                       num_classes=num_classes)
+                       num_classes=num_classes, targets=targets)
             x_adv, _ = aa.run_standard_evaluation(x.detach().float(), y, batch_size=len(y))
     finally:
         quiet.setLevel(level)

@@ -1,10 +1,10 @@
 """Evaluation: accuracy and adversarial risk under every declared attack over its ε grid,
 transfer between the models of each pair, and soundness checks. Importing the package
-registers its stages (``evaluate``, ``soundness``), the ``evaluation:`` section and the
-worst-case table step."""
+registers its stages (``evaluate``, ``apgd_cascade``, ``soundness``), the ``evaluation:`` section
+and the worst-case table step."""
 
 from .robustness import EvalResult, EvaluationConfig, attack_batched, evaluate, evaluation_subset, score
 from .soundness import SoundnessConfig
-from . import worst_case  # noqa: F401  isort: skip  (registers the worst-case table step)
+from .worst_case import WorstCaseConfig  # registers the APGD cascade's stage and the worst-case table step
 
-__all__ = ["EvalResult", "EvaluationConfig", "SoundnessConfig", "attack_batched", "evaluate", "evaluation_subset", "score"]
+__all__ = ["EvalResult", "EvaluationConfig", "SoundnessConfig", "WorstCaseConfig", "attack_batched", "evaluate", "evaluation_subset", "score"]

@@ -308,6 +308,26 @@ def soundness_summary(res: Results) -> tuple[str, dict[str, str]]:
     return "soundness", soundness_verdicts(res.get("soundness"))
 
 
+def _cascade_note(res: Results) -> str:
+    """What the worst case's APGD cascade did, or that it is missing (never silently absent)."""
+    cas = res.get("worst_case_cascade")
+    if cas is None:
+        return ("APGD: the worst case has no APGD cascade in this run (evaluation.worst_case.apgd: false, or a run "
+                "older than it): it may overstate robustness, most of all at L2.")
+    from ..evaluation.worst_case import MISSING
+
+    if (cas["status"] == MISSING).any():
+        return ("APGD: the pyautoattack package is missing, so the worst case holds no APGD-CE or APGD-T "
+                "(pip install pyautoattack); it may overstate robustness, most of all at L2.")
+    ran = cas[cas["status"] == "ran"]
+    broke = ", ".join(f"{a} {int(d['broken'].sum())}" for a, d in ran.groupby("attack", sort=False))
+    other = cas[cas["status"] != "ran"]
+    skipped = f" Not run: {'; '.join(sorted(set(other['status'])))}." if len(other) else ""
+    return ("APGD cascade (AutoAttack's code): at every norm and ε, APGD-CE attacked the examples every evaluation "
+            "attack left robust, then APGD-T those APGD-CE left; examples they broke, summed over models, norms and "
+            f"ε: {broke or 'none'} (table worst_case_cascade).{skipped}")
+
+
 def _summary_notes(res: Results) -> list[str]:
     rob = res["robustness"]
     n = sorted({int(v) for v in rob["n"]})
@@ -316,13 +336,15 @@ def _summary_notes(res: Results) -> list[str]:
         f"Accuracies are percentages of {' / '.join(map(str, n))} evaluated test examples; the bracketed ranges are "
         "95% Wilson intervals (the robustness table has them for every attack: ci_low, ci_high).",
         "Worst case: an example counts as robust only if it is classified correctly clean and under every white-box "
-        "attack run on it at that norm and ε, the soundness checks' attacks included; it is at or below every single "
+        "attack run on it at that norm and ε, the soundness checks' attacks and the APGD cascade included; it is at or "
+        "below every single "
         "attack's accuracy.",
         f"Robust accuracy is white-box accuracy at the main ε = {F.eps_label(main_eps)} (evaluation.main_eps, else the "
         "training ε of the first L∞-adversarial recipe). An L∞ attack not evaluated at that ε shows its evaluated ε "
         "closest to it; an L2 attack shows the middle value of its own ε grid, since an L∞ radius has no meaning in L2. "
         "Each column header gives the ε used.",
     ]
+    notes.append(_cascade_note(res))
     if res.get("lipschitz") is None:
         notes.append("Lipschitz ratio: the lipschitz probe was not run for this study.")
     else:
