@@ -138,7 +138,12 @@ def test_linear_model_numbers(linear_run):
     # margin_vs_ce: value is the margin-PGD accuracy, threshold the CE-PGD accuracy − tol
     rob = result.robustness.set_index(["attack", "eps"])["accuracy"]
     r = row(df, "linear", "margin_vs_ce")
-    assert r["threshold"] == pytest.approx(rob[("pgd10-linf", 0.05)] - 1 / N, abs=1e-6)
+    # checked at every ε of the reference PGD; the row is the setting closest to warning, named in the detail
+    import re
+
+    eps = float(re.search(r"linf at ε=([0-9.]+) logit", r["detail"]).group(1))
+    assert eps in (0.02, 0.05, 0.1) and "Worst of 3 settings" in r["detail"]
+    assert r["threshold"] == pytest.approx(rob[("pgd10-linf", eps)] - 1 / N, abs=1e-6)
     assert 0 < r["value"] < 1
 
 
@@ -187,6 +192,28 @@ def test_underpowered_attack_fails_more_steps():
     r = row(df, "linear", "more_steps")
     assert r["status"] == "warn" and r["value"] < r["threshold"]
     assert "pgd4-linf" in r["detail"]
+
+
+def test_underpowered_l2_attack_fails_more_steps_at_l2():
+    # the same underpowered search at L2, next to a sound L∞ PGD: the checks compare attacks
+    # at every norm and ε (issue 19), so the L2 one warns; before, only L∞'s main ε was checked
+    w, _, _ = make_data()
+    weak_l2 = {"name": "pgd", "norm": "l2", "steps": 2, "alpha": 0.02, "random_start": False}
+    study = make_study(attacks=["fgsm", {"name": "pgd", "steps": 10}, weak_l2], eps_l2=[0.2, 0.4])
+    df, _ = checks({"linear": Linear(w)}, study=study)
+    r = row(df, "linear", "more_steps")
+    assert r["status"] == "warn" and r["value"] < r["threshold"]
+    assert "pgd4-l2" in r["detail"] and "l2 at ε=" in r["detail"] and "Worst of 5 settings" in r["detail"]
+    # its extra attacks enter the worst case at L2 too
+    _, x, y = make_data()
+    result = evaluate({"linear": Linear(w)}, x, y, study.evaluation, (), seed=0)
+    from workbench.evaluation.soundness import run_checks_full
+
+    _, per = run_checks_full(study.evaluation, study.evaluation.soundness, study.main_eps(), {"linear": Linear(w)}, x, y,
+                             result, num_classes=K, seed=0)
+    l2 = per[per["norm"] == "l2"]
+    assert set(l2["job"]) >= {"reference", "more_steps", "extra_restarts", "margin"}
+    assert set(np.round(l2["eps"], 6)) == {0.2, 0.4}
 
 
 # ----------------------------------------------------------------------------- crafted tables
