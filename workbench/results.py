@@ -158,7 +158,10 @@ def _read_study(path: Path) -> Study:
 
 
 #: columns later versions added to existing tables (intervals, p-values, per-example norm)
-ADDED_COLUMNS = {"ci_low", "ci_high", "p_value", "norm", "seed"}
+ADDED_COLUMNS = {"ci_low", "ci_high", "p_value", "norm", "seed", "protocol"}
+#: what an added column holds in a run written before it (NaN unless listed): older logit
+#: Lipschitz rows were all the workbench's search
+ADDED_DEFAULTS = {"norm": "", "protocol": "search"}
 
 
 def read_table(path: Path, name: str | None = None) -> pd.DataFrame:
@@ -173,7 +176,7 @@ def read_table(path: Path, name: str | None = None) -> pd.DataFrame:
         missing = [c for c in TABLES[name][1] if c not in df.columns]
         # columns added since older runs were written: those runs still load, with them empty
         for c in [c for c in missing if c in ADDED_COLUMNS]:
-            df[c] = np.nan if c != "norm" else ""
+            df[c] = ADDED_DEFAULTS.get(c, np.nan)
         missing = [c for c in missing if c not in ADDED_COLUMNS]
         if missing:
             raise RunFolderError(f"table {name!r} lacks column(s) {', '.join(missing)}", file=str(path))

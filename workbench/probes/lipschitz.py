@@ -14,7 +14,9 @@ for three kinds of δ at the same ε (docs/methods.md, "Feature-space Lipschitz 
 
 Expect D(feat) ≥ D(loss) ≥ D(rand) at every layer; robust models have much smaller D at
 deep layers. :func:`logit_lipschitz` is Yang et al. 2020's (arXiv:2003.02460) estimate
-max_{x'∈B∞(x,ε)} ‖f(x) − f(x')‖₁ / ‖x − x'‖∞ on the logits, found by gradient *ascent*.
+max_{x'∈B∞(x,ε)} ‖f(x) − f(x')‖₁ / ‖x − x'‖∞ on the logits, found by gradient *ascent*;
+:func:`logit_lipschitz_yang2020` runs their public code's protocol exactly (the values
+their tables report, far lower: it descends the ratio and keeps the last iterate).
 
 Notebook use::
 
@@ -77,6 +79,12 @@ class LipschitzProbe(Strict):
     # vertex (L∞) or the sphere (L2), where big steps act as a power iteration (keep-best guards).
     feat_step: float = Field(1.0, gt=0, description="step of the feature search in units of ε")
     logit_lipschitz: bool = Field(True, description="also Yang et al.'s logit local Lipschitz estimate (L∞ grid)")
+    logit_protocols: tuple[Literal["search", "yang2020"], ...] = Field(
+        ("search",), min_length=1,
+        description="how the logit estimate is searched: `search` (the workbench's: ascent of the logit change, best "
+        "iterate kept; a tighter lower bound) and/or `yang2020` (Yang et al.'s code exactly: 10 sign steps of 0.003 "
+        "that descend the ratio from x + 0.001·N(0, 1), last iterate; the only figures comparable to their tables)",
+    )
 
     @model_validator(mode="after")
     def _feature_start(self) -> LipschitzProbe:
@@ -115,6 +123,8 @@ TABLES_LIPSCHITZ: dict[str, TableSchema] = {
         {
             "model": "model id",
             "eps": "L∞ radius",
+            "protocol": "`search` (the workbench's ascent, best iterate) or `yang2020` (Yang et al.'s code exactly; "
+            "comparable to their published figures)",
             "steps": "ascent steps",
             "n": "examples",
             "mean": "mean over examples",
@@ -271,7 +281,7 @@ def feature_search(
         steps: gradient steps per start.
         alpha: step size; default 2.5·ε/steps (the PGD rule of docs/methods.md).
         starts: one entry per restart: ``None`` draws a random start (L∞: U[−ε, ε]; L2:
-            uniform in the ball), a tensor is a starting point x+δ₀ (e.g. the PGD-CE
+            a Gaussian direction at radius ε·U[0, 1]), a tensor is a starting point x+δ₀ (e.g. the PGD-CE
             example, to refine the loss attack towards the feature worst case).
         generator: seeds the random starts.
 
@@ -530,6 +540,67 @@ def logit_lipschitz(
     return torch.cat(distributed.run_sharded(len(starts), one_batch, "the logit Lipschitz estimate"))
 
 
+#: Yang et al.'s estimate_local_lip_v2 (github.com/yangarbiter/robust-local-lipschitz,
+#: lolip/utils.py): its defaults, kept whatever the study's ε or steps
+YANG2020 = {"steps": 10, "step_size": 0.003, "init_std": 1e-3, "denominator_shift": 1e-6}
+
+
+def logit_lipschitz_yang2020(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    eps: float,
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Per-example logit local Lipschitz value by Yang et al. 2020's public code, step for step.
+
+    Their ``estimate_local_lip_v2`` (top norm 1, bottom norm ∞): x'⁰ = x + 0.001·N(0, I), not
+    clipped; 10 times x' ← clip₀₁(Π_{B∞(x,ε)}(x' + 0.003·sign ∇(−r(x')))), i.e. sign steps
+    that *descend* the ratio r(x') = ‖f(x) − f(x')‖₁ / ‖x − x' + 10⁻⁶‖∞ (the 10⁻⁶ added to
+    every coordinate, as there); the value is r at the last iterate. The step is 0.003 in
+    pixel units whatever ε. Their published L̂ is the mean of these values over the test set
+    (:func:`summarize`'s mean). Being neither an ascent nor a best iterate, it is far below
+    :func:`logit_lipschitz`'s search (docs/methods.md); only these values compare with theirs.
+    Returns a float32 CPU tensor (N,).
+    """
+    if not (math.isfinite(float(eps)) and eps > 0):
+        raise WorkbenchError(f"ε must be positive (pixel units), got {eps!r}")
+    eps = float(eps)
+    device = _device(model)
+    shift = YANG2020["denominator_shift"]
+
+    def ratio(f0: torch.Tensor, x0: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:
+        top = torch.linalg.vector_norm((f0 - model(xa).float()).reshape(len(xa), -1), ord=1, dim=1)
+        return top / perturbation_norm(x0 - xa + shift, "linf")
+
+    def start(ball, generator) -> torch.Tensor:
+        # x + 0.001·N(0, I) as drawn there: neither projected nor clipped before the first step
+        dev = generator.device if generator is not None else ball.x.device
+        noise = torch.randn(ball.x.shape, generator=generator, device=dev, dtype=ball.x.dtype).to(ball.x.device)
+        return ball.x + YANG2020["init_std"] * noise
+
+    starts = range(0, len(x), batch_size)
+
+    def one_batch(b: int) -> torch.Tensor:
+        first = starts[b]
+        xb = x[first:first + batch_size].to(device)
+        g = seeded_generator(device, seed, "logit-lipschitz-yang2020", first, eps)
+
+        def craft(x0: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                f0 = model(x0).float()
+            # their loss is −r and their step follows its gradient's sign: the engine ascends −r
+            return _ascend(lambda xa: -ratio(f0, x0, xa), x0, eps, YANG2020["steps"], alpha=YANG2020["step_size"],
+                           starts=[start], keep="last", generator=g, model=model).x
+
+        x_last = run_attack(model, xb, torch.zeros(len(xb), dtype=torch.long, device=device), craft, g)
+        with eval_mode(model), torch.no_grad():
+            return ratio(model(xb).float(), xb, x_last).float().cpu()
+
+    return torch.cat(distributed.run_sharded(len(starts), one_batch, "the logit Lipschitz estimate (Yang et al.)"))
+
+
 # --------------------------------------------------------------------------- study runner
 
 
@@ -557,11 +628,18 @@ def run_lipschitz(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
             grid = ctx.eps_grid("linf")
             with ctx.progress.task(f"logit lipschitz {model_id}", len(grid)) as advance:
                 for e in grid:
-                    s = summarize(logit_lipschitz(
-                        model, ctx.x, e, cfg.steps, batch_size=ctx.batch_size, seed=ctx.seed_for("logit-lipschitz")
-                    ))
-                    logit_rows.append({"model": model_id, "eps": e, "steps": cfg.steps,
-                                       **{k: s[k] for k in ("n", "mean", "median", "sem", "ci_low", "ci_high")}})
+                    for protocol in cfg.logit_protocols:
+                        if protocol == "yang2020":
+                            values = logit_lipschitz_yang2020(model, ctx.x, e, batch_size=ctx.batch_size,
+                                                              seed=ctx.seed_for("logit-lipschitz-yang2020"))
+                            steps = YANG2020["steps"]
+                        else:
+                            values = logit_lipschitz(model, ctx.x, e, cfg.steps, batch_size=ctx.batch_size,
+                                                     seed=ctx.seed_for("logit-lipschitz"))
+                            steps = cfg.steps
+                        s = summarize(values)
+                        logit_rows.append({"model": model_id, "eps": e, "protocol": protocol, "steps": steps,
+                                           **{k: s[k] for k in ("n", "mean", "median", "sem", "ci_low", "ci_high")}})
                     advance(1)
     out = {"lipschitz": pd.concat(frames, ignore_index=True) if frames
            else pd.DataFrame(columns=list(TABLES_LIPSCHITZ["lipschitz"][1])),
