@@ -91,7 +91,7 @@ def test_identical_models_differ_in_nothing(identical):
     lip = rep[rep.measure.str.startswith("lipschitz")]
     assert set(lip.measure) == {"lipschitz loss (fc1)", "lipschitz feat (fc1)", "lipschitz rand (fc1)"}
     assert set(zip(lip.norm, lip.eps)) == {("linf", 0.1), ("l2", 0.5)}
-    assert set(rep.measure) - set(lip.measure) == {"local linearity γ", "gradient alignment"}
+    assert set(rep.measure) - set(lip.measure) == {"local linearity γ (lower bound)", "gradient alignment"}
     assert (rep.n == 60).all()
     assert (rep.difference == 0).all() and not rep.significant.any() and (rep.p_value == 1).all()
 
@@ -104,7 +104,7 @@ def test_scaled_up_features_give_a_significant_lipschitz_difference(scaled):
     assert np.allclose(ratio, 3.0, rtol=0.05)  # the same function, features ×3
     assert (lip.ci_low > 0).all()
     # the function is unchanged, so its loss geometry is too
-    lin = sig[sig.measure.isin(["local linearity γ", "gradient alignment"])]
+    lin = sig[sig.measure.isin(["local linearity γ (lower bound)", "gradient alignment"])]
     assert len(lin) == 2 and not lin.significant.any()
     text = " ".join(describe(sig))
     assert "lipschitz loss (fc1) (linf ε=0.1)" in text and OTHER in text

@@ -66,7 +66,7 @@ assert list(TABLES_SIGNIFICANCE["significance"][1]) == COLUMNS
 #: saliency_metrics columns compared per example
 SALIENCY_MEASURES = ("gini", "infidelity", "sensitivity")
 #: the linearity probe's per-example metrics, by their name in the table
-LINEARITY_MEASURES = {"gamma": "local linearity γ", "grad_alignment": "gradient alignment"}
+LINEARITY_MEASURES = {"gamma": "local linearity γ (lower bound)", "grad_alignment": "gradient alignment"}
 
 
 def _mean_row(ref: str, other: str, measure: str, norm: str, eps: float, x: np.ndarray, y: np.ndarray,
