@@ -3,6 +3,7 @@ attack against ``pyautoattack`` run directly, and the worst case against every a
 
     python benchmarks/autoattack_check.py RUN_FOLDER [RUN_FOLDER ...] [--examples N]
         [--norm linf|l2] [--eps E ...] [--version standard] [--seed S] [--store PATH]
+    python benchmarks/autoattack_check.py RUN_FOLDER ... --containment [--allow 1]
 
 For every model of each run (trained models come from the model store by the key the run
 recorded, ``--store`` or ``$WORKBENCH_STORE``), on the first N examples the run evaluated
@@ -19,7 +20,16 @@ grid for L2):
 Then, from the run's ``robustness`` table: for every model, norm and ε with a ``worst_case``
 row, whether it is at or below the clean accuracy and every single attack's accuracy.
 
-Exit status 1 when an outcome differs or the worst case is above an attack; 0 otherwise.
+With ``--containment`` (issue 19) it checks instead that the worst case is no weaker than
+AutoAttack: for every model, norm (L∞ and L2) and ε of the run's grids, AutoAttack's standard
+version (APGD-CE, APGD-T, FAB-T, Square), run directly through ``pyautoattack`` on the
+evaluated examples the run's worst case counts robust (all of them, not the first N; it only
+attacks examples classified correctly, and the others are already counted broken), must break
+at most one of them (``--allow``): the worst case then leaves nothing AutoAttack finds, up to
+the randomness of two searches.
+
+Exit status 1 when an outcome differs, the worst case is above an attack, or (containment)
+AutoAttack breaks more than ``--allow`` examples the worst case counts robust; 0 otherwise.
 AutoAttack is slow on CPU (Square's 5,000 queries on the examples still robust): time it on
 a quiet machine.
 """
@@ -128,6 +138,41 @@ def check_run(run: str, args, device) -> bool:
     return ok
 
 
+def containment(run: str, args, device) -> bool:
+    """AutoAttack standard, run directly, on the examples the run's worst case counts robust."""
+    res = results.load(run)
+    study = res.study
+    data = load_study_data(study, device)
+    pe = res["per_example"]
+    rob = res["robustness"]
+    worst = rob[rob["attack"] == "worst_case"]
+    print(f"\n== {run}: {study.name}; AutoAttack {args.version} (pyautoattack, run directly, seed {args.seed}) on the "
+          f"examples the worst case counts robust; allowed: {args.allow}")
+    print(f"{'model':<28} {'norm':<5} {'ε':>7} {'worst case':>11} {'robust':>7} {'AA breaks':>10} {'s':>7}")
+    ok = True
+    for mid in res.model_ids:
+        model = res.model(mid, store=args.store, device=device)
+        for _, w in worst[worst["model"] == mid].sort_values(["norm", "eps"]).iterrows():
+            norm, eps = str(w["norm"]), float(w["eps"])
+            if norm not in _NORMS:
+                continue
+            d = pe[(pe["model"] == mid) & (pe["attack"] == "worst_case") & (pe["norm"] == norm)
+                   & np.isclose(pe["eps"], eps)]
+            index = d.loc[d["correct"].astype(bool), "index"].to_numpy()
+            broken, seconds = 0, 0.0
+            if len(index):
+                idx = torch.as_tensor(index.copy(), device=data.test_x.device)
+                x, y = data.test_x[idx].to(device).float(), data.test_y[idx].to(device)
+                t0 = time.perf_counter()
+                adv = direct(model, x, y, eps, norm, args.version, args.seed, device)
+                seconds = time.perf_counter() - t0
+                broken = int((~correct(model, adv, y)).sum())
+            ok &= broken <= args.allow
+            print(f"{mid:<28} {norm:<5} {eps:>7.4g} {float(w['accuracy']):>11.1%} {len(index):>7d} {broken:>10d} "
+                  f"{seconds:>7.1f}{'' if broken <= args.allow else '  <-- more than allowed'}")
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run folders (workbench run --out)")
@@ -139,10 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", default=None, help="model store (default $WORKBENCH_STORE)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default torch's)")
+    p.add_argument("--containment", action="store_true",
+                   help="instead: AutoAttack run directly on the examples the worst case counts robust, every norm and ε")
+    p.add_argument("--allow", type=int, default=1, help="containment: examples AutoAttack may break (default 1)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.containment:
+        ok = all([containment(r, args, device) for r in args.runs])
+        print("\nresult:", f"AutoAttack breaks at most {args.allow} example(s) the worst case counts robust everywhere"
+              if ok else "AutoAttack breaks more examples the worst case counts robust (see above)")
+        return 0 if ok else 1
     ok = all([check_run(r, args, device) for r in args.runs])
     print("\nresult:", "every outcome identical and the worst case below every attack" if ok else "MISMATCH (see above)")
     return 0 if ok else 1

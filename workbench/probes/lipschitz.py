@@ -668,7 +668,9 @@ register_figure(FigureSpec(
     "logit_lipschitz",
     "Logit local Lipschitz",
     "Yang et al.'s estimate of the logits' local Lipschitz constant (mean over examples of the largest "
-        "‖f(x) − f(x′)‖₁ / ‖x − x′‖∞ found in the L∞ ball, ± s.e.m.) against ε: smaller is smoother.",
+        "‖f(x) − f(x′)‖₁ / ‖x − x′‖∞ found in the L∞ ball, ± s.e.m.) against ε: smaller is smoother. Solid: the "
+        "workbench's search (a lower bound on the constant); dashed, where run: Yang et al.'s code, whose values "
+        "alone compare with their published ones.",
     "representations",
     "workbench.report.figures:logit_lipschitz",
     ("logit_lipschitz",),

@@ -339,12 +339,22 @@ def logit_lipschitz(tables: Tables, **_: Any) -> Figure | None:
     with theme():
         fig, axes = new_figure(1, w=4.2, extra_w=2.2)
         ax = axes[0, 0]
+        protocols = list(dict.fromkeys(ll["protocol"])) if "protocol" in ll.columns else [None]
+        styles = {"search": "-", "yang2020": "--"}
         for m in models:
-            d = ll[ll["model"] == m].sort_values("eps")
-            ax.errorbar(d["eps"], d["mean"], yerr=d["sem"], marker="o", ms=3.5, capsize=2, color=colours[m])
+            for protocol in protocols:
+                d = ll[ll["model"] == m] if protocol is None else ll[(ll["model"] == m) & (ll["protocol"] == protocol)]
+                d = d.sort_values("eps")
+                ax.errorbar(d["eps"], d["mean"], yerr=d["sem"], marker="o", ms=3.5, capsize=2, color=colours[m],
+                            ls=styles.get(protocol, "-"))
         log_axis(ax)
-        ax.set(xlabel="ε (L∞)", ylabel="mean max ‖Δf‖₁ / ‖Δx‖∞", title="logit local Lipschitz")
-        legend(fig, model_handles(models, colours))
+        ax.set(xlabel="ε (L∞)", ylabel="mean ‖Δf‖₁ / ‖Δx‖∞", title="logit local Lipschitz")
+        handles = model_handles(models, colours)
+        if len(protocols) > 1:
+            labels = {"search": "workbench search", "yang2020": "Yang et al.'s code"}
+            handles += [_mpl_lines.Line2D([], [], color="0.3", ls=styles.get(p, "-"), label=labels.get(p, p))
+                        for p in protocols]
+        legend(fig, handles)
     return fig
 
 
@@ -358,7 +368,7 @@ def linearity(tables: Tables, **_: Any) -> Figure | None:
         return None
     models = [m for m in model_order(tables) if m in set(lin["model"])]
     colours = palette(model_order(tables))
-    metrics = [(k, t) for k, t in (("gamma", "local linearity γ(ε)"), ("grad_alignment", "gradient alignment"))
+    metrics = [(k, t) for k, t in (("gamma", "local linearity γ(ε) (lower bound)"), ("grad_alignment", "gradient alignment"))
                if k in set(lin["metric"])]
     with theme():
         fig, axes = new_figure(len(metrics), extra_w=2.2)
