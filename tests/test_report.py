@@ -236,8 +236,8 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
         for e in eps:
             f, p = 0.9 - e * (1 + 2 * (1 - i)), 0.85 - e * (1 + 2 * (1 - i))
             rows["fgsm_pgd_gap"].append(dict(model=m, eps=e, fgsm_acc=f, pgd_acc=p, gap=f - p))
-            rows["logit_lipschitz"].append(dict(model=m, eps=e, steps=10, n=32, mean=300.0 / (1 + 10 * i), median=290.0,
-                                                sem=3.0))
+            rows["logit_lipschitz"].append(dict(model=m, eps=e, protocol="search", steps=10, n=32,
+                                                mean=300.0 / (1 + 10 * i), median=290.0, sem=3.0))
             for metric in ("gamma", "grad_alignment"):
                 v = e * 10 / (1 + 5 * i) if metric == "gamma" else 1 - e
                 rows["linearity"].append(dict(model=m, eps=e, metric=metric, n=32, mean=v, median=v, q10=0.5 * v,
@@ -305,6 +305,12 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
                 rows["per_example"].append(dict(model=m, attack="fgsm", norm="linf", eps=e, index=ex, correct=True, loss=0.1))
                 rows["soundness_per_example"].append(dict(model=m, job="more_steps", attack="pgd40-linf", norm="linf",
                                                           eps=e, index=ex, correct=ex > 0, loss=0.2))
+                rows["worst_case_per_example"].append(dict(model=m, attack="apgd-ce", norm="linf", eps=e, index=ex,
+                                                           correct=ex > 1, loss=0.3))
+            for attack in ("apgd-ce", "apgd-t"):
+                rows["worst_case_cascade"].append(dict(model=m, norm="linf", eps=e, attack=attack,
+                                                       targets=9 if attack == "apgd-t" else np.nan, status="ran",
+                                                       candidates=3, broken=1, seconds=0.5))
     for m in models[1:]:
         rows["significance"].append(dict(reference=ref, model=m, measure="worst_case", norm="linf", eps=0.2, test="mcnemar",
                                          n=100, reference_value=0.3, model_value=0.7, difference=0.4, ci_low=0.3,
