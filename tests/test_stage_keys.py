@@ -93,6 +93,9 @@ def _candidates(value: Any, annotation: Any, info=None) -> list[Any]:
             out += [list(value) + [float(value[-1]) / 2]]
         inner = [a for arg in typing.get_args(annotation) for a in (typing.get_args(arg) or (arg,))]
         lits = [a for arg in inner for a in (typing.get_args(arg) if typing.get_origin(arg) is typing.Literal else ())]
+        # tuple[Literal[...], ...]: the literals are one level up
+        lits += [a for arg in typing.get_args(annotation) if typing.get_origin(arg) is typing.Literal
+                 for a in typing.get_args(arg)]
         out += [[v] for v in lits if [v] != list(value)] + [[0.05], []]
         return out
     if isinstance(value, dict):
@@ -241,8 +244,9 @@ PAIRWISE = {n for n in STAGES.in_order() if "pairs" in STAGES.get(n).facts and n
 
 
 @pytest.mark.parametrize("change, expected", [
-    # the pairs reach the transfer rows (and the checks reading them) and the pair-wise probes only
-    ({"pairs": [["small_cnn/pgd_at", "small_cnn/standard"]]}, {"evaluate", "soundness"} | PAIRWISE),
+    # the pairs reach the transfer rows (and the stages reading the evaluation's output: the
+    # checks, the APGD cascade) and the pair-wise probes only
+    ({"pairs": [["small_cnn/pgd_at", "small_cnn/standard"]]}, {"evaluate", "worst_case", "soundness"} | PAIRWISE),
     # the seed reaches every model, so every stage
     ({"seed": 1}, set(STAGES.in_order())),
 ])
