@@ -145,7 +145,7 @@ def cascade_run():
     pytest.importorskip("pyautoattack")
     from workbench.evaluation import evaluate
     from workbench.evaluation.worst_case import apgd_cascade
-    from workbench.study import EvaluationConfig
+    from workbench.evaluation import EvaluationConfig
 
     model, x, y = _digits_mlp()
     # a deliberately weak evaluation (FGSM, 2-step L2 PGD): APGD must find what it misses
