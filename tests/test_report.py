@@ -448,6 +448,7 @@ def expected_figures(runs) -> set[str]:
     names = {"accuracy_vs_eps", "training_curves"}
     if runs["probes"]:
         names |= {s.name for s in figures() if s.section in ("representations", "encode")} | {"fgsm_pgd_gap", "gallery"}
+        names.discard("derived_samples")  # only a model trained on a derived set has one (test_represent)
     if runs["soundness"]:
         names.add("soundness")
     return names

@@ -222,3 +222,53 @@ def test_a_derived_set_is_reused_and_rebuilt_when_its_source_changes(tmp_path, c
         torch.testing.assert_close(v, again.model.state_dict()[k])
     train(_derived_study(0.2))  # another source model: another set
     assert len(entries()) == 2
+
+
+def test_the_report_shows_samples_of_each_derived_set_equal_to_the_cached_set(tmp_path):
+    """A shrunk studies/robust_features.yaml: the report draws the derived-set sample figure,
+    and its images are rows of the set the store's cache holds (each beside its original)."""
+    from pathlib import Path
+
+    from workbench.represent.derived import derived_set
+    from workbench.runner import load_study_data, model_jobs, run_study
+    from workbench.study import load_study
+
+    root = Path(__file__).resolve().parents[1]
+    over = {
+        "data.limit_train": 120, "train.epochs": 1, "train.batch_size": 32,
+        "recipes": [{"name": "standard"},
+                    {"name": "robust_features", "label": "d_nr", "set": "d_nr", "source": {"name": "standard"}, "steps": 3},
+                    {"name": "robust_features", "label": "d_det", "set": "d_det", "source": {"name": "standard"},
+                     "attack_eps": 1.0, "attack_steps": 3}],
+        "pairs": [["small_cnn/standard", "small_cnn/d_det"]],
+        "evaluation.examples": 20, "evaluation.attacks": [{"name": "pgd", "steps": 2}], "evaluation.eps_l2": [],
+        "evaluation.soundness": {"enabled": False}, "probes": {}, "report.formats": ["png"],
+    }
+    study = load_study(root / "studies" / "robust_features.yaml", over)
+    store = tmp_path / "store"
+    run = run_study(study, tmp_path / "run", store=store, progress=False, threads=1, report=True)
+    page = (run.path / "index.html").read_text(encoding="utf-8")
+    assert "Samples of the derived training sets" in page and 'id="encode"' in page
+    assert (run.path / "figures" / "derived_samples.png").stat().st_size > 1000
+
+    with np.load(run.path / "arrays" / "training_samples.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert list(arrays["models"]) == ["small_cnn/d_nr", "small_cnn/d_det"]
+    data = load_study_data(study, torch.device("cpu"))
+    jobs = {j.id: j for j in model_jobs(study, data)}
+    for j, mid in enumerate(arrays["models"]):
+        job = jobs[str(mid)]
+        cfg = job.spec.recipe
+        xd, yd, reused = derived_set(store, job.dependencies()["source"].key(), _net(0), data.train_x, data.train_y,
+                                     cfg.set, cfg.settings(), num_classes=10, seed=job.spec.seed,
+                                     data_identity=job.data)
+        assert reused  # read back from the cache, not rebuilt with the stand-in model
+        idx = torch.from_numpy(arrays[f"index.{j}"])
+        assert np.array_equal(arrays[f"x.{j}"], xd[idx].numpy())
+        assert np.array_equal(arrays[f"label.{j}"], yd[idx].numpy())
+        assert np.array_equal(arrays[f"original.{j}"], data.train_x[idx].numpy())
+        assert np.array_equal(arrays[f"original_label.{j}"], data.train_y[idx].numpy())
+        labels, counts = np.unique(arrays[f"label.{j}"], return_counts=True)
+        assert len(labels) == 10 and (counts == 2).all()  # two per label
+        assert not np.array_equal(arrays[f"x.{j}"], arrays[f"original.{j}"])
+    assert np.array_equal(arrays["label.1"], (arrays["original_label.1"] + 1) % 10)  # d_det: the target label

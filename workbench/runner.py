@@ -209,6 +209,34 @@ def model_table(study: Study, trained: dict[str, TrainedModel], loaded: dict[str
     return df
 
 
+TRAINING_ARRAYS = "arrays/training_samples.npz"
+
+
+def training_arrays(study: Study, trained: dict[str, TrainedModel], store: ModelStore) -> bytes | None:
+    """What each model's recipe kept beside it in the store for the report (a recipe's
+    ``report_arrays(entry)``, e.g. robust_features' sample of its derived set), as one npz:
+    ``models`` (ids) and ``{name}.{j}`` for the j-th of them; None when no recipe kept any."""
+    import io
+
+    import numpy as np
+
+    from .training import recipe_class
+
+    ids: list[str] = []
+    out: dict[str, Any] = {}
+    for spec in study.models():
+        read = getattr(recipe_class(spec.recipe.name), "report_arrays", None)
+        got = read(store.entry(trained[spec.id].key)) if read is not None else None
+        if got:
+            out.update({f"{k}.{len(ids)}": v for k, v in got.items()})
+            ids.append(spec.id)
+    if not ids:
+        return None
+    buf = io.BytesIO()
+    np.savez_compressed(buf, models=np.array(ids), **out)
+    return buf.getvalue()
+
+
 def model_keys(study: Study, trained: dict[str, TrainedModel], loaded: dict[str, Any] | None = None) -> dict[str, str]:
     """id -> store key of every model of the study, in order (the ``models`` fact's key)."""
     return {spec.id: trained[spec.id].key for spec in study.models()} | {m.id: (loaded or {})[m.id].key for m in study.loaded}
@@ -337,6 +365,8 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         tables.update(stage_tables)
         for rel, blob in artifacts.items():
             atomic_write_bytes(folder.path / rel, blob)
+        if (kept := training_arrays(study, trained, store)) is not None:
+            atomic_write_bytes(folder.path / TRAINING_ARRAYS, kept)
         result_keys = dict(ran.keys)
         if cached_stages:
             log.info("reused cached results: %s", ", ".join(cached_stages))

@@ -727,8 +727,10 @@ def build_report(res: Results, *, out_dir: Path | None = None, published: Path |
             notes.append("No representation probes were run for this study (its probes section enables none).")
         if sid == "encode":
             if res.get("represent") is None:
-                continue  # the represent probe was not run: no section
-            notes += _encode_notes(res)
+                if not figs:
+                    continue  # neither the represent probe nor a derived-set model: no section
+            else:
+                notes += _encode_notes(res)
         details = _details(res) if sid == "robustness" else (_encode_details(res) if sid == "encode" else [])
         sections.append({"id": sid, "title": title, "figures": figs, "notes": notes, "details": details})
     study_yaml = _study_yaml(res)

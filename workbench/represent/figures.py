@@ -168,3 +168,23 @@ def measures(tables: Mapping[str, pd.DataFrame], **_: Any):
         for k in range(len(keys), nrows * ncols):
             axes[k // ncols, k % ncols].set_visible(False)
     return fig
+
+
+def derived_samples(arrays: Arrays, tables: Mapping[str, pd.DataFrame], **_: Any):
+    """``arrays/training_samples.npz``: per model trained on a derived set, its sampled
+    derived images above the training images they were built from."""
+    ms = [(j, m) for j, m in _models(arrays, tables) if f"x.{j}" in arrays and len(arrays[f"x.{j}"])]
+    if not ms:
+        return None
+    rows, labels = [], []
+    for j, m in ms:
+        same = np.array_equal(arrays[f"original_label.{j}"], arrays[f"label.{j}"])
+        orig = "same labels" if same else " ".join(str(int(c)) for c in arrays[f"original_label.{j}"])
+        rows += [list(arrays[f"x.{j}"]), list(arrays[f"original.{j}"])]
+        labels += [f"{m}: derived", f"{m}: original: {orig}" if len(orig) <= 40 else f"{m}: original"]
+    first = arrays[f"label.{ms[0][0]}"]
+    if all(np.array_equal(arrays[f"label.{j}"], first) for j, _ in ms):
+        return mosaic(rows, labels, [str(int(c)) for c in first])
+    for i, (j, _) in enumerate(ms):  # labels differ between models: each derived row says its own
+        labels[2 * i] += ": " + " ".join(str(int(c)) for c in arrays[f"label.{j}"])
+    return mosaic(rows, labels)

@@ -7,17 +7,27 @@ study's own, e.g. ``source: *pgd_at``); it is trained like any model of the stud
 architecture, seed, data and train section: the same store key, so a study that also
 lists it trains it once) as this recipe's dependency, as distillation's teacher is. The
 derived set is cached in the store under the source's key and the settings.
+
+A small seeded sample of the derived set (:data:`SAMPLE_PER_CLASS` per label, each beside
+the training image it was built from) is kept next to the model in its store entry
+(:data:`SAMPLE_FILE`); the runner copies it into the run's ``arrays/training_samples.npz``
+(:meth:`RobustFeatures.report_arrays`) and the report draws it (figure ``derived_samples``).
 """
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from ..config import ModelSpec, RecipeBase, TrainConfig
 from ..represent.derived import derived_set
+from ..seeds import seeded_generator, seeded_subset
+from ..views import FigureSpec, register_figure
 from .base import RECIPES, Recipe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,6 +117,23 @@ class RobustFeatures(Recipe):
             retrain=ctx.retrain,
         )
         self.data = (x, y)
+        from .. import distributed
+        from ..store import atomic_write_bytes
+
+        if distributed.world().main:  # beside the model: reused with it, removed with it (retrain quarantines the entry)
+            sample = derived_sample(ctx.data.train_x, ctx.data.train_y, x, y, num_classes=ctx.data.num_classes,
+                                    seed=ctx.job.spec.seed, kind=self.cfg.set)
+            atomic_write_bytes(ctx.store.entry(ctx.job.key()) / SAMPLE_FILE, _npz(sample))
+
+    @classmethod
+    def report_arrays(cls, entry: Path) -> dict[str, np.ndarray] | None:
+        """The sample of the derived set kept in the model's store entry (None: none there,
+        e.g. a model trained before samples were kept)."""
+        p = Path(entry) / SAMPLE_FILE
+        if not p.is_file():
+            return None
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in SAMPLE_KEYS if k in z.files}
 
     def training_data(self, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.data is not None, "setup() builds the derived set first"
@@ -115,3 +142,48 @@ class RobustFeatures(Recipe):
     def loss(self, model, x, y):
         logits = model(x)
         return self.ce(logits, y), logits
+
+
+# --------------------------------------------------------------------------- a sample of the derived set
+
+SAMPLE_FILE = "training_sample.npz"
+SAMPLE_PER_CLASS = 2
+SAMPLE_KEYS = ("index", "x", "original", "label", "original_label")
+
+
+def derived_sample(x: torch.Tensor, y: torch.Tensor, xd: torch.Tensor, yd: torch.Tensor, *, num_classes: int,
+                   seed: int, kind: str, per_class: int = SAMPLE_PER_CLASS) -> dict[str, np.ndarray]:
+    """``per_class`` seeded rows of the derived set (``xd``, ``yd``) per derived label (for
+    d_det / d_rand the target), each with the training image (``x``, ``y``) it was built from."""
+    g = seeded_generator("cpu", seed, "derived-sample", kind)
+    yd_cpu = yd.cpu()
+    picks = []
+    for c in range(num_classes):
+        rows = (yd_cpu == c).nonzero().flatten()
+        if len(rows):
+            picks.append(rows[seeded_subset(len(rows), per_class, g)])
+    index = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
+    dev = index.to(xd.device)
+    return {"index": index.numpy(), "x": xd[dev].detach().float().cpu().numpy(),
+            "original": x[index.to(x.device)].detach().float().cpu().numpy(),
+            "label": yd_cpu[index].numpy(), "original_label": y.cpu()[index].numpy()}
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+# drawn by the report (workbench/views.py; workbench.represent.figures is imported only then)
+register_figure(FigureSpec(
+    "derived_samples",
+    "Samples of the derived training sets",
+    "Per model trained on a derived set (Ilyas et al. 2019), seeded examples of its training set, two per label: "
+        "the derived image (row 'derived') above the training image it was built from (row 'original', its own "
+        "labels after the colon); a column's label is the one trained on (for D_det / D_rand the target class). "
+        "D_R images are expected to look like their label; D_det and D_rand images look like their original.",
+    "encode",
+    "workbench.represent.figures:derived_samples",
+    (),
+    order=190, arrays="training_samples.npz"))
