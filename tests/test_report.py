@@ -377,6 +377,18 @@ def synthetic_represent_arrays(models: list[str] = MODELS, n: int = 3, classes: 
     return out
 
 
+def synthetic_training_samples(models: list[str] = MODELS, classes: int = 3) -> dict[str, np.ndarray]:
+    """What arrays/training_samples.npz holds (runner.training_arrays; robust_features' sample)."""
+    rng = np.random.default_rng(0)
+    out: dict[str, np.ndarray] = {"models": np.array(models)}
+    for j, _ in enumerate(models):
+        lab = np.repeat(np.arange(classes), 2)
+        out |= {f"index.{j}": np.arange(2 * classes), f"x.{j}": rng.uniform(size=(2 * classes, 1, 8, 8)),
+                f"original.{j}": rng.uniform(size=(2 * classes, 1, 8, 8)), f"label.{j}": lab,
+                f"original_label.{j}": (lab + j) % classes}
+    return out
+
+
 def synthetic_saliency(models: list[str] = MODELS, n: int = 3) -> dict:
     rng = np.random.default_rng(0)
     return {"inputs": rng.uniform(size=(n, 1, 8, 8)).astype(np.float32), "labels": np.arange(n),
@@ -395,7 +407,8 @@ def test_synthetic_tables_have_exactly_the_schema_columns():
 def test_every_figure_draws_from_its_tables_and_skips_without_them(spec):
     tables = synthetic_tables()
     if spec.arrays is not None:  # drawn from the run's arrays (and tables)
-        fig = resolve(spec.draw)(synthetic_represent_arrays(), tables)
+        arrays = synthetic_training_samples() if spec.arrays == "training_samples.npz" else synthetic_represent_arrays()
+        fig = resolve(spec.draw)(arrays, tables)
         assert fig is not None and sum(len(ax.images) for ax in fig.axes) > 0, spec.name
         assert resolve(spec.draw)({"models": np.array(MODELS)}, tables) is None  # its part of the probe was not run
         return
