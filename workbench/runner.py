@@ -262,6 +262,7 @@ def run_study(
     threads: int | None = None,
     jobs: int = 1,
     executor: Executor | str | None = None,
+    keep: int | None = None,
 ) -> Run:
     """Run a validated study into ``out`` (default ``reports/<study name>``).
 
@@ -273,7 +274,8 @@ def run_study(
     threads (default :func:`default_threads`; only set when the device is the CPU);
     ``jobs``: train up to this many models at once in separate processes (the
     ``processes`` executor); ``executor``: an :class:`~workbench.executors.Executor` or its
-    registered name (default ``inprocess``, or ``processes`` when ``jobs`` > 1).
+    registered name (default ``inprocess``, or ``processes`` when ``jobs`` > 1); ``keep``:
+    archived runs kept in ``<out>/archive`` (default :attr:`RunFolder.KEEP`).
 
     The thread counts (torch's and, through threadpoolctl, BLAS's), cuDNN's benchmark flag
     and the global RNG are set for the run only and restored on return.
@@ -294,17 +296,17 @@ def run_study(
             # problem: the linear probe was measured 18x slower with 2 BLAS threads on a busy box
             scope.enter_context(cpu_threads(threads))
         return _run_study(study, out, device=device, store=store, retrain=retrain, recompute=recompute,
-                          progress=progress, report=report, executor=executor)
+                          progress=progress, report=report, executor=executor, keep=keep)
 
 
 def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool, recompute: bool, progress,
-               report: bool | None, executor: Executor) -> Run:
+               report: bool | None, executor: Executor, keep: int | None = None) -> Run:
     recompute = recompute or retrain
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     store = store if isinstance(store, ModelStore) else ModelStore(store)
     progress = progress if isinstance(progress, Progress) else Progress(progress)
-    folder = RunFolder(out if out is not None else Path("reports") / study.name)
+    folder = RunFolder(out if out is not None else Path("reports") / study.name, keep=keep)
     folder.check()  # refuse a folder that is not ours before any work
     store.check()
 

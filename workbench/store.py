@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,9 @@ def load_torch_file(path: Path, *, what: str = "checkpoint", sha256: str | None 
         raise CheckpointError(f"cannot read {what}: {e.strerror}", file=str(path)) from None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise CheckpointError(f"corrupt {what}: contents do not match the recorded sha256", file=str(path))
+    from .models.checkpoint import check_archive_sizes
+
+    check_archive_sizes(data, str(path))  # a decompression bomb is refused before it is expanded
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "corrupt"
@@ -270,10 +274,20 @@ class RunFolder:
                            ARRAYS})
     #: any of these marks a folder as a run folder (written at the start of every run)
     MARKERS = ("study.yaml", "environment.json", "run.json")
+    #: the subfolders a run writes into
+    SUBFOLDERS = (TABLES, FIGURES, ARRAYS)
+    #: archived runs kept in ``archive/`` after a publish (``--keep``); older ones are deleted
+    KEEP = 5
+    #: why a folder that holds files but none of MARKERS is refused
+    FOREIGN = ("folder exists and holds files but no run (no study.yaml, environment.json or run.json); refusing to "
+               "archive what a run did not write: pass a new or empty folder, or the folder of an earlier run")
     #: room left in NAME_MAX (255 bytes) for the staging and lock names built from the folder name
     MAX_NAME_BYTES = 200
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, keep: int | None = None):
+        self.keep = self.KEEP if keep is None else keep
+        if self.keep < 0:
+            raise RunFolderError(f"--keep must be 0 or more, got {self.keep}", field="--keep")
         self.path = Path(path)  # where files are written (the staging folder while a run is staged)
         self.target = self.path  # where the run is published
         self._lock: Any = None
@@ -316,12 +330,8 @@ class RunFolder:
                 entries = [p.name for p in real.iterdir()]
             except OSError as e:
                 raise RunFolderError(f"cannot list the run folder ({e.strerror or e})", file=where) from None
-            if entries and not any(m in entries for m in self.MARKERS):
-                raise RunFolderError(
-                    "folder exists and holds files but no run (no study.yaml, environment.json or run.json); "
-                    "refusing to archive what a run did not write: pass a new or empty folder, or the folder of "
-                    "an earlier run", file=where,
-                )
+            if entries and not any((real / m).exists() for m in self.MARKERS):
+                raise RunFolderError(self.FOREIGN, file=where)
         for anc in (real.parent, *real.parent.parents):
             if anc.exists() and not anc.is_dir():
                 raise RunFolderError(f"{anc} is a file, not a folder", file=where)
@@ -331,8 +341,8 @@ class RunFolder:
         self.check()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            for sub in (self.tables, self.figures, self.arrays):
-                sub.mkdir(exist_ok=True)
+            for sub in self.SUBFOLDERS:
+                (self.path / sub).mkdir(exist_ok=True)
         except OSError as e:
             raise RunFolderError(f"cannot create the run folder ({e.strerror or e})", file=str(e.filename or self.path)) from None
 
@@ -364,12 +374,13 @@ class RunFolder:
         try:
             real.parent.mkdir(parents=True, exist_ok=True)
             self._acquire(real)
-            _recover(real)
+            _recover(real, self.RUN_FILES)
             self._staging = Path(tempfile.mkdtemp(dir=real.parent, prefix=f".{real.name}.staging-{os.getpid()}-"))
             os.chmod(self._staging, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders
             self.path = self._staging / real.name
-            for sub in (self.path, self.tables, self.figures, self.arrays):
-                sub.mkdir()
+            self.path.mkdir()
+            for sub in self.SUBFOLDERS:
+                (self.path / sub).mkdir()
         except OSError as e:
             self.abandon()
             raise RunFolderError(f"cannot prepare the run folder ({e.strerror or e}, in {real.parent})",
@@ -421,7 +432,8 @@ class RunFolder:
         self.path = self.target
         if archived is not None:
             archived = real / "archive" / archived.name
-            _flatten_archive(real, archived)
+            _flatten_archive(real, archived, self.RUN_FILES)
+            _prune_archive(real / "archive", self.keep)
         self.release()
         return archived
 
@@ -457,6 +469,19 @@ class RunFolder:
         atomic_write_text(self.path / name, text)
 
 
+class ComparisonFolder(RunFolder):
+    """The folder of ``workbench compare``: the rules of a run folder (staged, published, the
+    previous comparison archived), with a comparison's files; a folder holding files but no
+    comparison (``comparison.json``, or the ``tables/cross_model.parquet`` of one written
+    before that marker existed) is refused."""
+
+    RUN_FILES = frozenset({"comparison.json", "index.html", RunFolder.TABLES, RunFolder.FIGURES})
+    MARKERS = ("comparison.json", "tables/cross_model.parquet")
+    SUBFOLDERS = (RunFolder.TABLES, RunFolder.FIGURES)
+    FOREIGN = ("folder exists and holds files but no comparison (no comparison.json); refusing to archive what "
+               "compare did not write: pass a new or empty folder, or the folder of an earlier comparison")
+
+
 def _real(path: Path) -> Path:
     """Absolute path with symlinks resolved (a linked run folder is replaced where it lives)."""
     return Path(os.path.abspath(path)).resolve() if str(path) else Path.cwd().resolve()
@@ -470,18 +495,18 @@ def _unique(path: Path) -> Path:
     return out
 
 
-def _recover(real: Path) -> None:
+def _recover(real: Path, run_files: frozenset[str]) -> None:
     """With the folder's lock held: finish a publish killed between its two renames, drop
     stale staging folders (every staging folder is stale: only the lock holder writes one)."""
     for staging in sorted(real.parent.glob(f".{real.name}.staging-*")):
         inner = staging / real.name
         marker = staging / "PUBLISH"
         if marker.is_file() and inner.is_dir() and not real.exists():
-            stamp = marker.read_text().strip()
+            stamp = _safe_stamp(marker.read_text().strip())
             os.rename(inner, real)
             log.warning("finished publishing the run interrupted in %s", staging)
             if stamp and (real / "archive" / stamp).is_dir():
-                _flatten_archive(real, real / "archive" / stamp)
+                _flatten_archive(real, real / "archive" / stamp, run_files)
         elif marker.is_file() and not inner.exists():
             pass  # published; only the marker was left
         else:
@@ -489,7 +514,7 @@ def _recover(real: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _flatten_archive(real: Path, archived: Path) -> None:
+def _flatten_archive(real: Path, archived: Path, run_files: frozenset[str]) -> None:
     """The previous folder moved whole into ``archive/<time>/``: its own archive joins the new
     ``archive/`` and what no run writes goes back to the top. Each step is a rename; an
     interruption only leaves things nested, never lost."""
@@ -500,21 +525,49 @@ def _flatten_archive(real: Path, archived: Path) -> None:
                 os.rename(entry, _unique(real / "archive" / entry.name))
             old_archive.rmdir()
         for entry in sorted(archived.iterdir()):
-            if entry.name not in RunFolder.RUN_FILES and not (real / entry.name).exists():
+            if entry.name not in run_files and not (real / entry.name).exists():
                 os.rename(entry, real / entry.name)
     except OSError as e:
         log.warning("could not tidy the archive %s (%s); its files are all there", archived, e)
 
 
-def _previous_stamp(path: Path) -> str:
-    env = path / "environment.json"
+#: what an archive entry's name may be: a time stamp (optionally ``-N``); anything read from a
+#: file is checked against it, so no file's contents can build a path outside ``archive/``
+_STAMP = re.compile(r"\d{8}T\d{6}(-\d{1,6})?")
+
+
+def _safe_stamp(text: object) -> str | None:
+    return text if isinstance(text, str) and _STAMP.fullmatch(text) else None
+
+
+def _prune_archive(archive: Path, keep: int) -> None:
+    """Keep the newest ``keep`` archived runs (time-stamped names sort by time); entries with
+    other names are not ours and stay."""
     try:
-        started = json.loads(env.read_text()).get("started_at", "")
-        stamp = started.replace(":", "").replace("+0000", "").replace("-", "")[:15]
-        if stamp:
-            return stamp
-    except (OSError, json.JSONDecodeError, AttributeError):
-        pass
+        runs = sorted((p for p in archive.iterdir() if _STAMP.fullmatch(p.name) and p.is_dir() and not p.is_symlink()),
+                      key=lambda p: (p.name[:15], int(p.name[16:] or 0)))
+    except OSError:
+        return
+    for old in runs[:max(0, len(runs) - keep)]:
+        log.info("removing the archived run %s (--keep %d)", old, keep)
+        shutil.rmtree(old, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        if not any(archive.iterdir()):
+            archive.rmdir()
+
+
+def _previous_stamp(path: Path) -> str:
+    """The archive name of the run in ``path``: when it started (its ``environment.json``; a
+    comparison: ``comparison.json``), or now when that file is missing, malformed, or says
+    anything but a time."""
+    for name, field in (("environment.json", "started_at"), ("comparison.json", "written_at")):
+        try:
+            started = json.loads((path / name).read_text()).get(field, "")
+            stamp = _safe_stamp(str(started).replace(":", "").replace("+0000", "").replace("-", "")[:15])
+            if stamp:
+                return stamp
+        except (OSError, ValueError, AttributeError):
+            pass
     return _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
 
 

@@ -30,7 +30,7 @@ from matplotlib.lines import Line2D
 
 from ..errors import RunFolderError, WorkbenchError
 from ..results import Results, load
-from ..store import RunFolder
+from ..store import ComparisonFolder, now
 from . import figures as F
 from .cross_model import THREATS
 from .html import FigureEntry, data_uri, html_table, now_text, png_size, render_page, robust_eps, write_page
@@ -328,22 +328,33 @@ def _check_distinct(paths: Sequence[Path]) -> None:
         seen[real] = p
 
 
-def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+def write_comparison(run_dirs: Sequence[str | Path], out: str | Path, *, keep: int | None = None) -> Path:
     """Compare runs: joined tables in ``<out>/tables``, figures in ``<out>/figures``, the page at
-    ``<out>/index.html``. Refuses (:class:`RunFolderError`) to write into a run folder."""
+    ``<out>/index.html``. ``out`` follows the rules of a run folder (:class:`ComparisonFolder`):
+    written in a staging folder and published whole, the previous comparison archived (the
+    last ``keep``); a folder holding anything but a comparison, or a run folder, is refused
+    (:class:`RunFolderError`)."""
     paths = [Path(p) for p in run_dirs]
     out = Path(out)
     if len(paths) < 2:
         raise WorkbenchError(f"compare needs at least two run folders, got {len(paths)}", field="run_dirs")
     _check_distinct(paths)
     _check_out(out, paths)
+    folder = ComparisonFolder(out, keep=keep)
+    folder.check()  # refuse a folder that is not a comparison before any work
     runs = [load(p) for p in paths]
     names = run_names(paths)
     joined = join_tables(runs, names)
     comp = compare_runs(runs, names)
 
-    folder = RunFolder(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder.staged():
+        _write_comparison(folder, runs, names, joined, comp, out)
+        folder.write_json("comparison.json", {"runs": [str(p.resolve()) for p in paths], "written_at": now()})
+        folder.publish()
+    return out / "index.html"
+
+
+def _write_comparison(folder: ComparisonFolder, runs, names, joined, comp, out: Path) -> None:
     for name, df in joined.items():
         folder.write_table(name, df)
 
@@ -430,6 +441,4 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         figures=entries,
         skipped=skipped,
     )
-    path = out / "index.html"
-    write_page(path, page)
-    return path
+    write_page(folder.path / "index.html", page)
