@@ -366,11 +366,25 @@ def _decode_one(f: _File, *, image_size: int | None, grayscale: bool, where: str
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, reported by name
         try:
             img = _decode_pil(data, grayscale)  # PIL reads some files libjpeg/libpng reject
+        except DataError as refused:
+            raise DataError(f"imagefolder: {where}/{f.rel}: {refused.message}") from None
         except Exception:  # noqa: BLE001
             raise DataError(f"imagefolder: cannot decode {where}/{f.rel}: {e}") from None
+    img = _to_uint8(img, f"{where}/{f.rel}")
     if image_size is not None:
         img = _resize(img, image_size)
     return img
+
+
+def _to_uint8(img: torch.Tensor, where: str) -> torch.Tensor:
+    """Every image as 8 bits per channel, whatever depth it was stored in: a 16-bit PNG
+    decodes to uint16 (0-65535), which must reach the model in [0, 1] as an 8-bit one does;
+    it is rounded to the nearest of the 256 levels, the same in memory and streamed."""
+    if img.dtype == torch.uint8:
+        return img
+    if img.dtype == torch.uint16:
+        return (img.to(torch.int32) * 255 + 32767).div(65535, rounding_mode="floor").to(torch.uint8)
+    raise DataError(f"imagefolder: {where}: images of {img.dtype} pixels are not supported (8- or 16-bit only)")
 
 
 def _quiet_torchvision_deprecation() -> None:
@@ -407,6 +421,13 @@ def _decode_pil(data: bytes, grayscale: bool) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
+        if im.mode.startswith("I;16"):  # 16-bit grey: convert() would clip it at 255, not scale it
+            arr16 = np.asarray(im).astype(np.int64)
+            t = torch.from_numpy((arr16 * 255 + 32767) // 65535).to(torch.uint8)
+            t = t.unsqueeze(0)
+            return t if grayscale else t.expand(3, -1, -1).contiguous()
+        if im.mode in ("I", "F"):  # 32-bit integers or floats: no range to scale from
+            raise DataError(f"image mode {im.mode} (32-bit pixels) is not supported; save it with 8 or 16 bits")
         arr = np.asarray(im.convert("L" if grayscale else "RGB"))
     t = torch.from_numpy(arr.copy())
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()

@@ -34,7 +34,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +68,9 @@ MEMORY_SHARE = 0.4
 DECODE_MODES = ("auto", "cpu", "gpu")
 #: JPEGs per device decode call when a subset is decoded at once (bounds the device memory it takes)
 DECODE_CHUNK = 256
+#: part of a streamed data set's identity: bumped when the decoding changes what the model
+#: sees (v2: 16-bit images scaled to [0, 1] instead of reaching the model as 0-65535)
+DECODE_VERSION = b"decode-v2"
 
 
 @dataclass
@@ -87,25 +90,50 @@ class FileSet:
     def decoder(self) -> ImageFiles:
         return ImageFiles(self.root, self.train + (self.test or []), self.image_size, self.grayscale, self.name)
 
-    def fingerprint(self) -> str:
-        """Hash of the listing with every file's size and mtime (for caches of what is derived)."""
+    def fingerprint(self, stats: list[tuple[int, int]] | None = None) -> str:
+        """Hash of the listing with every file's size and mtime (for caches of what is derived);
+        ``stats``: those of :func:`file_stats`, taken once."""
         h = hashlib.sha256(repr((self.name, str(self.root), self.image_size, self.grayscale, self.classes)).encode())
-        for rel in self.train + (self.test or []):
-            st = (self.root / rel).stat()
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        rels = self.train + (self.test or [])
+        for rel, (size, mtime) in zip(rels, stats if stats is not None else file_stats(self.root, rels)):
+            h.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
         h.update(self.train_y.numpy().tobytes())
         if self.test_y is not None:
             h.update(b"test" + self.test_y.numpy().tobytes())
         return h.hexdigest()
 
 
+def file_stats(root: Path, rels: list[str]) -> list[tuple[int, int]]:
+    """(size, mtime in ns) of every file; (-1, -1) for one that is gone."""
+    def one(rel: str) -> tuple[int, int]:
+        try:
+            st = (root / rel).stat()
+        except OSError:
+            return (-1, -1)
+        return (st.st_size, st.st_mtime_ns)
+
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:  # stat releases the GIL
+        return list(pool.map(one, rels, chunksize=1024))
+
+
 class ImageFiles(torch.utils.data.Dataset):
     """Decoded uint8 (C, H, W) images of a list of files, one per index (picklable, so
-    DataLoader workers can hold it)."""
+    DataLoader workers can hold it).
+
+    ``pinned``: every file's (size, mtime) when the data set was loaded, from which its
+    identity (the model keys) was derived; :meth:`changed` lists the files that differ now."""
 
     def __init__(self, root: Path, rels: list[str], image_size: int | None, grayscale: bool, name: str):
         self.root, self.rels, self.image_size, self.grayscale, self.name = root, rels, image_size, grayscale, name
         self.shape: tuple[int, ...] | None = None
+        self.pinned: list[tuple[int, int]] | None = None
+
+    def changed(self) -> list[str]:
+        """The files (full paths) whose size or mtime differ from :attr:`pinned`, or that are gone."""
+        if self.pinned is None:
+            return []
+        now = file_stats(self.root, self.rels)
+        return [str(self.root / rel) for rel, a, b in zip(self.rels, self.pinned, now) if a != b]
 
     def __len__(self) -> int:
         return len(self.rels)
@@ -274,8 +302,21 @@ class StreamedImages:
         )
         if on_device:
             return (to_unit_float(torch.stack(self.files.decode_bytes(pos, b, self.decode_device)), self.device)
-                    for pos, b in zip(batch_pos, loader))
-        return (to_unit_float(b, self.device) for b in loader)
+                    for pos, b in zip(batch_pos, _worker_errors(loader)))
+        return (to_unit_float(b, self.device) for b in _worker_errors(loader))
+
+
+def _worker_errors(loader: Iterable[Any]) -> Iterator[Any]:
+    """The loader's batches; a DataError raised in a worker comes back from torch as a new
+    DataError whose message is the worker's whole traceback: re-raised as its own one line."""
+    try:
+        yield from loader
+    except DataError as e:
+        lines = [ln for ln in e.message.strip().splitlines() if ln.strip()]
+        prefix = f"{type(e).__module__}.{type(e).__qualname__}: "
+        if len(lines) > 1 and lines[-1].startswith(prefix):
+            raise DataError(lines[-1][len(prefix):]) from None
+        raise
 
 
 def to_unit_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -478,8 +519,10 @@ def load_streamed(
         return StreamedImages(decoder, pos, shape, device, workers, decode_device)
 
     train = split(train_idx)
-    fingerprint = files.fingerprint()
-    cache = (cache_dir or default_cache_dir()) / f"stream-{name}-{fingerprint[:20]}.json"
+    stats_now = file_stats(files.root, decoder.rels)
+    decoder.pinned = stats_now  # what the identity below is of: training checks the files still match
+    fingerprint = files.fingerprint(stats_now)
+    cache = (cache_dir or default_cache_dir()) / f"stream-{name}-{fingerprint[:20]}-{DECODE_VERSION.decode()}.json"
     stats = _read_json(cache)
     index_key = hashlib.sha256(train_idx.numpy().tobytes()).hexdigest()
     if stats is None or stats.get("train_index") != index_key:
@@ -506,6 +549,21 @@ def load_streamed(
         streamed=True,
         decode=resolved,
     )
+
+
+def check_unchanged(data: DataSplits, who: str) -> None:
+    """A streamed data set whose files changed since it was loaded (size or mtime) stops the
+    training: the model would be trained on a mixture and stored under the key of the
+    original files. One line naming the changed files; nothing is cached."""
+    x = data.train_x
+    if not is_streamed(x):
+        return
+    changed = x.files.changed()  # type: ignore[attr-defined]
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise DataError(f"{len(changed)} file(s) of the streamed data set changed while {who} trained: "
+                        f"{', '.join(changed[:3])}{more}; nothing of this training was cached: rerun once the files "
+                        "stay put", field="data.root")
 
 
 def resolve_decode(decode: str, device: torch.device) -> str:
@@ -582,12 +640,14 @@ def content_digest_files(decoder: ImageFiles, files: FileSet) -> str:
 
     def one(i: int) -> bytes:
         split = "train" if i < n_train else "test"
-        return hashlib.sha256(decoder.read_bytes(i)).digest() + f"{split}\0{decoder.rels[i]}\0{labels[i]}".encode()
+        name = f"{split}\0{decoder.rels[i]}\0{labels[i]}".encode("utf-8", "surrogateescape")
+        return hashlib.sha256(decoder.read_bytes(i)).digest() + name
 
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
         for part in pool.map(one, range(len(decoder)), chunksize=256):
             h.update(part)
     h.update(repr((files.image_size, files.grayscale)).encode())
+    h.update(DECODE_VERSION)
     return "files-" + h.hexdigest()
 
 

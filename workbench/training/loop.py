@@ -33,6 +33,7 @@ from ..attacks import pgd
 from ..attacks.base import global_batch_rows
 from ..data import Augmentation, DataSplits, iterate_batches
 from ..data.base import stratified_subset
+from ..data.stream import check_unchanged
 from ..errors import CheckpointError, TrainingError
 from ..models import WorkbenchModel, create_model
 from ..progress import QUIET, Progress
@@ -316,6 +317,7 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
         else:
             log.info("%s: resuming after epoch %d of %d", job.id, start_epoch, t.epochs)
     previous_state = copy.deepcopy(ckpt["previous_model"] if start_step else model.state_dict())
+    check_unchanged(data, job.id)  # streamed files changed since the key was derived from them
     stop_message = None
     t0 = time.perf_counter()
     with progress.task(f"train {job.id}", t.epochs) as advance_epoch:
@@ -364,6 +366,7 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
                     step += 1
                     advance()
                     if t.checkpoint_steps and step % t.checkpoint_steps == 0 and step < steps_per_epoch:
+                        check_unchanged(data, job.id)
                         _save_mid_epoch(store, key, epoch, step, model, opt, sched, recipe, history, previous_state,
                                         (loss_sum, correct, seen), device, elapsed + time.perf_counter() - t0)
             sums = distributed.all_sum(torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)]))
@@ -379,6 +382,8 @@ def _train(job, key, model, data, store, device, progress, retrain) -> TrainedMo
                     f"training loss became {row['train_loss']} in epoch {epoch + 1}; the model is not cached "
                     "(lower train.lr, set train.grad_clip or use fp32)", field=job.id,
                 )
+            # pinned inputs: an epoch trained on files that changed under it is not checkpointed
+            check_unchanged(data, job.id)
             row["val_acc"] = _accuracy(model, mon_x, mon_y)
             row["monitor_eps"] = job.monitor_eps
             if job.monitor_eps > 0:
