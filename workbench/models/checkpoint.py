@@ -16,7 +16,10 @@ on a file they trust.
   wrapper applies it once) and the ``attacker.model.*`` duplicate is ignored.
 
 Missing, unexpected or misshapen keys raise one :class:`CheckpointError` naming the file
-and the first keys concerned.
+and the first keys concerned, and so do weights that could not be what a network computes
+with (:func:`check_values`): non-finite values, or a floating-point parameter stored as
+integers, booleans or complex numbers. A torch file (a zip archive) whose members declare
+more bytes than :func:`check_archive_sizes` allows is refused before anything is read.
 """
 
 from __future__ import annotations
@@ -41,6 +44,30 @@ CONVERT_COMMAND = "workbench convert-checkpoint {file} OUT.pt --trust"
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_state_dict", "net")
 
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+#: torch stores the records of its zip archives uncompressed, so an archive declares about
+#: its own size; one declaring more than this many times its size (plus 1 MiB) is a
+#: decompression bomb, refused before anything is allocated
+MAX_EXPANSION = 4
+
+
+def check_archive_sizes(data: bytes, file: str) -> None:
+    """Refuse a torch zip archive whose members declare more than ``MAX_EXPANSION`` × its
+    size (+1 MiB) uncompressed; reads only the central directory. Not a zip: nothing to check."""
+    import zipfile
+
+    if not data.startswith(b"PK"):
+        return
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            declared = sum(max(0, i.file_size) for i in z.infolist())
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return  # torch.load names what is wrong with it
+    limit = MAX_EXPANSION * len(data) + (1 << 20)
+    if declared > limit:
+        raise CheckpointError(f"refused: the archive declares {declared / (1 << 20):.0f} MiB of contents in a "
+                              f"{len(data) / (1 << 20):.1f} MiB file (more than {MAX_EXPANSION}x its size); torch "
+                              "never compresses its files, so it is not one torch wrote", file=file)
 
 
 @dataclass
@@ -80,6 +107,7 @@ def read_weights(path: str | Path) -> Weights:
             return Weights(st_load(data), digest, path)
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             raise CheckpointError(f"not a valid .safetensors file ({_first_line(e)})", file=str(path)) from None
+    check_archive_sizes(data, str(path))
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -194,8 +222,37 @@ def fit_state_dict(obj: Any, net: nn.Module, file: str, *, key: str | None = Non
             parts.append(f"shape of {k} is {tuple(sd[k].shape)} in the file, {tuple(target[k].shape)} in the network"
                          + (f" (and {len(shapes) - 1} more)" if len(shapes) > 1 else ""))
         raise CheckpointError(f"weights do not fit {type(net).__name__}: {'; '.join(parts)}", file=file)
-    fitted.state = sd
+    fitted.state = check_values(sd, target, file)
     return fitted
+
+
+def check_values(sd: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor], file: str) -> dict[str, torch.Tensor]:
+    """The weights as the network's dtypes, or a :class:`CheckpointError` naming the first
+    key that cannot be: a floating-point parameter must be stored as floating point (int8
+    weights need their quantisation scales, complex ones are not weights of this network)
+    and finite after the cast; an integer buffer (BatchNorm's counter) must hold whole
+    numbers."""
+    out = {}
+    for k, want in target.items():
+        v = sd[k]
+        if want.is_floating_point():
+            if not v.is_floating_point():
+                raise CheckpointError(f"{k} holds {str(v.dtype).removeprefix('torch.')} values where the network has "
+                                      f"{str(want.dtype).removeprefix('torch.')} weights; refusing to cast them "
+                                      "(quantised or complex weights are not these weights)", file=file)
+            cast = v.to(want.dtype)
+            if not bool(torch.isfinite(cast).all()):
+                bad = int((~torch.isfinite(cast)).sum())
+                where = " after the cast to " + str(want.dtype).removeprefix("torch.") if bool(torch.isfinite(v).all()) else ""
+                raise CheckpointError(f"{k} holds {bad} non-finite value(s) (NaN or infinite){where}; the weights "
+                                      "are not usable", file=file)
+            out[k] = cast
+        elif v.is_complex() or (v.is_floating_point() and not bool((v == v.round()).all())):
+            raise CheckpointError(f"{k} holds {str(v.dtype).removeprefix('torch.')} values where the network keeps "
+                                  f"{str(want.dtype).removeprefix('torch.')} whole numbers", file=file)
+        else:
+            out[k] = v.to(want.dtype)
+    return out
 
 
 def _few(keys: list[str], n: int = 3) -> str:
