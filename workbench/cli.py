@@ -199,6 +199,7 @@ def run(
                                            "--gpus-per-job GPUs, or 1 without GPUs)"),
     strict: bool = typer.Option(False, "--strict", help="exit with status 1 when a soundness check warns (the run "
                                 "folder is still written); for scripts and CI"),
+    keep: int = typer.Option(5, min=0, metavar="N", help="archived runs kept in <out>/archive (older ones are deleted)"),
 ) -> None:
     """Train, attack and probe the models of a study; write its run folder.
 
@@ -232,14 +233,15 @@ def run(
                   slurm_opt=slurm_opt, parallel=parallel, strict=strict)
         return
     try:
-        with _user_errors():
+        with _user_errors(), _terminate_as_interrupt():
             s = load_study(study, set_)
             result = run_study(s, out, device=device, store=store, retrain=retrain, recompute=recompute,
                                progress=False if quiet else None, report=report, threads=threads, jobs=jobs,
-                               executor=None if executor == "inprocess" else executor)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: rerun the same command to resume from the last finished epoch", err=True)
-        raise typer.Exit(130)
+                               executor=None if executor == "inprocess" else executor, keep=keep)
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        typer.echo(f"{what}: rerun the same command to resume from the last finished epoch", err=True)
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130)
     finally:
         distributed.teardown()
     if not _is_rank_zero():
@@ -276,6 +278,34 @@ def _strict_exit(strict: bool, warned: list[str]) -> None:
         raise typer.Exit(1)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, SLURM before it ends or preempts a job), handled as Ctrl-C is: the
+    run stops where it is, the last finished epoch stays in the store, the staging folder
+    goes; the command exits 143 (128 + SIGTERM)."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated` in the main thread (the
+    previous handler comes back afterwards); elsewhere than the main thread, nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_jobs(study_path, set_, out, store, executor, *, retrain, recompute, report, quiet, threads, gpus_per_job,
               partition, time_min, slurm_opt, parallel, strict=False) -> None:
     """``workbench run --executor slurm|local``: the driver of a study's jobs (workbench.cluster)."""
@@ -286,24 +316,25 @@ def _run_jobs(study_path, set_, out, store, executor, *, retrain, recompute, rep
     from .study import load_study
 
     try:
-        s = load_study(study_path, set_)
-        extra = {}
-        for item in slurm_opt:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise WorkbenchError(f"expected KEY=VALUE, got {item!r}", field="--slurm")
-            extra[key.strip()] = value.strip()
-        opts = ClusterOptions.from_study(s, executor, partition=partition, gpus_per_job=gpus_per_job,
-                                         time_min=time_min, parallel=parallel, threads=threads)
-        opts.slurm.update(extra)
-        path = run_grid(s, out, opts, store=store, retrain=retrain, recompute=recompute, report=report,
-                        progress=Progress(False if quiet else None))
+        with _terminate_as_interrupt():
+            s = load_study(study_path, set_)
+            extra = {}
+            for item in slurm_opt:
+                key, sep, value = item.partition("=")
+                if not sep or not key:
+                    raise WorkbenchError(f"expected KEY=VALUE, got {item!r}", field="--slurm")
+                extra[key.strip()] = value.strip()
+            opts = ClusterOptions.from_study(s, executor, partition=partition, gpus_per_job=gpus_per_job,
+                                             time_min=time_min, parallel=parallel, threads=threads)
+            opts.slurm.update(extra)
+            path = run_grid(s, out, opts, store=store, retrain=retrain, recompute=recompute, report=report,
+                            progress=Progress(False if quiet else None))
     except WorkbenchError as e:
         _fail(e)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         typer.echo("driver stopped: SLURM jobs keep running (local jobs stop); run the same command again to "
                    "follow them or resubmit what is missing", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130)
     tables = {name: pd.read_parquet(path / "tables" / f"{name}.parquet") for name in ("robustness", "soundness")
               if (path / "tables" / f"{name}.parquet").is_file()}
     warned = _echo_verdict(tables, s.main_eps())
@@ -342,16 +373,19 @@ def _relaunch_under_torchrun(gpus: int) -> None:
 
 @app.command(cls=_Command)
 def validate(studies: list[Path] = typer.Argument(..., metavar="STUDY", help="study files to check")) -> None:
-    """Check study files completely (schema, names, ε values) without running anything.
+    """Check study files completely (schema, names, ε values, the modules of python: model
+    sources, which are imported) without training or evaluating anything.
 
     Example: workbench validate studies/*.yaml
     """
+    from .models.sources import check_study_sources
     from .study import load_study
 
     failed = 0
     for path in studies:
         try:
             s = load_study(path)
+            check_study_sources(s)
             typer.echo(f"ok: {path} ({len(s.model_ids())} models, {len(s.evaluation.attacks)} attacks, probes: {', '.join(s.probes.enabled()) or 'none'})")
         except (WorkbenchError, OSError) as e:
             err = e if isinstance(e, WorkbenchError) else os_error(e)
@@ -507,6 +541,7 @@ def report(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a run fo
 def compare(
     run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="two or more run folders"),
     out: Path = typer.Option(Path("reports/compare"), "--out", "-o", metavar="DIR", help="folder for the comparison report"),
+    keep: int = typer.Option(5, min=0, metavar="N", help="archived comparisons kept in <out>/archive"),
 ) -> None:
     """Set runs side by side: accuracy-vs-ε and Lipschitz profiles of every model, and a table of differences.
 
@@ -515,7 +550,7 @@ def compare(
     from .report import write_comparison
 
     with _user_errors():
-        path = write_comparison(run_dirs, out)
+        path = write_comparison(run_dirs, out, keep=keep)
     typer.echo(f"comparison: {path}")
 
 

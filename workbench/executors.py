@@ -27,6 +27,7 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +99,36 @@ class InProcess(Executor):
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(threads: int | None) -> None:
+def _end_with_parent(parent: int) -> None:
+    """Make this worker end when its parent dies (``kill -9`` of the driver included), so no
+    orphan goes on training: Linux's PR_SET_PDEATHSIG, else a thread watching the parent."""
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            PR_SET_PDEATHSIG = 1
+            if ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent:  # it died before the call
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="workbench-parent-watch", daemon=True).start()
+
+
+def _worker_init(threads: int | None, parent: int | None = None) -> None:
+    if parent is not None:
+        _end_with_parent(parent)
     # each worker sets its own threads (a spawned process starts from torch's default);
     # None: the run leaves them alone too (training on a GPU)
     if threads is None:
@@ -158,7 +188,9 @@ class ProcessPool(Executor):
             from .state import threads_setting
 
             threads = threads_setting()
-        with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+        pool = ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(threads, os.getpid()))
+        try:
             pending = list(keys)
             while pending or running:
                 for k in [k for k in pending if deps[k] <= set(out)]:
@@ -169,14 +201,41 @@ class ProcessPool(Executor):
                     raise WorkbenchError(f"training jobs wait for each other: {[keys[k].id for k in pending]}")
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for f in finished:
-                    k = running.pop(f)
-                    got = f.result()
+                    k = running.get(f)
+                    try:
+                        got = f.result()
+                    except BrokenProcessPool:
+                        # a worker was killed (out of memory, kill -9): the pool is gone with it
+                        ids = [keys[k].id] + [keys[o].id for o in running.values() if o != k]
+                        raise WorkbenchError(
+                            f"a worker process died (killed, or out of memory) while training {', '.join(ids)}; "
+                            "what it finished is in the store: rerun the same command to resume from the last "
+                            "finished epoch (with fewer --jobs if memory ran out)", field=keys[k].id) from None
+                    running.pop(f)
                     if "error" in got:
                         raise WorkbenchError(got["error"])
                     out[k] = JobResult(got["key"], got["cached"], got["resumed_from_epoch"], got["seconds"])
                     done(keys[k], out[k])
+        except BaseException as e:
+            if isinstance(e, WorkbenchError) and not isinstance(e.__context__, BrokenProcessPool):
+                pool.shutdown(wait=True)  # a job's error: the others finish (their models are kept)
+            else:
+                _stop_workers(pool)  # Ctrl-C, SIGTERM or a dead worker: no worker outlives the run
+            raise
+        pool.shutdown(wait=True)
         log.info("trained %d jobs in %d processes in %.1fs", len(jobs), self.jobs, time.perf_counter() - t0)
         return out
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End a pool's workers now (their last finished epochs are in the store)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=10)
 
 
 def make_executor(name: str | None = None, jobs: int = 1, threads: int | None = None) -> Executor:

@@ -17,6 +17,7 @@ layers (:mod:`.layers`) and returns a :class:`LoadedModel`: a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import os
@@ -129,6 +130,63 @@ class LoadedModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def _module_file(spec: str, mod_name: str) -> str | None:
+    """Where a module's code is, without running it (a parent package's ``__init__`` runs);
+    None for a module that is not there."""
+    import importlib.util
+
+    with _user_code(spec, None, f"finding {mod_name!r}"):
+        try:
+            found = importlib.util.find_spec(mod_name)
+        except (ImportError, ValueError):
+            found = None
+    if found is None:
+        raise WorkbenchError(f"python source {spec!r}: cannot import {mod_name!r} (no module named {mod_name!r}); "
+                             "is it on PYTHONPATH?")
+    return found.origin if found.origin not in (None, "built-in", "frozen") else None
+
+
+@contextlib.contextmanager
+def _user_code(spec: str, file: str | None, doing: str):
+    """Run user code (importing or calling a ``python:`` source): whatever it raises, a
+    ``SystemExit`` included (``sys.exit()``, argparse refusing the workbench's own
+    arguments), becomes one :class:`WorkbenchError` naming the module's file and the line.
+    ``sys.argv`` is just the module's file meanwhile, so a module that parses it at import
+    sees no arguments rather than ``workbench run ...``; what it writes to stderr is held
+    back and its last line quoted if it fails (shown as written if it does not)."""
+    import io
+    import sys
+    import traceback
+
+    argv, err = sys.argv, io.StringIO()
+    sys.argv = [file or spec]
+    try:
+        with contextlib.redirect_stderr(err):
+            yield
+    except WorkbenchError:
+        raise
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - user code: anything it raises is reported, not a traceback
+        said = [ln.strip() for ln in err.getvalue().splitlines() if ln.strip()]
+        if isinstance(e, SystemExit):
+            what = f"it called sys.exit({e.code!r})" + (f": {said[-1]}" if said else "")
+        else:
+            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            what = f"{type(e).__name__}" + (f": {text[:200]}" if text else "")
+        line = getattr(e, "lineno", None) if isinstance(e, SyntaxError) else None
+        if line is None and file is not None:
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == file]
+            line = frames[-1].lineno if frames else None
+        where = f" (line {line})" if line else ""
+        raise WorkbenchError(f"python source {spec!r}: {doing} failed{where}: {what}", file=file) from None
+    else:
+        if err.getvalue():
+            sys.stderr.write(err.getvalue())
+    finally:
+        sys.argv = argv
+
+
 def _python_factory(spec: str) -> tuple[Any, str]:
     """The factory and the hash of its code: its module and the user's modules it imports,
     transitively, as syntax (:func:`~workbench.codehash.user_code_hash`), so an edit that
@@ -136,17 +194,17 @@ def _python_factory(spec: str) -> tuple[Any, str]:
     from ..codehash import user_code_hash
 
     mod_name, fn_name = spec.split(":", 1)
-    try:
+    file = _module_file(spec, mod_name)
+    with _user_code(spec, file, "importing it"):
         mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise WorkbenchError(f"python source {spec!r}: cannot import {mod_name!r} ({e}); is it on PYTHONPATH?") from None
+    file = file or getattr(mod, "__file__", None)
     fn = mod
     for part in fn_name.split("."):
         fn = getattr(fn, part, None)
         if fn is None:
-            raise WorkbenchError(f"python source {spec!r}: module {mod_name!r} has no {fn_name!r}")
+            raise WorkbenchError(f"python source {spec!r}: module {mod_name!r} has no {fn_name!r}", file=file)
     if not callable(fn):
-        raise WorkbenchError(f"python source {spec!r}: {fn_name!r} is not callable")
+        raise WorkbenchError(f"python source {spec!r}: {fn_name!r} is not callable", file=file)
     try:
         digest = user_code_hash(mod_name)
     except (KeyError, SyntaxError):  # no source file (a compiled module): its name stands for it
@@ -192,10 +250,10 @@ def _build_net(src: SourceConfig, num_classes: int, in_shape: tuple[int, int, in
 
     if src.python:
         fn, digest = _python_factory(src.python)
-        try:
+        module = inspect.getmodule(fn)
+        file = getattr(module, "__file__", None) if module is not None else None
+        with _user_code(src.python, file, f"calling it with options {dict(src.options)}"):
             net = fn(**dict(src.options))
-        except TypeError as e:
-            raise WorkbenchError(f"python source {src.python!r}: calling it with options {dict(src.options)} failed: {e}") from None
         if isinstance(net, WorkbenchModel):
             return net, {"code_sha256": digest}
         if isinstance(net, Built):
@@ -362,6 +420,23 @@ def load(source: SourceConfig | str | Mapping[str, Any], *, num_classes: int = 1
     ...          mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     """
     return load_source(source, num_classes=num_classes, in_shape=in_shape, **kw).model
+
+
+def check_study_sources(study: Any) -> None:
+    """Import the module of every ``python:`` source of the study (what ``workbench validate``
+    checks): a module that is missing, or fails as it is imported, is one error naming
+    ``models[i] (<id>)``. The factories are not called (that builds the networks)."""
+    for i, decl in enumerate(study.loaded):
+        src = decl.source if isinstance(decl.source, SourceConfig) else SourceConfig.model_validate(decl.source)
+        if not src.python:
+            continue
+        try:
+            _python_factory(src.python)
+        except WorkbenchError as e:
+            if e.field is None:
+                e.field = f"models[{i}] ({decl.id})"
+                e.args = (e.one_line(),)
+            raise
 
 
 def load_study_models(study: Any, data: Any, device: torch.device | str = "cpu", *, progress: Any = None) -> dict[str, LoadedModel]:
