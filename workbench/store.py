@@ -103,6 +103,55 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _read_claim(path: Path) -> tuple[dict[str, Any] | None, float]:
+    """(the claim's owner, seconds since its last heartbeat); (None, 0) when there is none.
+    An unreadable claim (being written, or garbage) counts as one with an unknown owner."""
+    import time
+
+    try:
+        age = time.time() - path.stat().st_mtime
+        text = path.read_text()
+    except FileNotFoundError:
+        return None, 0.0
+    except OSError:
+        return {}, 0.0
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        holder = {}
+    return (holder if isinstance(holder, dict) else {}), age
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # unknown: only the heartbeat can tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _drop_claim(path: Path, seen: dict[str, Any]) -> None:
+    """Remove the stale claim ``seen``, and only that one: moved aside first, and put back
+    (without replacing anything) if another process had claimed it meanwhile."""
+    import uuid
+
+    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    moved, _ = _read_claim(aside)
+    if moved is not None and moved.get("token") != seen.get("token"):
+        with contextlib.suppress(OSError):
+            os.link(aside, path)  # a fresh claim: back where it was, unless one was made since
+    with contextlib.suppress(FileNotFoundError):
+        aside.unlink()
+
+
 def torch_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -154,9 +203,74 @@ class ModelStore:
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        """Exclusive per-key lock, held while one process trains that key."""
-        with file_lock(self.root / "models" / f"{key}.lock"):
+        """Exclusive per-key lock, held while one process trains that key: an ``flock`` (this
+        machine's processes wake at once) and the :meth:`claim` (every machine's)."""
+        with file_lock(self.root / "models" / f"{key}.lock"), self.claim(key):
             yield
+
+    @contextlib.contextmanager
+    def claim(self, key: str, *, stale_s: float | None = None, poll_s: float = 2.0) -> Iterator[None]:
+        """The store's claim on ``key`` while this process trains it, one that works where
+        ``flock`` does not (NFS, where cluster stores live): ``<key>.claim`` created with
+        ``O_EXCL``, holding the owner's host and pid, its mtime a heartbeat renewed every
+        ``stale_s``/4 seconds. Another process waits while the claim lives; it takes it over
+        when its heartbeat is older than ``stale_s`` (default ``$WORKBENCH_CLAIM_STALE_S`` or
+        300 s), or at once when its owner is a process of this host that is gone."""
+        import socket
+        import threading
+        import time
+        import uuid
+
+        stale = float(stale_s if stale_s is not None else os.environ.get("WORKBENCH_CLAIM_STALE_S") or 300)
+        path = self.root / "models" / f"{key}.claim"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "since": now()}
+        waiting = False
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_UMASK)
+            except FileExistsError:
+                holder, age = _read_claim(path)
+                if holder is None:
+                    continue  # released meanwhile
+                gone = holder.get("host") == me["host"] and not _pid_alive(holder.get("pid"))
+                if gone or age > stale:
+                    why = "its process is gone" if gone else f"no heartbeat for {age:.0f} s"
+                    log.warning("%s: taking over the training claim of pid %s on %s (%s)", key, holder.get("pid"),
+                                holder.get("host"), why)
+                    _drop_claim(path, holder)
+                    continue
+                if not waiting:
+                    log.warning("%s: pid %s on %s is training this model; waiting for it (its claim: %s)", key,
+                                holder.get("pid"), holder.get("host"), path)
+                    waiting = True
+                time.sleep(poll_s)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            break
+        stop = threading.Event()
+
+        def heartbeat() -> None:
+            while not stop.wait(stale / 4):
+                holder, _ = _read_claim(path)
+                if holder is None or holder.get("token") != me["token"]:
+                    log.warning("%s: the training claim was taken over (%s)", key, path)
+                    return
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+
+        beat = threading.Thread(target=heartbeat, name=f"workbench-claim-{key[:8]}", daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join()
+            holder, _ = _read_claim(path)
+            if holder is not None and holder.get("token") == me["token"]:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     # ---- final models
 

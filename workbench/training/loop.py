@@ -205,8 +205,9 @@ def fit(
 ) -> TrainedModel:
     """Train one model, or load it from the store; resume from its last checkpoint.
 
-    ``lock=False``: take no file lock on the store entry (cluster jobs on NFS, where the
-    driver guarantees one job per model)."""
+    ``lock=False``: take no ``flock`` on the store entry (cluster jobs on NFS), only the
+    store's claim (:meth:`ModelStore.claim`), so a resubmitted job waits for one still
+    training the model, or takes over from one that died."""
     device = torch.device(device)
     key = job.key()
     if job.decode != data.decode:  # else a model would be stored under another decoder's key
@@ -247,7 +248,8 @@ def load_trained(job: TrainJob, data: DataSplits, store: ModelStore, device: tor
 def _fit_locked(job, key, model, data, store, device, progress, retrain, lock=True) -> TrainedModel:
     # data-parallel: rank 0 alone locks and writes the store; every rank follows its decisions
     main = distributed.world().main
-    with distributed.main_only_lock(store.lock(key) if lock else contextlib.nullcontext()):
+    # no flock for cluster jobs (unreliable on NFS): the store's claim, which works there
+    with distributed.main_only_lock(store.lock(key) if lock else store.claim(key)):
         if retrain and main:
             moved = store.quarantine(key)
             if moved:
