@@ -96,10 +96,12 @@ def _log_to(path: Path) -> Iterator[None]:
         logger.setLevel(old_level)
 
 
-def load_study_data(study: Study, device: torch.device, *, decode: str | None = None) -> DataSplits:
+def load_study_data(study: Study, device: torch.device, *, decode: str | None = None,
+                    cache_dir: Path | None = None) -> DataSplits:
     """The study's data on ``device`` (:func:`~workbench.data.load_section` of its data
-    section and seed); ``decode`` overrides data.decode."""
-    return load_section(study.data, study.seed, device, decode=decode)
+    section and seed); ``decode`` overrides data.decode; ``cache_dir``: where decoded data is
+    cached (default :func:`~workbench.data.default_cache_dir`)."""
+    return load_section(study.data, study.seed, device, decode=decode, cache_dir=cache_dir)
 
 
 def model_jobs(study: Study, data: DataSplits) -> list[TrainJob]:
@@ -312,7 +314,10 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
 
     # Data first: a missing data root fails before the run folder is touched.
     t0 = time.perf_counter()
-    data = load_study_data(study, device)
+    # the decoded-data cache lives in the store given (where `workbench gc` sees it)
+    import os
+
+    data = load_study_data(study, device, cache_dir=None if os.environ.get("WORKBENCH_DATA_CACHE") else store.root / "data")
     timings["data"] = time.perf_counter() - t0
     # Loaded models next, for the same reason: a missing or refused file fails first.
     from .models.sources import load_study_models
@@ -378,6 +383,8 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
 
         for name, df in tables.items():
             folder.write_table(name, df)
+        from .results import column_kinds
+
         timings["total_before_report"] = time.perf_counter() - t_start
         manifest: dict[str, Any] = {
             "study": study.name,
@@ -390,6 +397,8 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
             "store": str(store.root),
             "timings": timings,
             "tables": sorted(tables),
+            # each column's kind, so `report`/`compare` name a table whose types were changed since
+            "table_kinds": {name: column_kinds(folder.tables / f"{name}.parquet") for name in tables},
             "cached_stages": cached_stages,
             "result_keys": result_keys,
             "recompute": recompute,

@@ -67,7 +67,7 @@ TABLES_RUN: dict[str, TableSchema] = {
             "train_loss": "mean training loss (on the inputs trained on)",
             "train_acc": "training accuracy (on the inputs trained on)",
             "val_acc": "clean accuracy on the held-out monitor batch",
-            "monitor_eps": "ε of the monitoring PGD (the model's L∞ training ε, else the main ε of the study that trained it)",
+            "monitor_eps": "ε of the monitoring PGD (the model's L∞ training ε, else the study's main ε; part of the model's key)",
             "val_robust_acc": "PGD accuracy on the monitor batch at `monitor_eps`",
             "seconds": "epoch wall time",
         },

@@ -141,17 +141,19 @@ def dataset_options(name: str) -> dict[str, Any]:
     return out
 
 
-def load_section(section: Any, seed: int, device: str | torch.device = "cpu", *, decode: str | None = None) -> DataSplits:
+def load_section(section: Any, seed: int, device: str | torch.device = "cpu", *, decode: str | None = None,
+                 cache_dir: Path | None = None) -> DataSplits:
     """The one way a study's ``data:`` section (a :class:`~workbench.config.DataConfig`) and
     seed become data: the runner, the process-pool workers, the cluster jobs and the driver
     all call it, so every field (streaming, loader workers, decoding, options) reaches
     each of them alike. ``decode`` overrides ``data.decode`` (a job decodes as its model key
-    says; the cluster driver resolves ``auto`` before its jobs run)."""
+    says; the cluster driver resolves ``auto`` before its jobs run). ``cache_dir``: where
+    decoded data is cached (default :func:`~.imagefolder.default_cache_dir`: in the store)."""
     return load_dataset(
         section.name, root=section.resolved_root(), download=section.download, val_fraction=section.val_fraction,
         test_fraction=section.test_fraction, seed=int(seed), limit_train=section.limit_train,
         limit_test=section.limit_test, device=device, stream=section.stream, workers=section.workers,
-        decode=decode or section.decode, **dict(section.options),
+        decode=decode or section.decode, cache_dir=cache_dir, **dict(section.options),
     )
 
 

@@ -92,10 +92,13 @@ class TrainJob:
             "data": self.data,
             "arch": {"name": self.spec.arch.name, "options": dict(self.spec.arch.options)},
             "recipe": recipe,
-            # the per-epoch monitoring (ε, examples, steps) is recorded in the history but does
-            # not change the weights, so studies with other main ε still share the model
             "train": _train_identity(self.train_config),
             "seed": self.spec.seed,
+            # the per-epoch monitoring (ε, examples, steps) does not change the weights, but it
+            # is what the history table records: were it left out, two studies monitoring one
+            # model differently would each get the history of whichever trained it first
+            "monitor": {"eps": float(self.monitor_eps), "examples": self.train_config.monitor_examples,
+                        "steps": self.train_config.monitor_steps},
         }
 
     def key(self) -> str:
