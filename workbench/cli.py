@@ -152,6 +152,17 @@ def _user_errors() -> Iterator[None]:
         _fail(e)
     except OSError as e:
         _fail(os_error(e))
+    except MemoryError:
+        _fail(WorkbenchError("out of memory (this machine's RAM); nothing was published and the last finished epoch is "
+                             "in the store: rerun with fewer --jobs, a smaller train.batch_size or evaluation.batch_size, "
+                             "or data.stream: true"))
+    except RuntimeError as e:
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(e, torch.OutOfMemoryError):
+            raise
+        first = (str(e).strip().splitlines() or ["CUDA out of memory"])[0]
+        _fail(WorkbenchError(f"out of GPU memory ({first[:200]}); nothing was published and the last finished epoch is "
+                             "in the store: rerun with a smaller train.batch_size or evaluation.batch_size"))
 
 
 @app.command(cls=_Command)
@@ -552,6 +563,45 @@ def compare(
     with _user_errors():
         path = write_comparison(run_dirs, out, keep=keep)
     typer.echo(f"comparison: {path}")
+
+
+@app.command(cls=_Command)
+def gc(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="the run folders whose models and results to keep (their "
+                                          "archived runs included)"),
+    store: Optional[Path] = typer.Option(
+        None, metavar="DIR", help="model and result cache (default: $WORKBENCH_STORE or ~/.cache/workbench)",
+        envvar="WORKBENCH_STORE"
+    ),
+    delete: bool = typer.Option(False, "--delete", help="remove the entries listed (without it: a dry run)"),
+    data: bool = typer.Option(False, "--data", help="also remove the decoded-data cache (<store>/data; rebuilt when "
+                              "a run needs it)"),
+) -> None:
+    """List (then, with --delete, remove) the store entries that none of the given run folders uses.
+
+    A dry run first: every entry with its size, and the total. Models still training and
+    claimed entries are kept.
+
+    Example: workbench gc reports/* --store /scratch/wb        (then the same with --delete)
+    """
+    from .gc import find_garbage, remove
+    from .store import ModelStore
+
+    with _user_errors():
+        found = find_garbage(ModelStore(store), run_dirs, data=data)
+        for path, size in found.remove:
+            typer.echo(f"  {_mib(size):>10}  {path}")
+        for path, why in found.kept:
+            typer.echo(f"  {'kept':>10}  {path} ({why})")
+        verb = "removed" if delete else "would remove"
+        if delete:
+            remove(found)
+        typer.echo(f"{verb} {len(found.remove)} entries, {_mib(found.bytes)}; {found.in_use} in use by the "
+                   f"{len(run_dirs)} run folder(s) given" + ("" if delete else "; rerun with --delete to remove them"))
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 def main() -> None:

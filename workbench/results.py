@@ -157,6 +157,51 @@ def _read_study(path: Path) -> Study:
         raise RunFolderError(f"study does not validate: {e.field or ''} {e.message}", file=str(path)) from None
 
 
+def column_kinds(path: Path) -> dict[str, str]:
+    """Each column's kind in a parquet file (number, bool, text, time, null, other), from its
+    schema alone: what ``run.json`` records of the tables a run wrote, so a table whose
+    column types were changed since is recognised."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def kind(t: pa.DataType) -> str:
+        if pa.types.is_dictionary(t):
+            return kind(t.value_type)
+        if pa.types.is_boolean(t):
+            return "bool"
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+            return "number"
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return "text"
+        if pa.types.is_temporal(t):
+            return "time"
+        if pa.types.is_null(t):
+            return "null"
+        return "other"
+
+    schema = pq.read_schema(path)
+    return {f.name: kind(f.type) for f in schema if not f.name.startswith("__index_level_")}
+
+
+def check_kinds(df: pd.DataFrame, name: str, recorded: Any, path: Path) -> None:
+    """A column whose kind differs from what the run recorded (``run.json`` ``table_kinds``)
+    is one :class:`RunFolderError` naming the table and the column; empty (null) columns,
+    and runs that recorded nothing, are not checked."""
+    if not isinstance(recorded, dict):
+        return
+    try:
+        now = column_kinds(path)
+    except Exception:  # noqa: BLE001 - read_table already read it; nothing more to say here
+        return
+    for col, was in recorded.items():
+        if col in now and now[col] != was and "null" not in (now[col], was):
+            values = df[col].dropna() if col in df.columns else pd.Series([], dtype=object)
+            example = f", e.g. {str(values.iloc[0])[:40]!r}" if len(values) else ""
+            raise RunFolderError(f"table {name!r}: column {col!r} holds {now[col]} values ({df[col].dtype}{example}) "
+                                 f"where the run wrote {was} values; was the file edited? Rerun the study to write "
+                                 "it anew", file=str(path))
+
+
 #: columns later versions added to existing tables (intervals, p-values, per-example norm)
 ADDED_COLUMNS = {"ci_low", "ci_high", "p_value", "norm", "seed", "protocol"}
 #: what an added column holds in a run written before it (NaN unless listed): older logit
@@ -195,6 +240,10 @@ def load(run_dir: str | Path) -> Results:
     if not tdir.is_dir():
         raise RunFolderError("not a run folder: tables/ is missing (did the run finish?)", file=str(tdir))
     tables = {p.stem: read_table(p) for p in sorted(tdir.glob("*.parquet"))}
+    run = _read_json(path / "run.json")
+    kinds = run.get("table_kinds") or {}
+    for name, df in tables.items():
+        check_kinds(df, name, kinds.get(name) if isinstance(kinds, dict) else None, tdir / f"{name}.parquet")
     mt = tables.get("models")
     if mt is not None and "seed" in mt.columns and len(mt) and mt["seed"].isna().all():
         # a run written before models had a seed column: its trained models have the study's seed
@@ -204,5 +253,5 @@ def load(run_dir: str | Path) -> Results:
         study=study,
         tables=tables,
         environment=_read_json(path / "environment.json"),
-        run=_read_json(path / "run.json"),
+        run=run,
     )

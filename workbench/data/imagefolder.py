@@ -57,9 +57,14 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/workbench/data``, by default ``~/.cache/workbench/data``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "workbench" / "data"
+    """Where decoded data is cached: ``$WORKBENCH_DATA_CACHE``, else ``data/`` in the model
+    store (``$WORKBENCH_STORE``, by default ``~/.cache/workbench``), where ``workbench gc``
+    sees it."""
+    if os.environ.get("WORKBENCH_DATA_CACHE"):
+        return Path(os.environ["WORKBENCH_DATA_CACHE"]).expanduser()
+    from ..store import default_store
+
+    return default_store() / "data"
 
 
 @DATASETS.register("imagefolder")
