@@ -602,9 +602,83 @@ def _worker_killed(c: Ctx):
     assert not any(_alive(p) for p in workers)
 
 
+def _claim_case(holder: str, age_s: float, release_after: float | None):
+    """A cluster job (``fit(..., lock=False)``, no flock) finds the model claimed by
+    ``holder`` ("other": a process on another node; "dead": a gone process of this host),
+    with a heartbeat ``age_s`` old, released after ``release_after`` seconds (heartbeating
+    until then) or never."""
+    def case(c: Ctx):
+        import json
+        import logging
+        import socket
+        import subprocess
+        import sys
+        import threading
+        import time
+
+        import torch
+
+        from workbench.runner import load_study_data, model_jobs
+        from workbench.store import ModelStore
+        from workbench.study import load_study
+        from workbench.training import fit
+
+        study = load_study(c.study)
+        data = load_study_data(study, torch.device("cpu"))
+        (job,) = model_jobs(study, data)
+        store = ModelStore(c.tmp / "fresh-store")
+        claim = store.root / "models" / f"{job.key()}.claim"
+        claim.parent.mkdir(parents=True)
+        if holder == "dead":
+            gone = subprocess.Popen([sys.executable, "-c", "pass"])
+            gone.wait()
+            owner = {"host": socket.gethostname(), "pid": gone.pid, "token": "x"}
+        else:
+            owner = {"host": "node-17", "pid": 4242, "token": "x"}
+        claim.write_text(json.dumps(owner))
+        os.utime(claim, (time.time() - age_s, time.time() - age_s))
+        stop = threading.Event()
+
+        def holder_side() -> None:  # the other job: heartbeats, then finishes and releases
+            t_end = time.time() + (release_after or 0)
+            while not stop.wait(0.2) and time.time() < t_end:
+                os.utime(claim)
+            claim.unlink()
+
+        t = threading.Thread(target=holder_side)
+        if release_after is not None:
+            t.start()
+        records: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda r: records.append(r.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("workbench").addHandler(handler)
+        c.monkeypatch.setenv("WORKBENCH_CLAIM_STALE_S", "30")
+        t0 = time.time()
+        try:
+            trained = fit(job, data, store, "cpu", lock=False)
+        finally:
+            stop.set()
+            logging.getLogger("workbench").removeHandler(handler)
+            if t.is_alive():
+                t.join()
+        took = time.time() - t0
+        assert not trained.cached and store.has_model(job.key())
+        assert not claim.exists()  # released by the one that trained
+        said = " ".join(records)
+        if release_after is not None:
+            assert took >= release_after and "waiting for it" in said and "node-17" in said, (took, said)
+        else:
+            assert took < 20 and "taking over" in said, (took, said)
+            assert ("no heartbeat" if holder == "other" else "process is gone") in said, said
+    return case
+
+
 DRIVER: dict[str, Callable[[Ctx], object]] = {
     "driver-killed-workers-end": _driver_killed,
     "worker-killed-one-line": _worker_killed,
+    "claim-of-a-live-job-elsewhere-is-waited-for": _claim_case("other", 0, 3.0),
+    "claim-without-heartbeat-is-taken-over": _claim_case("other", 3600, None),
+    "claim-of-a-dead-local-process-is-taken-over": _claim_case("dead", 0, None),
 }
 
 
@@ -612,3 +686,167 @@ DRIVER: dict[str, Callable[[Ctx], object]] = {
 @pytest.mark.parametrize("case", sorted(DRIVER))
 def test_nothing_outlives_its_driver(ctx: Ctx, case: str):
     DRIVER[case](ctx)
+
+
+# --------------------------------------------------------------------------- 7. tables independent of timing
+
+
+def _history(run: Path):
+    import pandas as pd
+
+    return pd.read_parquet(run / "tables" / "history.parquet").drop(columns=["seconds"])
+
+
+def _two_studies(c: Ctx, other: str):
+    """Studies A (the tiny one) and B (``other`` changed) share a model: B's tables are the
+    same whether A trained it first or B did."""
+    import pandas as pd
+
+    a, b = c.study, c.tmp / "b.yaml"
+    b.write_text(TINY.replace(*other.split(" -> ")))
+    runs = {}
+    for order in ("ab", "ba"):
+        store = c.tmp / f"store-{order}"
+        for name in order:
+            study = a if name == "a" else b
+            res = invoke("run", study, "--out", c.tmp / f"{order}-{name}", "--store", store, "-q")
+            assert res.exit_code == 0, res.stderr
+            runs[order, name] = c.tmp / f"{order}-{name}"
+    for name in "ab":
+        pd.testing.assert_frame_equal(_history(runs["ab", name]), _history(runs["ba", name]), obj=f"history of {name}")
+    assert (_history(runs["ab", "b"])["monitor_eps"] == (0.2 if "eps" in other else 0.1)).all()
+
+
+TIMING: dict[str, Callable[[Ctx], object]] = {
+    "other-main-eps": lambda c: _two_studies(c, "eps: [0.1] -> eps: [0.2]"),
+    "other-monitor-examples": lambda c: _two_studies(c, "monitor_examples: 32 -> monitor_examples: 16"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TIMING))
+def test_tables_do_not_depend_on_which_study_trained_first(ctx: Ctx, case: str):
+    TIMING[case](ctx)
+
+
+# --------------------------------------------------------------------------- 8. growth bounded
+
+
+def _keeps(n: int | None, reruns: int):
+    def case(c: Ctx):
+        extra = [] if n is None else ["--keep", n]
+        for _ in range(reruns):
+            res = rerun(c, *extra)
+            assert res.exit_code == 0, res.stderr
+        kept = sorted((c.prev / "archive").iterdir()) if (c.prev / "archive").exists() else []
+        assert len(kept) == min(reruns, 5 if n is None else n), kept
+    return case
+
+
+def _gc(c: Ctx):
+    """Two studies in one store; gc given one run folder lists (dry run, sizes) then removes
+    the other's model and results, and the kept run still reuses everything."""
+    other = c.tmp / "other.yaml"
+    other.write_text(TINY.replace("width: 4", "width: 3"))
+    assert invoke("run", other, "--out", c.tmp / "other", "--store", c.store, "-q").exit_code == 0
+    before = snapshot(c.store)
+    res = invoke("gc", c.prev, "--store", c.store)
+    assert res.exit_code == 0, res.stderr
+    assert "would remove" in res.stdout and "MiB" in res.stdout and "--delete" in res.stdout, res.stdout
+    assert snapshot(c.store) == before  # a dry run
+    other_models = [p for p in (c.store / "models").iterdir() if p.is_dir()]
+    assert len(other_models) == 2
+    res = invoke("gc", c.prev, "--store", c.store, "--delete")
+    assert res.exit_code == 0 and "removed" in res.stdout, res.stderr
+    assert len([p for p in (c.store / "models").iterdir() if p.is_dir()]) == 1
+    res = rerun(c)
+    assert res.exit_code == 0 and "reused cached results" in res.stdout, res.stdout
+    import pandas as pd
+
+    assert pd.read_parquet(c.prev / "tables" / "models.parquet")["cached"].all()
+
+
+def _data_cache_in_store(c: Ctx):
+    """The decoded-data cache lives in the store given, not in ~/.cache, and gc lists it."""
+    root = _tree(c.tmp / "images")
+    study = c.tmp / "folder.yaml"
+    study.write_text(STREAMED.replace("ROOT", str(root)).replace(", stream: true, workers: 0", ""))
+    c.monkeypatch.delenv("WORKBENCH_STORE", raising=False)
+    store = c.tmp / "own-store"
+    res = invoke("run", study, "--out", c.tmp / "new", "--store", store, "-q")
+    assert res.exit_code == 0, res.stderr
+    assert list((store / "data").glob("imagefolder-*.pt")), list(store.rglob("*"))[:20]
+    assert not (c.tmp / "xdg").exists() or not list((c.tmp / "xdg").rglob("*.pt"))
+    res = invoke("gc", c.tmp / "new", "--store", store, "--data")
+    assert res.exit_code == 0 and "imagefolder-" in res.stdout, (res.stdout, res.stderr)
+
+
+GROWTH: dict[str, Callable[[Ctx], object]] = {
+    "keep-2": _keeps(2, 4),
+    "keep-default-5": _keeps(None, 6),
+    "gc-dry-run-then-delete": _gc,
+    "data-cache-under-the-store": _data_cache_in_store,
+}
+
+
+@pytest.mark.parametrize("case", sorted(GROWTH))
+def test_growth_is_bounded(ctx: Ctx, case: str):
+    GROWTH[case](ctx)
+
+
+# --------------------------------------------------------------------------- 9. memory, wrongly typed tables
+
+
+def _out_of(what: str):
+    """Memory runs out while the models train (simulated: the allocation's exception)."""
+    def case(c: Ctx):
+        import torch
+
+        import workbench.runner as runner
+
+        def train_models(*a, **k):
+            if what == "ram":
+                raise MemoryError()
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.1 GiB total)")
+
+        c.monkeypatch.setattr(runner, "train_models", train_models)
+        before = snapshot(c.prev)
+        res = rerun(c)
+        assert_one_line_error(res, "out of GPU memory" if what == "gpu" else "out of memory (this machine's RAM)",
+                              *(("Tried to allocate 20.00 GiB",) if what == "gpu" else ()))
+        assert snapshot(c.prev) == before
+        no_staging_left(c.prev.parent)
+    return case
+
+
+def _retyped(table: str, column: str, command: str):
+    """A table whose column was rewritten as text (or numbers): `report`/`compare` name the
+    table and the column in one line."""
+    def case(c: Ctx):
+        import pandas as pd
+
+        other = c.tmp / "runs" / "other"
+        shutil.copytree(c.prev, other)  # a sound run to compare with
+        path = c.prev / "tables" / f"{table}.parquet"
+        df = pd.read_parquet(path)
+        df[column] = df[column].astype(str) if df[column].dtype.kind in "fiub" else range(len(df))
+        df.to_parquet(path, index=False)
+        if command == "report":
+            res = invoke("report", c.prev)
+        else:
+            res = invoke("compare", other, c.prev, "--out", c.tmp / "cmp")
+        assert_one_line_error(res, str(path), repr(table), repr(column))
+    return case
+
+
+RESOURCES: dict[str, Callable[[Ctx], object]] = {
+    "out-of-ram": _out_of("ram"),
+    "out-of-gpu-memory": _out_of("gpu"),
+    "report-accuracy-as-text": _retyped("robustness", "accuracy", "report"),
+    "compare-accuracy-as-text": _retyped("robustness", "accuracy", "compare"),
+    "report-model-as-numbers": _retyped("models", "model", "report"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESOURCES))
+def test_resources_and_table_types_in_one_line(ctx: Ctx, case: str):
+    RESOURCES[case](ctx)
