@@ -550,7 +550,7 @@ def _pool_run(c: Ctx):
     fresh = c.tmp / "fresh-store"
     env = {**os.environ, "WORKBENCH_STORE": str(fresh), "WORKBENCH_TEST_EPOCH_DELAY": "120"}
     proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "run", str(study), "--out", str(c.tmp / "new"),
-                             "-q", "--jobs", "2", "--threads", "2"], env=env, stdout=subprocess.PIPE,
+                             "-q", "--jobs", "2", "--threads", "1"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while len(list(fresh.glob("models/*/checkpoint.pt"))) < 2:
