@@ -250,6 +250,8 @@ def _build_net(src: SourceConfig, num_classes: int, in_shape: tuple[int, int, in
 
     if src.python:
         fn, digest = _python_factory(src.python)
+        import inspect
+
         module = inspect.getmodule(fn)
         file = getattr(module, "__file__", None) if module is not None else None
         with _user_code(src.python, file, f"calling it with options {dict(src.options)}"):
