@@ -158,6 +158,31 @@ def torch_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
+#: torch stores the records of its zip archives uncompressed, so an archive declares about
+#: its own size; one declaring more than this many times its size (plus 1 MiB) is a
+#: decompression bomb, refused before anything is allocated
+MAX_EXPANSION = 4
+
+
+def check_archive_sizes(data: bytes, file: str) -> None:
+    """Refuse a torch zip archive whose members declare more than ``MAX_EXPANSION`` × its
+    size (+1 MiB) uncompressed; reads only the central directory. Not a zip: nothing to check."""
+    import zipfile
+
+    if not data.startswith(b"PK"):
+        return
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            declared = sum(max(0, i.file_size) for i in z.infolist())
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return  # torch.load names what is wrong with it
+    limit = MAX_EXPANSION * len(data) + (1 << 20)
+    if declared > limit:
+        raise CheckpointError(f"refused: the archive declares {declared / (1 << 20):.0f} MiB of contents in a "
+                              f"{len(data) / (1 << 20):.1f} MiB file (more than {MAX_EXPANSION}x its size); torch "
+                              "never compresses its files, so it is not one torch wrote", file=file)
+
+
 def load_torch_file(path: Path, *, what: str = "checkpoint", sha256: str | None = None) -> Any:
     """``torch.load(weights_only=True)``; anything unreadable or not matching its recorded
     hash raises :class:`CheckpointError` (reported, never trusted)."""
@@ -167,8 +192,6 @@ def load_torch_file(path: Path, *, what: str = "checkpoint", sha256: str | None 
         raise CheckpointError(f"cannot read {what}: {e.strerror}", file=str(path)) from None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise CheckpointError(f"corrupt {what}: contents do not match the recorded sha256", file=str(path))
-    from .models.checkpoint import check_archive_sizes
-
     check_archive_sizes(data, str(path))  # a decompression bomb is refused before it is expanded
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

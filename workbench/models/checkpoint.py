@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, install_hint
+from ..store import check_archive_sizes  # the store's own files get the same check
 
 #: The documented conversion command (docs/models.md), named by every refusal.
 CONVERT_COMMAND = "workbench convert-checkpoint {file} OUT.pt --trust"
@@ -44,30 +45,6 @@ CONVERT_COMMAND = "workbench convert-checkpoint {file} OUT.pt --trust"
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_state_dict", "net")
 
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
-
-#: torch stores the records of its zip archives uncompressed, so an archive declares about
-#: its own size; one declaring more than this many times its size (plus 1 MiB) is a
-#: decompression bomb, refused before anything is allocated
-MAX_EXPANSION = 4
-
-
-def check_archive_sizes(data: bytes, file: str) -> None:
-    """Refuse a torch zip archive whose members declare more than ``MAX_EXPANSION`` × its
-    size (+1 MiB) uncompressed; reads only the central directory. Not a zip: nothing to check."""
-    import zipfile
-
-    if not data.startswith(b"PK"):
-        return
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            declared = sum(max(0, i.file_size) for i in z.infolist())
-    except (zipfile.BadZipFile, ValueError, OSError):
-        return  # torch.load names what is wrong with it
-    limit = MAX_EXPANSION * len(data) + (1 << 20)
-    if declared > limit:
-        raise CheckpointError(f"refused: the archive declares {declared / (1 << 20):.0f} MiB of contents in a "
-                              f"{len(data) / (1 << 20):.1f} MiB file (more than {MAX_EXPANSION}x its size); torch "
-                              "never compresses its files, so it is not one torch wrote", file=file)
 
 
 @dataclass
