@@ -114,6 +114,10 @@ def test_rerun_reuses_every_result_and_gives_identical_tables(first, store, tmp_
     assert npz.read_bytes() == (first.path / "arrays" / "saliency.npz").read_bytes()
     timings = json.loads((again.path / "run.json").read_text())["timings"]
     assert {"evaluate", "soundness", "probes"} <= set(timings)
+    # the paired tests (a table step taking seconds) are cached too, under a key derived from the stages'
+    step_keys = json.loads((again.path / "run.json").read_text())["table_step_keys"]
+    assert step_keys == json.loads((first.path / "run.json").read_text())["table_step_keys"]
+    assert set(step_keys) == {"significance"} and (store / "results" / step_keys["significance"] / "meta.json").is_file()
     keys = json.loads((again.path / "run.json").read_text())["result_keys"]
     assert set(keys) == set(ALL_STAGES) and all((store / "results" / k / "meta.json").is_file() for k in keys.values())
     meta = json.loads((store / "results" / keys["evaluate"] / "meta.json").read_text())

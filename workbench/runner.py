@@ -379,7 +379,8 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
             log.info("reused cached results: %s", ", ".join(cached_stages))
         # the table steps derive tables from all of these (the worst case, the paired tests,
         # the seeds as replicates: stages.TABLE_STEPS)
-        run_table_steps(tables, facts, progress=progress)
+        step_keys = run_table_steps(tables, facts, progress=progress, cache=ResultCache(store.root), keys=ran.keys,
+                                    recompute=recompute)
 
         for name, df in tables.items():
             folder.write_table(name, df)
@@ -401,6 +402,7 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
             "table_kinds": {name: column_kinds(folder.tables / f"{name}.parquet") for name in tables},
             "cached_stages": cached_stages,
             "result_keys": result_keys,
+            "table_step_keys": step_keys,
             "recompute": recompute,
         }
         folder.write_json("run.json", manifest)

@@ -185,6 +185,7 @@ class SignificanceStep(TableStep):
     facts = ("pairs",)
     order = 10.0
     tables = TABLES_SIGNIFICANCE
+    cached = True  # the sign-flip tests' permutations take seconds; a rerun reads them back
 
     def run(self, tables, ctx):
         return {"significance": significance_table(tables, ctx.pairs)}

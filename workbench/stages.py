@@ -338,6 +338,13 @@ class TableStep:
     #: steps run by ``order`` (then name): a step reads what the steps before it wrote
     order: float = 100.0
     tables: Mapping[str, TableSchema] = {}
+    #: keep the step's tables in the result cache, under a key derived from the keys of every
+    #: stage and step before it, its facts and its code (for a step that takes seconds: the
+    #: paired tests' permutations); it may then read only the stages' and steps' tables
+    cached: bool = False
+
+    def code_modules(self) -> list[str]:
+        return [type(self).__module__]
 
     def run(self, tables: Mapping[str, pd.DataFrame], ctx: StageContext) -> dict[str, pd.DataFrame]:
         raise NotImplementedError
@@ -364,12 +371,29 @@ def table_steps(registry: Registry[TableStep] | None = None) -> list[TableStep]:
     return sorted((reg.get(n) for n in reg.in_order()), key=lambda s: (s.order, s.name))
 
 
-def run_table_steps(tables: dict[str, pd.DataFrame], facts: FactSource, *, progress: Progress = QUIET) -> list[str]:
-    """Run every table step on ``tables`` (updated in place); returns the names of the tables written."""
-    written: list[str] = []
+def run_table_steps(tables: dict[str, pd.DataFrame], facts: FactSource, *, progress: Progress = QUIET,
+                    cache: Any = None, keys: Mapping[str, str] | None = None, recompute: bool = False) -> dict[str, str]:
+    """Run every table step on ``tables`` (updated in place). A ``cached`` step is read from
+    ``cache`` when its key (from ``keys``, the stages' keys, and the steps' before it) is
+    there; returns the keys of the cached steps."""
+    from .cache import ResultCache, cached_stage
+
+    before = dict(keys or {})
+    step_keys: dict[str, str] = {}
     for step in table_steps():
-        ctx = StageContext({f: facts.value(f) for f in step.facts}, progress=progress, stage=step.name)
-        out = step.run(dict(tables), ctx)
+        def compute(step=step) -> dict[str, pd.DataFrame]:
+            ctx = StageContext({f: facts.value(f) for f in step.facts}, progress=progress, stage=step.name)
+            return step.run(dict(tables), ctx)
+
+        # what the step's tables derive from: every stage and step before it, its facts, its code
+        inputs = {"stage": f"step:{step.name}", "before": dict(before), "facts": {f: facts.key(f) for f in step.facts},
+                  "code": code_hash(*step.code_modules()), "torch": torch.__version__}
+        if step.cached and cache is not None and keys is not None:
+            got = cached_stage(cache, f"step:{step.name}", inputs, compute, recompute=recompute)
+            out = got.tables
+            step_keys[step.name] = got.key
+        else:
+            out = compute()
+        before[f"step:{step.name}"] = ResultCache.key(inputs)
         tables.update(out)
-        written += [t for t in out if t not in written]
-    return written
+    return step_keys
