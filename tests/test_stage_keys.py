@@ -40,7 +40,8 @@ BASE = {
 FACT_FIELDS: dict[tuple[str, ...], set[str]] = {
     ("evaluation", "eps"): {"eval_eps"},
     ("evaluation", "eps_l2"): {"eval_eps_l2"},
-    ("evaluation", "main_eps"): {"main_eps"},
+    # the main ε is also the ε that monitors training (a model without an L∞ training ε): in the model keys
+    ("evaluation", "main_eps"): {"main_eps", "models"},
     ("evaluation", "examples"): {"eval_examples"},
     ("probes", "examples"): {"probe_examples"},
     ("probes", "batch_size"): {"probe_batch_size"},
