@@ -30,7 +30,7 @@ from .study import Study, safe_yaml, study_from_dict
 from .tables import TABLES
 
 
-@dataclass
+@dataclass(repr=False)
 class Results:
     """A loaded run folder. Tables are also attributes (``res.robustness``) and items."""
 
@@ -59,6 +59,16 @@ class Results:
 
     def __contains__(self, name: object) -> bool:
         return name in self.tables
+
+    def __repr__(self) -> str:
+        from .display import run_repr
+
+        return run_repr("Results", self.study.name, self.path, self.tables)
+
+    def _repr_html_(self) -> str:
+        from .display import run_html
+
+        return run_html("Results", self.study.name, self.path, self.tables, self.study.main_eps())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tables)

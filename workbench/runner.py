@@ -62,7 +62,7 @@ def resolve_device(name: str | None = None) -> torch.device:
     return dev
 
 
-@dataclass
+@dataclass(repr=False)
 class Run:
     path: Path
     study: Study
@@ -78,6 +78,16 @@ class Run:
     cached_stages: list[str] = field(default_factory=list)
     #: the study's loaded models (``models:``), by id
     loaded: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        from .display import run_repr
+
+        return run_repr("Run", self.study.name, self.path, self.tables)
+
+    def _repr_html_(self) -> str:
+        from .display import run_html
+
+        return run_html("Run", self.study.name, self.path, self.tables, self.study.main_eps())
 
 
 @contextmanager
@@ -337,7 +347,7 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         return Run(folder.path, study, device, data, trained, {}, timings)
 
     # Written into a staging folder, published when complete: a failure leaves the previous run as it was.
-    with folder.staged(), _log_to(folder.path / "run.log"):
+    with folder.staged(), _log_to(folder.path / "run.log"), progress.showing_log():
         env = environment(device, study.seed)
         env["data"] = data.describe()
         if study.replicated:

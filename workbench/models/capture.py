@@ -28,6 +28,9 @@ def resolve_layers(model: WorkbenchModel, spec: str | Sequence[str]) -> list[str
     ``"penultimate"`` or ``"logits"``. An item that matches nothing raises
     :class:`UnknownNameError` (kind ``"layer"``) listing the model's layers.
     """
+    if not isinstance(model, WorkbenchModel):
+        raise WorkbenchError(f"{type(model).__name__} has no named probe layers: wrap it first, "
+                             "model = workbench.models.wrap(net, in_shape=(C, H, W)) (docs/models.md)")
     items = [spec] if isinstance(spec, str) else list(spec)
     if not items:
         raise WorkbenchError(f"no layers requested for model {model.name!r}")
@@ -130,6 +133,9 @@ def extract_features(
     """
     if len(x) == 0:
         raise WorkbenchError("extract_features got no examples")
+    from .sources import as_probe_model
+
+    model = as_probe_model(model, x)
     if batch_size < 1:
         raise WorkbenchError(f"batch_size must be positive, got {batch_size}")
     device = _device(model)

@@ -324,7 +324,9 @@ def lipschitz(
     """Feature-space Lipschitz ratios of ``model`` at ``layers``: the ``lipschitz`` table.
 
     Args:
-        model: a :class:`WorkbenchModel` (run in eval mode; its mode is restored).
+        model: a :class:`WorkbenchModel`, or any classifier ``nn.Module`` taking ``x`` as it is
+            (wrapped with :func:`workbench.models.wrap`, layers found automatically); run in
+            eval mode, its mode restored.
         x: inputs in [0, 1], (N, C, H, W); y: labels (N,) for the ``loss`` kind.
         layers: any :func:`~workbench.models.resolve_layers` spec.
         eps: one radius or a grid, pixel units; default 8/255 (L∞) or 0.5 (L2).
@@ -365,6 +367,9 @@ def lipschitz(
         raise WorkbenchError("steps, batch_size and feat_step must be positive and feat_restarts non-negative")
     if "feat" in kinds and feat_restarts == 0 and not (feat_from_loss and "loss" in kinds):
         raise WorkbenchError("the feature search needs a start: feat_restarts >= 1 or feat_from_loss with kind 'loss'")
+    from ..models.sources import as_probe_model
+
+    model = as_probe_model(model, x)  # a plain nn.Module is wrapped (its layers found automatically)
     names = resolve_layers(model, layers)
     order = {n: i for i, n in enumerate(model.layer_names())}
     device = _device(model)

@@ -242,7 +242,7 @@ def _short_commit(commit: object) -> str:
 
 
 
-@dataclass
+@dataclass(repr=False)
 class Comparison:
     """What ``workbench compare`` shows, as tables (for a notebook: :func:`compare_runs`).
 
@@ -262,6 +262,16 @@ class Comparison:
     differences: pd.DataFrame
     #: Spearman's ρ across models of the L∞ worst case with each other threat model's accuracy
     threat_correlations: pd.DataFrame = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        from ..display import comparison_repr
+
+        return comparison_repr(self.names, self.cross)
+
+    def _repr_html_(self) -> str:
+        from ..display import comparison_html
+
+        return comparison_html(self.names, self.cross, self.differences, self.significant())
 
     def scatter(self) -> Figure | None:
         """Each representation measure against worst-case accuracy, one point per model."""
