@@ -23,3 +23,22 @@ def test_readme_opens_with_two_commands_and_ci_runs_the_test_one():
 
 def test_docs_document_every_table_exactly():
     assert markdown().strip() in TABLES_DOC
+
+
+def test_development_md_test_counts_are_current():
+    """docs/development.md's test figures are floors of the real counts (to the hundred
+    functions, the ten files): adding tests changes them only when a boundary is crossed."""
+    files = sorted((ROOT / "tests").glob("test_*.py"))
+    functions = sum(len(re.findall(r"^\s*(?:async )?def test_", p.read_text(), flags=re.M)) for p in files)
+    text = (ROOT / "docs" / "development.md").read_text()
+    want = f"over {functions // 100 * 100} test functions in over {len(files) // 10 * 10} files"
+    assert want in " ".join(text.split()), f"docs/development.md should say: {want}"
+
+
+def test_docs_cite_no_path_of_one_machine():
+    """Instructions name paths a reader has; a record of a measurement keeps the exact command
+    it ran (its paragraph starts with "Measured")."""
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    bad = [f"{p.name}: {m}" for p in pages for para in p.read_text().split("\n\n") if not para.startswith("Measured")
+           for m in re.findall(r"\.\./shared/\S*|/work/\S*|/home/\w+\S*|/Users/\w+\S*", para)]
+    assert not bad, bad
