@@ -133,7 +133,7 @@ def extract_features(
     """
     if len(x) == 0:
         raise WorkbenchError("extract_features got no examples")
-    from .sources import as_probe_model
+    from .layers import as_probe_model
 
     model = as_probe_model(model, x)
     if batch_size < 1:

@@ -128,3 +128,32 @@ def named_layers(net: nn.Module, spec: Sequence[str] | Mapping[str, str], penult
     if pen not in layers:
         raise WorkbenchError(f"{what}: penultimate {pen!r} is not among the layers {list(layers)}")
     return layers, pen
+
+
+def as_probe_model(model: nn.Module, x: torch.Tensor):
+    """``model`` itself when it is a :class:`~workbench.models.base.WorkbenchModel`, else a
+    plain classifier module wrapped as :func:`workbench.models.wrap` does for inputs shaped like
+    ``x`` (layers found automatically, no normalisation: the module receives ``x`` as it is).
+    Probes call this, so a notebook can pass any ``nn.Module``. Here rather than beside
+    ``wrap`` so that a probe's code hash does not take in every model source."""
+    from .base import WorkbenchModel
+
+    if isinstance(model, WorkbenchModel):
+        return model
+    if not isinstance(model, nn.Module):
+        raise WorkbenchError(f"expected a torch nn.Module, got {type(model).__name__}")
+    in_shape = tuple(int(s) for s in x.shape[1:])
+    try:
+        layers, penultimate = auto_layers(model, in_shape)
+    except WorkbenchError as e:
+        raise WorkbenchError(f"{e.message}; name the layers yourself: workbench.models.wrap(net, in_shape={in_shape}, "
+                             "layers=['module.path', ...]) (docs/models.md)") from None
+    with torch.no_grad():
+        dev = next(iter(model.parameters()), torch.empty(0)).device
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        num_classes = int(model(torch.zeros(1, *in_shape, device=dev)).shape[1])
+        for m, mode in modes:
+            m.training = mode
+    return WorkbenchModel(model, layers, penultimate, name=type(model).__name__, in_shape=in_shape,
+                          num_classes=num_classes, inplace_safe=False)

@@ -413,22 +413,6 @@ def wrap(net: nn.Module, *, in_shape: Sequence[int], num_classes: int | None = N
                           inplace_safe=False)
 
 
-def as_probe_model(model: nn.Module, x: torch.Tensor) -> WorkbenchModel:
-    """``model`` itself when it is a :class:`WorkbenchModel`, else a plain classifier module
-    wrapped by :func:`wrap` for inputs shaped like ``x`` (its layers found automatically, no
-    normalisation: the module receives ``x`` as it is). Probes call this, so a notebook can
-    pass any ``nn.Module``."""
-    if isinstance(model, WorkbenchModel):
-        return model
-    if not isinstance(model, nn.Module):
-        raise WorkbenchError(f"expected a torch nn.Module, got {type(model).__name__}")
-    try:
-        return wrap(model, in_shape=tuple(x.shape[1:]), name=type(model).__name__)
-    except WorkbenchError as e:
-        raise WorkbenchError(f"{e.message}; name the layers yourself: workbench.models.wrap(net, "
-                             f"in_shape={tuple(x.shape[1:])}, layers=['module.path', ...]) (docs/models.md)") from None
-
-
 def load(source: SourceConfig | str | Mapping[str, Any], *, num_classes: int = 10, in_shape: Sequence[int] = (3, 32, 32),
          **kw: Any) -> WorkbenchModel:
     """Notebook API: a ready model (eval mode, inputs in [0, 1]) from any source.
