@@ -91,7 +91,11 @@ def render(tables: dict[str, pd.DataFrame], main_eps: float) -> str:
                                                f"{one(d, m, kind='rand', layer=pen, eps=main_eps):.1f}" for m in ids]))
     logit = tables.get("logit_lipschitz")
     if logit is not None:
-        rows.append((f"logit local Lipschitz (Yang et al.), ε = {e}", [f"{one(logit, m, eps=main_eps):.1f}" for m in ids]))
+        protocols = logit["protocol"].unique() if "protocol" in logit.columns else [None]
+        for proto in protocols:
+            where = {"protocol": proto} if proto is not None else {}
+            rows.append((f"logit local Lipschitz{f' (`{proto}`)' if proto is not None else ' (Yang et al.)'}, ε = {e}",
+                         [f"{one(logit, m, eps=main_eps, **where):.1f}" for m in ids]))
     lin = tables.get("linearity")
     if lin is not None:
         rows.append((f"local linearity γ, ε = {e} (mean)", [f"{one(lin, m, metric='gamma', eps=main_eps):.2f}" for m in ids]))
