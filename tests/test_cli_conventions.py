@@ -76,9 +76,20 @@ def test_list_gives_whole_descriptions_without_markup():
     out = wb("list")
     assert out.returncode == 0
     assert "…" not in out.stdout and "``" not in out.stdout and ":func:" not in out.stdout
-    # the autoattack description used to be cut after 108 characters
+    # every entry's whole first docstring paragraph is printed (descriptions used to be cut at 108 characters)
+    import inspect
+
+    from workbench import registries
+    from workbench.attacks import ATTACKS
+
     flat = " ".join(out.stdout.split())
-    assert "is accepted for the uniform attack call and ignored (always float32)." in flat
+    for kind in ("datasets", "attacks", "recipes", "probes", "stages"):
+        for name, doc in registries.listing(kind):
+            assert " ".join(doc.split()) in flat, (kind, name)
+    first = " ".join(inspect.cleandoc(ATTACKS.get("autoattack").__doc__).split("\n\n")[0].split())
+    from workbench.registry import plain_text
+
+    assert registries.listing("attacks", "autoattack")[0][1] == plain_text(first)
 
 
 def test_plain_text_strips_rst():

@@ -458,7 +458,7 @@ def list_(
         typer.echo(f"{k}:")
         for name, doc in registries.listing(k, pattern):
             # the whole description, wrapped under its column (never cut mid-sentence)
-            first, *rest = textwrap.wrap(doc, width - 31) or [""]
+            first, *rest = textwrap.wrap(doc, width - 31, break_on_hyphens=False, break_long_words=False) or [""]
             typer.echo(f"  {name:<28} {first}" if len(name) <= 28 else f"  {name}\n{' ' * 31}{first}")
             for line in rest:
                 typer.echo(" " * 31 + line)
