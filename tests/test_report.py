@@ -59,6 +59,9 @@ PROBES = {
     "represent": {"inversion": {"examples": 4, "steps": 5}, "features": {"features": 2, "seeds": 1, "steps": 5},
                   "synthesis": {"per_class": 1, "steps": 5}, "perceptual": {"examples": 2, "steps": 5, "fool_examples": 16},
                   "gallery": {"examples": 2, "lost": 2, "pool": 16, "steps": 3}},
+    "corruptions": {"corruptions": ["contrast", "fog"], "severities": [1, 2]},
+    "threats": {"layers": "penultimate", "steps": 2, "train_examples": 60, "corruptions": ["contrast"],
+                "spatial": {"max_angle": 10, "max_shift": 1, "angles": 3, "shifts": 3}},
 }
 SOUNDNESS = {"enabled": True, "examples": 50}
 
