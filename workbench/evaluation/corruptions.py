@@ -249,7 +249,7 @@ def frost(x, severity, rng):
     a, b = [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)][severity - 1]
     paths = frost_images()
     if not paths:
-        raise RuntimeError("the frost corruption needs the imagecorruptions package: pip install 'robustness-workbench[corruptions]'")
+        raise RuntimeError("the frost corruption needs the imagecorruptions package: pip install imagecorruptions (a core dependency of robustness-workbench)")
     path = paths[int(rng.integers(5))]  # the reference draws from the first five
     h, w = x.shape[:2]
     layer = _frost_layer(str(path), h, w)

@@ -55,7 +55,7 @@ class CorruptionsProbe(Strict):
     def _frost(self) -> CorruptionsProbe:
         if "frost" in self.corruptions and self.folder is None and not frost_available():
             raise ValueError("corruptions: frost needs the frost images of the imagecorruptions package: "
-                             "pip install 'robustness-workbench[corruptions]', or leave frost out")
+                             "pip install imagecorruptions (a core dependency of robustness-workbench), or leave frost out")
         return self
 
 
