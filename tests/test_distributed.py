@@ -254,7 +254,11 @@ def test_evaluation_and_probes_sharded_over_two_ranks_give_the_tables_of_one_pro
     for name in ("sharded", "cached"):
         got = _stage_tables(tmp_path / name)
         for table, want in expected.items():
-            assert len(want), table  # every table has rows to compare
+            if table == "worst_case_per_example" and not len(want):
+                # the cascade's per-example rows exist only where APGD had examples left to attack
+                assert expected["worst_case_cascade"]["candidates"].sum() == 0, table
+            else:
+                assert len(want), table  # every table has rows to compare
             cols = [c for c in want.columns if c not in TIMING_COLUMNS]
             pd.testing.assert_frame_equal(got[table][cols], want[cols], check_exact=False, rtol=1e-12, atol=0,
                                           obj=f"{name}: {table}")
@@ -338,7 +342,10 @@ probes:
   examples: 24
   batch_size: 8
   lipschitz: {steps: 2, norms: [linf]}
-  linearity: {steps: 2, pgd_steps: 2, surface: {examples: 2, grid: 3}}
+  # one γ start: the models trained on two ranks equal one process's only to float rounding, and the
+  # best of several starts can jump between optima at that distance (the sharded test above
+  # checks several starts on identical models to 1e-12)
+  linearity: {steps: 2, restarts: 1, pgd_steps: 2, surface: {examples: 2, grid: 3}}
   cka: {batch_size: 8, bootstrap: 200}
 report: {enabled: false}
 """

@@ -225,19 +225,21 @@ def cached_stage(
     *,
     recompute: bool = False,
     progress=None,
+    ranks: bool = True,
 ) -> StageResult:
     """``compute()``'s result, or the cached one under the key of ``inputs``.
 
     ``compute`` returns a :class:`~workbench.stages.StageOutput` (or a mapping of tables);
     its tables and artifacts are stored under the key. ``recompute`` ignores (and
     overwrites) the entry. A failure to write the cache is a warning: the result is still
-    returned. Nothing here touches the run folder.
+    returned. Nothing here touches the run folder. ``ranks=False``: only this process runs
+    the work (the table steps run on rank 0 alone), so no collective is entered.
     """
     from . import distributed
 
     inputs = {"stage": stage, **inputs}
     key = ResultCache.key(inputs)
-    if distributed.world().active:
+    if ranks and distributed.world().active:
         return _cached_stage_ranks(cache, stage, inputs, key, compute, recompute=recompute, progress=progress)
     return _cached_stage_local(cache, stage, inputs, key, compute, recompute=recompute, progress=progress)
 

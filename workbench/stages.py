@@ -389,7 +389,8 @@ def run_table_steps(tables: dict[str, pd.DataFrame], facts: FactSource, *, progr
         inputs = {"stage": f"step:{step.name}", "before": dict(before), "facts": {f: facts.key(f) for f in step.facts},
                   "code": code_hash(*step.code_modules()), "torch": torch.__version__}
         if step.cached and cache is not None and keys is not None:
-            got = cached_stage(cache, f"step:{step.name}", inputs, compute, recompute=recompute)
+            # rank 0 alone runs the table steps (the runner): no collective with the other ranks
+            got = cached_stage(cache, f"step:{step.name}", inputs, compute, recompute=recompute, ranks=False)
             out = got.tables
             step_keys[step.name] = got.key
         else:
