@@ -55,7 +55,7 @@ def test_two_jobs_on_a_streamed_study_stream_in_the_workers_and_give_the_in_proc
     # The workers load the data through the runner's one function: streamed, as the study says
     # (they used to drop stream/workers/decode and decode the whole folder into memory,
     # caching it as imagefolder-*.pt, which a streamed run never writes).
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the data caches; inherited by the workers
+    monkeypatch.setenv("WORKBENCH_DATA_CACHE", str(tmp_path / "cache"))  # the data caches; inherited by the workers
     study = study_from_dict({
         "name": "streamed", "seed": 1,
         "data": {"name": "imagefolder", "root": str(_folder(tmp_path / "imgs")), "val_fraction": 0.2, "stream": True,
