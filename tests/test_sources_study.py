@@ -117,7 +117,9 @@ def test_mixed_study_writes_every_table_and_the_report_with_all_four_models(mixe
     assert set(res.tables) == set(TABLES)
     for name, df in res.tables.items():
         # one seed: no replicates (the table is written empty, with its columns)
-        assert len(df) or (name == "replicates" and not res.study.replicated), name
+        # the cascade's per-example rows exist only where APGD had examples left to attack
+        assert len(df) or (name == "replicates" and not res.study.replicated) or (
+            name == "worst_case_per_example" and res.tables["worst_case_cascade"]["candidates"].sum() == 0), name
         if name not in OPEN:
             assert list(df.columns) == list(TABLES[name][1]), name
     ids = ["small_cnn/standard", "small_cnn/pgd_at", "mlp-robustness", "user-cnn"]
