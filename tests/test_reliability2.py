@@ -789,9 +789,26 @@ GROWTH: dict[str, Callable[[Ctx], object]] = {
 
 
 @pytest.mark.parametrize("case", sorted(GROWTH))
-@pytest.mark.xfail(reason="known bug, open: archives made within one second get -1-1 suffixes that --keep does not prune (closing note of this stop)", strict=False)
 def test_growth_is_bounded(ctx: Ctx, case: str):
     GROWTH[case](ctx)
+
+
+def test_runs_archived_within_one_second_keep_the_newest(tmp_path, monkeypatch):
+    """Five runs published within one second: archive names never compound (-1-1), a later
+    suffix is a later run, and --keep 2 keeps the two runs before the current one."""
+    import workbench.store as store
+
+    monkeypatch.setattr(store, "_previous_stamp", lambda path: "20261206T034243")
+    target = tmp_path / "run"
+    for i in range(5):
+        folder = store.RunFolder(target, keep=2)
+        folder.begin()
+        folder.write_json("run.json", {"i": i})
+        folder.publish()
+    kept = sorted((target / "archive").iterdir(), key=lambda p: int(p.name[16:] or 0))
+    assert [store._STAMP.fullmatch(p.name) is not None for p in kept] == [True, True], kept
+    assert [json.loads((p / "run.json").read_text())["i"] for p in kept] == [2, 3], kept
+    assert json.loads((target / "run.json").read_text())["i"] == 4
 
 
 # --------------------------------------------------------------------------- 9. memory, wrongly typed tables

@@ -552,7 +552,9 @@ class RunFolder:
         if real.is_dir() and not any(real.iterdir()):
             real.rmdir()  # an empty folder holds nothing to archive
         if real.exists():
-            stamp = _previous_stamp(real)
+            # Runs archived within one second get -1, -2, ... after the ones already there, so
+            # names never compound and a later suffix is a later run (what --keep sorts by).
+            stamp = _free_stamp(real / "archive", _previous_stamp(real))
             # The marker lets the next run finish a publish killed between the two renames.
             atomic_write_text(self._staging / "PUBLISH", stamp)
             (self.path / "archive").mkdir()
@@ -625,11 +627,25 @@ def _real(path: Path) -> Path:
 
 
 def _unique(path: Path) -> Path:
+    """``path``, or the first free ``path-N``; an archive stamp's own ``-N`` is replaced, not
+    extended (``T034243-1`` taken gives ``T034243-2``, never ``T034243-1-1``)."""
+    base = path.name[:15] if _STAMP.fullmatch(path.name) else path.name
     out, n = path, 1
     while out.exists():
-        out = path.with_name(f"{path.name}-{n}")
+        out = path.with_name(f"{base}-{n}")
         n += 1
     return out
+
+
+def _free_stamp(archive: Path, stamp: str) -> str:
+    """``stamp``, or ``stamp-N`` with N above every suffix ``archive`` already holds for it."""
+    try:
+        taken = [p.name for p in archive.iterdir() if _STAMP.fullmatch(p.name) and p.name[:15] == stamp[:15]]
+    except OSError:
+        return stamp
+    if not taken:
+        return stamp
+    return f"{stamp[:15]}-{max(int(t[16:] or 0) for t in taken) + 1}"
 
 
 def _recover(real: Path, run_files: frozenset[str]) -> None:
