@@ -112,7 +112,6 @@ MIXED_PAIRS = [("small_cnn/standard", "small_cnn/pgd_at"), ("small_cnn/standard"
                ("mlp-robustness", "user-cnn")]
 
 
-@pytest.mark.xfail(reason="known bug, open: the derived_samples figure fails to draw in a study with python: and loaded models (closing note of this stop)", strict=False)
 def test_mixed_study_writes_every_table_and_the_report_with_all_four_models(mixed_run):
     res = load(mixed_run["run"].path)
     assert set(res.tables) == set(TABLES)
@@ -134,7 +133,12 @@ def test_mixed_study_writes_every_table_and_the_report_with_all_four_models(mixe
     from workbench.report import figures as F
 
     assert "drawing failed" not in html
-    missing = [s.name for s in figures() if not (mixed_run["run"].path / "figures" / f"{s.name}.png").is_file()]
+    # a figure drawn from a file of arrays/ applies only where the run wrote that file
+    # (derived_samples: models trained on a derived set, none here)
+    run = mixed_run["run"].path
+    expected = [s for s in figures() if s.arrays is None or (run / "arrays" / s.arrays).is_file()]
+    assert {s.name for s in figures()} - {s.name for s in expected} == {"derived_samples"}
+    missing = [s.name for s in expected if not (run / "figures" / f"{s.name}.png").is_file()]
     assert not missing, missing
 
 
