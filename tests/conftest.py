@@ -22,3 +22,26 @@ tune_cpu_allocator()  # fewer page faults (see cli.tune_cpu_allocator)
 def _isolated_store(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path_factory.mktemp("store")))
     monkeypatch.setenv("WORKBENCH_THREADS", "1")
+
+
+def digits_mlp():
+    """A small MLP (64-64-10) trained for 300 Adam steps on scikit-learn's digits (8×8, 10
+    classes), seeded, in eval mode, and 60 test examples (images 1500-1559) as (model, x, y).
+    Shared by the AutoAttack and worst-case tests (import it: ``from conftest import digits_mlp``)."""
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(d.target)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        i = torch.randint(0, 1400, (64,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(model(x[i]), y[i]).backward()
+        opt.step()
+    return model.eval(), x[1500:1560], y[1500:1560]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 pytest.importorskip("pyautoattack")  # a core dependency; skipped only where it is not installed
 from pyautoattack import AutoAttack  # noqa: E402
@@ -25,22 +23,9 @@ aa_mod = sys.modules["workbench.attacks.autoattack"]
 @pytest.fixture(scope="module")
 def trained():
     """A small MLP trained for a few hundred steps on scikit-learn's digits (8×8, 10 classes)."""
-    from sklearn.datasets import load_digits
+    from conftest import digits_mlp
 
-    d = load_digits()
-    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(d.target)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        i = torch.randint(0, 1400, (64,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(model(x[i]), y[i]).backward()
-        opt.step()
-    model.eval()
-    xt, yt = x[1500:1560], y[1500:1560]
+    model, xt, yt = digits_mlp()
     assert (model(xt).argmax(1) == yt).float().mean() > 0.85  # it learned something
     return model, xt, yt
 

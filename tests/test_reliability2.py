@@ -10,41 +10,12 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from test_reliability import TINY, assert_one_line_error, invoke, no_staging_left, snapshot
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """One finished run of the tiny study and its store; cases work on copies."""
-    d = tmp_path_factory.mktemp("base2")
-    (d / "tiny.yaml").write_text(TINY)
-    res = invoke("run", d / "tiny.yaml", "--out", d / "runs" / "prev", "--store", d / "store", "-q")
-    assert res.exit_code == 0, res.stderr
-    return d
-
-
-@dataclass
-class Ctx:
-    tmp: Path
-    study: Path
-    prev: Path
-    store: Path
-    monkeypatch: pytest.MonkeyPatch
-
-
-@pytest.fixture
-def ctx(base, tmp_path, monkeypatch) -> Ctx:
-    shutil.copytree(base / "runs", tmp_path / "runs")
-    shutil.copytree(base / "store", tmp_path / "store")
-    study = tmp_path / "tiny.yaml"
-    study.write_text(TINY)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    return Ctx(tmp_path, study, tmp_path / "runs" / "prev", tmp_path / "store", monkeypatch)
+# the tiny study's finished run and the per-case copies of it are test_reliability's fixtures
+from test_reliability import TINY, Ctx, assert_one_line_error, base, ctx, invoke, no_staging_left, snapshot  # noqa: F401
 
 
 def rerun(c: Ctx, *extra: object):

@@ -119,25 +119,10 @@ def test_significance_flags_a_real_difference():
 
 # --------------------------------------------------------------------------- the APGD cascade
 def _digits_mlp():
-    """A small MLP trained briefly on scikit-learn's digits, and 60 test examples."""
-    import torch
-    import torch.nn.functional as F
-    from sklearn.datasets import load_digits
-    from torch import nn
+    """A small MLP trained briefly on scikit-learn's digits, and 60 test examples (conftest.digits_mlp)."""
+    from conftest import digits_mlp
 
-    d = load_digits()
-    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(d.target)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        i = torch.randint(0, 1400, (64,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(model(x[i]), y[i]).backward()
-        opt.step()
-    return model.eval(), x[1500:1560], y[1500:1560]
+    return digits_mlp()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from .losses import LOSSES
 
 class MIFGSMAttack(AttackBase):
     """Dong et al. 2018: iterative FGSM steps of ε/steps along the sign of an accumulated,
-    L1-normalised gradient; L∞ only."""
+    L1-normalised gradient; L∞ only. (NI-FGSM's config is this one under its own name.)"""
 
     name: Literal["mifgsm"]
     steps: PositiveInt = Field(10, description="iterations T; each step is ε/T")
@@ -31,11 +31,36 @@ class MIFGSMAttack(AttackBase):
     def id(self) -> str:
         if self.label:
             return self.label
-        tag = f"mifgsm{self.steps}"
+        tag = f"{self.name}{self.steps}"
         return tag if self.loss == "ce" else f"{tag}-{self.loss}"
 
     def options(self) -> dict[str, Any]:
         return {"steps": self.steps, "decay": self.decay, "loss": self.loss}
+
+
+def momentum_fgsm(model: nn.Module, x: Images, y: Labels, eps: float, rule: type[Momentum], *, steps: int,
+                  decay: float, loss: str, precision: str) -> Tensor:
+    """T steps of α = ε/T from x on the engine with the momentum ``rule`` (MI-FGSM's
+    :class:`~workbench.attacks.ascent.Momentum` or a subclass, e.g. NI-FGSM's look-ahead);
+    the arguments are checked here. Deterministic (no random start); ``eps == 0`` returns a
+    clone of ``x``."""
+    check_batch(x, y)
+    eps = check_eps(eps)
+    check_precision(precision)
+    loss_fn = LOSSES.get(loss)
+    steps, decay = int(steps), float(decay)
+    if steps < 1 or decay < 0:
+        raise ValueError(f"need steps >= 1 and decay >= 0, got steps={steps}, decay={decay}")
+    if eps == 0.0:
+        return x.detach().clone()
+
+    def craft(x0: Tensor, y: Labels) -> Tensor:
+        # the engine's loop with the momentum step rule: projection, eval mode and (on CUDA)
+        # graph replay come from the engine
+        return ascend(loss_objective(model, y, loss_fn), x0, eps, steps, alpha=eps / steps, starts=["clean"],
+                      rule=rule(decay), precision=precision, model=model).x
+
+    return run_attack(model, x, y, craft)
 
 
 @ATTACKS.register("mifgsm", config=MIFGSMAttack)
@@ -69,21 +94,4 @@ def mifgsm(
         Detached adversarial inputs like ``x``; deterministic (no random start). ``eps == 0``
         returns a clone of ``x``. The model's mode and ``requires_grad`` flags are restored.
     """
-    check_batch(x, y)
-    eps = check_eps(eps)
-    check_precision(precision)
-    loss_fn = LOSSES.get(loss)
-    steps, decay = int(steps), float(decay)
-    if steps < 1 or decay < 0:
-        raise ValueError(f"need steps >= 1 and decay >= 0, got steps={steps}, decay={decay}")
-    if eps == 0.0:
-        return x.detach().clone()
-    alpha = eps / steps
-
-    def craft(x0: Tensor, y: Labels) -> Tensor:
-        # the engine's loop with MI-FGSM's step rule: projection, eval mode and (on CUDA)
-        # graph replay come from the engine
-        return ascend(loss_objective(model, y, loss_fn), x0, eps, steps, alpha=alpha, starts=["clean"],
-                      rule=Momentum(decay), precision=precision, model=model).x
-
-    return run_attack(model, x, y, craft)
+    return momentum_fgsm(model, x, y, eps, Momentum, steps=steps, decay=decay, loss=loss, precision=precision)

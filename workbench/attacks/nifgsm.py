@@ -1,20 +1,19 @@
 """Nesterov Iterative FGSM (Lin et al. 2020, "Nesterov Accelerated Gradient and Scale
 Invariance for Adversarial Attacks", arXiv:1908.06281), L∞: MI-FGSM with the gradient taken
-at a look-ahead point. One module: its config, its step rule and the attack function."""
+at a look-ahead point. One module: its config (MI-FGSM's settings), its step rule and the attack
+function."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt
 from torch import nn
 
-from ..config import AttackBase, Norm
 from ..types import Images, Labels, Tensor
-from .ascent import Ball, Momentum, ascend
-from .base import ATTACKS, _per_example, check_batch, check_eps, check_precision, loss_objective, run_attack
-from .losses import LOSSES
+from .ascent import Ball, Momentum
+from .base import ATTACKS, _per_example
+from .mifgsm import MIFGSMAttack, momentum_fgsm
 
 
 class Nesterov(Momentum):
@@ -40,26 +39,11 @@ class Nesterov(Momentum):
         x_adv.add_(self.m.sign(), alpha=alpha)
 
 
-class NIFGSMAttack(AttackBase):
-    """Lin et al. 2020: MI-FGSM whose gradient is taken at the look-ahead x + α·μ·m; L∞ only."""
+class NIFGSMAttack(MIFGSMAttack):
+    """Lin et al. 2020: MI-FGSM whose gradient is taken at the look-ahead x + α·μ·m; L∞ only
+    (MI-FGSM's settings: steps T, decay μ, loss)."""
 
-    name: Literal["nifgsm"]
-    steps: PositiveInt = Field(10, description="iterations T; each step is ε/T")
-    decay: float = Field(1.0, ge=0, description="momentum μ (0: iterative FGSM with α = ε/T)")
-
-    @property
-    def norm(self) -> Norm:
-        return "linf"
-
-    @property
-    def id(self) -> str:
-        if self.label:
-            return self.label
-        tag = f"nifgsm{self.steps}"
-        return tag if self.loss == "ce" else f"{tag}-{self.loss}"
-
-    def options(self) -> dict[str, Any]:
-        return {"steps": self.steps, "decay": self.decay, "loss": self.loss}
+    name: Literal["nifgsm"]  # type: ignore[assignment]
 
 
 @ATTACKS.register("nifgsm", config=NIFGSMAttack)
@@ -86,18 +70,4 @@ def nifgsm(
     Arguments and result as :func:`~workbench.attacks.mifgsm.mifgsm` (deterministic; ``eps == 0``
     returns a clone of ``x``; ``decay=0`` is iterative FGSM, equal to MI-FGSM's).
     """
-    check_batch(x, y)
-    eps = check_eps(eps)
-    check_precision(precision)
-    loss_fn = LOSSES.get(loss)
-    steps, decay = int(steps), float(decay)
-    if steps < 1 or decay < 0:
-        raise ValueError(f"need steps >= 1 and decay >= 0, got steps={steps}, decay={decay}")
-    if eps == 0.0:
-        return x.detach().clone()
-
-    def craft(x0: Tensor, y: Labels) -> Tensor:
-        return ascend(loss_objective(model, y, loss_fn), x0, eps, steps, alpha=eps / steps, starts=["clean"],
-                      rule=Nesterov(decay), precision=precision, model=model).x
-
-    return run_attack(model, x, y, craft)
+    return momentum_fgsm(model, x, y, eps, Nesterov, steps=steps, decay=decay, loss=loss, precision=precision)

@@ -101,6 +101,12 @@ def grid_worst(model: nn.Module, x: Tensor, y: Labels, points, loss_fn, precisio
     return best_x, best_p
 
 
+def _checked(x: Images, y: Labels, eps: float) -> float:
+    """The batch checked and ε as a float (both spatial attacks return a clone of x at ε = 0)."""
+    check_batch(x, y)
+    return check_eps(eps)
+
+
 class _SpatialBase(AttackBase):
     max_angle: float = Field(30.0, ge=0, le=180, description="rotation limit A in degrees (the box is ε·A)")
     max_shift: float = Field(3.0, ge=0, description="translation limit S in pixels per axis (the box is ε·S)")
@@ -161,8 +167,7 @@ def spatial_grid(
 ) -> Tensor:
     """Per example the worst grid transformation within ε × the (``max_angle``, ``max_shift``) box
     (x: (N, C, H, W) in [0, 1]); deterministic."""
-    check_batch(x, y)
-    eps = check_eps(eps)
+    eps = _checked(x, y, eps)
     if eps == 0.0:
         return x.detach().clone()
     points = grid_points(eps, max_angle, max_shift, angles, shifts)
@@ -216,8 +221,7 @@ def spatial_pgd(
     from a random point of the box per restart; per example the worst restart is kept.
     ``alpha`` is in units of the box's full width (the engine's [0, 1] parameter cube; default
     2.5·½/steps, the engine's rule)."""
-    check_batch(x, y)
-    eps = check_eps(eps)
+    eps = _checked(x, y, eps)
     if eps == 0.0:
         return x.detach().clone()
     loss_fn = LOSSES.get(loss)

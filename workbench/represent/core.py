@@ -92,16 +92,10 @@ def invert(
     distance is kept. ``phi`` replaces the model's layer (tests: an identity or a linear
     map). ``step_size`` defaults to :func:`default_step`."""
     phi = phi if phi is not None else features_fn(model, layer)
-    step = default_step(x_target) if step_size is None else float(step_size)
     with torch.no_grad():
         f_t = phi(x_target).detach()
-
-    def craft(x0: Tensor, _y: Tensor) -> Tensor:
-        # the ball is centred on the seed (the engine's start "clean") and never binds
-        return ascend(lambda x: -relative_distance(phi(x), f_t), x0, UNBOUNDED, steps, norm="l2", alpha=step,
-                      starts=["clean"], keep="best", model=model).x
-
-    x = run_attack(model, seeds, torch.zeros(len(seeds), dtype=torch.long, device=seeds.device), craft)
+    step = default_step(x_target) if step_size is None else float(step_size)
+    x = _ascend_from(model, seeds, lambda x: -relative_distance(phi(x), f_t), steps, step, keep="best")
     with torch.no_grad():
         dist = relative_distance(phi(x), f_t)
     return Inversion(x, dist)
@@ -119,14 +113,22 @@ def visualise_features(
     """Feature visualisation: for each row i, maximise coordinate ``features[i]`` of the
     layer from ``seeds[i]`` by L2-normalised steps within [0, 1]."""
     phi = features_fn(model, layer)
-    step = default_step(seeds) if step_size is None else float(step_size)
     feats = features.to(seeds.device)
+    step = default_step(seeds) if step_size is None else float(step_size)
+    return _ascend_from(model, seeds, lambda x: phi(x).gather(1, feats[:, None])[:, 0], steps, step, keep="last")
+
+
+def _ascend_from(model: nn.Module, seeds: Tensor, objective: Callable[[Tensor], Tensor], steps: int, step: float, *,
+                 keep: str) -> Tensor:
+    """``steps`` L2-normalised ascent steps of ``objective`` (per example) from ``seeds`` within
+    [0, 1], on the ascent engine; the ball is centred on the seed (the start "clean") and never
+    binds (the labels handed to the engine's runner are unused)."""
 
     def craft(x0: Tensor, _y: Tensor) -> Tensor:
-        return ascend(lambda x: phi(x).gather(1, feats[:, None])[:, 0], x0, UNBOUNDED, steps, norm="l2", alpha=step,
-                      starts=["clean"], keep="last", model=model).x
+        return ascend(objective, x0, UNBOUNDED, steps, norm="l2", alpha=step, starts=["clean"], keep=keep,
+                      model=model).x
 
-    return run_attack(model, seeds, feats.long(), craft)
+    return run_attack(model, seeds, torch.zeros(len(seeds), dtype=torch.long, device=seeds.device), craft)
 
 
 def synthesise(
