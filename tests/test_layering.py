@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "workbench"
 
 FOUNDATIONS = {"config", "registry", "store", "cache", "stats", "seeds", "state", "errors", "codehash", "progress",
-               "views", "stages", "types", "distributed"}
+               "views", "present", "stages", "types", "distributed"}
 COMPONENTS = {"attacks", "models", "data", "training", "evaluation", "probes", "represent", "significance", "replicates",
               "executors"}
 SCHEMA = {"study", "components"}
@@ -36,8 +36,6 @@ KNOWN = {
     ("workbench.config", "workbench.models"): "ArchitectureConfig checks its options against the models",
     # the submitit executors live with the cluster driver, which runs studies (runner level)
     ("workbench.executors", "workbench.cluster"): "registers the slurm and local executors",
-    # the represent probe's figures use the report's plotting helpers
-    ("workbench.represent.figures", "workbench.report.figures"): "model_order, new_figure, palette, theme",
 }
 #: import cycles that remain (sets of modules)
 KNOWN_CYCLES = [

@@ -23,7 +23,7 @@ from workbench.errors import RunFolderError, WorkbenchError
 from workbench.report import figures as F
 from workbench.report import summary_table, write_comparison, write_report
 from workbench.report.compare import differences, run_names
-from workbench.report.html import VERDICT_OK, VERDICT_WARN
+from workbench.evaluation.soundness import VERDICT_OK, VERDICT_WARN
 from workbench.results import load
 from workbench.store import RunFolder
 from workbench.stats import wilson_interval
@@ -735,3 +735,67 @@ def test_the_report_draws_what_components_register(runs, tmp_path, monkeypatch):
     assert [f["name"] for f in page.figures][:2] == ["accuracy_vs_eps", "registered"]
     assert (run / "figures" / "registered.png").is_file()
     assert "registered column" in summary_table(load(run)).columns
+
+
+def _note_registered(res):
+    return [f"A registered note about {len(res.model_ids)} models."]
+
+
+@pytest.mark.slow
+def test_a_component_adds_a_report_section_with_its_table_and_note(runs, tmp_path, monkeypatch):
+    """A section, a table shown in it, a summary note, several summary columns and a threat model of
+    compare, all registered by a (pretend) component: the report shows each with no edit to its code."""
+    from workbench.report.cross_model import cross_model_table, threats
+    from workbench.views import DETAILS, MEASURES, NOTES, REPORT_SECTIONS, Detail, Measure, Note, ReportSection
+
+    monkeypatch.setitem(REPORT_SECTIONS._entries, "mine", ReportSection("mine", "My section", order=15,
+                                                                       tables=("robustness",)))
+    monkeypatch.setitem(DETAILS._entries, "mine", Detail("mine", "mine", "", "robustness", columns=("model", "attack"),
+                                                          open=True, id="mine-table"))
+    monkeypatch.setitem(NOTES._entries, "mine", Note("mine", f"{__name__}:_note_registered", order=1))
+    monkeypatch.setitem(MEASURES._entries, "two", Measure(
+        "two", "", f"{__name__}:_columns_registered", summary=True, many=True, order=0))
+    monkeypatch.setitem(MEASURES._entries, "threat", Measure("threat", "my threat", f"{__name__}:_threat_registered",
+                                                             threat=True))
+    run = _copy_run(runs["plain"], tmp_path / "run")
+    text = write_report(run).read_text(encoding="utf-8")
+    page = Page(text)
+    assert {"mine", "mine-table"} <= page.ids
+    assert text.index('id="robustness"') < text.index('id="mine"') < text.index('id="representations"')
+    n = len(load(run).model_ids)
+    assert {r["attack"]["text"] for r in page.rows("mine-table")} >= {"clean"}
+    assert f"A registered note about {n} models." in html.unescape(text)
+    heads = page.headers["summary-table"]
+    assert heads[2:4] == ["first", "second"]  # order 0: before the clean accuracy
+    assert threats()["threat"] == "my threat"
+    assert cross_model_table([load(run)], ["r"])["threat"].tolist() == [0.25] * n
+
+
+def _columns_registered(res):
+    return [("first", {m: 0.1 for m in res.model_ids}, "pct"), ("second", {m: "x" for m in res.model_ids}, "text")]
+
+
+def _threat_registered(res):
+    return {m: 0.25 for m in res.model_ids}
+
+
+def test_the_report_code_names_no_component():
+    """html.py and cross_model.py draw what the components register: no probe, check or table step is
+    named there (a probe's section, column, note or measure lives with the probe)."""
+    import ast
+    from pathlib import Path
+
+    import workbench.components  # noqa: F401
+    from workbench.probes import PROBES
+    from workbench.stages import STAGES, TABLE_STEPS
+
+    names = set(PROBES.in_order()) | set(PROBES.tables())
+    names |= {"soundness", "significance", "replicates", "transfer", "worst_case_cascade", "encode", "corruption_errors"}
+    names |= {s for s in STAGES.in_order() if s != "evaluate"} | set(TABLE_STEPS.in_order())
+    root = Path(workbench.components.__file__).parent / "report"
+    # compare is built around the L∞ worst case (what every measure is correlated with) and whether it
+    # differs significantly from the pair's reference: those two it may name
+    for name, allowed in (("html.py", set()), ("cross_model.py", {"worst_case", "significance"})):
+        strings = {n.value for n in ast.walk(ast.parse((root / name).read_text()))
+                   if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not strings & (names - allowed), f"report/{name} names {sorted(strings & (names - allowed))}"

@@ -30,6 +30,7 @@ from .registry import TableSchema
 from .seeds import derive_seed
 from .stages import TableStep, register_table_step
 from .stats import bootstrap_interval
+from .views import Detail, register_detail
 
 COLUMNS = ["architecture", "recipe", "measure", "detail", "norm", "eps", "seed", "model", "value", "ci_low", "ci_high",
            "n_seeds", "mean", "sd"]
@@ -256,3 +257,8 @@ def _value_text(r: pd.Series, percent: bool) -> str:
     if np.isfinite(lo) and np.isfinite(hi):
         text += f" [{scale * lo:{digits}}, {scale * hi:{digits}}]"
     return text
+
+# in the report's summary: mean ± sd across seeds of each headline measure, with how to read it
+register_detail(Detail("replicates", "summary", "", "replicates", formats=(("*", "text"),), open=True,
+                       rows="workbench.evaluation.views:replicates_rows", id="replicates-table",
+                       title="Replicates across seeds", notes="workbench.evaluation.views:replicates_notes"))

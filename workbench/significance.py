@@ -28,6 +28,7 @@ import pandas as pd
 from .registry import TableSchema
 from .stages import TableStep, register_table_step
 from .stats import discordant, holm, mcnemar, paired_test
+from .views import Detail, Note, register_detail, register_note
 
 ALPHA = 0.05
 #: random sign vectors of the sign-flip test (and resamples of the bootstrap interval): its
@@ -217,3 +218,10 @@ def describe(df: pd.DataFrame, limit: int = 12) -> list[str]:
     if n_not:
         out.append(f"{n_not} of {len(df)} compared differences are not significant at {ALPHA:g} after Holm's correction.")
     return out
+
+# in the report: the table in full under the robustness section, and its significant differences as a note
+register_detail(Detail(
+    "significance", "robustness", "Paired tests between the models of each pair (significance table; Holm-corrected)",
+    "significance", formats=(("eps", "num"), ("reference_value", "num"), ("model_value", "num"), ("difference", "num"),
+                             ("ci_low", "num"), ("ci_high", "num"), ("p_value", "num"), ("p_holm", "num")), order=20))
+register_note(Note("significance", "workbench.evaluation.views:significance_note", order=60))

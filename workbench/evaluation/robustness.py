@@ -35,7 +35,10 @@ from ..seeds import derive_seed, seeded_generator, seeded_subset
 from ..stages import Stage, StageContext, StageOutput, register_section, register_stage
 from ..state import eval_mode, seeded_rng
 from ..stats import wilson_interval
-from ..views import FigureSpec, register_figure
+from ..views import (
+    Detail, FigureSpec, Measure, Note, ReportSection, register_detail, register_figure, register_measure, register_note,
+    register_report_section,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import AttackBase
@@ -405,3 +408,23 @@ register_figure(FigureSpec(
     "workbench.report.figures:accuracy_vs_eps",
     ("robustness",),
     order=0))
+
+# its section of the report, its columns of the summary (clean accuracy, each attack at the summary's ε),
+# their notes, and its tables in full (workbench/evaluation/views.py; imported only by the report)
+register_report_section(ReportSection("robustness", "Robustness", order=10))
+register_measure(Measure("clean", "clean accuracy", "workbench.evaluation.views:clean_columns", summary=True, many=True,
+                         order=1))
+register_measure(Measure("attacks", "robust accuracy per attack", "workbench.evaluation.views:attack_columns",
+                         summary=True, many=True, order=3))
+register_note(Note("accuracies", "workbench.evaluation.views:accuracy_note", order=10))
+register_note(Note("main_eps", "workbench.evaluation.views:main_eps_note", order=30))
+register_detail(Detail(
+    "robustness", "robustness", "All white-box numbers (robustness table; ci: 95% Wilson interval)", "robustness",
+    columns=("model", "attack", "norm", "loss", "steps", "restarts", "eps", "n", "accuracy", "ci_low", "ci_high",
+             "adv_risk", "seconds"),
+    formats=(("accuracy", "num"), ("ci_low", "num"), ("ci_high", "num"), ("adv_risk", "num"), ("eps", "num"),
+             ("seconds", "sec")), order=10))
+register_detail(Detail(
+    "transfer", "robustness", "Transfer between the models of each pair (transfer table)", "transfer",
+    columns=("source", "target", "attack", "eps", "n", "accuracy", "adv_risk"),
+    formats=(("accuracy", "num"), ("adv_risk", "num"), ("eps", "num")), order=30))

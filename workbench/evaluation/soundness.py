@@ -91,7 +91,10 @@ from ..stages import Stage, StageContext, StageOutput, register_stage
 from ..state import seeded_rng
 from ..stats import binomial_excess, discordant
 from .robustness import EvalResult, EvaluationConfig, score
-from ..views import FigureSpec, Measure, register_figure, register_measure
+from ..views import (
+    Detail, FigureSpec, Measure, Note, ReportSection, register_detail, register_figure, register_measure, register_note,
+    register_report_section,
+)
 
 
 class SoundnessConfig(Strict):
@@ -876,6 +879,18 @@ register_figure(FigureSpec(
     ("soundness",),
     order=120))
 
-# its column in the report's summary: each model's verdict
-register_measure(Measure("soundness_verdict", "soundness", "workbench.report.html:soundness_summary", summary=True,
-                         format="text", order=90))
+# its column in the report's summary: each model's verdict (in colour), its banner and note, and its section
+register_measure(Measure("soundness_verdict", "soundness", "workbench.evaluation.views:soundness_summary", summary=True,
+                         format="text", order=90, classes=((VERDICT_WARN, "verdict-warn"), (VERDICT_OK, "verdict-ok"))))
+register_note(Note("soundness_banner", "workbench.evaluation.views:soundness_banner", place="banner"))
+register_note(Note("soundness", "workbench.evaluation.views:soundness_note", order=70))
+register_report_section(ReportSection(
+    "soundness", "Soundness of the evaluation", order=40, nav="Soundness", tables=("soundness",),
+    absent="The soundness checks were not run for this study (evaluation.soundness.enabled is false), so nothing here "
+           "says whether the robust accuracies can be trusted.",
+    text="Checks from Carlini et al. (2019) and Athalye et al. (2018): a warn means the robust accuracy of that model "
+         "may be an overestimate (e.g. gradient masking)."))
+register_detail(Detail(
+    "soundness", "soundness", "", "soundness", columns=("model", "check", "status", "value", "threshold", "p_value", "detail"),
+    formats=(("detail", "text"), ("check", "text")), open=True, rows="workbench.evaluation.views:soundness_rows",
+    row_class=("status", (("warn", "warn"),)), id="soundness-table"))

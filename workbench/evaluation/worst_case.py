@@ -41,6 +41,7 @@ from ..registry import TableSchema
 from ..seeds import derive_seed
 from ..stages import Stage, StageContext, StageOutput, TableStep, register_stage, register_table_step
 from ..state import eval_mode
+from ..views import Measure, Note, register_measure, register_note
 from .robustness import accuracy_interval, score
 
 WORST = "worst_case"
@@ -333,3 +334,13 @@ class WorstCaseStage(Stage):
 
 
 register_stage(WorstCaseStage())
+
+# the report's headline columns (the worst case per norm, with its interval) and what the worst case means
+register_measure(Measure("worst_case", "worst case", "workbench.evaluation.views:worst_case_columns", summary=True,
+                         many=True, order=2))
+register_note(Note("worst_case", "workbench.evaluation.views:worst_case_note", order=20))
+register_note(Note("apgd_cascade", "workbench.evaluation.views:cascade_note", order=40))
+# the other threat models workbench compare ranks against the L∞ worst case (the norm's summary ε)
+for _norm, _label in (("l2", "L2"), ("l1", "L1"), ("spatial", "spatial")):
+    register_measure(Measure(f"worst {_norm}", f"worst case {_label}", f"workbench.evaluation.views:worst_{_norm}",
+                             threat=True, many=True, format="pct", order=10))

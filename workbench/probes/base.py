@@ -19,6 +19,7 @@ from ..registry import Registry, TableSchema
 from ..seeds import derive_seed, seeded_generator, seeded_subset
 from ..stages import STAGES, Examples, Stage, StageContext, StageOutput, register_section, register_stage
 from ..store import RunFolder, atomic_write_bytes
+from ..views import ReportSection, register_report_section
 
 #: the facts every probe reads: the models, the probe examples and their batch size, the
 #: device and the seed (a probe declares any other it reads when it registers)
@@ -82,6 +83,10 @@ class ProbeSettings(Strict):
 
 
 register_section("probes", ProbeSettings)
+# the report's section where the probes' figures go
+register_report_section(ReportSection(
+    "representations", "Representations", order=20,
+    empty="No representation probes were run for this study (its probes section enables none)."))
 
 
 @dataclass(frozen=True)

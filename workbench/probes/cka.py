@@ -514,4 +514,4 @@ register_figure(FigureSpec(
 
 # the measure workbench compare correlates with robustness
 register_measure(Measure("cka_to_reference", "linear CKA to the reference, penultimate",
-                         "workbench.report.cross_model:cka_to_reference", compare=True, order=40))
+                         "workbench.probes.views:cka_to_reference", compare=True, order=40))

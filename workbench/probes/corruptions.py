@@ -23,6 +23,7 @@ from ..errors import WorkbenchError
 from ..evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupt, frost_available
 from ..evaluation.robustness import accuracy_interval, score
 from ..registry import TableSchema
+from ..views import Measure, register_measure
 from .base import PROBES, ProbeContext
 
 CorruptionName = Literal[
@@ -205,3 +206,8 @@ def run_corruptions(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
             ctx.models, ctx.x, ctx.y, ctx.index, cfg.corruptions, cfg.severities, seed=ctx.seed_for("corruptions"),
             batch_size=ctx.batch_size, folder=cfg.folder, progress=advance)
     return {"corruptions": table, "corruption_errors": corruption_errors(table, correct, baseline)}
+
+
+# a threat model of workbench compare: each model's mean accuracy under the corruptions
+register_measure(Measure("corruptions", "common corruptions (mean accuracy)", "workbench.probes.views:corruption_accuracy",
+                         threat=True, format="pct", order=20))

@@ -510,6 +510,6 @@ register_figure(FigureSpec(
     order=70))
 
 # the measures workbench compare correlates with robustness
-register_measure(Measure("gamma", "local linearity γ", "workbench.report.cross_model:gamma", compare=True, order=20))
-register_measure(Measure("grad_alignment", "gradient alignment", "workbench.report.cross_model:grad_alignment",
+register_measure(Measure("gamma", "local linearity γ", "workbench.probes.views:gamma", compare=True, order=20))
+register_measure(Measure("grad_alignment", "gradient alignment", "workbench.probes.views:grad_alignment",
                          compare=True, order=21))

@@ -51,7 +51,7 @@ from ..seeds import seeded_generator
 from ..state import eval_mode
 from ..stats import bootstrap_interval
 from .base import PROBES, ProbeContext
-from ..views import FigureSpec, Measure, register_figure, register_measure
+from ..views import FigureSpec, Measure, Note, register_figure, register_measure, register_note
 
 
 class LipschitzProbe(Strict):
@@ -682,7 +682,9 @@ register_figure(FigureSpec(
     order=40))
 
 # its column in the report's summary, and the measure workbench compare correlates with robustness
-register_measure(Measure("lipschitz_summary", "Lipschitz D, penultimate layer", "workbench.report.html:lipschitz_summary",
+register_measure(Measure("lipschitz_summary", "Lipschitz D, penultimate layer", "workbench.probes.views:lipschitz_summary",
                          summary=True, order=10))
 register_measure(Measure("lipschitz_penultimate", "Lipschitz D, penultimate (δ_loss, L∞)",
-                         "workbench.report.cross_model:lipschitz_penultimate", compare=True, order=10))
+                         "workbench.probes.views:lipschitz_penultimate", compare=True, order=10))
+# what its summary column means (or that the probe was not run)
+register_note(Note("lipschitz", "workbench.probes.views:lipschitz_note", order=50))

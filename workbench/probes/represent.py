@@ -9,7 +9,7 @@ import pandas as pd
 from ..registry import TableSchema
 from ..represent.run import ARRAY_FILE, RepresentProbe, arrays_bytes, represent
 from .base import PROBES, ProbeContext
-from ..views import FigureSpec, register_figure
+from ..views import Detail, FigureSpec, ReportSection, register_detail, register_figure, register_report_section
 
 TABLES_REPRESENT: dict[str, TableSchema] = {
     "represent_per_example": (
@@ -160,3 +160,18 @@ register_figure(FigureSpec(
     "workbench.represent.figures:measures",
     ("represent",),
     order=180))
+
+# its section of the report (shown when the probe ran or a figure of it was drawn), with its tables in full
+register_report_section(ReportSection(
+    "encode", "What the representations encode", order=30, tables=("represent",), optional=True,
+    notes="workbench.represent.figures:encode_notes"))
+_NUMS = (("value", "num"), ("ci_low", "num"), ("ci_high", "num"))
+register_detail(Detail("represent", "encode", "Measures per model with 95% intervals (represent table)", "represent",
+                       formats=_NUMS, order=10))
+register_detail(Detail(
+    "represent_tests", "encode",
+    "Paired tests between the models of each pair on the same items (represent_tests; Holm-corrected)", "represent_tests",
+    formats=(*_NUMS, ("reference_value", "num"), ("model_value", "num"), ("difference", "num"), ("p_value", "num"),
+             ("p_holm", "num")), order=20))
+register_detail(Detail("represent_judge", "encode", "The judge (represent_judge)", "represent_judge",
+                       formats=(("train_accuracy", "num"), ("test_accuracy", "num")), order=30))

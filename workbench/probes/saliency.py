@@ -520,9 +520,11 @@ register_figure(FigureSpec(
         "for each model (|attribution| summed over channels, each map scaled to its own 99th percentile): robust "
         "models' maps are expected to be sparser and to follow the object.",
     "representations",
-    "workbench.report.html:saliency_figure",
+    "workbench.report.figures:saliency_grid",
     (),
-    order=100))
+    order=100,
+    arrays=ARRAY_FILE,
+    load="workbench.probes.saliency:load_saliency"))
 
 register_figure(FigureSpec(
     "saliency_metrics",
@@ -535,5 +537,5 @@ register_figure(FigureSpec(
     order=110))
 
 # the measure workbench compare correlates with robustness
-register_measure(Measure("saliency_gini", "saliency Gini sparsity", "workbench.report.cross_model:saliency_gini",
+register_measure(Measure("saliency_gini", "saliency Gini sparsity", "workbench.probes.views:saliency_gini",
                          compare=True, order=30))

@@ -32,8 +32,9 @@ from ..errors import RunFolderError, WorkbenchError
 from ..results import Results, load
 from ..store import ComparisonFolder, now
 from . import figures as F
-from .cross_model import THREATS
-from .html import FigureEntry, data_uri, html_table, now_text, png_size, render_page, robust_eps, write_page
+from ..present import robust_eps
+from .cross_model import threats
+from .html import FigureEntry, data_uri, html_table, now_text, png_size, render_page, write_page
 
 _RUN_STYLES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3))]
 
@@ -427,6 +428,7 @@ def _write_comparison(folder: ComparisonFolder, runs, names, joined, comp, out: 
         + (f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] " if np.isfinite(r["ci_low"]) else "(no interval: too few models) ")
         + f"over {r['n']} models (table threat_correlations)."
         for _, r in comp.threat_correlations.iterrows() if np.isfinite(r["rho"])]
+    threat_cols = threats()
     page = render_page(
         "compare.html.j2",
         runs=runs,
@@ -434,10 +436,10 @@ def _write_comparison(folder: ComparisonFolder, runs, names, joined, comp, out: 
         runs_table=html_table(runs_df, {"main ε": "text"}, id="runs-table"),
         cross=html_table(cross.drop(columns=[c for c in cross.columns if c in ("main ε", "worst-case ε")
                                               or (c.startswith("worst ") and c.endswith(" ε"))
-                                              or (c in THREATS and cross[c].isna().all())]),
+                                              or (c in threat_cols and cross[c].isna().all())]),
                          {"clean": "pct", "clean ci_low": "pct", "clean ci_high": "pct", "worst case": "pct",
                           "worst ci_low": "pct", "worst ci_high": "pct", "autoattack": "pct",
-                          **{c: "pct" for c in THREATS},
+                          **{c: "pct" for c in threat_cols},
                           "worst case vs reference": "text"}, id="cross-model-table") if len(cross) else None,
         replicates=html_table(rep_view, {c: "text" for c in rep_view.columns if c != "n_seeds"},
                               id="replicates-table") if len(rep_view) else None,

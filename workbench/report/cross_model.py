@@ -24,10 +24,9 @@ from matplotlib.figure import Figure
 from .. import components  # noqa: F401  (registers every component's measures)
 from ..results import Results
 from ..stats import spearman
+from ..present import closest, model_order, robust_eps
 from ..views import measures, resolve
 from . import figures as F
-from .html import penultimate_layers, robust_eps
-
 
 
 def compare_measures() -> dict[str, str]:
@@ -36,74 +35,11 @@ def compare_measures() -> dict[str, str]:
     return {m.name: m.label for m in measures(compare=True)}
 
 
-# ----------------------------------------------------------------- the built-in probes' measures
-# (registered by the probes, workbench/probes/*.py; each returns {model: value} for one run)
-
-
-def _penultimate_lipschitz(res: Results) -> tuple[pd.DataFrame | None, dict]:
-    """The lipschitz rows (L∞, δ_loss, at the main ε) and each model's penultimate layer."""
-    lip = res.get("lipschitz")
-    if lip is None:
-        return None, {}
-    e = F.lipschitz_eps(lip, "linf", res.study.main_eps())
-    if e is None:
-        return None, {}
-    lip_d = _at(lip, norm="linf", kind="loss", eps=e)
-    return lip_d, penultimate_layers(lip_d)
-
-
-def lipschitz_penultimate(res: Results) -> dict[str, float]:
-    lip_d, pen = _penultimate_lipschitz(res)
-    return {m: _first(lip_d[(lip_d["model"] == m) & (lip_d["layer"] == pen[m][0])], "mean") for m in pen} \
-        if lip_d is not None else {}
-
-
-def _linearity_metric(res: Results, metric: str) -> dict[str, float]:
-    lin = res.get("linearity")
-    if lin is None or not len(lin):
-        return {}
-    e = F.closest(lin["eps"], res.study.main_eps())
-    return {m: _first(_at(lin, model=m, metric=metric, eps=e), "mean") for m in F.model_order(res.tables)}
-
-
-def gamma(res: Results) -> dict[str, float]:
-    return _linearity_metric(res, "gamma")
-
-
-def grad_alignment(res: Results) -> dict[str, float]:
-    return _linearity_metric(res, "grad_alignment")
-
-
-def saliency_gini(res: Results) -> dict[str, float]:
-    sal = res.get("saliency_metrics")
-    if sal is None or not len(sal):
-        return {}
-    return {m: float(sal[(sal["model"] == m) & (sal["method"] == "saliency")]["gini"].mean())
-            for m in F.model_order(res.tables)}
-
-
-def cka_to_reference(res: Results) -> dict[str, float]:
-    cka, pairs = res.get("cka"), res.get("pairs")
-    if cka is None or not len(cka) or pairs is None or not len(pairs):
-        return {}
-    _, pen = _penultimate_lipschitz(res)  # the penultimate layer the Lipschitz ratio names
-    out = {}
-    for m, ref in zip(pairs["model"], pairs["reference"]):
-        if m in pen:
-            layer = pen[m][0]
-            out[m] = _first(cka[(cka["model_a"] == ref) & (cka["model_b"] == m) & (cka["kind"] == "linear")
-                                & (cka["layer_a"] == layer) & (cka["layer_b"] == layer)], "value")
-    return out
-
-
-#: the other threat models, as columns of the cross-model table: the worst case at the norm's
-#: summary ε (the middle of its grid), and the mean accuracy under the common corruptions
-THREATS = {
-    "worst l2": "worst case L2",
-    "worst l1": "worst case L1",
-    "worst spatial": "worst case spatial",
-    "corruptions": "common corruptions (mean accuracy)",
-}
+def threats() -> dict[str, str]:
+    """column -> label of the other threat models the components register for compare
+    (:func:`workbench.views.register_measure` with ``threat=True``: the worst case at L2,
+    L1 and spatial, the common corruptions, ...), in order."""
+    return {m.name: m.label for m in measures(threat=True)}
 
 
 def _at(df: pd.DataFrame, **eq) -> pd.DataFrame:
@@ -127,14 +63,17 @@ def _run_rows(res: Results, name: str) -> list[dict]:
     w_eps = robust_eps(rob, "worst_case", main, "linf") if (rob["attack"] == "worst_case").any() else None
     aa = rob[(rob["method"] == "autoattack") & (rob["norm"] == "linf")]
     values = {m.name: resolve(m.compute)(res) for m in measures(compare=True)}
+    # the other threat models' columns (an accuracy, and e.g. the ε it is read at)
+    threat_cols = [col for m in measures(threat=True) for col in (
+        resolve(m.compute)(res) if m.many else [(m.name, resolve(m.compute)(res), m.format)])]
     mt = res.get("models")
     info = mt.set_index(mt["model"].astype(str)) if mt is not None else None
     rows = []
-    for m in F.model_order(res.tables):
+    for m in model_order(res.tables):
         clean = _at(rob, model=m, attack="clean")
         worst = _at(rob, model=m, attack="worst_case", norm="linf", eps=w_eps) if w_eps is not None else rob.iloc[0:0]
         a = aa[aa["model"] == m]
-        a = _at(a, eps=F.closest(a["eps"], main)) if len(a) else a
+        a = _at(a, eps=closest(a["eps"], main)) if len(a) else a
         arch, recipe, seed = _identity(res, info, m)
         row = {
             "run": name, "model": m, "architecture": arch, "recipe": recipe, "seed": seed, "main ε": main,
@@ -147,14 +86,8 @@ def _run_rows(res: Results, name: str) -> list[dict]:
         for measure, got in values.items():
             row[measure] = got.get(m, np.nan)
         ref = ref_of.get(m)
-        for norm in ("l2", "l1", "spatial"):
-            e = robust_eps(rob, "worst_case", main, norm) if ((rob["attack"] == "worst_case") & (rob["norm"] == norm)).any() else None
-            w = _at(rob, model=m, attack="worst_case", norm=norm, eps=e) if e is not None else rob.iloc[0:0]
-            row[f"worst {norm}"] = _first(w, "accuracy")
-            row[f"worst {norm} ε"] = e if e is not None else np.nan
-        ce = res.get("corruption_errors")
-        row["corruptions"] = (_first(ce[(ce["model"] == m) & (ce["corruption"] == "mean")], "accuracy")
-                              if ce is not None and len(ce) else np.nan)
+        for col, got, _ in threat_cols:
+            row[col] = got.get(m, np.nan)
         row["worst case vs reference"] = ""
         if sig is not None and len(sig) and ref is not None and w_eps is not None:
             s = _at(sig, model=m, measure="worst_case", norm="linf", eps=w_eps)
@@ -229,9 +162,9 @@ def correlations(table: pd.DataFrame) -> pd.DataFrame:
 
 def threat_correlations(table: pd.DataFrame) -> pd.DataFrame:
     """Spearman's ρ (Fisher interval) across models between the L∞ worst case and each other
-    threat model's accuracy (``THREATS``): does the ranking by L∞ robustness carry over?"""
+    threat model's accuracy (:func:`threats`): does the ranking by L∞ robustness carry over?"""
     out = []
-    for col, label in THREATS.items():
+    for col, label in threats().items():
         if col in table.columns and table[col].notna().sum() >= 2:
             out.append({"threat": label, **spearman(table["worst case"], table[col])})
     return pd.DataFrame(out, columns=["threat", "n", "rho", "ci_low", "ci_high"])

@@ -15,11 +15,8 @@ that tells how to read it, its section and which function here draws it:
 
 from __future__ import annotations
 
-import contextlib
 import io
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from fractions import Fraction
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,94 +27,18 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
+from ..present import (  # noqa: F401  (the shared helpers, used here and by cross_model/compare as F.*)
+    DPI, NORM_LABEL, Tables, _Lazy, closest, eps_label, grid_eps, middle, model_order, new_figure, palette, sns, table,
+    theme,
+)
 
-class _Lazy:
-    """A module imported on first use: seaborn and matplotlib take seconds to import, and a
-    report whose figures all come from the cache draws none."""
+_mpl_lines, _mpl_colors = _Lazy("matplotlib.lines"), _Lazy("matplotlib.colors")
 
-    def __init__(self, name: str):
-        self._name = name
-
-    def __getattr__(self, attr: str) -> Any:
-        import importlib
-
-        return getattr(importlib.import_module(self._name), attr)
-
-
-sns = _Lazy("seaborn")
-_mpl_figure, _mpl_lines, _mpl_colors = _Lazy("matplotlib.figure"), _Lazy("matplotlib.lines"), _Lazy("matplotlib.colors")
-
-
-Tables = Mapping[str, pd.DataFrame]
-
-#: rendering resolution of the PNGs (embedded in index.html and saved next to it)
-DPI = 100
-
-#: seaborn look shared by every figure (applied inside a context manager: no global change)
-_STYLE = {"axes.grid": True, "grid.linestyle": ":", "axes.spines.top": False, "axes.spines.right": False}
 _KIND_STYLE = {"loss": "-", "feat": "--", "rand": ":"}
 _KIND_LABEL = {"loss": "δ_loss (PGD on CE)", "feat": "δ_feat (worst case for the layer)", "rand": "δ_rand (random)"}
-NORM_LABEL = {"linf": "L∞", "l2": "L2", "l1": "L1", "spatial": "spatial", "none": ""}
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def table(tables: Tables, name: str) -> pd.DataFrame | None:
-    """The named table, or None when absent or empty."""
-    df = tables.get(name)
-    return df if df is not None and len(df) else None
-
-
-def eps_label(eps: float) -> str:
-    """``0.2`` -> ``"0.2"``; ``8/255`` -> ``"8/255"`` (a decimal that long is a fraction of 255)."""
-    text = f"{eps:g}"
-    if len(text.replace("0.", "", 1)) > 4:
-        frac = Fraction(eps).limit_denominator(255)
-        if abs(float(frac) - eps) < 1e-9 and frac.denominator in (255, 51, 85, 17, 15, 5, 3):
-            n = frac.numerator * (255 // frac.denominator)
-            return f"{n}/255"
-    return text
-
-
-def closest(values: Sequence[float], target: float) -> float:
-    """The value of ``values`` closest to ``target`` (the smaller one on a tie)."""
-    vals = sorted({float(v) for v in values})
-    return min(vals, key=lambda v: (abs(v - target), v))
-
-
-def middle(values: Sequence[float]) -> float:
-    """The middle value of a grid (upper middle for an even count): Study.main_eps's fallback rule."""
-    vals = sorted({float(v) for v in values})
-    return vals[len(vals) // 2]
-
-
-def model_order(tables: Tables) -> list[str]:
-    """Model ids in study order: the ``models`` table when present, else order of appearance."""
-    order: list[str] = []
-    models = table(tables, "models")
-    if models is not None:
-        order.extend(str(m) for m in models["model"])
-    for name in ("robustness", "history", "lipschitz", "linearity", "linear_probe", "soundness", "loss_surface"):
-        df = table(tables, name)
-        if df is not None and "model" in df.columns:
-            order.extend(str(m) for m in df["model"].drop_duplicates() if str(m) not in order)
-    return list(dict.fromkeys(order))
-
-
-def palette(models: Sequence[str]) -> dict[str, Any]:
-    """One colour per model, stable across every figure of a report."""
-    colours = sns.color_palette("colorblind", max(len(models), 1))
-    return {m: colours[i % len(colours)] for i, m in enumerate(models)}
-
-
-def new_figure(ncols: int, nrows: int = 1, *, w: float = 3.4, h: float = 2.8, extra_w: float = 0.0,
-               **kw: Any) -> tuple[Figure, np.ndarray]:
-    """A constrained-layout figure of ``nrows × ncols`` panels of ``w × h`` inches (plus
-    ``extra_w`` for the legend); ``axes`` is always 2-D."""
-    fig = _mpl_figure.Figure(figsize=(w * ncols + extra_w, h * nrows), dpi=DPI, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
-    return fig, axes
 
 
 def legend(fig: Figure, handles: list, *, title: str | None = None) -> None:
@@ -150,13 +71,6 @@ def log_axis(ax) -> None:
     ax.yaxis.set_major_formatter(fmt)
     ax.yaxis.set_minor_locator(LogLocator(subs=(2, 5)))
     ax.yaxis.set_minor_formatter(fmt)
-
-
-@contextlib.contextmanager
-def theme() -> Iterator[None]:
-    """The seaborn look of every figure, applied for the block only (no global change)."""
-    with sns.axes_style("whitegrid", _STYLE), sns.plotting_context("notebook", font_scale=0.8):
-        yield
 
 
 def _architectures(tables: Tables, models: Sequence[str]) -> dict[str, list[str]]:
@@ -287,14 +201,8 @@ def training_curves(tables: Tables, **_: Any) -> Figure | None:
 
 
 def lipschitz_eps(lip: pd.DataFrame, norm: str, main_eps: float | None) -> float | None:
-    """The ε the Lipschitz figure and summary use for ``norm``: the grid value closest to the
-    main ε for L∞; the middle of the grid for L2 (an L∞ ε means nothing in L2)."""
-    grid = lip.loc[lip["norm"] == norm, "eps"]
-    if grid.empty:
-        return None
-    if norm == "linf" and main_eps is not None:
-        return closest(grid, main_eps)
-    return middle(grid)
+    """The ε the Lipschitz figure and summary use for ``norm`` (:func:`workbench.present.grid_eps`)."""
+    return grid_eps(lip, norm, main_eps)
 
 
 def lipschitz_ratio(tables: Tables, *, main_eps: float | None = None) -> Figure | None:

@@ -1,8 +1,10 @@
 """The self-contained HTML report of one run: ``write_report(run_dir) -> <run>/index.html``.
 
-The page opens with a summary (one row per model: clean and robust accuracy, Lipschitz
-ratio, soundness verdict), then every figure with one sentence on how to read it, the
-soundness checks and the provenance of the run. Figures are embedded as base64 PNG data
+The page opens with a summary (one row per model: its training, then the columns the
+components register: clean and robust accuracy, Lipschitz ratio, soundness verdict, ...),
+then the sections the components register (:mod:`workbench.views`), each with its figures,
+one sentence on how to read each, and its tables, and the provenance of the run. This
+module names no component: it draws what is registered. Figures are embedded as base64 PNG data
 URIs and the CSS and script are inline, so the file can be mailed or archived alone and
 opens without any network request; a Content-Security-Policy in the page makes the browser
 enforce that. All text from the study or the tables goes through jinja2's autoescaping;
@@ -33,13 +35,11 @@ import pandas as pd
 from .. import components  # noqa: F401  (registers every component's figures)
 from ..errors import RunFolderError
 from ..results import Results, load
-from ..views import FigureSpec, figures, measures, resolve
+from ..present import NORM_LABEL, eps_label, model_order
+from ..views import FigureSpec, ReportSection, details, figures, measures, notes, report_sections, resolve
 from . import figures as F
 
 log = logging.getLogger("workbench")
-
-SECTIONS = (("robustness", "Robustness"), ("representations", "Representations"),
-            ("encode", "What the representations encode"))
 
 
 # --------------------------------------------------------------------------- templates
@@ -168,51 +168,18 @@ def html_table(df: pd.DataFrame, formats: Mapping[str, str] | None = None, *, ti
 
 # --------------------------------------------------------------------------- summary
 
-VERDICT_OK = "sound"
-VERDICT_WARN = "robustness may be overestimated"
-WORST = "worst_case"
-
-
-def robust_eps(rob: pd.DataFrame, attack: str, main_eps: float, norm: str | None = None) -> float | None:
-    """The ε at which the summary reports ``attack``: for L∞, the evaluated ε closest to the
-    main ε; for L2, the middle of the attack's own grid (an L∞ radius means nothing in L2).
-    ``norm`` picks one norm of an attack that has several (the worst case)."""
-    d = rob[(rob["attack"] == attack) & (rob["eps"] > 0)]
-    if norm is not None:
-        d = d[d["norm"] == norm]
-    if d.empty:
-        return None
-    if (d["norm"] == "linf").all():
-        return F.closest(d["eps"], main_eps)
-    return F.middle(d["eps"])
-
-
-def penultimate_layers(lip: pd.DataFrame) -> dict[str, tuple[str, int]]:
-    """model -> (layer, index) of the deepest measured layer other than the logits (the
-    penultimate layer when the probe covered all layers)."""
-    out = {}
-    for m, d in lip[lip["layer"] != "logits"].groupby("model", sort=False):
-        row = d.sort_values("layer_index").iloc[-1]
-        out[str(m)] = (str(row["layer"]), int(row["layer_index"]))
-    return out
-
-
-def soundness_verdicts(snd: pd.DataFrame | None) -> dict[str, str]:
-    """model -> ``sound`` or ``robustness may be overestimated`` (any check at ``warn``)."""
-    if snd is None:
-        return {}
-    return {str(m): VERDICT_WARN if (d["status"] == "warn").any() else VERDICT_OK for m, d in snd.groupby("model", sort=False)}
-
 
 def summary_table(res: Results) -> pd.DataFrame:
-    """One row per model: training, clean accuracy, robust accuracy per attack at the main ε,
-    Lipschitz ratio at the penultimate layer, soundness verdict. Accuracies are fractions;
-    column labels carry the ε used; ``df.attrs`` holds the formats and notes the report shows."""
+    """One row per model: its training, then the columns the components register (clean and
+    robust accuracy per attack at the main ε, the worst case, the Lipschitz ratio, the
+    soundness verdict, ...: :func:`workbench.views.measures` with ``summary=True``).
+    Accuracies are fractions; column labels carry the ε used; ``df.attrs`` holds the formats,
+    each registered column's label and its cell classes."""
     rob = res.get("robustness")
     if rob is None:
         raise RunFolderError("table robustness is missing or empty", file=str(res.path / "tables" / "robustness.parquet"))
     main_eps = res.study.main_eps()
-    models = F.model_order(res.tables)
+    models = model_order(res.tables)
     mt = res.get("models")
     info = mt.set_index(mt["model"].astype(str)) if mt is not None else None
     formats: dict[str, str] = {}
@@ -226,158 +193,35 @@ def summary_table(res: Results) -> pd.DataFrame:
             if r.get("role") == "loaded":
                 training = f"loaded: {r.get('source', '')}"
             elif r["train_norm"] != "none" and float(r["train_eps"]) > 0:
-                training += f" ({F.NORM_LABEL.get(str(r['train_norm']), r['train_norm'])} ε={F.eps_label(float(r['train_eps']))})"
+                training += f" ({NORM_LABEL.get(str(r['train_norm']), r['train_norm'])} ε={eps_label(float(r['train_eps']))})"
             if isinstance(r["stopped_early"], str) and r["stopped_early"]:
                 training += f"; stopped early: {r['stopped_early']}"
         rows[m]["training"] = training
 
-    def interval_text(d: pd.DataFrame, m: str) -> str:
-        hit = d[d["model"] == m]
-        if hit.empty or "ci_low" not in hit.columns:
-            return ""
-        return f"[{100 * float(hit['ci_low'].iloc[0]):.1f}, {100 * float(hit['ci_high'].iloc[0]):.1f}]"
-
-    clean_rows = rob[rob["attack"] == "clean"]
-    clean = clean_rows.groupby("model")["accuracy"].first()
-    formats["clean accuracy (%)"] = "pct"
-    formats["clean 95% CI"] = "text"
-    for m in models:
-        rows[m]["clean accuracy (%)"] = clean.get(m, np.nan)
-        rows[m]["clean 95% CI"] = interval_text(clean_rows, m)
-
-    # the headline: per-example worst case over every white-box attack, one column per norm
-    for norm in [n for n in ("linf", "l2", "l1", "spatial") if ((rob["attack"] == WORST) & (rob["norm"] == n)).any()]:
-        eps = robust_eps(rob, WORST, main_eps, norm)
-        d = rob[(rob["attack"] == WORST) & (rob["norm"] == norm) & np.isclose(rob["eps"], eps)]
-        label = f"worst case (%) {F.NORM_LABEL.get(norm, norm)} ε={F.eps_label(eps)}"
-        formats[label] = "pct"
-        formats[f"{label} 95% CI"] = "text"
-        acc = d.groupby("model")["accuracy"].first()
-        for m in models:
-            rows[m][label] = acc.get(m, np.nan)
-            rows[m][f"{label} 95% CI"] = interval_text(d, m)
-
-    for attack in rob.loc[~rob["attack"].isin(["clean", WORST]), "attack"].drop_duplicates():
-        eps = robust_eps(rob, attack, main_eps)
-        if eps is None:
-            continue
-        d = rob[(rob["attack"] == attack) & np.isclose(rob["eps"], eps)]
-        norm = str(d["norm"].iloc[0])
-        label = f"{attack} (%) {F.NORM_LABEL.get(norm, norm)} ε={F.eps_label(eps)}"
-        formats[label] = "pct"
-        acc = d.groupby("model")["accuracy"].first()
-        for m in models:
-            rows[m][label] = acc.get(m, np.nan)
-
-    # the columns the components register (workbench.views: the Lipschitz ratio, the soundness verdict, ...)
+    # the columns the components register (workbench.views: accuracies, the Lipschitz ratio, the soundness verdict, ...)
     columns: dict[str, str] = {}
+    classes: dict[str, dict[str, str]] = {}
     for measure in measures(summary=True):
-        label, values = resolve(measure.compute)(res)
-        columns[measure.name] = label
-        formats[label] = measure.format
-        for m in models:
-            rows[m][label] = values.get(m, "" if measure.format == "text" else np.nan)
+        got = resolve(measure.compute)(res)
+        for label, values, fmt in (got if measure.many else [(*got, measure.format)]):
+            columns.setdefault(measure.name, label)
+            formats[label] = fmt
+            if measure.classes:
+                classes[label] = dict(measure.classes)
+            for m in models:
+                rows[m][label] = values.get(m, "" if fmt == "text" else np.nan)
 
     df = pd.DataFrame(list(rows.values()))
     df.attrs["formats"] = formats
     df.attrs["columns"] = columns
+    df.attrs["classes"] = classes
     df.attrs["main_eps"] = main_eps
     return df
 
 
-def lipschitz_summary(res: Results) -> tuple[str, dict[str, float]]:
-    """The summary column of the lipschitz probe: D at the penultimate layer (δ_loss, L∞, at the
-    grid ε closest to the main ε), with the label naming the layer and ε."""
-    lip = res.get("lipschitz")
-    label = "Lipschitz D, penultimate layer (δ_loss, L∞)"
-    values: dict[str, float] = {}
-    if lip is not None:
-        eps = F.lipschitz_eps(lip, "linf", res.study.main_eps())
-        if eps is not None:
-            d = lip[(lip["norm"] == "linf") & (lip["kind"] == "loss") & np.isclose(lip["eps"], eps)]
-            layers = penultimate_layers(d)
-            names = sorted({layer for layer, _ in layers.values()})
-            label = f"Lipschitz D at {', '.join(names) or 'penultimate layer'} (δ_loss, L∞ ε={F.eps_label(eps)})"
-            for m, (layer, _) in layers.items():
-                values[m] = float(d.loc[(d["model"] == m) & (d["layer"] == layer), "mean"].iloc[0])
-    return label, values
-
-
-def soundness_summary(res: Results) -> tuple[str, dict[str, str]]:
-    """The summary column of the soundness checks: each model's verdict."""
-    return "soundness", soundness_verdicts(res.get("soundness"))
-
-
-def _cascade_note(res: Results) -> str:
-    """What the worst case's APGD cascade did, or that it is missing (never silently absent)."""
-    cas = res.get("worst_case_cascade")
-    if cas is None:
-        return ("APGD: the worst case has no APGD cascade in this run (evaluation.worst_case.apgd: false, or a run "
-                "older than it): it may overstate robustness, most of all at L2.")
-    from ..evaluation.worst_case import MISSING
-
-    if (cas["status"] == MISSING).any():
-        return ("APGD: the pyautoattack package is missing, so the worst case holds no APGD-CE or APGD-T "
-                "(pip install pyautoattack); it may overstate robustness, most of all at L2.")
-    ran = cas[cas["status"] == "ran"]
-    broke = ", ".join(f"{a} {int(d['broken'].sum())}" for a, d in ran.groupby("attack", sort=False))
-    other = cas[cas["status"] != "ran"]
-    skipped = f" Not run: {'; '.join(sorted(set(other['status'])))}." if len(other) else ""
-    return ("APGD cascade (AutoAttack's code): at every norm and ε, APGD-CE attacked the examples every evaluation "
-            "attack left robust, then APGD-T those APGD-CE left; examples they broke, summed over models, norms and "
-            f"ε: {broke or 'none'} (table worst_case_cascade).{skipped}")
-
-
-def _summary_notes(res: Results) -> list[str]:
-    rob = res["robustness"]
-    n = sorted({int(v) for v in rob["n"]})
-    main_eps = res.study.main_eps()
-    notes = [
-        f"Accuracies are percentages of {' / '.join(map(str, n))} evaluated test examples; the bracketed ranges are "
-        "95% Wilson intervals (the robustness table has them for every attack: ci_low, ci_high).",
-        "Worst case: an example counts as robust only if it is classified correctly clean and under every white-box "
-        "attack run on it at that norm and ε, the soundness checks' attacks and the APGD cascade included; it is at or "
-        "below every single "
-        "attack's accuracy.",
-        f"Robust accuracy is white-box accuracy at the main ε = {F.eps_label(main_eps)} (evaluation.main_eps, else the "
-        "training ε of the first L∞-adversarial recipe). An L∞ attack not evaluated at that ε shows its evaluated ε "
-        "closest to it; an L2 attack shows the middle value of its own ε grid, since an L∞ radius has no meaning in L2. "
-        "Each column header gives the ε used.",
-    ]
-    notes.append(_cascade_note(res))
-    if res.get("lipschitz") is None:
-        notes.append("Lipschitz ratio: the lipschitz probe was not run for this study.")
-    else:
-        notes.append(
-            "Lipschitz D = ‖φ(x+δ) − φ(x)‖₂ / ‖δ‖∞ at the deepest measured layer before the logits (the penultimate "
-            "layer when the probe covers all layers), δ from PGD on the cross-entropy; lower means a more stable "
-            "representation.")
-    sig = res.get("significance")
-    if sig is not None and len(sig):
-        from ..significance import describe
-
-        notes.append("Paired tests (exact McNemar on per-example correctness for accuracies, sign-flip permutation test for the "
-                     "representation measures (penultimate-layer Lipschitz ratio, γ, gradient alignment, saliency metrics); "
-                     "Holm-corrected across the run's comparisons): " + " ".join(describe(sig)))
-    if res.get("soundness") is None:
-        notes.append("Soundness: the checks were not run (evaluation.soundness.enabled: false).")
-    else:
-        notes.append(f"Soundness: “{VERDICT_WARN}” when any check of that model warns (see Soundness below).")
-    return notes
-
-
-def _replicates_notes(res: Results) -> list[str]:
-    seeds = ", ".join(map(str, res.study.seeds))
-    return [
-        f"Every model was trained once per seed ({seeds}): the models of one seed share initial weights and data order, "
-        "and pairs (and their paired tests) stay within a seed. The data split and the evaluation and probe examples "
-        f"are those of the first seed ({res.study.seed}), the same for every replicate.",
-        "mean ± sd: the mean over the seeds and the sample standard deviation (n − 1) across them: how much the measure "
-        "moves when only the seed changes. The bracket after each seed's value is that model's 95% interval over test "
-        "examples (Wilson for accuracies, bootstrap otherwise): how much it would move on other examples. An sd much "
-        "smaller than the intervals says the examples, not the training seed, dominate the uncertainty. Table "
-        "replicates has every measure at every ε.",
-    ]
+def _summary_notes(res: Results, place: str = "summary") -> list[Any]:
+    """The notes the components register for ``place`` (:func:`workbench.views.notes`), in order."""
+    return [n for note in notes(place) for n in resolve(note.text)(res)]
 
 
 # --------------------------------------------------------------------------- figures
@@ -404,30 +248,6 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def load_saliency_arrays(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
-    """The saliency maps through ``workbench.probes.saliency.load_saliency`` (imported lazily:
-    it pulls in torch and captum), or None and the reason they are unavailable."""
-    if not (run_dir / "arrays" / "saliency.npz").is_file():
-        return None, "the saliency probe was not run (no arrays/saliency.npz)"
-    try:
-        from ..probes.saliency import load_saliency
-    except ImportError as e:
-        return None, f"workbench.probes.saliency.load_saliency is unavailable ({e})"
-    try:
-        return load_saliency(run_dir), ""
-    except Exception as e:  # noqa: BLE001 - a bad array file loses one figure, not the report
-        log.warning("saliency maps unreadable: %s", e)
-        return None, f"arrays/saliency.npz could not be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-
-
-def saliency_figure(tables: Mapping[str, pd.DataFrame], *, run_dir: Path, **_: Any) -> tuple[Any, str]:
-    """The saliency maps of a run (figure or None, why it is None): drawn from its arrays."""
-    arrays, why = load_saliency_arrays(run_dir)
-    if arrays is None:
-        return None, why
-    return F.saliency_grid(arrays, tables), "no maps in arrays/saliency.npz"
 
 
 def _draw_one(spec: FigureSpec, res: Results, main_eps: float) -> tuple[Any, str]:
@@ -556,80 +376,44 @@ def _meta_line(res: Results) -> str:
 # --------------------------------------------------------------------------- the page
 
 
-def _soundness_section(res: Results, entries: list[FigureEntry]) -> dict[str, Any] | None:
-    snd = res.get("soundness")
-    if snd is None:
+def _detail(res: Results, d: Any) -> dict[str, Any] | None:
+    """A registered table of a section (:class:`workbench.views.Detail`), or None when absent."""
+    df = res.get(d.table)
+    if df is None:
         return None
-    order = {m: i for i, m in enumerate(F.model_order(res.tables))}
-    snd = snd.assign(_o=snd["model"].map(lambda m: order.get(m, 99))).sort_values("_o", kind="stable").drop(columns="_o")
-    cols = [c for c in ["model", "check", "status", "value", "threshold", "p_value", "detail"] if c in snd.columns]
-    table = html_table(snd[cols], {"detail": "text", "check": "text"},
-                       row_cls=["warn" if s == "warn" else "" for s in snd["status"]], id="soundness-table")
-    return {"figures": [e for e in entries if e.section == "soundness"], "table": table}
+    if d.rows is not None:
+        df = resolve(d.rows)(res, df)
+        if df is None or not len(df):
+            return None
+    if d.columns is not None:
+        df = df[[c for c in d.columns if c in df.columns]]
+    row_cls = None
+    if d.row_class is not None:
+        col, classes = d.row_class[0], dict(d.row_class[1])
+        row_cls = [classes.get(str(v), "") for v in df[col]] if col in df.columns else None
+    formats = dict(d.formats)
+    if "*" in formats:  # one format for every column not named
+        formats = {**{str(c): formats["*"] for c in df.columns}, **formats}
+    return {"name": d.name, "summary": d.summary, "title": d.title, "open": d.open,
+            "notes": list(resolve(d.notes)(res)) if d.notes is not None else [],
+            "table": html_table(df, formats, row_cls=row_cls, id=d.id)}
 
 
-def _verdict_banner(res: Results) -> dict[str, str] | None:
-    snd = res.get("soundness")
-    if snd is None:
+def _section(res: Results, sec: ReportSection, entries: list[FigureEntry]) -> dict[str, Any] | None:
+    """One registered section of the page (:class:`workbench.views.ReportSection`), or None when left out."""
+    figs = [e for e in entries if e.section == sec.id]
+    present = any(res.get(t) is not None for t in sec.tables)
+    if sec.optional and not present and not figs:
         return None
-    warn = snd[snd["status"] == "warn"]
-    if warn.empty:
-        return {"cls": "ok", "text": "Every soundness check passes for every model."}
-    parts = [f"{m} ({', '.join(map(str, d['check']))})" for m, d in warn.groupby("model", sort=False)]
-    return {"cls": "warn", "text": "Robust accuracy may be overestimated for: " + "; ".join(parts) + "."}
-
-
-def _details(res: Results) -> list[dict[str, Any]]:
-    out = []
-    rob = res.get("robustness")
-    if rob is not None:
-        cols = ["model", "attack", "norm", "loss", "steps", "restarts", "eps", "n", "accuracy", "ci_low", "ci_high",
-                "adv_risk", "seconds"]
-        cols = [c for c in cols if c in rob.columns]
-        out.append({"summary": "All white-box numbers (robustness table; ci: 95% Wilson interval)",
-                    "table": html_table(rob[cols], {"accuracy": "num", "ci_low": "num", "ci_high": "num", "adv_risk": "num",
-                                                    "eps": "num", "seconds": "sec"})})
-    sig = res.get("significance")
-    if sig is not None and len(sig):
-        out.append({"summary": "Paired tests between the models of each pair (significance table; Holm-corrected)",
-                    "table": html_table(sig, {"eps": "num", "reference_value": "num", "model_value": "num",
-                                              "difference": "num", "ci_low": "num", "ci_high": "num",
-                                              "p_value": "num", "p_holm": "num"})})
-    tr = res.get("transfer")
-    if tr is not None:
-        cols = ["source", "target", "attack", "eps", "n", "accuracy", "adv_risk"]
-        out.append({"summary": "Transfer between the models of each pair (transfer table)",
-                    "table": html_table(tr[cols], {"accuracy": "num", "adv_risk": "num", "eps": "num"})})
-    return out
-
-
-def _encode_details(res: Results) -> list[dict[str, Any]]:
-    out = []
-    nums = {"value": "num", "ci_low": "num", "ci_high": "num"}
-    s = res.get("represent")
-    if s is not None and len(s):
-        out.append({"summary": "Measures per model with 95% intervals (represent table)", "table": html_table(s, nums)})
-    t = res.get("represent_tests")
-    if t is not None and len(t):
-        out.append({"summary": "Paired tests between the models of each pair on the same items (represent_tests; Holm-corrected)",
-                    "table": html_table(t, {**nums, "reference_value": "num", "model_value": "num", "difference": "num",
-                                            "p_value": "num", "p_holm": "num"})})
-    j = res.get("represent_judge")
-    if j is not None and len(j):
-        out.append({"summary": "The judge (represent_judge)", "table": html_table(j, {"train_accuracy": "num",
-                                                                                       "test_accuracy": "num"})})
-    return out
-
-
-def _encode_notes(res: Results) -> list[str]:
-    j = res.get("represent_judge")
-    notes = ["These measures are the workbench's own: the papers show the images (Engstrom et al. 2019, Santurkar "
-             "et al. 2019, Tsipras et al. 2019) and give no number to compare with (docs/methods.md)."]
-    if j is not None and len(j):
-        r = j.iloc[0]
-        notes.append(f"Judge: {r['judge']}, never attacked; {100 * float(r['test_accuracy']):.1f}% accurate on the "
-                     f"{int(r['test_examples'])} test images.")
-    return notes
+    texts = list(resolve(sec.notes)(res)) if sec.notes is not None else []
+    if sec.absent is not None and sec.tables and not present:
+        texts.append(sec.absent)
+    if sec.empty is not None and not figs:
+        texts.append(sec.empty)
+    tables = [t for t in (_detail(res, d) for d in details(sec.id)) if t is not None]
+    return {"id": sec.id, "title": sec.title, "nav": sec.nav or sec.title, "notes": texts, "figures": figs,
+            "text": sec.text if (present or not sec.tables) else None,
+            "tables": [t for t in tables if t["open"]], "details": [t for t in tables if not t["open"]]}
 
 
 def _study_yaml(res: Results) -> str:
@@ -716,44 +500,25 @@ def build_report(res: Results, *, out_dir: Path | None = None, published: Path |
         entries, skipped = cached_figures(res, out_dir, res.study.report.formats)
     else:
         entries, skipped = draw_figures(res, out_dir, res.study.report.formats)
-    verdict_cls = ["verdict-warn" if v == VERDICT_WARN else ("verdict-ok" if v == VERDICT_OK else "")
-                   for v in summary["soundness"]]
-    summary_html = html_table(summary, summary.attrs["formats"], cell_cls={"soundness": verdict_cls}, id="summary-table")
-    sections = []
-    for sid, title in SECTIONS:
-        figs = [e for e in entries if e.section == sid]
-        notes = []
-        if sid == "representations" and not figs:
-            notes.append("No representation probes were run for this study (its probes section enables none).")
-        if sid == "encode":
-            if res.get("represent") is None:
-                if not figs:
-                    continue  # neither the represent probe nor a derived-set model: no section
-            else:
-                notes += _encode_notes(res)
-        details = _details(res) if sid == "robustness" else (_encode_details(res) if sid == "encode" else [])
-        sections.append({"id": sid, "title": title, "figures": figs, "notes": notes, "details": details})
-    study_yaml = _study_yaml(res)
-    from ..replicates import replicate_summary
-
-    reps = replicate_summary(res.get("replicates"), res.study.main_eps())
+    cell_cls = {label: [classes.get(str(v), "") for v in summary[label]]
+                for label, classes in summary.attrs["classes"].items()}
+    summary_html = html_table(summary, summary.attrs["formats"], cell_cls=cell_cls, id="summary-table")
+    sections = [s for s in (_section(res, sec, entries) for sec in report_sections()) if s is not None]
     return render_page(
         "report.html.j2",
-        replicates=html_table(reps, {c: "text" for c in reps.columns}, id="replicates-table") if len(reps) else None,
-        replicates_notes=_replicates_notes(res) if len(reps) else [],
+        summary_tables=[t for t in (_detail(res, d) for d in details("summary")) if t is not None],
         study=res.study,
         run_name=res.path.name,
         meta_line=_meta_line(res),
         summary=summary_html,
         summary_notes=_summary_notes(res),
-        verdict_banner=_verdict_banner(res),
+        banners=[{"cls": cls, "text": text} for cls, text in _summary_notes(res, "banner")],
         sections=sections,
-        soundness=_soundness_section(res, entries),
         provenance=_provenance(res, published),
         models_table=_models_table(res),
         timings=_timings(res),
         versions=_versions(res),
-        study_yaml=study_yaml,
+        study_yaml=_study_yaml(res),
         skipped=skipped,
     )
 

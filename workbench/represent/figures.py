@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..report.figures import model_order, new_figure, palette, theme
+from ..present import model_order, new_figure, palette, theme
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -188,3 +188,17 @@ def derived_samples(arrays: Arrays, tables: Mapping[str, pd.DataFrame], **_: Any
     for i, (j, _) in enumerate(ms):  # labels differ between models: each derived row says its own
         labels[2 * i] += ": " + " ".join(str(int(c)) for c in arrays[f"label.{j}"])
     return mosaic(rows, labels)
+
+
+def encode_notes(res: Any) -> list[str]:
+    """The notes of the report's "What the representations encode" section (none without the represent table)."""
+    if res.get("represent") is None:
+        return []
+    j = res.get("represent_judge")
+    notes = ["These measures are the workbench's own: the papers show the images (Engstrom et al. 2019, Santurkar "
+             "et al. 2019, Tsipras et al. 2019) and give no number to compare with (docs/methods.md)."]
+    if j is not None and len(j):
+        r = j.iloc[0]
+        notes.append(f"Judge: {r['judge']}, never attacked; {100 * float(r['test_accuracy']):.1f}% accurate on the "
+                     f"{int(r['test_examples'])} test images.")
+    return notes
