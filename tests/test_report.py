@@ -424,6 +424,24 @@ def test_every_figure_draws_from_its_tables_and_skips_without_them(spec):
     assert resolve(spec.draw)(empty, main_eps=0.2) is None
 
 
+def test_derived_samples_label_each_original_on_its_tile_and_rule_between_models():
+    """An original's own label (D_det, D_rand) sits on its tile, not in a row label listing
+    them all (unreadable: it cannot be matched to a column); models are ruled apart."""
+    from workbench.represent.figures import derived_samples
+
+    arrays = synthetic_training_samples(classes=10)  # model j: original labels shifted by j
+    fig = derived_samples(arrays, synthetic_tables())
+    (ax,) = fig.axes
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(rows) == 2 * len(MODELS) and max(len(r) for r in rows) <= 40, rows
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(c) for c in np.repeat(np.arange(10), 2)]
+    # model 0's originals keep their label: no notes; every other model's: one per tile, its own label
+    notes = [t.get_text() for t in ax.texts]
+    expected = [str(int(c)) for j in range(1, len(MODELS)) for c in arrays[f"original_label.{j}"]]
+    assert notes == expected
+    assert len(ax.lines) == len(MODELS) - 1  # a rule between consecutive models
+
+
 def test_saliency_grid_has_a_column_per_method_and_model():
     sal = synthetic_saliency()
     fig = F.saliency_grid(sal, synthetic_tables())

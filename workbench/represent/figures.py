@@ -24,8 +24,11 @@ def _rgb(img: np.ndarray) -> np.ndarray:
 
 
 def mosaic(rows: Sequence[Sequence[np.ndarray | None]], row_labels: Sequence[str], col_labels: Sequence[str] | None = None,
-           *, tile: float = 0.9, title: str | None = None):
-    """A grid of images (C, H, W) in [0, 1] (None: an empty cell) in one axes."""
+           *, tile: float = 0.9, title: str | None = None, notes: Sequence[Sequence[str] | None] | None = None,
+           groups: int | None = None):
+    """A grid of images (C, H, W) in [0, 1] (None: an empty cell) in one axes. ``notes``:
+    per row, a short text drawn in each tile's top-left corner (None: none); ``groups``: a
+    rule under every ``groups`` rows (rows that belong together, e.g. one model's)."""
     first = next(im for r in rows for im in r if im is not None)
     h, w = first.shape[-2:]
     pad = max(1, h // 8)
@@ -52,6 +55,13 @@ def mosaic(rows: Sequence[Sequence[np.ndarray | None]], row_labels: Sequence[str
             side.set_visible(False)
         if title:
             ax.set_title(title, fontsize="small")
+        for i, r in enumerate(notes or ()):
+            for j, text in enumerate(r or ()):
+                if text:
+                    ax.text(j * (w + pad) - 0.5, i * (h + pad) - 0.5, text, fontsize="xx-small", va="top", ha="left",
+                            color="black", bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85})
+        for g in range(groups or nr, nr, groups or nr):
+            ax.axhline(g * (h + pad) - (pad + 1) / 2, color="0.35", linewidth=0.8)
     return fig
 
 
@@ -172,22 +182,26 @@ def measures(tables: Mapping[str, pd.DataFrame], **_: Any):
 
 def derived_samples(arrays: Arrays, tables: Mapping[str, pd.DataFrame], **_: Any):
     """``arrays/training_samples.npz``: per model trained on a derived set, its sampled
-    derived images above the training images they were built from."""
+    derived images above the training images they were built from; an original whose own
+    label differs from the one trained on (D_det, D_rand) carries it in its corner."""
     ms = [(j, m) for j, m in _models(arrays, tables) if f"x.{j}" in arrays and len(arrays[f"x.{j}"])]
     if not ms:
         return None
-    rows, labels = [], []
+    rows, labels, notes = [], [], []
     for j, m in ms:
-        same = np.array_equal(arrays[f"original_label.{j}"], arrays[f"label.{j}"])
-        orig = "same labels" if same else " ".join(str(int(c)) for c in arrays[f"original_label.{j}"])
+        lab, orig = arrays[f"label.{j}"], arrays[f"original_label.{j}"]
+        same = np.array_equal(orig, lab)
         rows += [list(arrays[f"x.{j}"]), list(arrays[f"original.{j}"])]
-        labels += [f"{m}: derived", f"{m}: original: {orig}" if len(orig) <= 40 else f"{m}: original"]
+        labels += [f"{m}\nderived", "original (same label)" if same else "original (own label in the corner)"]
+        notes += [None, None if same else [str(int(c)) for c in orig]]
     first = arrays[f"label.{ms[0][0]}"]
     if all(np.array_equal(arrays[f"label.{j}"], first) for j, _ in ms):
-        return mosaic(rows, labels, [str(int(c)) for c in first])
-    for i, (j, _) in enumerate(ms):  # labels differ between models: each derived row says its own
-        labels[2 * i] += ": " + " ".join(str(int(c)) for c in arrays[f"label.{j}"])
-    return mosaic(rows, labels)
+        cols, title = [str(int(c)) for c in first], "column: the label trained on (D_det / D_rand: the target class)"
+    else:  # labels differ between models: each derived tile carries its own
+        cols, title = None, "corner of a derived image: the label trained on"
+        for i, (j, _) in enumerate(ms):
+            notes[2 * i] = [str(int(c)) for c in arrays[f"label.{j}"]]
+    return mosaic(rows, labels, cols, title=title, notes=notes, groups=2)
 
 
 def encode_notes(res: Any) -> list[str]:

@@ -180,8 +180,9 @@ register_figure(FigureSpec(
     "derived_samples",
     "Samples of the derived training sets",
     "Per model trained on a derived set (Ilyas et al. 2019), seeded examples of its training set, two per label: "
-        "the derived image (row 'derived') above the training image it was built from (row 'original', its own "
-        "labels after the colon); a column's label is the one trained on (for D_det / D_rand the target class). "
+        "the derived image (row 'derived') above the training image it was built from (row 'original'; its own "
+        "label in the corner where it differs); a column's label is the one trained on (for D_det / D_rand the target "
+        "class). "
         "D_R images are expected to look like their label; D_det and D_rand images look like their original.",
     "encode",
     "workbench.represent.figures:derived_samples",
