@@ -13,6 +13,7 @@ import torch
 from pydantic import BaseModel
 
 from workbench.errors import StudyError
+from workbench.evaluation.soundness import SoundnessConfig
 from workbench.facts import RunFacts
 from workbench.runner import load_study_data, model_jobs, run_study
 from workbench.stages import FACTS, SECTIONS, STAGES, StageContext, UndeclaredFact, plan, stage_keys
@@ -45,6 +46,8 @@ FACT_FIELDS: dict[tuple[str, ...], set[str]] = {
     ("evaluation", "examples"): {"eval_examples"},
     ("probes", "examples"): {"probe_examples"},
     ("probes", "batch_size"): {"probe_batch_size"},
+    # the soundness settings are also a fact, for the corruptions probe's check after the probes (a table step)
+    **{("evaluation", "soundness", f): {"soundness"} for f in SoundnessConfig.model_fields},
 }
 
 

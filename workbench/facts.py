@@ -41,6 +41,7 @@ class RunFacts:
             "probe_examples": (self._probe_examples, lambda v: index_digest(v.index)),
             "probe_batch_size": (lambda: int(study.probes.batch_size), lambda v: v),
             "packages": (self._packages, lambda v: v),
+            "soundness": (self._soundness, lambda v: v.model_dump(mode="json") if v is not None else None),
         }
         assert set(self._makers) == set(FACTS), "every fact is made here"
         self._keys: dict[str, Any] = {}
@@ -89,6 +90,10 @@ class RunFacts:
 
         x, y, idx = probe_examples(self.data, self.study.probes.examples, int(self.study.seed))
         return Examples(idx, x, y)
+
+    def _soundness(self) -> Any:
+        cfg = getattr(self.study.evaluation, "soundness", None)
+        return cfg if cfg is not None and cfg.enabled else None
 
     def _packages(self) -> dict[str, str | None]:
         from .attacks.autoattack import package_version

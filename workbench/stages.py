@@ -64,6 +64,8 @@ FACTS: dict[str, str] = {
     "probe_batch_size": "batch size of the probes, probes.batch_size [the value]",
     "packages": "the installed versions of third-party packages whose own code crafts results: pyautoattack "
     "[name -> version, null when missing: installing one must not leave a result made without it cached]",
+    "soundness": "the soundness checks' settings, evaluation.soundness (None when they are off), for a check that "
+    "runs after the probes (a table step) [its fields]",
 }
 
 
@@ -99,6 +101,7 @@ class StageContext:
     probe_examples: Examples
     probe_batch_size: int
     packages: dict[str, str | None]
+    soundness: Any  # a workbench.evaluation.soundness.SoundnessConfig, or None
 
     def __init__(self, facts: Mapping[str, Any] | None = None, needs: Mapping[str, Upstream] | None = None, *,
                  progress: Progress = QUIET, stage: str = "?"):

@@ -37,6 +37,11 @@ from scipy import ndimage
 from ..types import Tensor
 
 SEVERITIES = (1, 2, 3, 4, 5)
+#: corruptions whose CIFAR-10-C parameters trade one effect against another, so that a higher
+#: severity is not a stronger corruption (glass blur's σ falls from severity 3 to 4 while its
+#: swaps double; elastic's displacement field gets smoother; frost's mixing weights): the
+#: soundness check ``monotonic_severity`` leaves them out
+NOT_MONOTONE = ("glass_blur", "elastic_transform", "frost")
 
 Corruption = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 #: name -> fn(image HWC float64 in [0, 1], severity 1…5, generator) -> image HWC in [0, 1]

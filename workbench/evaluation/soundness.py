@@ -56,6 +56,12 @@ check                     rule  value (threshold)
 ``nondeterministic``      max   max |z₁ − z₂| / max |z₁| between two eval-mode passes (1e-4)
 ``margin_vs_ce``          min   accuracy under logit-margin (C&W) PGD with the reference's settings,
                                 every setting (reference CE accuracy − tol)
+``monotonic_severity``    max   largest rise of accuracy from a lower to a higher severity of one common
+                                corruption, clean as severity 0 (tol); p one-sided exact (McNemar)
+                                on the same examples, Bonferroni-adjusted for the corruptions
+                                (glass blur, elastic, frost left out: severity is no order of
+                                strength there). Only with the corruptions probe: a table step
+                                after the probes adds it (:mod:`workbench.probes.corruptions`)
 ========================  ====  =================================================================
 
 Transfer is compared with the *strongest* white-box attack, noise with *each* one: noise is
@@ -199,6 +205,9 @@ CHECKS: dict[str, Check] = {
         Check("probability_outputs", "max", "share of output rows that are probability vectors (≥ 0, sum 1) rather than logits"),
         Check("nondeterministic", "max", "max |z₁ − z₂| / max |z₁| over two eval-mode forward passes on the same inputs"),
         Check("margin_vs_ce", "min", "accuracy under logit-margin (C&W) PGD at every norm and ε of its reference; must not fall below CE-PGD accuracy"),
+        # run after the probes by the corruptions probe's table step (workbench/probes/corruptions.py)
+        Check("monotonic_severity", "max", "largest rise of accuracy from a lower to a higher corruption severity (clean is severity 0), "
+              "with a one-sided exact paired test"),
     )
 }
 

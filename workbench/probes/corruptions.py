@@ -10,6 +10,7 @@ CE_c = Σ_s err_{s,c} / Σ_s err^{base}_{s,c}, relative CE_c = Σ_s (err_{s,c} �
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -20,10 +21,14 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import Strict
 from ..errors import WorkbenchError
-from ..evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupt, frost_available
+from ..evaluation.corruptions import CORRUPTIONS, NOT_MONOTONE, SEVERITIES, corrupt, frost_available
 from ..evaluation.robustness import accuracy_interval, score
+from ..evaluation.soundness import SoundnessConfig, tolerance
+from ..evaluation.soundness import _row as soundness_row
 from ..registry import TableSchema
 from ..views import Measure, register_measure
+from ..stages import TableStep, register_table_step
+from ..stats import binomial_excess, discordant
 from .base import PROBES, ProbeContext
 
 CorruptionName = Literal[
@@ -89,7 +94,12 @@ TABLES_CORRUPTIONS: dict[str, TableSchema] = {
             "ce": "CE = Σ_s err / Σ_s err of the baseline (mean: mCE, over the corruptions where it is defined)",
             "relative_ce": "Σ_s (err − clean err) / Σ_s of the same for the baseline, NaN where the baseline's is ≤ 0 "
             "(mean: relative mCE over the corruptions where it is defined)",
-            "max_rise": "largest rise of accuracy from a lower to a higher severity (should be ≤ 0 up to noise)",
+            "max_rise": "largest rise of accuracy from a lower to a higher severity, clean counting as severity 0 "
+            "(negative when accuracy falls at every step; should be ≤ 0 up to noise; mean: the largest over the "
+            "corruptions)",
+            "rise_p": "one-sided exact (McNemar) p-value of that rise on the same examples: is the accuracy at the "
+            "higher severity larger than chance allows? (1 without a rise; empty for `mean`; the soundness check "
+            "`monotonic_severity` reads it)",
         },
     ),
 }
@@ -145,6 +155,40 @@ def _row(mid, name, severity, c: torch.Tensor, dist: float) -> dict:
             "error": 1 - k / n if n else float("nan"), "distance": dist}
 
 
+def largest_rise(acc: Sequence[float]) -> tuple[float, int, int]:
+    """(rise, i, j): the largest ``acc[j] − acc[i]`` over i < j (accuracies in severity order),
+    the earliest such pair; negative when accuracy falls at every step, (0, 0, 0) for fewer
+    than two accuracies."""
+    best, low = None, 0
+    for j in range(1, len(acc)):
+        if best is None or acc[j] - acc[low] > best[0]:
+            best = (float(acc[j] - acc[low]), low, j)
+        if acc[j] < acc[low]:
+            low = j
+    return best if best is not None else (0.0, 0, 0)
+
+
+def rise_test(lower: np.ndarray, higher: np.ndarray) -> tuple[int, int, float]:
+    """(b, c, p) on the same examples: b correct at the higher severity only, c at the lower
+    only, p the one-sided exact binomial (McNemar) p-value P(X ≥ b), X ~ Bin(b + c, ½): under
+    "accuracy does not rise" each discordant example goes either way at most with ½."""
+    b, c = discordant(higher, lower)
+    return b, c, binomial_excess(b, b + c, 0.5)
+
+
+def severity_rise(d: pd.DataFrame, clean: float, correct: dict, mid: str, name: str) -> dict:
+    """The largest rise of accuracy with severity of one model and corruption (rows ``d`` of the
+    ``corruptions`` table), clean as severity 0: rise, the two severities, their accuracies,
+    the discordant counts and the one-sided p-value."""
+    d = d.sort_values("severity")
+    sev = [0] + [int(s) for s in d["severity"]]
+    acc = [clean] + [float(a) for a in d["accuracy"]]
+    rise, i, j = largest_rise(acc)
+    b, c, p = rise_test(correct[(mid, name if sev[i] else "clean", sev[i])], correct[(mid, name, sev[j])]) if rise > 0 \
+        else (0, 0, 1.0)
+    return {"rise": rise, "from": sev[i], "to": sev[j], "acc_from": acc[i], "acc_to": acc[j], "b": b, "c": c, "p": p}
+
+
 def corruption_errors(table: pd.DataFrame, correct: dict, baseline: str) -> pd.DataFrame:
     """The ``corruption_errors`` table from the ``corruptions`` table (see the module doc)."""
     rows = []
@@ -161,16 +205,16 @@ def corruption_errors(table: pd.DataFrame, correct: dict, baseline: str) -> pd.D
             rce = float((d["error"] - clean_err[mid]).sum()) / rel_b if rel_b > 0 else float("nan")
             ex = np.mean([correct[(mid, name, int(s))] for s in d["severity"]], axis=0)
             per_example.append(ex)
-            acc = d.sort_values("severity")["accuracy"].to_numpy()
-            rise = max((acc[j] - acc[:j].min() for j in range(1, len(acc))), default=0.0)
+            r = severity_rise(d, 1.0 - float(clean_err[mid]), correct, mid, name)
             rows.append({"model": mid, "baseline": baseline, "corruption": name, "accuracy": float(ex.mean()),
-                         **_normal_interval(ex), "ce": ce, "relative_ce": rce, "max_rise": float(rise)})
+                         **_normal_interval(ex), "ce": ce, "relative_ce": rce, "max_rise": r["rise"], "rise_p": r["p"]})
             ces.append(ce)
             rces.append(rce)
         ex = np.mean(per_example, axis=0)
+        mine = [r for r in rows if r["model"] == mid]
         rows.append({"model": mid, "baseline": baseline, "corruption": "mean", "accuracy": float(ex.mean()),
                      **_normal_interval(ex), "ce": _mean_defined(ces), "relative_ce": _mean_defined(rces),
-                     "max_rise": float(max(r["max_rise"] for r in rows if r["model"] == mid))})
+                     "max_rise": float(max(r["max_rise"] for r in mine)), "rise_p": float("nan")})
     return pd.DataFrame(rows, columns=list(TABLES_CORRUPTIONS["corruption_errors"][1]))
 
 
@@ -211,3 +255,81 @@ def run_corruptions(ctx: ProbeContext) -> dict[str, pd.DataFrame]:
 # a threat model of workbench compare: each model's mean accuracy under the corruptions
 register_measure(Measure("corruptions", "common corruptions (mean accuracy)", "workbench.probes.views:corruption_accuracy",
                          threat=True, format="pct", order=20))
+
+
+# --------------------------------------------------------------------------- the soundness check
+# "accuracy non-increasing in severity" is a soundness check (a row of the soundness table and
+# of each model's verdict) that runs after the probes, as a table step: the soundness stage runs
+# before them, and this check reads only the tables written here.
+
+
+def severity_check_rows(corruptions: pd.DataFrame, errors: pd.DataFrame, cfg: SoundnessConfig) -> list[dict]:
+    """One ``monotonic_severity`` row per model: over the corruptions whose strength grows with
+    severity (all but :data:`~workbench.evaluation.corruptions.NOT_MONOTONE`), the largest rise
+    of accuracy with severity (clean as severity 0) with its one-sided exact paired p-value from
+    ``errors`` (``rise_p``), Bonferroni-adjusted for the k corruptions. It warns when a rise is
+    past the tolerance (``max(soundness.tolerance, 1/n)``) and its adjusted p is below
+    ``soundness.level``; the row is the corruption that warns with the smallest p, else the
+    largest rise."""
+    rows = []
+    for mid, dm in corruptions.groupby("model", sort=False):
+        clean = dm[dm["corruption"] == "clean"]
+        if clean.empty:
+            continue
+        n = int(clean["n"].iloc[0])
+        tol = tolerance(cfg, n)
+        errs = errors[(errors["model"] == mid) & (errors["corruption"] != "mean")].set_index("corruption")
+        names = [c for c in dict.fromkeys(dm["corruption"]) if c != "clean" and c not in NOT_MONOTONE]
+        left = sorted(set(dm["corruption"]) & set(NOT_MONOTONE))
+        out = f" ({', '.join(left)} left out: severity is no order of strength there)" if left else ""
+        k = len(names)
+        cands = []
+        for name in names:
+            d = dm[dm["corruption"] == name].sort_values("severity")
+            sev = [0] + [int(s) for s in d["severity"]]
+            acc = [float(clean["accuracy"].iloc[0])] + [float(a) for a in d["accuracy"]]
+            rise, i, j = largest_rise(acc)
+            p = min(1.0, k * float(errs.loc[name, "rise_p"])) if name in errs.index else None
+            detail = (f"{name}: accuracy rises from {100 * acc[i]:.1f}% at severity {sev[i]} to {100 * acc[j]:.1f}% at "
+                      f"severity {sev[j]} (+{100 * rise:.1f} points, n={n}; tolerance {100 * tol:.1f} points). Worst of "
+                      f"{k} corruptions{out}; p Bonferroni-adjusted ×{k}.")
+            cands.append(soundness_row(mid, "monotonic_severity", rise, tol, detail, p=p, level=cfg.level))
+        if not cands:
+            continue
+        warned = [r for r in cands if r["status"] == "warn"]
+        row = min(warned, key=lambda r: r["p_value"]) if warned else max(cands, key=lambda r: r["value"])
+        if row["value"] <= 0:
+            row = soundness_row(mid, "monotonic_severity", 0.0, tol,
+                                f"accuracy never rises with severity for any of the {k} corruptions{out} (n={n}; "
+                                f"clean as severity 0; tolerance {100 * tol:.1f} points).", level=cfg.level)
+        rows.append(row)
+    return rows
+
+
+class SeverityCheck(TableStep):
+    """Adds the ``monotonic_severity`` row of each model to the ``soundness`` table when the
+    soundness checks and the corruptions probe both ran (docs/methods.md, soundness)."""
+
+    name = "monotonic_severity"
+    facts = ("soundness",)
+    order = 5.0  # after the worst case, before the paired tests (neither reads the soundness table)
+
+    def run(self, tables, ctx):
+        snd, cor, err = tables.get("soundness"), tables.get("corruptions"), tables.get("corruption_errors")
+        if ctx.soundness is None or snd is None or cor is None or err is None or not len(cor):
+            return {}
+        rows = severity_check_rows(cor, err, ctx.soundness)
+        if not rows:
+            return {}
+        # each model's row after its other checks
+        parts = [snd[snd["model"] == m] for m in dict.fromkeys(snd["model"])]
+        extra = pd.DataFrame(rows, columns=list(snd.columns))
+        out = []
+        for p in parts:
+            m = p["model"].iloc[0]
+            out += [p, extra[extra["model"] == m]]
+        out.append(extra[~extra["model"].isin(snd["model"])])
+        return {"soundness": pd.concat([d for d in out if len(d)], ignore_index=True)}
+
+
+register_table_step(SeverityCheck())
