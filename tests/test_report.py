@@ -344,10 +344,10 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
                                                 ci_low=acc - 0.05, ci_high=acc + 0.05, error=1 - acc, distance=0.5 * s))
             rows["corruption_errors"].append(dict(model=m, baseline=models[0], corruption=name, accuracy=0.6 - 0.05 * i,
                                                   ci_low=0.55, ci_high=0.65, ce=1 + 0.1 * i, relative_ce=1 + 0.2 * i,
-                                                  max_rise=-0.4))
+                                                  max_rise=-0.4, rise_p=1.0))
         rows["corruption_errors"].append(dict(model=m, baseline=models[0], corruption="mean", accuracy=0.6 - 0.05 * i,
                                               ci_low=0.55, ci_high=0.65, ce=1 + 0.1 * i, relative_ce=1 + 0.2 * i,
-                                              max_rise=-0.4))
+                                              max_rise=-0.4, rise_p=np.nan))
         for li, layer in enumerate(("conv1", "fc1")):  # representations under two threat models
             for threat, budget in (("linf", 0.2), ("spatial", 1.0)):
                 for kind, change in (("threat", 0.6 - 0.2 * i), ("random", 0.3)):
