@@ -26,9 +26,9 @@ from ..evaluation.robustness import accuracy_interval, score
 from ..evaluation.soundness import SoundnessConfig, tolerance
 from ..evaluation.soundness import _row as soundness_row
 from ..registry import TableSchema
-from ..views import Measure, register_measure
 from ..stages import TableStep, register_table_step
 from ..stats import binomial_excess, discordant
+from ..views import Measure, register_measure
 from .base import PROBES, ProbeContext
 
 CorruptionName = Literal[
