@@ -5,8 +5,8 @@ Tables (tidy, one row per setting):
 - ``robustness``: model × attack × ε → accuracy and adversarial risk (mean cross-entropy at
   the adversarial input: the mean over examples of the worst case the attack found);
   clean accuracy is the row ``attack == "clean"``, ``eps == 0``.
-- ``per_example``: model × attack × ε × example → correct, loss (for soundness checks such
-  as "PGD-correct ⊆ FGSM-correct").
+- ``per_example``: model × attack × ε × example → label, prediction, correct, loss (for the
+  soundness checks such as "PGD-correct ⊆ FGSM-correct", per-class accuracy and confusion).
 - ``transfer``: examples crafted on ``source``, scored on ``target`` (the other model of
   the pair), both directions.
 """
@@ -143,6 +143,10 @@ TABLES_EVALUATION: dict[str, TableSchema] = {
             "norm": "`linf`, `l2` or `none`",
             "eps": "ε",
             "index": "position of the example in the test split",
+            "label": "true class (index into the data set's classes)",
+            "prediction": "predicted class at the (adversarial) input: the clean prediction on `clean` rows; on "
+            "`worst_case` rows the prediction of the first attack that broke the example (the label when none did; "
+            "-1 when only an attack that records no prediction broke it)",
             "correct": "classified correctly",
             "loss": "cross-entropy at the (adversarial) input",
         },
@@ -185,17 +189,25 @@ def evaluation_subset(n_total: int, examples: int | None, seed: int) -> torch.Te
 
 
 @torch.no_grad()
-def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example (correct, cross-entropy) in eval mode and float32."""
-    correct, losses = [], []
+def predict_score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example (correct, cross-entropy, predicted class) in eval mode and float32."""
+    preds, losses = [], []
     with eval_mode(model):
         for i in range(0, len(y), batch_size):
             logits = model(x[i : i + batch_size]).float()
-            correct.append(logits.argmax(1) == y[i : i + batch_size])
+            preds.append(logits.argmax(1))
             losses.append(F.cross_entropy(logits, y[i : i + batch_size], reduction="none"))
-    if not correct:
-        return torch.zeros(0, dtype=torch.bool), torch.zeros(0)
-    return torch.cat(correct), torch.cat(losses)
+    if not preds:
+        return torch.zeros(0, dtype=torch.bool), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    pred = torch.cat(preds)
+    return pred == y.to(pred.device), torch.cat(losses), pred
+
+
+def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example (correct, cross-entropy) in eval mode and float32."""
+    correct, loss, _ = predict_score(model, x, y, batch_size)
+    return correct, loss
 
 
 def attack_batched(
@@ -289,7 +301,9 @@ def evaluate(
                 targets.setdefault(source, []).append(target)
     transfer: dict[tuple[str, str, str, float], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def keep(mid, attack, eps, correct, loss):
+    labels = y.cpu().numpy()
+
+    def keep(mid, attack, eps, correct, loss, pred):
         per_example.append(
             pd.DataFrame(
                 {
@@ -298,6 +312,8 @@ def evaluate(
                     "norm": attack.norm if attack is not None else "none",
                     "eps": float(eps),
                     "index": index.cpu().numpy(),
+                    "label": labels,
+                    "prediction": pred.cpu().numpy(),
                     "correct": correct.cpu().numpy(),
                     "loss": loss.cpu().numpy(),
                 }
@@ -308,9 +324,9 @@ def evaluate(
         for mid, model in models.items():
             crafter = compile_for_attacks(model) if cfg.compile else model  # scoring stays eager
             t0 = time.perf_counter()
-            correct, loss = score(model, x, y, bs)
+            correct, loss, pred = predict_score(model, x, y, bs)
             rows.append(_row(mid, None, 0.0, correct, loss, time.perf_counter() - t0))
-            keep(mid, None, 0.0, correct, loss)
+            keep(mid, None, 0.0, correct, loss, pred)
             fn_targets = targets.get(mid, [])
             for attack in cfg.attacks:
                 fn = ATTACKS.get(attack.name)
@@ -326,7 +342,7 @@ def evaluate(
                         # the order of the settings nor the rank that crafts the batch
                         with seeded_rng(batch_seed(seed, mid, attack.id, eps, b), x.device):
                             adv = fn(crafter, xb, yb, eps, precision=cfg.precision, **attack.options())
-                        scored = [t_.cpu() for t_ in score(model, adv, yb, bs)]
+                        scored = [t_.cpu() for t_ in predict_score(model, adv, yb, bs)]
                         for t in fn_targets:
                             scored.extend(t_.cpu() for t_ in score(models[t], adv, yb, bs))
                         if keep_adversarial:
@@ -337,12 +353,12 @@ def evaluate(
                     got = distributed.run_sharded(n_batches, crafted, f"the evaluation of {mid} ({attack.id}, ε={eps:g})")
                     if x.is_cuda:
                         torch.cuda.synchronize()
-                    cols = [torch.cat([g[k] for g in got]) if got else torch.zeros(0) for k in range(2 + 2 * len(fn_targets))]
-                    correct, loss = cols[0], cols[1]
+                    cols = [torch.cat([g[k] for g in got]) if got else torch.zeros(0) for k in range(3 + 2 * len(fn_targets))]
+                    correct, loss, pred = cols[0], cols[1], cols[2].long()
                     for k, t in enumerate(fn_targets):
-                        transfer[(mid, t, attack.id, eps)] = (cols[2 + 2 * k], cols[3 + 2 * k])
+                        transfer[(mid, t, attack.id, eps)] = (cols[3 + 2 * k], cols[4 + 2 * k])
                     rows.append(_row(mid, attack, eps, correct, loss, time.perf_counter() - t0))
-                    keep(mid, attack, eps, correct, loss)
+                    keep(mid, attack, eps, correct, loss, pred)
                     if keep_adversarial:
                         adversarial[(mid, attack.id, eps)] = torch.cat(advs) if advs else x[:0]
 

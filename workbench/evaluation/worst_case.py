@@ -33,6 +33,8 @@ import time
 import numpy as np
 import pandas as pd
 import torch
+from typing import Literal
+
 from pydantic import Field
 
 from ..config import Strict
@@ -61,6 +63,11 @@ class WorstCaseConfig(Strict):
     targets: int | None = Field(
         None, ge=1, description="APGD-T's target classes, the most likely other ones (null: AutoAttack's 9, fewer "
         "when the data has fewer classes); each costs 100 iterations on every example still robust",
+    )
+    eps: Literal["all", "main"] = Field(
+        "all", description="where the cascade runs: `all` (every norm and ε evaluated) or `main` (the main ε at L∞ "
+        "only, for a quick study: elsewhere the worst case then holds the evaluation's and the checks' attacks, and "
+        "worst_case_cascade says `not the main ε`)",
     )
 
 
@@ -96,6 +103,7 @@ TABLES_WORST_CASE: dict[str, TableSchema] = {
 MISSING = "pyautoattack missing"
 NO_NORM = "norm not in AutoAttack"
 FEW_CLASSES = "fewer than 4 classes"
+NOT_MAIN = "not the main ε"
 
 
 def _key(eps: float) -> float:
@@ -125,6 +133,7 @@ def worst_case(
         pos = pd.Index(index)
         base_ok = clean["correct"].to_numpy(dtype=bool)
         base_loss = clean["loss"].to_numpy(dtype=float)
+        labelled = "label" in clean.columns and "prediction" in clean.columns
         settings: dict[tuple[str, float], list[pd.DataFrame]] = {}
         for (attack, eps), d in dm[dm["attack"] != "clean"].groupby(["attack", "eps"], sort=False):
             norm = norms.get((mid, attack))
@@ -145,6 +154,10 @@ def worst_case(
                 np.logical_and.at(ok, at, d["correct"].to_numpy(dtype=bool))
                 np.maximum.at(loss, at, d["loss"].to_numpy(dtype=float))
             n = len(ok)
+            labels = {}
+            if labelled:
+                labels = {"label": clean["label"].to_numpy(dtype=np.int64),
+                          "prediction": _worst_prediction(clean, parts, pos, ok)}
             rows.append({
                 "model": mid, "attack": WORST, "method": WORST, "norm": norm, "loss": "any", "steps": 0,
                 "restarts": 0, "eps": float(eps), "n": n, "accuracy": float(ok.mean()) if n else float("nan"),
@@ -152,10 +165,31 @@ def worst_case(
                 "seconds": 0.0,
             })
             pe_rows.append(pd.DataFrame({"model": mid, "attack": WORST, "norm": norm, "eps": float(eps),
-                                         "index": index, "correct": ok, "loss": loss}))
+                                         "index": index, **labels, "correct": ok, "loss": loss}))
     rob_out = pd.DataFrame(rows, columns=list(robustness.columns)) if rows else robustness.iloc[0:0].copy()
     pe_out = pd.concat(pe_rows, ignore_index=True) if pe_rows else per_example.iloc[0:0].copy()
     return rob_out, pe_out
+
+
+def _worst_prediction(clean: pd.DataFrame, parts: list[pd.DataFrame], pos: pd.Index, ok: np.ndarray) -> np.ndarray:
+    """Per example, the prediction that goes with the worst case: the clean prediction when
+    the clean input is misclassified, else that of the first attack (in the order of
+    ``parts``) that broke it, the label when none did, and -1 when only attacks that record
+    no prediction broke it."""
+    pred = clean["prediction"].to_numpy(dtype=np.int64).copy()
+    done = ~clean["correct"].to_numpy(dtype=bool)
+    for d in parts:
+        if "prediction" not in d.columns:
+            continue
+        d = d[~d["correct"].to_numpy(dtype=bool) & d["prediction"].notna().to_numpy()]
+        at = pos.get_indexer(d["index"].to_numpy())
+        first = ~done[at]
+        # the first broken row of an example within this part wins too
+        at_first, keep = np.unique(at[first], return_index=True)
+        pred[at_first] = d["prediction"].to_numpy()[first][keep].astype(np.int64)
+        done[at_first] = True
+    pred[~ok & ~done] = -1
+    return pred
 
 
 def with_worst_case(
@@ -222,12 +256,14 @@ def apgd_cascade(
     seed: int = 0,
     targets: int | None = None,
     progress=None,
+    main_eps: float | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(worst_case_cascade, worst_case_per_example): APGD-CE, then APGD-T, on each model's
     examples every evaluation attack left robust, at every norm and ε it was attacked at.
     ``x``, ``y`` are the evaluated examples in the evaluation's order. Batches of
     ``batch_size`` are seeded by (seed, model, norm, ε, attack, batch) and shared out under
-    torchrun like the evaluation's. ``targets``: APGD-T's target classes (None: AutoAttack's)."""
+    torchrun like the evaluation's. ``targets``: APGD-T's target classes (None: AutoAttack's).
+    ``main_eps``: run only at (L∞, ``main_eps``); other settings get a ``not the main ε`` row."""
     from ..attacks import autoattack as aa
 
     rows, outcomes = [], []
@@ -240,6 +276,8 @@ def apgd_cascade(
             for (norm, eps), (index, at) in settings[mid].items():
                 for attack in CASCADE:
                     status = "ran" if have and norm in aa.AA_NORMS else (MISSING if not have else NO_NORM)
+                    if main_eps is not None and (norm != "linf" or _key(eps) != _key(main_eps)):
+                        status = NOT_MAIN
                     if status == "ran" and attack == "apgd-t" and n_targets < 3:
                         status = FEW_CLASSES  # the targeted DLR loss reads the 4 largest logits
                     row = {"model": mid, "norm": norm, "eps": float(eps), "attack": attack,
@@ -312,10 +350,14 @@ class WorstCaseStage(Stage):
     # data: whether the examples are streamed (they are decoded here); packages: pyautoattack's
     # version, whose code crafts the examples (a cached "pyautoattack missing" must not outlive
     # an install)
-    facts = ("models", "data", "seed", "eval_examples", "packages")
+    facts = ("models", "data", "seed", "eval_examples", "packages", "main_eps")
     needs = ("evaluate",)
     order = 0.5
     tables = TABLES_WORST_CASE
+
+    def reads(self, cfg: WorstCaseConfig) -> tuple[str, ...]:
+        # the main ε matters only when the cascade is restricted to it
+        return self.facts if cfg.eps == "main" else tuple(f for f in self.facts if f != "main_eps")
 
     def enabled(self, cfg: WorstCaseConfig | None) -> bool:
         return cfg is not None and cfg.apgd
@@ -329,7 +371,7 @@ class WorstCaseStage(Stage):
         x = ex.x.load() if getattr(ctx.data, "streamed", False) else ex.x
         cascade, per = apgd_cascade(ctx.models, x, ex.y, ev.tables["robustness"], ev.tables["per_example"],
                                     batch_size=ev.section.batch_size, seed=ctx.seed, targets=cfg.targets,
-                                    progress=ctx.progress)
+                                    progress=ctx.progress, main_eps=ctx.main_eps if cfg.eps == "main" else None)
         return StageOutput({"worst_case_cascade": cascade, "worst_case_per_example": per})
 
 
