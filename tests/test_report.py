@@ -26,6 +26,7 @@ from workbench.report.compare import differences, run_names
 from workbench.evaluation.soundness import VERDICT_OK, VERDICT_WARN
 from workbench.results import load
 from workbench.store import RunFolder
+from workbench.evaluation.per_class import confusion_table, per_class_table
 from workbench.stats import wilson_interval
 from workbench.tables import TABLES
 
@@ -305,7 +306,10 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
     for m in models:
         for e in (0.1, 0.2):
             for ex in range(3):
-                rows["per_example"].append(dict(model=m, attack="fgsm", norm="linf", eps=e, index=ex, correct=True, loss=0.1))
+                rows["per_example"].append(dict(model=m, attack="fgsm", norm="linf", eps=e, index=ex, label=ex,
+                                                prediction=ex, correct=True, loss=0.1))
+                rows["per_example"].append(dict(model=m, attack="worst_case", norm="linf", eps=e, index=ex, label=ex,
+                                                prediction=(ex + 1) % 3 if ex else -1, correct=False, loss=0.4))
                 rows["soundness_per_example"].append(dict(model=m, job="more_steps", attack="pgd40-linf", norm="linf",
                                                           eps=e, index=ex, correct=ex > 0, loss=0.2))
                 rows["worst_case_per_example"].append(dict(model=m, attack="apgd-ce", norm="linf", eps=e, index=ex,
@@ -355,7 +359,11 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
                         model=m, threat=threat, budget=budget, layer=layer, layer_index=li, kind=kind, change=change,
                         ci_low=change - 0.02, ci_high=change + 0.02, vs_random=(0.6 - 0.2 * i) / 0.3, cka=0.8,
                         probe_accuracy=0.5 + 0.2 * i, probe_clean_accuracy=0.95))
-    return {k: pd.DataFrame(v, columns=list(TABLES[k][1])) for k, v in rows.items()}
+    out = {k: pd.DataFrame(v, columns=list(TABLES[k][1])) for k, v in rows.items()}
+    # derived from per_example by the per-class table step
+    out["per_class"] = per_class_table(out["per_example"], ["cat", "dog", "ship"])
+    out["adversarial_confusion"] = confusion_table(out["per_example"], 0.2, ["cat", "dog", "ship"])
+    return out
 
 
 def synthetic_represent_arrays(models: list[str] = MODELS, n: int = 3, classes: int = 3) -> dict[str, np.ndarray]:
@@ -479,7 +487,7 @@ def test_render_writes_the_study_formats(tmp_path):
 
 
 def expected_figures(runs) -> set[str]:
-    names = {"accuracy_vs_eps", "training_curves"}
+    names = {"accuracy_vs_eps", "training_curves", "per_class_accuracy", "adversarial_confusion"}
     if runs["probes"]:
         names |= {s.name for s in figures() if s.section in ("representations", "encode")} | {"fgsm_pgd_gap", "gallery"}
         names.discard("derived_samples")  # only a model trained on a derived set has one (test_represent)

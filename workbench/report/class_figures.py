@@ -42,7 +42,9 @@ def per_class_accuracy(tables: Tables, *, main_eps: float | None = None):
             for patch_group, m in zip(ax.containers, models):
                 dm = d[d["model"] == m].set_index("class").reindex(classes)
                 xs = [p.get_x() + p.get_width() / 2 for p in patch_group]
-                ax.errorbar(xs, dm["accuracy"], yerr=[dm["accuracy"] - dm["ci_low"], dm["ci_high"] - dm["accuracy"]],
+                # clipped: at 0 or 1 the interval's end may differ from the accuracy in the last bit
+                yerr = [(dm["accuracy"] - dm["ci_low"]).clip(lower=0), (dm["ci_high"] - dm["accuracy"]).clip(lower=0)]
+                ax.errorbar(xs, dm["accuracy"], yerr=yerr,
                             fmt="none", ecolor="0.25", elinewidth=0.8, capsize=1.5)
             ax.set_title(title)
             ax.set_xlabel("true class")
