@@ -14,7 +14,8 @@ import torch
 
 pytest.importorskip("submitit")
 
-from workbench.cluster import ClusterDriver, ClusterOptions, TrainTask, run_grid  # noqa: E402
+from workbench.cluster import ClusterDriver, ClusterOptions, TrainTask  # noqa: E402
+from workbench.grid import run_grid  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
 from workbench.runner import load_study_data, model_jobs, run_study  # noqa: E402
 from workbench.store import ModelStore  # noqa: E402

@@ -248,7 +248,7 @@ def test_gpu_decoded_batches_are_close_to_the_cpu_decoded_ones(tmp_path: Path) -
 def test_a_cluster_driver_hands_its_jobs_the_mode_their_keys_say(jpegs: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch, decode: str) -> None:
     pytest.importorskip("submitit")
-    from workbench import cluster
+    from workbench import cluster, grid
 
     seen: dict[str, object] = {}
 
@@ -270,7 +270,7 @@ def test_a_cluster_driver_hands_its_jobs_the_mode_their_keys_say(jpegs: Path, tm
     monkeypatch.setattr(cluster.EXECUTORS, "get", lambda kind: Executor)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     study = _study(jpegs, decode)
-    cluster.run_grid(study, tmp_path / "run", cluster.ClusterOptions.from_study(study, "local"), store=tmp_path / "s")
+    grid.run_grid(study, tmp_path / "run", cluster.ClusterOptions.from_study(study, "local"), store=tmp_path / "s")
     # auto cannot be resolved for GPUs the driver does not see: the jobs decode on the CPU,
     # as the keys say; gpu stays gpu (the driver on a CPU does not refuse it)
     want = "cpu" if decode == "auto" else "gpu"

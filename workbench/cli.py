@@ -322,7 +322,8 @@ def _run_jobs(study_path, set_, out, store, executor, *, retrain, recompute, rep
     """``workbench run --executor slurm|local``: the driver of a study's jobs (workbench.cluster)."""
     import pandas as pd
 
-    from .cluster import ClusterOptions, run_grid
+    from .cluster import ClusterOptions
+    from .grid import run_grid
     from .progress import Progress
     from .study import load_study
 

@@ -24,7 +24,6 @@ meet in the model store, which must be on a file system every node sees:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -128,26 +127,6 @@ class TrainTask:
         submitit = _submitit()
         # the requeued task resumes; it must not move the half-trained entry aside
         return submitit.helpers.DelayedSubmission(TrainTask(self.job, self.study_dict, self.store_root, False, self.threads))
-
-
-class StagesTask:
-    """Everything after training, run inside a job once the models are in the store."""
-
-    def __init__(self, study_dict: dict[str, Any], out: str, store_root: str, recompute: bool, report: bool | None,
-                 threads: int | None):
-        self.study_dict, self.out, self.store_root = study_dict, out, store_root
-        self.recompute, self.report, self.threads = recompute, report, threads_setting(threads, default=False)
-
-    def __call__(self) -> dict[str, Any]:
-        from .runner import run_study
-        from .study import study_from_dict
-
-        run = run_study(study_from_dict(self.study_dict), self.out, store=self.store_root, recompute=self.recompute,
-                        report=self.report, progress=False, threads=self.threads)
-        return {"path": str(run.path), "cached_stages": run.cached_stages}
-
-    def checkpoint(self, *args: Any, **kwargs: Any):
-        return _submitit().helpers.DelayedSubmission(self)
 
 
 def _distributed_env(threads: int | None) -> None:
@@ -361,12 +340,13 @@ class ClusterDriver:
             if running:
                 time.sleep(self.o.poll_s)
 
-    def stages(self, study_dict: dict[str, Any], out: Path, *, recompute: bool, report: bool | None) -> dict[str, Any]:
-        """The downstream job (after every training job) and its result."""
+    def stages(self, task: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The downstream job (after every training job) and its result. ``task`` runs the rest
+        of the study in the job (:class:`workbench.grid.StagesTask`: the runner's level, so it
+        is handed in, not imported here)."""
         training = list(getattr(self, "training", []))
         after = [str(s.job.job_id) for s in training]
         gpus = self.o.local_slots()[0][:1] if self.o.kind == "local" and self.o.gpus_per_job else []
-        task = StagesTask(study_dict, str(Path(out).absolute()), str(self.store_root), recompute, report, self.o.threads)
         s = self._submit("stages", None, task, gpus, after)
         out_result: dict[str, Any] = {}
         finished = getattr(self, "_finished", lambda s, r: None)
@@ -438,38 +418,3 @@ class LocalExecutor(SubmititExecutor):
     jobs one at a time; the cluster extra)."""
 
     kind = "local"
-
-
-def run_grid(
-    study,
-    out: str | Path | None,
-    options: ClusterOptions,
-    *,
-    store: str | Path | None = None,
-    retrain: bool = False,
-    recompute: bool = False,
-    report: bool | None = None,
-    progress: Progress = QUIET,
-) -> Path:
-    """Train every model of ``study`` as jobs, then run the stages as a job; the run folder."""
-    from .runner import load_study_data, model_jobs
-    from .store import ModelStore
-
-    store_root = ModelStore(store).root
-    out = Path(out if out is not None else Path("reports") / study.name)
-    # The driver cannot see the jobs' devices, so data.decode auto means cpu here, and every
-    # job (training and stages) is handed the resolved mode: the model keys the driver
-    # computes are those the jobs train and read.
-    if study.data.decode == "auto":
-        study = study.model_copy(update={"data": study.data.model_copy(update={"decode": "cpu"})})
-    # the driver needs the data's identity for the model keys (for a folder: a digest of it)
-    data = load_study_data(study, torch.device("cpu"), decode="cpu")
-    if study.data.decode == "gpu":  # what the GPU jobs will decode (checked there, by fit)
-        data = dataclasses.replace(data, decode="gpu")
-    jobs = model_jobs(study, data)
-    study_dict = study.to_dict()
-    executor = EXECUTORS.get(options.kind)(options=options, board=study.name)
-    driver = executor.driver(store_root, study.name, progress)
-    driver.train(jobs, study_dict, retrain=retrain, wait=False)
-    result = driver.stages(study_dict, out, recompute=recompute or retrain, report=report)
-    return Path(result["path"])

@@ -16,8 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -30,6 +29,9 @@ from pydantic import (
 )
 
 from .errors import UnknownNameError, WorkbenchError
+
+if TYPE_CHECKING:  # the architecture section lives with the models (it validates against their registry)
+    from .models.base import ArchitectureConfig
 
 # --------------------------------------------------------------------------- value types
 
@@ -95,85 +97,7 @@ def check_label(label: str | None) -> str | None:
 # --------------------------------------------------------------------------- data
 
 
-class AugmentConfig(Strict):
-    """Batch augmentation applied on the training device."""
-
-    crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels (0: off)")
-    flip: bool = Field(False, description="random horizontal flip")
-
-
-class DataConfig(Strict):
-    name: str = Field("digits", description="data set name (workbench list datasets)")
-    root: str | None = Field(None, description="data root for torchvision sets and imagefolder ($VARS and ~ expanded)")
-    download: bool = Field(False, description="let torchvision download missing files (needs internet)")
-    val_fraction: float = Field(0.1, ge=0, lt=0.5, description="share of the training split held out for validation")
-    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="test share for sets without their own test split")
-    limit_train: PositiveInt | None = Field(None, description="use at most this many training examples")
-    limit_test: PositiveInt | None = Field(None, description="use at most this many test examples")
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    options: dict[str, Any] = Field(default_factory=dict, description="data-set specific options (imagefolder: image_size)")
-    stream: bool | None = Field(
-        None, description="read images from their files batch by batch (imagefolder folders, imagenet); "
-        "default: when they would not fit the device's memory budget"
-    )
-    workers: int = Field(4, ge=0, description="DataLoader worker processes of a streamed data set (0: in the main process)")
-    decode: Literal["auto", "cpu", "gpu"] = Field(
-        "auto", description="where streamed JPEGs are decoded: gpu (nvjpeg on the CUDA device; the workers only read "
-        "the files), cpu (in the workers), auto (gpu when the data streams on a CUDA device that torchvision decodes "
-        "JPEGs on, else cpu); gpu is part of the model key"
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from .data import DATASETS
-
-        return check_registry("data set", v, DATASETS.names())
-
-    @model_validator(mode="after")
-    def _options(self) -> DataConfig:
-        from .data import dataset_options
-
-        valid = dataset_options(self.name)
-        for key in self.options:
-            if key not in valid:
-                raise ValueError(
-                    f"options.{key}: unknown option for data set {self.name!r}; valid: {', '.join(sorted(valid)) or '(none)'}"
-                )
-        return self
-
-    def resolved_root(self) -> Path | None:
-        import os
-
-        return Path(os.path.expandvars(self.root)).expanduser() if self.root else None
-
-
 # --------------------------------------------------------------------------- models
-
-
-class ArchitectureConfig(Strict):
-    name: str = Field(description="model name (workbench list models), or torchvision:<name>")
-    label: str | None = Field(None, description="name of this architecture in tables (default: name)")
-    options: dict[str, Any] = Field(default_factory=dict, description="builder options, e.g. depth/width")
-
-    @field_validator("label")
-    @classmethod
-    def _label(cls, v):
-        return check_label(v)
-
-    @model_validator(mode="after")
-    def _known(self) -> ArchitectureConfig:
-        from .models import check_model_options
-
-        try:
-            check_model_options(self.name, dict(self.options))
-        except WorkbenchError as e:
-            raise ValueError(e.message) from None
-        return self
-
-    @property
-    def id(self) -> str:
-        return self.label or self.name.replace("torchvision:", "tv-").replace("timm:", "timm-")
 
 
 # --------------------------------------------------------------------------- training

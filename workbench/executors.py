@@ -247,6 +247,3 @@ def make_executor(name: str | None = None, jobs: int = 1, threads: int | None = 
     if name not in EXECUTORS:
         raise UnknownNameError("executor", name, EXECUTORS.names(), field="--executor")
     return EXECUTORS.get(name)(jobs=jobs, threads=threads)
-
-
-from . import cluster as _cluster  # noqa: E402,F401  (registers slurm and local; submitit is imported only when used)

@@ -42,7 +42,7 @@ def _timm_listing(pattern: str) -> list[tuple[str, str]]:
     import importlib.util
 
     from .errors import install_hint
-    from .models.timm_models import TIMM_PREFIX
+    from .models.base import TIMM_PREFIX
 
     if importlib.util.find_spec("timm") is None:
         return [("timm:<name>", f"any timm model; timm is not installed: {install_hint('models')}")]

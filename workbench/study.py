@@ -30,13 +30,12 @@ from pydantic import ConfigDict, Field, PositiveInt, ValidationError, create_mod
 # imports them); the schema below is built from the registries.
 from . import components  # noqa: F401  isort: skip
 from .attacks import ATTACKS
+from .data import AugmentConfig, DataConfig  # noqa: F401  (AugmentConfig re-exported with the data section)
+from .models import ArchitectureConfig
 from .config import (  # noqa: F401  (re-exported: the building blocks of every config)
     _SAFE_NAME,
     MAX_NAME_LENGTH,
-    ArchitectureConfig,
     AttackBase,
-    AugmentConfig,
-    DataConfig,
     Eps,
     LayerSpec,
     LossName,

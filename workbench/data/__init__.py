@@ -14,13 +14,16 @@ from . import digits as _digits  # noqa: F401  (registers "digits")
 from . import imagefolder as _imagefolder  # noqa: F401  (registers "imagefolder")
 from . import stream as _stream  # noqa: F401  (registers "imagenet"; streamed splits)
 from . import torchvision_sets as _torchvision_sets  # noqa: F401  (registers the torchvision sets)
-from .base import DATASETS, DataSplits, RawData, dataset_options, load_dataset, load_section, stratified_pick
+from .base import DATASETS, DataSplits, RawData, dataset_options, stratified_pick
 from .batches import Augmentation, iterate_batches
 from .imagefolder import default_cache_dir
+from .section import AugmentConfig, DataConfig, load_dataset, load_section
 
 __all__ = [
     "DATASETS",
+    "AugmentConfig",
     "Augmentation",
+    "DataConfig",
     "DataSplits",
     "RawData",
     "dataset_options",

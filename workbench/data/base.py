@@ -1,4 +1,4 @@
-"""The data-set registry, the raw/split containers and :func:`load_dataset`.
+"""The data-set registry and the raw/split containers (:func:`~.section.load_dataset` splits them).
 
 A loader is a plain function registered in :data:`DATASETS`::
 
@@ -7,8 +7,10 @@ A loader is a plain function registered in :data:`DATASETS`::
 
 Its keyword-only parameters after ``cache_dir`` are the data set's options (with their
 defaults), which :func:`dataset_options` reads so a study can be validated before any
-file is touched. :func:`load_dataset` turns a loader's :class:`RawData` into fixed,
-seeded :class:`DataSplits` of float32 tensors in [0, 1] on the requested device.
+file is touched. :func:`~.section.load_dataset` turns a loader's :class:`RawData` into fixed,
+seeded :class:`DataSplits` of float32 tensors in [0, 1] on the requested device. A data set
+read from image files can also stream: :func:`stream_source` gives its entry the function
+listing its files.
 """
 
 from __future__ import annotations
@@ -33,6 +35,27 @@ DATASETS: Registry[Loader] = Registry("data set")
 
 # Parameters every loader takes; everything else in its signature is an option.
 _COMMON_PARAMS = ("root", "download", "cache_dir")
+
+
+def stream_source(files: Callable[..., Any]) -> Callable[[Loader], Loader]:
+    """Mark a registered loader as able to stream: ``files(root, cache_dir, **options)`` lists
+    its image files (a :class:`~.stream.FileSet`, read batch by batch when ``data.stream``)."""
+
+    def deco(loader: Loader) -> Loader:
+        loader.stream_files = files  # type: ignore[attr-defined]
+        return loader
+
+    return deco
+
+
+def stream_files(name: str) -> Callable[..., Any] | None:
+    """The file lister of data set ``name`` when it can stream, else None."""
+    return getattr(DATASETS.get(name), "stream_files", None)
+
+
+def streaming_sets() -> list[str]:
+    """The data sets that can stream."""
+    return [n for n in DATASETS.in_order() if stream_files(n) is not None]
 
 
 @dataclass
@@ -139,119 +162,6 @@ def dataset_options(name: str) -> dict[str, Any]:
             continue
         out[p.name] = None if p.default is p.empty else p.default
     return out
-
-
-def load_section(section: Any, seed: int, device: str | torch.device = "cpu", *, decode: str | None = None,
-                 cache_dir: Path | None = None) -> DataSplits:
-    """The one way a study's ``data:`` section (a :class:`~workbench.config.DataConfig`) and
-    seed become data: the runner, the process-pool workers, the cluster jobs and the driver
-    all call it, so every field (streaming, loader workers, decoding, options) reaches
-    each of them alike. ``decode`` overrides ``data.decode`` (a job decodes as its model key
-    says; the cluster driver resolves ``auto`` before its jobs run). ``cache_dir``: where
-    decoded data is cached (default :func:`~.imagefolder.default_cache_dir`: in the store)."""
-    return load_dataset(
-        section.name, root=section.resolved_root(), download=section.download, val_fraction=section.val_fraction,
-        test_fraction=section.test_fraction, seed=int(seed), limit_train=section.limit_train,
-        limit_test=section.limit_test, device=device, stream=section.stream, workers=section.workers,
-        decode=decode or section.decode, cache_dir=cache_dir, **dict(section.options),
-    )
-
-
-def load_dataset(
-    name: str,
-    *,
-    root: str | Path | None = None,
-    download: bool = False,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    limit_train: int | None = None,
-    limit_test: int | None = None,
-    device: str | torch.device = "cpu",
-    cache_dir: Path | None = None,
-    stream: bool | None = False,
-    workers: int = 4,
-    decode: str = "auto",
-    **options: Any,
-) -> DataSplits:
-    """Load data set ``name`` and split it, fixed by ``seed``.
-
-    test: the data set's own test split, or (when it has none) a stratified
-    ``test_fraction`` of its examples. val: a stratified ``val_fraction`` of the rest of
-    train (0 gives empty tensors). ``limit_train``/``limit_test`` then keep a seeded,
-    stratified subset of train / test (val is not limited). Each of these draws uses its
-    own generator derived from ``seed``, so e.g. changing ``val_fraction`` leaves the
-    test split unchanged. ``decode`` (data.decode: auto, cpu, gpu) says where streamed
-    JPEGs are decoded (:func:`~.stream.resolve_decode`); data held in memory is decoded on
-    the CPU, and ``gpu`` for it is an error.
-    """
-    loader = DATASETS.get(name)
-    valid = dataset_options(name)
-    for key in options:
-        if key not in valid:
-            raise WorkbenchError(
-                f"unknown option {key!r} for data set {name!r}; valid options: {', '.join(sorted(valid)) or '(none)'}"
-            )
-    if not 0.0 <= val_fraction < 1.0:
-        raise WorkbenchError(f"{name}: val_fraction must be in [0, 1), got {val_fraction}")
-    if not 0.0 < test_fraction < 1.0:
-        raise WorkbenchError(f"{name}: test_fraction must be in (0, 1), got {test_fraction}")
-    for label, lim in (("limit_train", limit_train), ("limit_test", limit_test)):
-        if lim is not None and (not isinstance(lim, int) or lim <= 0):
-            raise WorkbenchError(f"{name}: {label} must be a positive integer, got {lim!r}")
-    dev = _device(device)
-    if decode != "auto":  # a bad mode, or gpu where there is none, fails before anything is read
-        from .stream import resolve_decode
-
-        resolve_decode(decode, dev)
-
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else None
-    root_path = Path(root).expanduser() if root is not None else None
-    if stream is not False:
-        # Image-file data sets can be read batch by batch instead of decoded whole
-        # (data.stream; by default when they would not fit the device's memory budget).
-        from .stream import STREAM_SOURCES, load_streamed, should_stream
-
-        if name in STREAM_SOURCES:
-            files = STREAM_SOURCES[name](root_path, cache, **options)
-            if stream or should_stream(files, dev):
-                return load_streamed(name, files, dev, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                                     limit_train=limit_train, limit_test=limit_test, workers=workers, cache_dir=cache,
-                                     decode=decode)
-        elif stream:
-            raise WorkbenchError(f"{name}: data.stream needs a data set read from image files ({', '.join(sorted(STREAM_SOURCES))})",
-                                 field="data.stream")
-
-    if decode == "gpu":
-        raise DataError(f"gpu decodes streamed images; {name} is held in memory here "
-                        "(set data.stream: true to stream an image folder, or use auto or cpu)", field="data.decode")
-    raw = loader(root=root_path, download=download, cache_dir=cache, **options)
-    _check_raw(name, raw)
-
-    train_idx, val_idx, test_idx = split_indices(
-        name, raw.train_y, raw.test_y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-        limit_train=limit_train, limit_test=limit_test,
-    )
-    test_pool_x, test_pool_y = (raw.train_x, raw.train_y) if raw.test_x is None else (raw.test_x, raw.test_y)
-    train_x = _to_device(raw.train_x[train_idx], dev)
-    mean, std = _channel_stats(train_x)
-    return DataSplits(
-        name=name,
-        train_x=train_x,
-        train_y=raw.train_y[train_idx].to(dev),
-        val_x=_to_device(raw.train_x[val_idx], dev),
-        val_y=raw.train_y[val_idx].to(dev),
-        test_x=_to_device(test_pool_x[test_idx], dev),
-        test_y=test_pool_y[test_idx].to(dev),
-        classes=list(raw.classes),
-        num_classes=len(raw.classes),
-        in_shape=tuple(raw.train_x.shape[1:]),  # type: ignore[arg-type]
-        mean=mean,
-        std=std,
-        indices={"train": train_idx, "val": val_idx, "test": test_idx},
-        test_carved=raw.test_x is None,
-        digest=raw.digest,
-    )
 
 
 def split_indices(

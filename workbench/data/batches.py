@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 
 import torch
@@ -116,9 +117,7 @@ def iterate_batches(
     needs_seed = shuffle or (augment is not None and augment.active)
     if seed is None and needs_seed:
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    from .stream import is_streamed, stream_batches
-
-    if is_streamed(x):
+    if not isinstance(x, torch.Tensor):  # streamed images read batch by batch (their batches(order))
         yield from stream_batches(x, y, batch_size, shuffle=shuffle, seed=seed, augment=augment,  # type: ignore[arg-type]
                                   drop_last=drop_last, start_batch=start_batch, shard=shard)
         return
@@ -165,3 +164,28 @@ def epoch_plan(
             augment.skip(len(rows), aug_gen)  # type: ignore[union-attr]
     return order[start_batch:], aug_gen
 
+
+def stream_batches(
+    x: Any,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    augment: Augmentation | None = None,
+    drop_last: bool = False,
+    start_batch: int = 0,
+    shard: tuple[int, int] = (0, 1),
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of :func:`iterate_batches` from streamed images (:class:`~.stream.StreamedImages`,
+    whose ``batches(order)`` reads the given index lists): the same permutation and augmentation
+    draws, so the same batches (see that function for ``start_batch`` and ``shard``)."""
+    order, aug_gen = epoch_plan(len(y), batch_size, shuffle=shuffle, seed=seed, augment=augment, drop_last=drop_last,
+                                start_batch=start_batch, device=x.device)
+    rank, world = shard
+    local = [rows[rank * (len(rows) // world):(rank + 1) * (len(rows) // world)] for rows in order]
+    for rows, mine, bx in zip(order, local, x.batches(local)):
+        by = y[mine.to(y.device)]
+        if aug_gen is not None:
+            bx = augment(bx, aug_gen, total=len(rows), offset=rank * (len(rows) // world))  # type: ignore[misc]
+        yield bx, by

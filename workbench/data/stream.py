@@ -43,10 +43,14 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from .base import DATASETS, DataSplits, RawData, _channel_stats, _generator, split_indices, stratified_pick
-from .batches import Augmentation
+from ..store import atomic_write_text
+from .base import (
+    DATASETS, DataSplits, RawData, _channel_stats, _generator, content_digest, split_indices, stratified_pick, stream_source,
+)
+from .batches import Augmentation, stream_batches  # noqa: F401  (stream_batches: part of this module's API)
 from .imagefolder import (
     _JPEG_MAGIC,
+    _decode_all,
     _decode_one,
     _DirSource,
     _File,
@@ -329,34 +333,6 @@ def is_streamed(x: Any) -> bool:
     return isinstance(x, StreamedImages)
 
 
-def stream_batches(
-    x: StreamedImages,
-    y: torch.Tensor,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int,
-    augment: Augmentation | None = None,
-    drop_last: bool = False,
-    start_batch: int = 0,
-    shard: tuple[int, int] = (0, 1),
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of :func:`~.batches.iterate_batches` from streamed images: the same
-    permutation and augmentation draws, so the same batches (see that function for
-    ``start_batch`` and ``shard``)."""
-    from .batches import epoch_plan
-
-    order, aug_gen = epoch_plan(len(y), batch_size, shuffle=shuffle, seed=seed, augment=augment, drop_last=drop_last,
-                                start_batch=start_batch, device=x.device)
-    rank, world = shard
-    local = [rows[rank * (len(rows) // world):(rank + 1) * (len(rows) // world)] for rows in order]
-    for rows, mine, bx in zip(order, local, x.batches(local)):
-        by = y[mine.to(y.device)]
-        if aug_gen is not None:
-            bx = augment(bx, aug_gen, total=len(rows), offset=rank * (len(rows) // world))  # type: ignore[misc]
-        yield bx, by
-
-
 # --------------------------------------------------------------------------- sources
 
 
@@ -417,10 +393,7 @@ def imagenet_files(root: Path | None, cache_dir: Path | None, image_size: int = 
                    [r for r, _ in test], torch.tensor([c for _, c in test], dtype=torch.int64), image_size, False)
 
 
-#: data sets that can stream, and how to list their files (same options as their loaders)
-STREAM_SOURCES: dict[str, Callable[..., FileSet | None]] = {"imagefolder": imagefolder_files, "imagenet": imagenet_files}
-
-
+@stream_source(imagenet_files)
 @DATASETS.register("imagenet")
 def load_imagenet(root: Path | None, download: bool, cache_dir: Path | None, image_size: int = 224) -> RawData:
     """A local ImageNet folder (train/ and val/ by synset; nothing is downloaded), images
@@ -428,14 +401,10 @@ def load_imagenet(root: Path | None, download: bool, cache_dir: Path | None, ima
     memory at full size, so it streams unless ``data.stream: false`` (a small subset)."""
     files = imagenet_files(root, cache_dir, image_size)
     raw_files = [_File(r, (files.root / r).read_bytes) for r in files.train + (files.test or [])]
-    from .imagefolder import _decode_all
-
     images = _decode_all(raw_files, image_size=image_size, grayscale=False, where=str(files.root))
     x = torch.stack(images)
     n = len(files.train)
     raw = RawData(x[:n], files.train_y, x[n:], files.test_y, files.classes)
-    from .base import content_digest
-
     raw.digest = content_digest(raw)
     return raw
 
@@ -659,7 +628,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    from ..store import atomic_write_text
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -669,3 +637,6 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 __all__ = ["DECODE_MODES", "FileBytes", "FileSet", "ImageFiles", "resolve_decode", "StreamedImages", "is_streamed", "load_streamed", "should_stream", "stream_batches"]
+
+# the image folder (registered in imagefolder.py) streams too: its file lists, through the one registry
+stream_source(imagefolder_files)(DATASETS.get("imagefolder"))

@@ -16,9 +16,10 @@ Models from anywhere (docs/models.md)::
     model = wrap(my_net, in_shape=(3, 32, 32), mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
 """
 
-from . import mlp, preact_resnet, resnet, small_cnn, tv, wide_resnet  # noqa: F401  (register)
+from . import mlp, preact_resnet, resnet, small_cnn, timm_models, tv, wide_resnet  # noqa: F401  (register)
 from .base import (
     MODELS,
+    ArchitectureConfig,
     TORCHVISION_PREFIX,
     Built,
     WorkbenchModel,
@@ -32,6 +33,7 @@ from .sources import LoadedModel, SourceConfig, load, load_source, wrap
 
 __all__ = [
     "MODELS",
+    "ArchitectureConfig",
     "TORCHVISION_PREFIX",
     "Built",
     "Capture",

@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from ..config import Strict, check_label
 from ..errors import UnknownNameError, WorkbenchError
 from ..registry import Registry
 
@@ -38,6 +40,31 @@ TIMM_PREFIX = "timm:"
 
 #: Names with a meaning of their own in layer specs; no model layer may use them.
 RESERVED_LAYER_NAMES = ("all", "penultimate", "logits")
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Models named ``<prefix><name>`` that another library builds (``torchvision:``,
+    ``timm:``), registered in :data:`FAMILIES` by their own module: ``build(name, *,
+    num_classes, in_shape, options) -> (Built, options)``, ``check_options(name, options)``,
+    ``default_options(name)`` and, for ``workbench list models``, ``names()``."""
+
+    build: Callable[..., tuple[Built, dict[str, Any]]]
+    check_options: Callable[[str, dict[str, Any]], None]
+    default_options: Callable[[str], dict[str, Any]] = lambda name: {}
+    names: Callable[[], list[str]] = lambda: []
+
+
+#: model families by prefix (tv.py: ``torchvision:``; timm_models.py: ``timm:``)
+FAMILIES: Registry[ModelFamily] = Registry("model family")
+
+
+def _family(name: str) -> tuple[ModelFamily, str] | None:
+    """(family, name within it) of a prefixed model name, else None."""
+    for prefix in FAMILIES.in_order():
+        if name.startswith(prefix):
+            return FAMILIES.get(prefix), name[len(prefix):]
+    return None
 
 
 @dataclass
@@ -174,20 +201,15 @@ def _builder_params(builder: Builder) -> tuple[dict[str, Any], bool]:
 
 
 def model_names() -> list[str]:
-    """Registered names, then ``"torchvision:<name>"`` for every torchvision classifier."""
-    from . import tv
-
-    return MODELS.names() + [TORCHVISION_PREFIX + n for n in tv.torchvision_names()]
+    """Registered names, then each family's (``"torchvision:<name>"`` for every torchvision classifier)."""
+    return MODELS.names() + [prefix + n for prefix in FAMILIES.in_order() for n in FAMILIES.get(prefix).names()]
 
 
 def model_options(name: str) -> dict[str, Any]:
     """Option name -> default value for a model (torchvision: only workbench defaults)."""
-    if name.startswith(TORCHVISION_PREFIX):
-        from . import tv
-
-        return tv.default_options(name[len(TORCHVISION_PREFIX):])
-    if name.startswith(TIMM_PREFIX):
-        return {}
+    fam = _family(name)
+    if fam is not None:
+        return fam[0].default_options(fam[1])
     return _builder_params(MODELS.get(name))[0]
 
 
@@ -207,14 +229,9 @@ def check_model_options(
     wide_resnet depth that is not 6n + 4), by building the model on the meta device:
     no memory and next to no time.
     """
-    if name.startswith(TORCHVISION_PREFIX):
-        from . import tv
-
-        tv.check_options(name[len(TORCHVISION_PREFIX):], options)
-    elif name.startswith(TIMM_PREFIX):
-        from . import timm_models
-
-        timm_models.check_options(name[len(TIMM_PREFIX):], options)
+    fam = _family(name)
+    if fam is not None:
+        fam[0].check_options(fam[1], options)
     else:
         valid, var_kw = _builder_params(MODELS.get(name))
         unknown = sorted(set(options) - set(valid))
@@ -231,15 +248,9 @@ def check_model_options(
 def _build(name: str, num_classes: int, in_shape: tuple[int, int, int],
            options: dict[str, Any]) -> tuple[Built, dict[str, Any]]:
     """(Built, resolved options); a builder's TypeError/ValueError is the user's options."""
-    if name.startswith(TORCHVISION_PREFIX):
-        from . import tv
-
-        return tv.build(name[len(TORCHVISION_PREFIX):], num_classes=num_classes,
-                        in_shape=in_shape, options=options)
-    if name.startswith(TIMM_PREFIX):
-        from . import timm_models
-
-        return timm_models.build(name[len(TIMM_PREFIX):], num_classes=num_classes, in_shape=in_shape, options=options)
+    fam = _family(name)
+    if fam is not None:
+        return fam[0].build(fam[1], num_classes=num_classes, in_shape=in_shape, options=options)
     builder = MODELS.get(name)
     try:
         built = builder(num_classes, in_shape, **options)
@@ -276,3 +287,29 @@ def create_model(
         in_shape=in_shape, num_classes=num_classes, mean=mean, std=std,
         repeat_channels=repeat, inplace_safe=built.inplace_safe,
     )
+
+
+# --------------------------------------------------------------------------- the study's architectures
+
+
+class ArchitectureConfig(Strict):
+    name: str = Field(description="model name (workbench list models), or torchvision:<name>")
+    label: str | None = Field(None, description="name of this architecture in tables (default: name)")
+    options: dict[str, Any] = Field(default_factory=dict, description="builder options, e.g. depth/width")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v):
+        return check_label(v)
+
+    @model_validator(mode="after")
+    def _known(self) -> ArchitectureConfig:
+        try:
+            check_model_options(self.name, dict(self.options))
+        except WorkbenchError as e:
+            raise ValueError(e.message) from None
+        return self
+
+    @property
+    def id(self) -> str:
+        return self.label or self.name.replace("torchvision:", "tv-").replace("timm:", "timm-")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import WorkbenchError
-from .base import RESERVED_LAYER_NAMES
+from .base import RESERVED_LAYER_NAMES, WorkbenchModel
 
 
 def _has_params(m: nn.Module) -> bool:
@@ -136,8 +136,6 @@ def as_probe_model(model: nn.Module, x: torch.Tensor):
     ``x`` (layers found automatically, no normalisation: the module receives ``x`` as it is).
     Probes call this, so a notebook can pass any ``nn.Module``. Here rather than beside
     ``wrap`` so that a probe's code hash does not take in every model source."""
-    from .base import WorkbenchModel
-
     if isinstance(model, WorkbenchModel):
         return model
     if not isinstance(model, nn.Module):

@@ -13,9 +13,9 @@ from typing import Any
 from torch import nn
 
 from ..errors import UnknownNameError, WorkbenchError, install_hint
-from .base import Built
+from .base import FAMILIES, TIMM_PREFIX, Built, ModelFamily
+from .layers import auto_layers
 
-TIMM_PREFIX = "timm:"
 _RESERVED = ("pretrained", "num_classes", "pretrained_cfg_overlay")
 
 
@@ -51,10 +51,12 @@ def construct(name: str, num_classes: int, options: dict[str, Any]) -> nn.Module
 
 
 def build(name: str, *, num_classes: int, in_shape: tuple[int, int, int], options: dict[str, Any]) -> tuple[Built, dict[str, Any]]:
-    from .layers import auto_layers
-
     if in_shape[0] not in (1, 3):
         raise WorkbenchError(f"{TIMM_PREFIX}{name} takes 3-channel (or 1-channel, repeated) images, got {in_shape}")
     net = construct(name, num_classes, options)
     layers, pen = auto_layers(net, in_shape, repeat=3 if in_shape[0] == 1 else None)
     return Built(net, layers, pen, inplace_safe=False), dict(options)
+
+
+# any timm model, as "timm:<name>" (timm itself is imported when one is built or checked)
+FAMILIES.register(TIMM_PREFIX)(ModelFamily(build=build, check_options=check_options))

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import UnknownNameError, WorkbenchError
-from .base import MODELS, TORCHVISION_PREFIX, Built
+from .base import FAMILIES, MODELS, TORCHVISION_PREFIX, Built, ModelFamily
 
 #: Options the workbench fixes itself.
 _RESERVED = ("weights", "num_classes", "progress")
@@ -126,3 +126,8 @@ def build(name: str, *, num_classes: int, in_shape: tuple[int, int, int],
         raise WorkbenchError(f"{TORCHVISION_PREFIX}{name}: no feature layers before the classifier {classifier!r}")
     resolved = {**_DEFAULTS.get(name, {}), **options}
     return Built(net, layers, penultimate=list(layers)[-1], inplace_safe=False), resolved
+
+
+# every torchvision classifier, as "torchvision:<name>"
+FAMILIES.register(TORCHVISION_PREFIX)(ModelFamily(
+    build=build, check_options=check_options, default_options=default_options, names=torchvision_names))

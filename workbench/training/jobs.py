@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..codehash import code_hash
-from ..config import ArchitectureConfig, DataConfig, ModelSpec, TrainConfig, content_hash
-from ..data import load_section
+from ..config import ModelSpec, TrainConfig, content_hash
+from ..data import DataConfig, load_section
+from ..models import ArchitectureConfig
 from .base import RECIPES, Recipe
 
 if TYPE_CHECKING:  # pragma: no cover

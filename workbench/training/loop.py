@@ -31,14 +31,14 @@ from torch import nn
 from .. import distributed
 from ..attacks import pgd
 from ..attacks.base import global_batch_rows
-from ..data import Augmentation, DataSplits, iterate_batches
+from ..data import Augmentation, DataConfig, DataSplits, iterate_batches
 from ..data.base import stratified_subset
 from ..data.stream import check_unchanged
 from ..errors import CheckpointError, TrainingError
 from ..models import WorkbenchModel, create_model
 from ..progress import QUIET, Progress
 from ..state import eval_mode, preserved_rng, seed_global_rng, seeded_rng
-from ..config import DataConfig, ModelSpec, TrainConfig
+from ..config import ModelSpec, TrainConfig
 from ..seeds import derive_seed
 from ..store import ModelStore
 from .base import EpochReport, Recipe
