@@ -256,9 +256,9 @@ def test_a_cluster_driver_hands_its_jobs_the_mode_their_keys_say(jpegs: Path, tm
         def train(self, jobs, study_dict, *, retrain, wait):
             seen["jobs"], seen["train"] = jobs, study_dict
 
-        def stages(self, study_dict, out, *, recompute, report):
-            seen["stages"] = study_dict
-            return {"path": str(out)}
+        def stages(self, task):
+            seen["stages"] = task.study_dict
+            return {"path": task.out}
 
     class Executor:  # records what the driver submits instead of submitting it
         def __init__(self, options, board):

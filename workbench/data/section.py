@@ -18,7 +18,7 @@ from .base import (
     DATASETS, DataSplits, _channel_stats, _check_raw, _device, _to_device, dataset_options, split_indices, stream_files,
     streaming_sets,
 )
-from .stream import load_streamed, resolve_decode, should_stream
+from . import stream as _stream  # its functions looked up when called (tests stand in for them there)
 
 # --------------------------------------------------------------------------- the section
 
@@ -133,7 +133,7 @@ def load_dataset(
             raise WorkbenchError(f"{name}: {label} must be a positive integer, got {lim!r}")
     dev = _device(device)
     if decode != "auto":  # a bad mode, or gpu where there is none, fails before anything is read
-        resolve_decode(decode, dev)
+        _stream.resolve_decode(decode, dev)
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     root_path = Path(root).expanduser() if root is not None else None
@@ -143,8 +143,8 @@ def load_dataset(
         lister = stream_files(name)
         if lister is not None:
             files = lister(root_path, cache, **options)
-            if stream or should_stream(files, dev):
-                return load_streamed(name, files, dev, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+            if stream or _stream.should_stream(files, dev):
+                return _stream.load_streamed(name, files, dev, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
                                      limit_train=limit_train, limit_test=limit_test, workers=workers, cache_dir=cache,
                                      decode=decode)
         elif stream:
