@@ -126,3 +126,67 @@ def test_per_class_figures_draw(run):
     assert len(fig.axes) == 2
     fig = adversarial_confusion(tables, main_eps=MAIN)
     assert len([a for a in fig.axes if a.get_title()]) == 2
+
+
+# --------------------------------------------------------------------------- attack curves (item 6d)
+
+
+def test_the_engine_trace_sees_every_iterate_and_changes_nothing():
+    from workbench.attacks.pgd import pgd
+
+    models, x, y = _models()
+    m = models["b"]
+    seen = []
+    plain = pgd(m, x, y, 0.1, steps=4, restarts=2, generator=torch.Generator().manual_seed(3))
+    traced = pgd(m, x, y, 0.1, steps=4, restarts=2, generator=torch.Generator().manual_seed(3),
+                 trace=lambda s, t, loss, correct: seen.append((s, t, loss.clone(), correct.clone())))
+    assert torch.equal(plain, traced)
+    assert [(s, t) for s, t, *_ in seen] == [(s, t) for s in range(2) for t in range(5)]
+    # step 0 is the random start, not the clean input; the loss is per example and detached
+    assert all(loss.shape == (N,) and not loss.requires_grad for *_, loss, _ in seen)
+    with torch.no_grad():
+        clean_loss = torch.nn.functional.cross_entropy(m(x), y, reduction="none")
+    assert not torch.allclose(seen[0][2], clean_loss)
+    # per example the attack keeps a fooling restart: its adversarial correctness is the AND of the restarts' last
+    final = [c for s, t, _, c in seen if t == 4]
+    with torch.no_grad():
+        assert torch.equal(m(traced).argmax(1) == y, final[0] & final[1])
+
+
+def test_the_step_curves_last_point_is_the_attacks_accuracy(run):
+    models, x, y = _models()
+    cfg = EvaluationConfig(examples=None, eps=(0.05, MAIN), transfer=False, batch_size=50,
+                           attacks=("fgsm", {"name": "pgd", "steps": 6}, {"name": "pgd", "steps": 3, "restarts": 2}))
+    r = evaluate(models, x, y, cfg, seed=0)
+    ac, rob = r.curves, r.robustness
+    # PGD only (FGSM reports no steps), every model, ε, restart and iterate
+    assert set(ac["attack"]) == {"pgd6-linf", "pgd3-linf-r2"}
+    assert len(ac) == 2 * 2 * (7 + 2 * 4)
+    for (m, attack, eps), d in ac.groupby(["model", "attack", "eps"]):
+        row = rob[(rob["model"] == m) & (rob["attack"] == attack) & np.isclose(rob["eps"], eps)].iloc[0]
+        last = d[d["step"] == d["step"].max()]
+        if attack == "pgd6-linf":
+            assert last["accuracy"].iloc[0] == pytest.approx(row["accuracy"])
+            assert last["mean_loss"].iloc[0] == pytest.approx(row["adv_risk"], rel=1e-5)
+        else:  # the kept restart fools where any does: at or below each restart's final accuracy
+            assert sorted(last["restart"]) == [0, 1]
+            assert (row["accuracy"] <= last["accuracy"] + 1e-6).all()  # robustness: a float32 mean
+        assert (d["n"] == N).all()
+    # the attack lowers the accuracy of the teacher from its start
+    a = ac[(ac["model"] == "a") & (ac["attack"] == "pgd6-linf") & np.isclose(ac["eps"], MAIN)].sort_values("step")
+    assert a["accuracy"].iloc[-1] < a["accuracy"].iloc[0]
+    # off: no table, same robustness
+    off = evaluate(models, x, y, cfg.model_copy(update={"curves": False}), seed=0)
+    assert off.curves.empty
+    pd.testing.assert_frame_equal(off.robustness.drop(columns="seconds"), rob.drop(columns="seconds"))
+
+
+def test_attack_curves_figure_draws(run):
+    from workbench.report.class_figures import attack_curves
+
+    models, x, y = _models()
+    cfg = EvaluationConfig(examples=None, eps=(MAIN,), transfer=False, attacks=({"name": "pgd", "steps": 3, "restarts": 2},))
+    r = evaluate(models, x, y, cfg, seed=0)
+    fig = attack_curves({"attack_curves": r.curves, "robustness": r.robustness}, main_eps=MAIN)
+    assert len(fig.axes) == 4 and all(ax.lines for ax in fig.axes)
+    assert attack_curves({"attack_curves": r.curves.iloc[0:0]}, main_eps=MAIN) is None

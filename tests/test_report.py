@@ -305,6 +305,11 @@ def synthetic_tables(models: list[str] = MODELS, seed: int = 0) -> dict[str, pd.
                                             layer_b_index=ib, kind=kind, value=float(1 - abs(ia - ib) / 4)))
     for m in models:
         for e in (0.1, 0.2):
+            for restart in (0, 1):
+                for step in range(4):
+                    rows["attack_curves"].append(dict(model=m, attack="pgd3-linf-r2", method="pgd", norm="linf", loss="ce",
+                                                      eps=e, restart=restart, step=step, n=100, mean_loss=0.5 + step * e,
+                                                      accuracy=0.9 - step * e))
             for ex in range(3):
                 rows["per_example"].append(dict(model=m, attack="fgsm", norm="linf", eps=e, index=ex, label=ex,
                                                 prediction=ex, correct=True, loss=0.1))

@@ -289,6 +289,7 @@ def ascend(
     model: nn.Module | None = None,
     rule: StepRule | None = None,
     keep_mode: bool = False,
+    trace: Callable[[int, int, Tensor, Score], None] | None = None,
 ) -> Ascent:
     """Projected gradient ascent of Σᵢ objective(x_adv)ᵢ over B_norm(x, ε) ∩ [0, 1].
 
@@ -310,6 +311,11 @@ def ascend(
             (:func:`~workbench.attacks.base.attack_mode`) and checked for CUDA-graph safety.
         rule: the :class:`StepRule`; default :func:`default_rule` of ``norm``.
         keep_mode: freeze the model's parameters but leave its train/eval mode (FGSM-RS).
+        trace: ``trace(start, t, x_adv, out)`` for t = 0 … steps of every start: the iterate
+            before step t (t = steps: the final one) and the objective's output there (detach
+            it; from the gradient's own forward, plus one forward of the final iterate, or
+            one per step for a look-ahead rule). It must not modify ``x_adv``. With a trace
+            the steps run eagerly (no CUDA-graph replay), so every step calls back.
     """
     if keep not in KEEP:
         raise ValueError(f"unknown keep {keep!r}; valid: {', '.join(KEEP)}")
@@ -326,6 +332,20 @@ def ascend(
         rule.move(ball, x_adv, input_gradient(objective, rule.point(ball, x_adv, alpha), precision)[0], alpha)
         ball.clip(x_adv)
 
+    def traced_steps(i: int, x_adv: Tensor) -> None:
+        """The steps of start ``i``, calling ``trace`` at every iterate (the final one included)."""
+        assert trace is not None
+        for t in range(steps):
+            grad, out = input_gradient(objective, rule.point(ball, x_adv, alpha), precision)
+            if rule.lookahead:  # the gradient's forward was not at the iterate
+                with torch.no_grad(), ctx():
+                    out = objective(x_adv)
+            trace(i, t, x_adv, out)
+            rule.move(ball, x_adv, grad, alpha)
+            ball.clip(x_adv)
+        with torch.no_grad(), ctx():
+            trace(i, steps, x_adv, objective(x_adv))
+
     best: Tensor | None = None
     best_score: Score | None = None
     if keep == "best":
@@ -333,11 +353,14 @@ def ascend(
         best_score = torch.full((x.shape[0],), -math.inf, device=x.device)
 
     with attack_mode(model, keep_mode) if model is not None else contextlib.nullcontext():
-        for start in starts:
+        for i, start in enumerate(starts):
             x_adv = rule.start(ball, start, generator)
             rule.begin(ball, x_adv)
             if keep == "last":
-                run_steps(lambda: step(x_adv), steps, graph_model, x)
+                if trace is not None:
+                    traced_steps(i, x_adv)
+                else:
+                    run_steps(lambda: step(x_adv), steps, graph_model, x)
                 if best is None:
                     best = x_adv
                     if score is not None and len(starts) > 1:
@@ -359,6 +382,8 @@ def ascend(
                 else:  # the final iterate is scored, not stepped from
                     with torch.no_grad(), ctx():
                         grad, out = None, objective(x_adv)
+                if trace is not None:
+                    trace(i, t, x_adv, out)
                 with torch.no_grad():
                     s = _split(out)[1].detach()
                     better = _better(s, best_score)

@@ -3,6 +3,7 @@ steps, Tramèr & Boneh 2019), with restarts."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -89,6 +90,7 @@ def pgd(
     precision: str = "fp32",
     generator: torch.Generator | None = None,
     sparsity: float = 99.0,
+    trace: Callable[[int, int, Tensor, Tensor], None] | None = None,
 ) -> Tensor:
     """Projected gradient ascent on ℓ within the ε-ball around x (Madry et al. 2018).
 
@@ -122,6 +124,10 @@ def pgd(
             update stay float32.
         generator: makes random starts reproducible; it may live on another device than x.
         sparsity: L1 only: SLIDE's percentile q in [0, 100).
+        trace: ``trace(restart, t, loss, correct)`` at every iterate t = 0 … steps of every
+            restart (t = steps: the final one), with the per-example loss the attack ascends
+            and whether the model still classifies the iterate correctly (detached; from the
+            engine's own forwards, see :func:`~.ascent.ascend`). The steps then run eagerly.
 
     Returns:
         Detached adversarial inputs, same shape/dtype/device as ``x``. ``eps == 0``
@@ -155,8 +161,18 @@ def pgd(
             logits = model(x_adv).float()
             return logits.argmax(dim=1) != y, loss_fn(logits, y)
 
-        return ascend(loss_objective(model, y, loss_fn), x0, eps, steps, norm=norm, alpha=alpha,
+        objective, on_step = loss_objective(model, y, loss_fn), None
+        if trace is not None:
+            def objective(x_adv: Tensor) -> tuple[Tensor, Tensor]:  # the loss, and the iterate's correctness
+                logits = model(x_adv).float()
+                return loss_fn(logits, y), logits.argmax(dim=1) == y
+
+            def on_step(start: int, t: int, x_adv: Tensor, out: tuple[Tensor, Tensor]) -> None:
+                trace(start, t, out[0].detach(), out[1].detach())
+
+        return ascend(objective, x0, eps, steps, norm=norm, alpha=alpha,
                       starts=pgd_starts(norm, restarts, random_start), keep="last",
-                      score=worst_case, generator=generator, precision=precision, model=model, rule=rule).x
+                      score=worst_case, generator=generator, precision=precision, model=model, rule=rule,
+                      trace=on_step).x
 
     return run_attack(model, x, y, craft, generator)

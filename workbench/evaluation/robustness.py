@@ -7,12 +7,15 @@ Tables (tidy, one row per setting):
   clean accuracy is the row ``attack == "clean"``, ``eps == 0``.
 - ``per_example``: model × attack × ε × example → label, prediction, correct, loss (for the
   soundness checks such as "PGD-correct ⊆ FGSM-correct", per-class accuracy and confusion).
+- ``attack_curves``: model × attack × ε × restart × step → mean loss and accuracy at each
+  iterate of the attacks that report their steps (PGD, through the ascent engine's trace).
 - ``transfer``: examples crafted on ``source``, scored on ``target`` (the other model of
   the pair), both directions.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +69,10 @@ class EvaluationConfig(Strict):
     )
     transfer: bool = Field(True, description="examples crafted on one model of a pair, tested on the other")
     precision: Precision = Field("fp32", description="bf16 autocast for crafting attacks (CUDA only); scoring stays fp32")
+    curves: bool = Field(
+        True, description="record the mean loss and accuracy at every step of the attacks that can report them (PGD): "
+        "table attack_curves; on CUDA the traced steps run without CUDA-graph replay",
+    )
     compile: bool = Field(
         False, description="torch.compile each model for crafting attacks (CUDA; compile time once per model; slower on CPU)"
     )
@@ -151,6 +158,24 @@ TABLES_EVALUATION: dict[str, TableSchema] = {
             "loss": "cross-entropy at the (adversarial) input",
         },
     ),
+    "attack_curves": (
+        "the attack's progress: model × attack × ε × restart × step → mean loss and accuracy at the iterate (PGD; "
+        "evaluation.curves)",
+        {
+            "model": "model id",
+            "attack": "attack label",
+            "method": "attack registry name",
+            "norm": "norm",
+            "loss": "the loss the attack ascends (`ce`, `margin`, …)",
+            "eps": "ε",
+            "restart": "restart (0-based; each has its own start)",
+            "step": "iterate: 0 is the start, `steps` the final iterate of the restart",
+            "n": "examples",
+            "mean_loss": "mean over the examples of the attack's loss at the iterate",
+            "accuracy": "accuracy at the iterate (with one restart, the final step's is the attack's accuracy in "
+            "`robustness`; with several, the attack keeps per example the restart that fools the model)",
+        },
+    ),
     "transfer": (
         "examples crafted on one model of a pair, scored on the other (both directions)",
         {
@@ -181,6 +206,8 @@ class EvalResult:
     transfer: pd.DataFrame
     #: (model id, attack id, ε) -> adversarial examples (with ``keep_adversarial=True``)
     adversarial: dict[tuple[str, str, float], torch.Tensor] = field(default_factory=dict, repr=False)
+    #: the attacks' per-step mean loss and accuracy (``attack_curves``)
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def evaluation_subset(n_total: int, examples: int | None, seed: int) -> torch.Tensor:
@@ -253,6 +280,14 @@ def _row(model_id: str, attack, eps: float, correct: torch.Tensor, loss: torch.T
     }
 
 
+def _curve_rows(mid: str, attack, eps: float, sums: torch.Tensor, n: int) -> list[dict]:
+    """``attack_curves`` rows from the summed (restart, step, [loss, correct]) of every batch."""
+    return [{"model": mid, "attack": attack.id, "method": attack.name, "norm": attack.norm, "loss": attack.loss,
+             "eps": float(eps), "restart": i, "step": t, "n": n, "mean_loss": float(sums[i, t, 0]) / n,
+             "accuracy": float(sums[i, t, 1]) / n}
+            for i in range(sums.shape[0]) for t in range(sums.shape[1])]
+
+
 def batch_seed(seed: int, model_id: str, attack_id: str, eps: float, batch: int) -> int:
     """The random stream of one batch of one setting (model, attack, ε). Seeded by the
     batch's position, so a batch gives the same examples whichever rank crafts it; the
@@ -300,6 +335,7 @@ def evaluate(
             for source, target in ((ref, other), (other, ref)):
                 targets.setdefault(source, []).append(target)
     transfer: dict[tuple[str, str, str, float], tuple[torch.Tensor, torch.Tensor]] = {}
+    curve_rows: list[dict] = []
 
     labels = y.cpu().numpy()
 
@@ -330,6 +366,7 @@ def evaluate(
             fn_targets = targets.get(mid, [])
             for attack in cfg.attacks:
                 fn = ATTACKS.get(attack.name)
+                traced = cfg.curves and "trace" in inspect.signature(fn).parameters
                 for eps in cfg.grid(attack):
                     t0 = time.perf_counter()
                     advs: list[torch.Tensor] = []
@@ -340,11 +377,22 @@ def evaluate(
                         xb, yb = x[sl], y[sl]
                         # each batch has its own random stream: results depend on neither
                         # the order of the settings nor the rank that crafts the batch
+                        sums: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+                        def on_step(start: int, t: int, loss: torch.Tensor, correct: torch.Tensor) -> None:
+                            # sums on the device (no host synchronisation per step)
+                            sums[(start, t)] = (loss.double().sum(), correct.sum().double())
+
                         with seeded_rng(batch_seed(seed, mid, attack.id, eps, b), x.device):
-                            adv = fn(crafter, xb, yb, eps, precision=cfg.precision, **attack.options())
+                            adv = fn(crafter, xb, yb, eps, precision=cfg.precision, **attack.options(),
+                                     **({"trace": on_step} if traced else {}))
                         scored = [t_.cpu() for t_ in predict_score(model, adv, yb, bs)]
                         for t in fn_targets:
                             scored.extend(t_.cpu() for t_ in score(models[t], adv, yb, bs))
+                        if traced:  # (restart, step, [loss sum, correct count]) of this batch
+                            n_s, n_t = (max(k[i] for k in sums) + 1 for i in (0, 1)) if sums else (0, 0)
+                            scored.append(torch.stack([torch.stack([torch.stack(sums[(i, t)]) for t in range(n_t)])
+                                                       for i in range(n_s)]).cpu() if sums else torch.zeros(0, 0, 2))
                         if keep_adversarial:
                             advs.append(adv)
                         advance(1)
@@ -359,6 +407,8 @@ def evaluate(
                         transfer[(mid, t, attack.id, eps)] = (cols[3 + 2 * k], cols[4 + 2 * k])
                     rows.append(_row(mid, attack, eps, correct, loss, time.perf_counter() - t0))
                     keep(mid, attack, eps, correct, loss, pred)
+                    if traced and got and len(correct):
+                        curve_rows.extend(_curve_rows(mid, attack, eps, sum(g[-1] for g in got), len(correct)))
                     if keep_adversarial:
                         adversarial[(mid, attack.id, eps)] = torch.cat(advs) if advs else x[:0]
 
@@ -374,6 +424,7 @@ def evaluate(
                         r.pop("seconds")
                         transfer_rows.append({"architecture": arch, "source": source, "target": target, **r})
     return EvalResult(
+        curves=pd.DataFrame(curve_rows, columns=list(TABLES_EVALUATION["attack_curves"][1])),
         robustness=pd.DataFrame(rows),
         per_example=pd.concat(per_example, ignore_index=True) if per_example else pd.DataFrame(),
         transfer=pd.DataFrame(transfer_rows),
@@ -405,7 +456,8 @@ class EvaluationStage(Stage):
     def run(self, cfg: EvaluationConfig, ctx: StageContext) -> StageOutput:
         ex = ctx.eval_examples
         r = evaluate(ctx.models, ex.x, ex.y, cfg, ctx.pairs if cfg.transfer else (), seed=ctx.seed, progress=ctx.progress, index=ex.index)
-        return StageOutput({"robustness": r.robustness, "per_example": r.per_example, "transfer": r.transfer}, value=r)
+        return StageOutput({"robustness": r.robustness, "per_example": r.per_example, "transfer": r.transfer,
+                            "attack_curves": r.curves}, value=r)
 
 
 register_stage(EvaluationStage())
@@ -424,6 +476,18 @@ register_figure(FigureSpec(
     "workbench.report.figures:accuracy_vs_eps",
     ("robustness",),
     order=0))
+
+register_figure(FigureSpec(
+    "attack_curves",
+    "Loss and accuracy against the attack's step",
+    "One column per model: the mean loss the attack ascends (top) and the accuracy (bottom) at each PGD iterate, at the "
+        "main ε (thin lines: later restarts). A sound attack's accuracy falls and levels off within its steps; a loss "
+        "that stalls or jumps about from the first steps while accuracy stays high is the classic sign of gradient "
+        "masking, and a curve still falling at the last step says more steps would find more.",
+    "robustness",
+    "workbench.report.class_figures:attack_curves",
+    ("attack_curves",),
+    order=2))
 
 # its section of the report, its columns of the summary (clean accuracy, each attack at the summary's ε),
 # their notes, and its tables in full (workbench/evaluation/views.py; imported only by the report)

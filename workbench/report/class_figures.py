@@ -83,3 +83,40 @@ def adversarial_confusion(tables: Tables, *, main_eps: float | None = None):
             ax.set_xlabel("predicted class (adversarial)")
             ax.set_ylabel("true class")
     return fig
+
+
+def attack_curves(tables: Tables, *, main_eps: float | None = None):
+    """Mean loss (top) and accuracy (bottom) against the attack's step, one column per model:
+    every traced attack at the L∞ ε closest to the main ε (other norms at their grid's middle)."""
+    ac = table(tables, "attack_curves")
+    if ac is None:
+        return None
+    models = [m for m in model_order(tables) if m in set(ac["model"])]
+    settings = []
+    for (attack, norm), d in ac.groupby(["attack", "norm"], sort=False):
+        grid = sorted(d["eps"].unique())
+        eps = closest(grid, main_eps) if main_eps and norm == "linf" else grid[len(grid) // 2]
+        settings.append((attack, norm, eps))
+    colours = dict(zip(settings, sns.color_palette("colorblind", max(len(settings), 1))))
+    from matplotlib.lines import Line2D
+
+    with theme():
+        fig, axes = new_figure(len(models), 2, extra_w=2.4, sharex="col")
+        for c, m in enumerate(models):
+            for attack, norm, eps in settings:
+                d = ac[(ac["model"] == m) & (ac["attack"] == attack) & (ac["norm"] == norm) & np.isclose(ac["eps"], eps)]
+                for r, (_, dr) in enumerate(d.groupby("restart")):
+                    dr = dr.sort_values("step")
+                    kw = {"color": colours[(attack, norm, eps)], "lw": 1.4 if r == 0 else 0.7, "alpha": 1.0 if r == 0 else 0.6}
+                    axes[0, c].plot(dr["step"], dr["mean_loss"], **kw)
+                    axes[1, c].plot(dr["step"], dr["accuracy"], marker="o", ms=2.5, **kw)
+            axes[0, c].set_title(m)
+            axes[1, c].set_xlabel("attack step")
+            axes[1, c].set_ylim(-0.02, 1.02)
+        axes[0, 0].set_ylabel("mean loss at the iterate")
+        axes[1, 0].set_ylabel("accuracy at the iterate")
+        handles = [Line2D([], [], color=colours[s], label=f"{s[0]}, ε = {eps_label(s[2])}") for s in settings]
+        if (ac["restart"] > 0).any():
+            handles.append(Line2D([], [], color="0.3", lw=0.7, alpha=0.6, label="later restarts"))
+        legend(fig, handles)
+    return fig
