@@ -563,7 +563,10 @@ def test_summary_numbers_equal_the_tables(runs):
 @pytest.mark.slow
 def test_report_without_probes_still_complete(runs):
     page = page_of(runs["plain"] / "index.html")
-    assert {f["name"] for f in page.figures} == {"accuracy_vs_eps", "training_curves"}
+    # the evaluation's own figures (per-class accuracy and where adversarial examples go, from the
+    # per_class table step) and the training curves; none of a probe
+    assert {f["name"] for f in page.figures} == {"accuracy_vs_eps", "training_curves", "per_class_accuracy",
+                                                 "adversarial_confusion"}
     text = (runs["plain"] / "index.html").read_text(encoding="utf-8")
     assert "No representation probes were run" in text and "checks were not run" in text
     assert 'id="encode"' not in text  # no represent probe: no section for it
@@ -763,7 +766,9 @@ def test_the_report_draws_what_components_register(runs, tmp_path, monkeypatch):
                                                                  summary=True))
     run = _copy_run(runs["plain"], tmp_path / "run")
     page = page_of(write_report(run))
-    assert [f["name"] for f in page.figures][:2] == ["accuracy_vs_eps", "registered"]
+    names = [f["name"] for f in page.figures]
+    # placed by its order (5): after accuracy_vs_eps (0), before the figures of higher order
+    assert names.index("accuracy_vs_eps") < names.index("registered") < names.index("training_curves")
     assert (run / "figures" / "registered.png").is_file()
     assert "registered column" in summary_table(load(run)).columns
 

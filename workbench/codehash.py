@@ -111,6 +111,7 @@ class CodeIndex:
         self.memo = Path(memo) if memo is not None else None
         self._info: dict[str, dict] = {}
         self._deps: dict[str, frozenset[str]] = {}
+        self._paths: dict[str, Path | None] = {}  # a rerun hashes ~20 closures of the same modules
 
     # ---- modules
 
@@ -118,6 +119,11 @@ class CodeIndex:
         """The file of ``module`` (``workbench.attacks.pgd``), or None outside the package.
         A component defined elsewhere (a plugin, a test) is hashed by the file it was
         imported from; its imports from the package are followed as well."""
+        if module not in self._paths:
+            self._paths[module] = self._find(module)
+        return self._paths[module]
+
+    def _find(self, module: str) -> Path | None:
         parts = module.split(".")
         if parts[0] != self.package:
             import sys

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-class _Lazy:
-    """A module imported on first attribute access (see the module docstring)."""
+class LazyModule:
+    """A module imported on first attribute access (for a library that takes long to import and
+    only some calls need, e.g. seaborn, matplotlib, scipy.ndimage)."""
 
     def __init__(self, name: str):
         self._name = name
@@ -31,6 +32,7 @@ class _Lazy:
         return getattr(importlib.import_module(self._name), attr)
 
 
+_Lazy = LazyModule
 sns = _Lazy("seaborn")
 _mpl_figure = _Lazy("matplotlib.figure")
 

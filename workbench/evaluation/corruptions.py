@@ -32,9 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
+from ..present import LazyModule
 from ..types import Tensor
+
+# scipy.ndimage takes most of a second to import and only corrupting images needs it (a rerun
+# reads the corrupted results from the cache): imported on first use
+ndimage = LazyModule("scipy.ndimage")
 
 SEVERITIES = (1, 2, 3, 4, 5)
 #: corruptions whose CIFAR-10-C parameters trade one effect against another, so that a higher
