@@ -170,3 +170,37 @@ def test_reading_a_run_folder_imports_no_runner():
     loaded = eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     # (the schema still imports the recipes' modules for their configs, so training code is loaded)
     assert not [m for m in loaded if m in ("workbench.runner", "workbench.facts") or m.startswith("workbench.report")]
+
+
+def _function_level_imports(path: Path) -> list[tuple[int, str, bool]]:
+    """(line, module, states why) of each import inside a function: it states why when a comment
+    is on its line, or on the line above the run of import (and blank) lines it belongs to."""
+    lines = path.read_text().splitlines()
+    out = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for ch in ast.iter_child_nodes(node):
+            if isinstance(ch, ast.If) and _type_checking(ch.test):
+                continue
+            if in_function and isinstance(ch, (ast.Import, ast.ImportFrom)):
+                mod = ("." * ch.level + (ch.module or "")) if isinstance(ch, ast.ImportFrom) else ch.names[0].name
+                i = ch.lineno - 1
+                why = "#" in lines[i]
+                j = i - 1
+                while not why and j >= 0 and (not lines[j].strip() or lines[j].lstrip().startswith(("import ", "from "))):
+                    j -= 1
+                why = why or (j >= 0 and lines[j].lstrip().startswith("#"))
+                out.append((ch.lineno, mod, why))
+            visit(ch, in_function or isinstance(ch, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+    visit(ast.parse("\n".join(lines)), False)
+    return out
+
+
+def test_every_lazy_import_of_a_library_states_why():
+    """An import inside a function defers a library for start-up time or because it is an optional
+    extra: the comment says which (a standard-library or already-loaded module belongs at the top)."""
+    silent = [f"{p.relative_to(ROOT.parent)}:{line} {mod}" for p in sorted(ROOT.rglob("*.py"))
+              for line, mod, why in _function_level_imports(p)
+              if not why and not mod.startswith(".") and mod.split(".")[0] != "workbench"]
+    assert not silent, f"imports inside functions with no reason given: {silent}"

@@ -7,11 +7,20 @@ checkpoint, a bad run folder) prints one line naming the file and field and exit
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
+import os
+import shutil
+import signal
 import sys
+import textwrap
+import threading
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
@@ -66,9 +75,6 @@ def tune_cpu_allocator() -> bool:
     0.87 s -> 0.59 s). Process-wide, so only the CLI calls it (a library call must not retune its caller's
     process); harmless elsewhere, a no-op off glibc.
     """
-    import ctypes
-    import sys
-
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -113,8 +119,6 @@ def _version_text() -> str:
     """``workbench --version``: this package's version and distribution, and a warning when
     PyPI's unrelated ``workbench`` (an AWS SageMaker tool) is installed over the same
     import name."""
-    from importlib import metadata
-
     from . import __version__
     from .errors import DISTRIBUTION
 
@@ -299,9 +303,6 @@ class Terminated(KeyboardInterrupt):
 def _terminate_as_interrupt() -> Iterator[None]:
     """While a command runs, SIGTERM raises :class:`Terminated` in the main thread (the
     previous handler comes back afterwards); elsewhere than the main thread, nothing changes."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -320,6 +321,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def _run_jobs(study_path, set_, out, store, executor, *, retrain, recompute, report, quiet, threads, gpus_per_job,
               partition, time_min, slurm_opt, parallel, strict=False) -> None:
     """``workbench run --executor slurm|local``: the driver of a study's jobs (workbench.cluster)."""
+    # each command imports what it runs: `workbench --help` and `workbench list` start without torch and pandas
     import pandas as pd
 
     from .cluster import ClusterOptions
@@ -356,16 +358,12 @@ def _run_jobs(study_path, set_, out, store, executor, *, retrain, recompute, rep
 
 
 def _is_rank_zero() -> bool:
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0
 
 
 def _relaunch_under_torchrun(gpus: int) -> None:
     """Replace this process by ``torchrun --standalone --nproc-per-node GPUS`` running the
     same ``workbench run`` (without ``--gpus``)."""
-    import os
-
     args, skip = [], False
     for a in sys.argv[1:]:
         if skip:
@@ -451,9 +449,6 @@ def list_(
         return
     if kind is not None and kind not in KINDS:
         _fail(WorkbenchError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}, layers", field="list"))
-    import shutil
-    import textwrap
-
     width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
     for k in (kind,) if kind else KINDS:
         typer.echo(f"{k}:")
@@ -466,8 +461,7 @@ def list_(
 
 
 def _list_layers(model: Optional[str], classes: int, in_shape: str) -> None:
-    import types
-
+    # each command imports what it runs: `workbench --help` and `workbench list` start without torch
     import torch
 
     from .models.sources import SourceConfig, load_source
@@ -509,8 +503,6 @@ def _list_layers(model: Optional[str], classes: int, in_shape: str) -> None:
 
 
 def _nullcontext():
-    import contextlib
-
     return contextlib.nullcontext()
 
 

@@ -47,6 +47,7 @@ KINDS = ("slurm", "local")
 
 def _submitit():
     try:
+        # optional extra (cluster): imported when a job is submitted
         import submitit
     except ImportError:
         raise WorkbenchError(f"--executor slurm/local needs submitit: {install_hint('cluster')}",
@@ -134,6 +135,7 @@ def _distributed_env(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
     try:
+        # optional extra (cluster): imported when a job is submitted
         import submitit
 
         env = submitit.JobEnvironment()

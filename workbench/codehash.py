@@ -28,9 +28,12 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib.util
 import json
 import os
+import site
 import sys
+import sysconfig
 from pathlib import Path
 
 PACKAGE = "workbench"
@@ -126,8 +129,6 @@ class CodeIndex:
     def _find(self, module: str) -> Path | None:
         parts = module.split(".")
         if parts[0] != self.package:
-            import sys
-
             f = getattr(sys.modules.get(module), "__file__", None)
             return Path(f) if f and f.endswith(".py") and Path(f).is_file() else None
         base = self.root.joinpath(*parts[1:])
@@ -259,9 +260,6 @@ def installed() -> CodeIndex:
 def _installed_roots() -> tuple[Path, ...]:
     """Where installed code lives: the standard library, site-packages (also the user's) and
     the workbench package itself (hashed by :func:`code_hash` where a stage runs it)."""
-    import site
-    import sysconfig
-
     roots = {Path(__file__).resolve().parent}
     for name in ("stdlib", "platstdlib", "purelib", "platlib"):
         p = sysconfig.get_paths().get(name)
@@ -280,8 +278,6 @@ def _installed_roots() -> tuple[Path, ...]:
 def _module_file(name: str) -> Path | None:
     """The source file of module ``name`` (imported or importable), or None (built in, an
     extension module, a namespace package, not found)."""
-    import importlib.util
-
     mod = sys.modules.get(name)
     f = getattr(mod, "__file__", None) if mod is not None else None
     if f is None:

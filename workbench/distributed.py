@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from .errors import WorkbenchError
 
@@ -136,8 +137,6 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     several ranks, else ``model`` itself. The returned module shares ``model``'s parameters."""
     if not world().active:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     if device.type == "cuda":
         # in place: the layers keep their parameters and buffers (and state-dict names)
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

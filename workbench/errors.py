@@ -7,6 +7,7 @@ and exits with status 2; library callers (notebooks, tests) catch it like any ex
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 
 #: the name to install by (PyPI's ``workbench`` is an unrelated AWS SageMaker tool); the
@@ -73,8 +74,6 @@ class TrainingError(WorkbenchError):
 def os_error(e: OSError, what: str = "") -> WorkbenchError:
     """An operating-system failure (disk full, read-only, a file where a folder belongs) as
     one line naming the path; the CLI's last guard, where no closer code knew better."""
-    import errno
-
     name = errno.errorcode.get(e.errno or 0, "")
     reason = e.strerror or str(e) or type(e).__name__
     return WorkbenchError(f"{what + ': ' if what else ''}{reason}{f' ({name})' if name else ''}",

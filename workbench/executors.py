@@ -22,9 +22,13 @@ that ships :meth:`TrainJob.to_json` to where the store is reachable, registered 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -103,13 +107,7 @@ _WORKER: dict[str, Any] = {}
 def _end_with_parent(parent: int) -> None:
     """Make this worker end when its parent dies (``kill -9`` of the driver included), so no
     orphan goes on training: Linux's PR_SET_PDEATHSIG, else a thread watching the parent."""
-    import signal
-    import sys
-    import threading
-
     if sys.platform.startswith("linux"):
-        import ctypes
-
         try:
             PR_SET_PDEATHSIG = 1
             if ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
@@ -135,6 +133,7 @@ def _worker_init(threads: int | None, parent: int | None = None) -> None:
     if threads is None:
         return
     torch.set_num_threads(threads)
+    # threadpoolctl: only when a thread limit is set
     from threadpoolctl import threadpool_limits
 
     _WORKER["limits"] = threadpool_limits(threads)

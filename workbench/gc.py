@@ -19,6 +19,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from .errors import RunFolderError, StoreError
 from .store import ModelStore, _read_claim
 
@@ -50,8 +52,6 @@ def used_keys(run_dirs: list[Path]) -> tuple[set[str], set[str]]:
     """(model keys, result keys) the run folders (and the runs in their archives) use; a
     folder that is not a run, or whose models table cannot be read, is an error: what it
     uses would be unknown, and so would what may go."""
-    import pandas as pd
-
     models: set[str] = set()
     results: set[str] = set()
     for run_dir in run_dirs:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
+import warnings
 
 
 def listing(kind: str, pattern: str = "*") -> list[tuple[str, str]]:
@@ -39,17 +41,14 @@ def listing(kind: str, pattern: str = "*") -> list[tuple[str, str]]:
 
 def _timm_listing(pattern: str) -> list[tuple[str, str]]:
     """The ``timm:<name>`` entry: how many timm models match, or how to install timm."""
-    import importlib.util
-
     from .errors import install_hint
     from .models.base import TIMM_PREFIX
 
     if importlib.util.find_spec("timm") is None:
         return [("timm:<name>", f"any timm model; timm is not installed: {install_hint('models')}")]
-    import warnings
-
     with warnings.catch_warnings():  # timm's import warns about torch.jit deprecations
         warnings.simplefilter("ignore")
+        # optional extra (timm): imported when a timm model is used
         import timm
 
     sub = pattern[len(TIMM_PREFIX):] if pattern.startswith(TIMM_PREFIX) else "*"

@@ -13,8 +13,14 @@ valid names, which the study validator turns into a file/field error.
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import inspect
+import pkgutil
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar, Union
+
+from pydantic import Field
 
 from .errors import UnknownNameError
 
@@ -85,8 +91,6 @@ class Registry(Generic[T]):
     def describe(self, name: str) -> str:
         """First paragraph of the entry's docstring on one line, whole, as plain text (for
         ``workbench list``)."""
-        import inspect
-
         doc = inspect.cleandoc(getattr(self.get(name), "__doc__", None) or "")
         return plain_text(" ".join(doc.split("\n\n")[0].split()))
 
@@ -103,8 +107,6 @@ class Registry(Generic[T]):
 def plain_text(text: str) -> str:
     """Docstring text without its reStructuredText markup: ``code`` -> code,
     :func:`~pkg.mod.name` -> name, :data:`X` -> X."""
-    import re
-
     text = re.sub(r":[a-z]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`", lambda m: m.group(1).rsplit(".", 1)[-1]
                   if m.group(0).split("`")[1].startswith("~") else m.group(1), text)
     return re.sub(r"``([^`]+)``", r"\1", text)
@@ -113,10 +115,6 @@ def plain_text(text: str) -> str:
 def tagged_union(registry: Registry) -> Any:
     """The discriminated union (on ``name``) of the configs registered in ``registry``: the
     type of a study field that takes any of them (``recipes[]``, ``evaluation.attacks[]``)."""
-    from typing import Annotated, Union
-
-    from pydantic import Field
-
     configs = tuple(registry.configs().values())
     return Annotated[Union[configs], Field(discriminator="name")]  # type: ignore[valid-type]
 
@@ -124,9 +122,6 @@ def tagged_union(registry: Registry) -> Any:
 def import_submodules(package: str, path: Iterable[str]) -> None:
     """Import every module of a package (in name order) so that each registers itself: a
     new component is one new module, with no import to add anywhere."""
-    import importlib
-    import pkgutil
-
     for info in sorted(pkgutil.iter_modules(list(path)), key=lambda m: m.name):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package}.{info.name}")

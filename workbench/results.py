@@ -16,6 +16,7 @@ unreadable table or one lacking a column of its schema (:mod:`workbench.tables`)
 from __future__ import annotations
 
 import json
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,8 +108,6 @@ class Results:
             raise RunFolderError("environment.json lacks the data's num_classes/in_shape", file=str(self.path / "environment.json"))
         decl = next((m for m in self.study.loaded if m.id == model_id), None)
         if decl is not None:
-            import types
-
             study = types.SimpleNamespace(loaded=[decl])
             data = types.SimpleNamespace(num_classes=num_classes, in_shape=in_shape)
             lm = load_study_models(study, data, device)[model_id]
@@ -171,7 +170,9 @@ def column_kinds(path: Path) -> dict[str, str]:
     """Each column's kind in a parquet file (number, bool, text, time, null, other), from its
     schema alone: what ``run.json`` records of the tables a run wrote, so a table whose
     column types were changed since is recognised."""
+    # pyarrow's schema reader: only for a table's column kinds
     import pyarrow as pa
+    # pyarrow's schema reader: only for a table's column kinds
     import pyarrow.parquet as pq
 
     def kind(t: pa.DataType) -> str:

@@ -12,6 +12,7 @@ rerun with nothing changed reuses them."""
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -228,10 +230,6 @@ def training_arrays(study: Study, trained: dict[str, TrainedModel], store: Model
     """What each model's recipe kept beside it in the store for the report (a recipe's
     ``report_arrays(entry)``, e.g. robust_features' sample of its derived set), as one npz:
     ``models`` (ids) and ``{name}.{j}`` for the j-th of them; None when no recipe kept any."""
-    import io
-
-    import numpy as np
-
     from .training import recipe_class
 
     ids: list[str] = []

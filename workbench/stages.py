@@ -24,6 +24,7 @@ stores both under the stage's key, so a rerun with nothing changed reads them ba
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -296,8 +297,6 @@ def run_stages(stages: list[Stage], study: Any, facts: FactSource, cache: Any, *
                recompute: bool = False, timings: dict[str, float] | None = None) -> StagesRun:
     """Run (or read from the result cache) each planned stage in order, each on its
     section of ``study`` and the facts it declares."""
-    import time
-
     from .cache import cached_stage
 
     out = StagesRun({}, {}, [], {}, {})

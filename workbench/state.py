@@ -8,6 +8,7 @@ Each change is made here, by a context manager that undoes it.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -72,8 +73,6 @@ def threads_setting(threads: int | None = None, *, default: bool = True) -> int 
     the cores. The same setting in every process is what makes an executor train the
     in-process run's weights bit for bit on the CPU.
     """
-    import os
-
     from .errors import WorkbenchError
 
     if threads:
@@ -94,6 +93,7 @@ def cpu_threads(n: int | None) -> Iterator[None]:
     if n is None:
         yield
         return
+    # threadpoolctl: only when a thread limit is set
     from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()

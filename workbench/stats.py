@@ -239,6 +239,7 @@ def spearman(x: Sequence[float], y: Sequence[float], level: float = LEVEL) -> di
     n = len(x)
     if n < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"n": n, "rho": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    # scipy takes a second to import; only this computation needs it
     from scipy.stats import spearmanr
 
     rho = float(spearmanr(x, y).statistic)

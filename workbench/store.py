@@ -32,10 +32,16 @@ import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import uuid
+import zipfile
 from collections.abc import Callable, Iterator
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -106,8 +112,6 @@ def file_lock(path: Path) -> Iterator[None]:
 def _read_claim(path: Path) -> tuple[dict[str, Any] | None, float]:
     """(the claim's owner, seconds since its last heartbeat); (None, 0) when there is none.
     An unreadable claim (being written, or garbage) counts as one with an unknown owner."""
-    import time
-
     try:
         age = time.time() - path.stat().st_mtime
         text = path.read_text()
@@ -137,8 +141,6 @@ def _pid_alive(pid: Any) -> bool:
 def _drop_claim(path: Path, seen: dict[str, Any]) -> None:
     """Remove the stale claim ``seen``, and only that one: moved aside first, and put back
     (without replacing anything) if another process had claimed it meanwhile."""
-    import uuid
-
     aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex[:8]}")
     try:
         os.rename(path, aside)
@@ -167,8 +169,6 @@ MAX_EXPANSION = 4
 def check_archive_sizes(data: bytes, file: str) -> None:
     """Refuse a torch zip archive whose members declare more than ``MAX_EXPANSION`` × its
     size (+1 MiB) uncompressed; reads only the central directory. Not a zip: nothing to check."""
-    import zipfile
-
     if not data.startswith(b"PK"):
         return
     try:
@@ -239,11 +239,6 @@ class ModelStore:
         ``stale_s``/4 seconds. Another process waits while the claim lives; it takes it over
         when its heartbeat is older than ``stale_s`` (default ``$WORKBENCH_CLAIM_STALE_S`` or
         300 s), or at once when its owner is a process of this host that is gone."""
-        import socket
-        import threading
-        import time
-        import uuid
-
         stale = float(stale_s if stale_s is not None else os.environ.get("WORKBENCH_CLAIM_STALE_S") or 300)
         path = self.root / "models" / f"{key}.claim"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -747,8 +742,6 @@ def git_commit(cwd: Path | None = None) -> str | None:
 
 
 def environment(device: torch.device, seed: int) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
     versions = {}
     for pkg in ("workbench", "torch", "torchvision", "captum", "scikit-learn", "pandas", "numpy", "seaborn", "pydantic"):
         try:

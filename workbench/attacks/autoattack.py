@@ -15,7 +15,9 @@ torch's global generators is undone afterwards.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+from importlib import metadata
 from typing import Any, Literal
 
 import torch
@@ -37,15 +39,11 @@ MISSING = f"attack 'autoattack' needs the pyautoattack package, a dependency of 
 
 
 def available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("pyautoattack") is not None
 
 
 def package_version() -> str | None:
     """The installed pyautoattack's version (None when it is missing)."""
-    from importlib import metadata
-
     try:
         return metadata.version("pyautoattack")
     except metadata.PackageNotFoundError:
@@ -57,6 +55,7 @@ def build(model: torch.nn.Module, eps: float, *, norm: str = "linf", version: st
     """The ``pyautoattack.AutoAttack`` object the workbench runs (for running it directly).
     ``targets``: target classes of the targeted attacks (default the version's, 9)."""
     try:
+        # optional extra (pyautoattack): imported when used, with an install hint when missing
         from pyautoattack import AutoAttack
     except ImportError:
         raise WorkbenchError(MISSING, field="evaluation.attacks") from None

@@ -31,6 +31,7 @@ from typing import Union
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module  # its global hook registries (CUDA-graph replay skips hooks)
 
 from ..registry import Registry
 from ..types import Labels, Tensor
@@ -319,12 +320,10 @@ def _reset_after_failed_capture(device: torch.device) -> None:
 def _graph_safe(model: nn.Module) -> bool:
     """No module hooks (replay would skip them) and no (Distributed)DataParallel wrapper
     (whose forward scatters or broadcasts buffers)."""
-    from torch.nn.modules import module as _m
-
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         return False
     hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    if any(getattr(_m, "_global" + name, None) for name in hook_dicts):
+    if any(getattr(_torch_module, "_global" + name, None) for name in hook_dicts):
         return False
     return not any(getattr(m, name, None) for m in model.modules() for name in hook_dicts)
 

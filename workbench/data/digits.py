@@ -43,6 +43,7 @@ def _read_bundled() -> tuple[np.ndarray, np.ndarray]:
                 return data[:, :-1], data[:, -1].astype(np.int64)
         except (OSError, ValueError):
             pass
+    # scikit-learn takes seconds to import; only this step needs it
     from sklearn.datasets import load_digits as sk_load_digits
 
     images, target = sk_load_digits(return_X_y=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import DataError
@@ -409,6 +411,7 @@ def _torchvision_decoder() -> Callable[[torch.Tensor, bool], torch.Tensor] | Non
     general), and we fall back to PIL once a torchvision without them is installed.
     """
     try:
+        # torchvision takes seconds to import; only image decoding and its models need it
         from torchvision.io import ImageReadMode, decode_image
     except ImportError:
         return None
@@ -420,9 +423,7 @@ def _torchvision_decoder() -> Callable[[torch.Tensor, bool], torch.Tensor] | Non
 
 
 def _decode_pil(data: bytes, grayscale: bool) -> torch.Tensor:
-    import io
-
-    import numpy as np
+    # Pillow: only the image-file data sets and the corruptions use it
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
@@ -440,6 +441,7 @@ def _decode_pil(data: bytes, grayscale: bool) -> torch.Tensor:
 
 def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
     """Shorter side to ``size`` (antialiased), then the central size×size square."""
+    # torchvision takes seconds to import; only image decoding and its models need it
     from torchvision.transforms.v2 import functional as F
 
     h, w = img.shape[-2:]

@@ -166,6 +166,7 @@ class ImageFiles(torch.utils.data.Dataset):
         """The images at ``pos`` from their bytes (:class:`FileBytes`): the JPEGs decoded
         together on ``device`` (nvjpeg on CUDA) and resized there; any other file (PNG, or a
         JPEG the device decoder rejects) by the CPU path of :meth:`__getitem__`, then moved."""
+        # torchvision takes seconds to import; only image decoding and its models need it
         from torchvision.io import ImageReadMode, decode_jpeg
 
         _quiet_torchvision_deprecation()
@@ -190,6 +191,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def _try_decode_jpeg(data: torch.Tensor, mode: Any, device: torch.device) -> torch.Tensor | None:
+    # torchvision takes seconds to import; only image decoding and its models need it
     from torchvision.io import decode_jpeg
 
     try:
@@ -565,6 +567,7 @@ def cuda_jpeg_unavailable(device: str) -> str | None:
     """None when torchvision decodes a JPEG on ``device``, else why not: tried once per
     device on a 16×16 JPEG encoded here (a torchvision built without nvjpeg raises)."""
     try:
+        # torchvision takes seconds to import; only image decoding and its models need it
         from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
         _quiet_torchvision_deprecation()

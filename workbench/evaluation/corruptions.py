@@ -25,6 +25,7 @@ Departures from the reference (docs/methods.md):
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from collections.abc import Callable
 from io import BytesIO
@@ -136,6 +137,7 @@ def _plasma(size: int, decay: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def _pil(x: np.ndarray):
+    # Pillow: only the image-file data sets and the corruptions use it
     from PIL import Image
 
     u8 = np.uint8(np.clip(x, 0, 1) * 255)
@@ -225,8 +227,6 @@ def snow(x, severity, rng):
 def frost_images() -> list[Path]:
     """The frost photographs shipped by ``imagecorruptions`` (the ``corruptions`` extra), found
     without importing the package (its import loads OpenCV and scikit-image and warns)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("imagecorruptions")
     if spec is None or not spec.submodule_search_locations:
         return []
@@ -242,6 +242,7 @@ def frost_available() -> bool:
 @functools.lru_cache(maxsize=16)
 def _frost_layer(path: str, h: int, w: int) -> np.ndarray:
     """A frost photograph resized by 0.2·size/32 (the reference's 0.2 at 32 pixels), in [0, 1]."""
+    # Pillow: only the image-file data sets and the corruptions use it
     from PIL import Image
 
     with Image.open(path) as im:
@@ -327,6 +328,7 @@ def elastic_transform(x, severity, rng):
 
 @_register
 def pixelate(x, severity, rng):
+    # Pillow: only the image-file data sets and the corruptions use it
     from PIL import Image
 
     c = [0.95, 0.9, 0.85, 0.75, 0.65][severity - 1]
@@ -338,6 +340,7 @@ def pixelate(x, severity, rng):
 
 @_register
 def jpeg_compression(x, severity, rng):
+    # Pillow: only the image-file data sets and the corruptions use it
     from PIL import Image
 
     q = [80, 65, 58, 50, 40][severity - 1]

@@ -76,6 +76,7 @@ def read_weights(path: str | Path) -> Weights:
     digest = hashlib.sha256(data).hexdigest()
     if path.suffix == ".safetensors":
         try:
+            # optional: only for .safetensors checkpoints
             from safetensors.torch import load as st_load
         except ImportError:
             raise CheckpointError(f"reading .safetensors needs the safetensors package: {install_hint('models')}",

@@ -20,7 +20,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import importlib.util
+import inspect
+import io
+import logging
 import os
+import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +35,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
+from torch.hub import get_dir
 
 from ..errors import CheckpointError, WorkbenchError
 from .base import TIMM_PREFIX, TORCHVISION_PREFIX, Built, WorkbenchModel, check_model_options
@@ -133,8 +140,6 @@ class LoadedModel:
 def _module_file(spec: str, mod_name: str) -> str | None:
     """Where a module's code is, without running it (a parent package's ``__init__`` runs);
     None for a module that is not there."""
-    import importlib.util
-
     with _user_code(spec, None, f"finding {mod_name!r}"):
         try:
             found = importlib.util.find_spec(mod_name)
@@ -154,10 +159,6 @@ def _user_code(spec: str, file: str | None, doing: str):
     ``sys.argv`` is just the module's file meanwhile, so a module that parses it at import
     sees no arguments rather than ``workbench run ...``; what it writes to stderr is held
     back and its last line quoted if it fails (shown as written if it does not)."""
-    import io
-    import sys
-    import traceback
-
     argv, err = sys.argv, io.StringIO()
     sys.argv = [file or spec]
     try:
@@ -213,8 +214,8 @@ def _python_factory(spec: str) -> tuple[Any, str]:
 
 
 def _torchvision_cache_file(name: str) -> Path:
+    # torchvision takes seconds to import; only image decoding and its models need it
     import torchvision
-    from torch.hub import get_dir
 
     weights = torchvision.models.get_model_weights(name).DEFAULT
     return Path(get_dir()) / "checkpoints" / os.path.basename(weights.url)
@@ -250,8 +251,6 @@ def _build_net(src: SourceConfig, num_classes: int, in_shape: tuple[int, int, in
 
     if src.python:
         fn, digest = _python_factory(src.python)
-        import inspect
-
         module = inspect.getmodule(fn)
         file = getattr(module, "__file__", None) if module is not None else None
         with _user_code(src.python, file, f"calling it with options {dict(src.options)}"):
@@ -443,8 +442,6 @@ def check_study_sources(study: Any) -> None:
 
 def load_study_models(study: Any, data: Any, device: torch.device | str = "cpu", *, progress: Any = None) -> dict[str, LoadedModel]:
     """Every ``models:`` entry of a study, loaded for its data (classes and input shape)."""
-    import logging
-
     log = logging.getLogger("workbench")
     out: dict[str, LoadedModel] = {}
     for i, decl in enumerate(study.loaded):

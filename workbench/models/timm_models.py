@@ -21,6 +21,7 @@ _RESERVED = ("pretrained", "num_classes", "pretrained_cfg_overlay")
 
 def _timm():
     try:
+        # optional extra (timm): imported when a timm model is used
         import timm
     except ImportError:
         raise WorkbenchError(f"timm models need the timm package: {install_hint('models')}") from None

@@ -42,6 +42,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 
 @functools.lru_cache(maxsize=1)
 def _names() -> tuple[str, ...]:
+    # torchvision takes seconds to import; only image decoding and its models need it
     import torchvision
 
     return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
@@ -64,6 +65,7 @@ def _check_name(name: str) -> None:
 
 
 def _construct(name: str, options: dict[str, Any], **fixed: Any) -> nn.Module:
+    # torchvision takes seconds to import; only image decoding and its models need it
     import torchvision
 
     bad = sorted(set(options) & set(_RESERVED))

@@ -12,6 +12,8 @@ adds no normalisation.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 from torch import nn
@@ -28,14 +30,13 @@ def _autoattack_alias() -> None:
     ``pyautoattack``) but its package ``__init__`` imports ``autoattack`` (the name of the
     GitHub original): without this alias ``import robustbench`` fails. Registered only
     when no ``autoattack`` module exists; nothing else is touched."""
-    import importlib.util
-    import sys
-
     if "autoattack" in sys.modules or importlib.util.find_spec("autoattack") is not None:
         return
     if importlib.util.find_spec("pyautoattack") is None:
         return
+    # optional extra (pyautoattack): imported when used, with an install hint when missing
     import pyautoattack
+    # optional extra (pyautoattack): imported when used, with an install hint when missing
     import pyautoattack.state
 
     sys.modules["autoattack"] = pyautoattack
@@ -45,7 +46,9 @@ def _autoattack_alias() -> None:
 def _rb():
     _autoattack_alias()
     try:
+        # optional extra (robustbench): imported when used, with an install hint when missing
         from robustbench.model_zoo import model_dicts
+        # optional extra (robustbench): imported when used, with an install hint when missing
         from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
     except ImportError as e:
         raise WorkbenchError(f"robustbench sources need the robustbench package: {install_hint('zoo')} ({e})") from None
@@ -104,6 +107,7 @@ def load(name: str, *, dataset: str = "cifar10", threat_model: str = "Linf", mod
 
 def _download(name: str, dataset: str, threat_model: str, path: Path) -> None:
     """Only on request: robustbench's own downloader (Google Drive or its mirror)."""
+    # optional extra (robustbench): imported when used, with an install hint when missing
     from robustbench.utils import download_gdrive
 
     gdrive_id = entries(dataset, threat_model)[name].get("gdrive_id")

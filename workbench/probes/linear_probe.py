@@ -163,7 +163,9 @@ def _fit_and_score(xtr, ytr, xva, yva, test_sets, grid, max_iter) -> ProbeResult
     # imported on use: scikit-learn takes about 2 s to import, which a rerun that reads
     # every result from the cache should not pay
     from sklearn.exceptions import ConvergenceWarning
+    # scikit-learn takes seconds to import; only this step needs it
     from sklearn.linear_model import LogisticRegression
+    # scikit-learn takes seconds to import; only this step needs it
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(xtr.astype(np.float64))

@@ -258,6 +258,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ``a``, ``b``: (N, ...) maps of the same shape (a 1-D tensor is one example); returns
     (N,) float64, NaN where a map is constant.
     """
+    # scipy takes a second to import; only this computation needs it
     from scipy.stats import spearmanr
 
     if a.shape != b.shape:
@@ -323,6 +324,7 @@ def attribution_metrics(
     ``smoothgrad_samples``). Returns ``{method: {"infidelity": (N,), "sensitivity": (N,)}}``
     as float64 CPU tensors.
     """
+    # captum: only the saliency probe's attributions; slow to import
     from captum.metrics import infidelity, sensitivity_max
 
     n = x.shape[0]

@@ -201,6 +201,7 @@ def measure_scatter(runs: Sequence[Results], names: Sequence[str]) -> Figure | N
             ax.set_title(f"{labels[col]}\nSpearman {rho}, n = {s['n']}", fontsize="small")
             ax.set_xlabel(labels[col])
         axes[0, 0].set_ylabel("worst-case robust accuracy")
+        # matplotlib takes seconds to import; only drawing needs it
         from matplotlib.lines import Line2D
 
         handles = F.model_handles(models, colours) + [

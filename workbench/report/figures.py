@@ -64,6 +64,7 @@ def layer_ticks(ax, df: pd.DataFrame, name_col: str = "layer", index_col: str = 
 
 def log_axis(ax) -> None:
     """Log y axis with plain numbers (``60``, ``0.2``) instead of ``6×10¹`` labels."""
+    # matplotlib takes seconds to import; only drawing needs it
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     ax.set_yscale("log")
@@ -139,6 +140,7 @@ def accuracy_vs_eps(tables: Tables, *, main_eps: float | None = None) -> Figure 
         handles = model_handles(models, colours)
         handles.append(_mpl_lines.Line2D([], [], color="0.3", label="white-box"))
         if has_ci:
+            # matplotlib takes seconds to import; only drawing needs it
             from matplotlib.patches import Patch
 
             handles.append(Patch(color="0.3", alpha=0.18, label="95% interval"))
@@ -445,6 +447,7 @@ def saliency_grid(saliency: Mapping[str, Any] | None, tables: Tables, *, max_exa
     """
     if not saliency or not saliency.get("maps"):
         return None
+    # matplotlib takes seconds to import; only drawing needs it
     from matplotlib import colormaps
 
     inputs = np.asarray(saliency["inputs"], dtype=np.float32)

@@ -18,6 +18,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import inspect
+import json
 import logging
 import math
 import os
@@ -26,11 +27,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from .. import components  # noqa: F401  (registers every component's figures)
 from ..errors import RunFolderError
@@ -47,6 +50,7 @@ log = logging.getLogger("workbench")
 
 @lru_cache(maxsize=1)
 def _env():
+    # jinja2: only when a page is rendered
     import jinja2
 
     return jinja2.Environment(
@@ -68,6 +72,7 @@ def _script() -> tuple[str, str]:
 
 def render_page(template: str, **context: Any) -> str:
     """Render one of the templates with the inline script, its CSP hash and the version."""
+    # markupsafe (jinja2's): only when a page is rendered
     from markupsafe import Markup
 
     script, digest = _script()
@@ -77,8 +82,6 @@ def render_page(template: str, **context: Any) -> str:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("workbench")
     except PackageNotFoundError:
@@ -418,8 +421,6 @@ def _section(res: Results, sec: ReportSection, entries: list[FigureEntry]) -> di
 
 def _study_yaml(res: Results) -> str:
     """study.yaml as written, re-dumped with Unicode kept (the runner's dump escapes ε as \\u03B5)."""
-    import yaml
-
     try:
         text = (res.path / "study.yaml").read_text()
         return yaml.safe_dump(yaml.safe_load(text), sort_keys=False, allow_unicode=True, width=100)
@@ -462,8 +463,6 @@ def cached_figures(res: Results, out_dir: Path, formats: Sequence[str]) -> tuple
     arrays, study and figure code are those of an earlier report (a rerun with nothing
     changed then draws nothing). The page itself is always rendered anew: its provenance
     (times, reused stages) is this run's."""
-    import json
-
     from ..cache import ResultCache, cached_stage
     from ..stages import StageOutput
 

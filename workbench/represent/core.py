@@ -222,6 +222,7 @@ def image_agreement(x: Tensor, x_t: Tensor) -> dict[str, Tensor]:
     """Per example: SSIM against the target (torchmetrics, data range 1, Gaussian window
     of at most 11 pixels and at most the image side, odd) and ‖x − x_t‖₂ / ‖x_t‖₂."""
     try:
+        # torchmetrics takes seconds to import; only the inversion's SSIM needs it
         from torchmetrics.functional.image import structural_similarity_index_measure as ssim
     except ImportError as e:  # an optional extra
         from ..errors import install_hint

@@ -51,7 +51,9 @@ class PixelJudge:
 def fit_judge(cfg: JudgeConfig, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0) -> PixelJudge:
     """Fit the judge of ``cfg`` on training images ``x`` and labels ``y`` (deterministic:
     a seeded subset, and solvers without randomness)."""
+    # scikit-learn takes seconds to import; only this step needs it
     from sklearn.linear_model import LogisticRegression
+    # scikit-learn takes seconds to import; only this step needs it
     from sklearn.svm import SVC
 
     idx = seeded_subset(len(y), cfg.max_train, seeded_generator("cpu", seed, "judge-train"))

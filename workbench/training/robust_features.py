@@ -16,6 +16,7 @@ the training image it was built from) is kept next to the model in its store ent
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -93,8 +94,6 @@ class RobustFeatures(Recipe):
 
     @classmethod
     def dependencies(cls, job: TrainJob) -> dict[str, TrainJob]:
-        import dataclasses
-
         cfg: RobustFeaturesRecipe = job.spec.recipe
         src = cfg.source_config()
         train = TrainConfig.model_validate({**job.spec.train.model_dump(), **src.train})
