@@ -98,6 +98,7 @@ def attack_curves(tables: Tables, *, main_eps: float | None = None):
         eps = closest(grid, main_eps) if main_eps and norm == "linf" else grid[len(grid) // 2]
         settings.append((attack, norm, eps))
     colours = dict(zip(settings, sns.color_palette("colorblind", max(len(settings), 1))))
+    # matplotlib takes seconds to import; only drawing needs it
     from matplotlib.lines import Line2D
 
     with theme():
