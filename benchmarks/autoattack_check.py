@@ -3,7 +3,8 @@ attack against ``pyautoattack`` run directly, and the worst case against every a
 
     python benchmarks/autoattack_check.py RUN_FOLDER [RUN_FOLDER ...] [--examples N]
         [--norm linf|l2] [--eps E ...] [--version standard] [--seed S] [--store PATH]
-    python benchmarks/autoattack_check.py RUN_FOLDER ... --containment [--allow 1]
+    python benchmarks/autoattack_check.py RUN_FOLDER ... --containment [--allow 1] [--model M ...]
+        [--norm linf|l2] [--eps E ...]
 
 For every model of each run (trained models come from the model store by the key the run
 recorded, ``--store`` or ``$WORKBENCH_STORE``), on the first N examples the run evaluated
@@ -26,7 +27,11 @@ version (APGD-CE, APGD-T, FAB-T, Square), run directly through ``pyautoattack`` 
 evaluated examples the run's worst case counts robust (all of them, not the first N; it only
 attacks examples classified correctly, and the others are already counted broken), must break
 at most one of them (``--allow``): the worst case then leaves nothing AutoAttack finds, up to
-the randomness of two searches.
+the randomness of two searches. ``--model``, ``--norm`` and ``--eps`` restrict it to some
+settings (to share the work out over processes); ``--save FILE`` records AutoAttack's
+per-example outcomes and ``--outcomes FILE ...`` reads them instead of attacking again (so
+AutoAttack can run on a run without the cascade, a superset of the final worst case's robust
+examples, while the cascade still runs, and the final run be checked against it).
 
 Exit status 1 when an outcome differs, the worst case is above an attack, or (containment)
 AutoAttack breaks more than ``--allow`` examples the worst case counts robust; 0 otherwise.
@@ -138,38 +143,72 @@ def check_run(run: str, args, device) -> bool:
     return ok
 
 
+def _load_outcomes(paths) -> dict[tuple[str, str, float], dict[int, bool]]:
+    """(model, norm, ε) -> {test index: AutoAttack's outcome (correct)} from --outcomes files."""
+    import pandas as pd
+
+    got: dict[tuple[str, str, float], dict[int, bool]] = {}
+    for path in paths or []:
+        if Path(path).exists():
+            for (mid, norm, eps), d in pd.read_csv(path).groupby(["model", "norm", "eps"]):
+                got.setdefault((str(mid), str(norm), round(float(eps), 12)), {}).update(
+                    zip(d["index"].astype(int), d["correct"].astype(bool)))
+    return got
+
+
 def containment(run: str, args, device) -> bool:
-    """AutoAttack standard, run directly, on the examples the run's worst case counts robust."""
+    """AutoAttack standard, run directly, on the examples the run's worst case counts robust.
+
+    With ``--outcomes``, AutoAttack's per-example outcomes recorded by an earlier invocation
+    (``--save``; it may have attacked a superset, e.g. the examples a run without the cascade
+    counts robust) are read instead of attacking again: AutoAttack, run directly on those
+    examples, broke the ones recorded incorrect. Examples without a recorded outcome are
+    attacked here."""
+    import pandas as pd
+
     res = results.load(run)
     study = res.study
     data = load_study_data(study, device)
     pe = res["per_example"]
     rob = res["robustness"]
     worst = rob[rob["attack"] == "worst_case"]
+    known = _load_outcomes(args.outcomes)
+    saved = []
     print(f"\n== {run}: {study.name}; AutoAttack {args.version} (pyautoattack, run directly, seed {args.seed}) on the "
           f"examples the worst case counts robust; allowed: {args.allow}")
-    print(f"{'model':<28} {'norm':<5} {'ε':>7} {'worst case':>11} {'robust':>7} {'AA breaks':>10} {'s':>7}")
+    print(f"{'model':<28} {'norm':<5} {'ε':>7} {'worst case':>11} {'robust':>7} {'AA breaks':>10} {'s':>7} {'recorded':>9}")
     ok = True
     for mid in res.model_ids:
+        if args.model and mid not in args.model:
+            continue
         model = res.model(mid, store=args.store, device=device)
         for _, w in worst[worst["model"] == mid].sort_values(["norm", "eps"]).iterrows():
             norm, eps = str(w["norm"]), float(w["eps"])
-            if norm not in _NORMS:
+            if norm not in _NORMS or (args.norm and norm != args.norm) or (
+                    args.eps and not np.isclose(eps, args.eps).any()):
                 continue
             d = pe[(pe["model"] == mid) & (pe["attack"] == "worst_case") & (pe["norm"] == norm)
                    & np.isclose(pe["eps"], eps)]
             index = d.loc[d["correct"].astype(bool), "index"].to_numpy()
-            broken, seconds = 0, 0.0
-            if len(index):
-                idx = torch.as_tensor(index.copy(), device=data.test_x.device)
+            have = known.get((mid, norm, round(eps, 12)), {})
+            old = np.array([i for i in index if int(i) in have], dtype=int)
+            new = np.array([i for i in index if int(i) not in have], dtype=int)
+            broken, seconds = sum(not have[int(i)] for i in old), 0.0
+            if len(new):
+                idx = torch.as_tensor(new.copy(), device=data.test_x.device)
                 x, y = data.test_x[idx].to(device).float(), data.test_y[idx].to(device)
                 t0 = time.perf_counter()
                 adv = direct(model, x, y, eps, norm, args.version, args.seed, device)
                 seconds = time.perf_counter() - t0
-                broken = int((~correct(model, adv, y)).sum())
+                c = correct(model, adv, y)
+                broken += int((~c).sum())
+                saved.append(pd.DataFrame({"model": mid, "norm": norm, "eps": eps, "index": new, "correct": c}))
             ok &= broken <= args.allow
             print(f"{mid:<28} {norm:<5} {eps:>7.4g} {float(w['accuracy']):>11.1%} {len(index):>7d} {broken:>10d} "
-                  f"{seconds:>7.1f}{'' if broken <= args.allow else '  <-- more than allowed'}")
+                  f"{seconds:>7.1f} {len(old):>9d}{'' if broken <= args.allow else '  <-- more than allowed'}",
+                  flush=True)
+            if args.save and saved:
+                pd.concat(saved, ignore_index=True).to_csv(args.save, index=False)
     return ok
 
 
@@ -177,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run folders (workbench run --out)")
     p.add_argument("--examples", type=int, default=100, help="first N evaluated examples (default 100)")
-    p.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    p.add_argument("--norm", choices=["linf", "l2"], default=None,
+                   help="default linf (containment: every norm)")
     p.add_argument("--eps", type=float, nargs="*", help="ε grid (default: the run's main ε; L2: its middle ε)")
     p.add_argument("--version", choices=["standard", "plus", "rand"], default="standard")
     p.add_argument("--seed", type=int, default=0)
@@ -187,10 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--containment", action="store_true",
                    help="instead: AutoAttack run directly on the examples the worst case counts robust, every norm and ε")
     p.add_argument("--allow", type=int, default=1, help="containment: examples AutoAttack may break (default 1)")
+    p.add_argument("--model", nargs="*", help="containment: only these model ids (default all)")
+    p.add_argument("--save", help="containment: write AutoAttack's per-example outcomes (CSV) of what it attacked")
+    p.add_argument("--outcomes", nargs="*", help="containment: read outcomes --save wrote instead of attacking again")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if not args.containment:
+        args.norm = args.norm or "linf"
     if args.containment:
         ok = all([containment(r, args, device) for r in args.runs])
         print("\nresult:", f"AutoAttack breaks at most {args.allow} example(s) the worst case counts robust everywhere"

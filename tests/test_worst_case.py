@@ -117,7 +117,7 @@ def test_significance_flags_a_real_difference():
     assert "clean accuracy" in describe(sig)[0]
 
 
-# --------------------------------------------------------------------------- the APGD cascade
+# --------------------------------------------------------------------------- the AutoAttack cascade
 def _digits_mlp():
     """A small MLP trained briefly on scikit-learn's digits, and 60 test examples (conftest.digits_mlp)."""
     from conftest import digits_mlp
@@ -137,7 +137,8 @@ def cascade_run():
     cfg = EvaluationConfig(eps=(0.1,), eps_l2=(1.0,), batch_size=25, transfer=False,
                            attacks=["fgsm", {"name": "pgd", "norm": "l2", "steps": 2}])
     ev = evaluate({"m": model}, x, y, cfg, seed=1, index=torch_arange(100, 160))
-    cascade, per = apgd_cascade({"m": model}, x, y, ev.robustness, ev.per_example, batch_size=25, seed=2, targets=3)
+    cascade, per = apgd_cascade({"m": model}, x, y, ev.robustness, ev.per_example, batch_size=25, seed=2, targets=3,
+                                attacks=("apgd-ce", "apgd-t"))
     return model, x, y, ev, cascade, per
 
 
@@ -175,7 +176,8 @@ def test_apgd_cascade_is_seeded(cascade_run):
     from workbench.evaluation.worst_case import apgd_cascade
 
     model, x, y, ev, cascade, per = cascade_run
-    again = apgd_cascade({"m": model}, x, y, ev.robustness, ev.per_example, batch_size=25, seed=2, targets=3)[1]
+    again = apgd_cascade({"m": model}, x, y, ev.robustness, ev.per_example, batch_size=25, seed=2, targets=3,
+                         attacks=("apgd-ce", "apgd-t"))[1]
     pd.testing.assert_frame_equal(per.reset_index(drop=True), again.reset_index(drop=True))
 
 
@@ -189,7 +191,8 @@ def test_missing_package_is_recorded_and_said(monkeypatch, caplog, cascade_run):
     with caplog.at_level("WARNING", logger="workbench"):
         cascade, per = apgd_cascade({"m": model}, x, y, ev.robustness, ev.per_example, batch_size=25)
     assert (cascade["status"] == MISSING).all() and cascade["broken"].isna().all() and per.empty
-    assert "pyautoattack" in caplog.text and "no APGD" in caplog.text
+    assert set(cascade["attack"]) == {"apgd-ce", "apgd-t", "fab-t", "square"}  # the default: AutoAttack standard
+    assert "pyautoattack" in caplog.text and "no AutoAttack cascade" in caplog.text
 
 
 def test_a_norm_autoattack_lacks_is_recorded_not_attacked():
@@ -203,9 +206,94 @@ def test_a_norm_autoattack_lacks_is_recorded_not_attacked():
     pe.loc[pe["norm"] == "l2", "norm"] = "l7"
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     x, y = torch.rand(N, 4), torch.zeros(N, dtype=torch.long)
-    cascade, _ = apgd_cascade({"a": model}, x, y, rob[rob["model"] == "a"], pe[pe["model"] == "a"], batch_size=N)
+    cascade, _ = apgd_cascade({"a": model}, x, y, rob[rob["model"] == "a"], pe[pe["model"] == "a"], batch_size=N,
+                              attacks=("apgd-ce", "apgd-t", "fab-t"))
     assert set(cascade.loc[cascade["norm"] == "l7", "status"]) == {NO_NORM}
     linf = cascade[cascade["norm"] == "linf"].set_index(["eps", "attack"])["status"]
-    # three classes: APGD-CE runs, APGD-T cannot (its targeted DLR loss needs four)
+    # three classes: APGD-CE and FAB-T run, APGD-T cannot (its targeted DLR loss needs four)
     assert set(linf.xs("apgd-ce", level="attack")) == {"ran"}
     assert set(linf.xs("apgd-t", level="attack")) == {FEW_CLASSES}
+    assert set(linf.xs("fab-t", level="attack")) == {"ran"}
+    assert set(cascade.loc[cascade["attack"] == "fab-t", "targets"]) == {2}  # the classes − 1
+
+
+class _Quantised(__import__("torch").nn.Module):
+    """A model whose input gradient is zero everywhere (its input is rounded to 1/16): the
+    gradient attacks find nothing, a black-box search (Square) does: gradient masking."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        import torch
+
+        return self.net(torch.round(x * 16) / 16)
+
+
+@pytest.fixture(scope="module")
+def masked_run():
+    pytest.importorskip("pyautoattack")
+    from workbench.evaluation import EvaluationConfig, evaluate
+
+    net, x, y = _digits_mlp()
+    model = _Quantised(net).eval()
+    x, y = x[:40], y[:40]
+    cfg = EvaluationConfig(eps=(0.15,), eps_l2=(), batch_size=40, transfer=False, attacks=["fgsm"])
+    ev = evaluate({"m": model}, x, y, cfg, seed=1, index=torch_arange(100, 140))
+    return model, x, y, ev
+
+
+def _robust(ev, per):
+    """Test indices the worst case counts robust, with the cascade's outcomes in it."""
+    _, w = worst_case(ev.robustness, ev.per_example, per)
+    return w.loc[w["correct"].astype(bool), "index"].to_numpy()
+
+
+def _autoattack_breaks(model, x, y, index, eps):
+    """How many of ``index`` (test positions 100..) AutoAttack standard, run directly, breaks."""
+    import torch
+    from pyautoattack import AutoAttack
+
+    if not len(index):
+        return 0
+    sel = torch.as_tensor(index - 100)
+    aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device="cpu")
+    aa.verbose = False
+    adv, _ = aa.run_standard_evaluation(x[sel], y[sel], batch_size=len(sel))
+    with torch.no_grad():
+        return int((model(adv).argmax(1) != y[sel]).sum())
+
+
+@pytest.mark.slow  # ~1 min on one CPU thread: Square's 5,000 queries and FAB-T's 9 targets on what is left
+def test_default_cascade_runs_fab_t_and_square_on_the_leftovers_and_contains_autoattack(masked_run):
+    """Behind a masked gradient, APGD breaks nothing and Square breaks examples: the default
+    cascade (AutoAttack standard) runs every attack on what the earlier ones left, its
+    accounting adds up, and AutoAttack run directly then breaks at most one example the
+    worst case counts robust. With APGD alone (the cascade before issue 19's follow-up) it
+    breaks many more."""
+    from workbench.evaluation.worst_case import CASCADE, apgd_cascade
+
+    model, x, y, ev = masked_run
+    cascade, per = apgd_cascade({"m": model}, x, y, ev.robustness, ev.per_example, batch_size=40, seed=3)
+    assert cascade["attack"].tolist() == list(CASCADE) and (cascade["status"] == "ran").all()
+    # the accounting: each attack's candidates are the previous one's candidates − broken,
+    # and its per-example rows are exactly the examples the previous one left correct
+    for (a, ra), (b, rb) in zip(cascade.iloc[:-1].iterrows(), cascade.iloc[1:].iterrows()):
+        assert rb["candidates"] == ra["candidates"] - ra["broken"]
+        left = per[(per["attack"] == ra["attack"]) & per["correct"].astype(bool)]["index"]
+        assert set(per[per["attack"] == rb["attack"]]["index"]) == set(left)
+    for _, r in cascade.iterrows():
+        d = per[per["attack"] == r["attack"]]
+        assert len(d) == r["candidates"] and int((~d["correct"].astype(bool)).sum()) == r["broken"]
+    broken = cascade.set_index("attack")["broken"]
+    assert broken["apgd-ce"] == broken["apgd-t"] == 0  # the gradient is masked
+    assert broken["square"] > 1
+    robust = _robust(ev, per)
+    first = cascade.iloc[0]
+    assert len(robust) == first["candidates"] - cascade["broken"].sum()
+    assert _autoattack_breaks(model, x, y, robust, 0.15) <= 1
+    # APGD alone leaves examples AutoAttack breaks: the old cascade failed this containment
+    _, apgd_only = apgd_cascade({"m": model}, x, y, ev.robustness, ev.per_example, batch_size=40, seed=3,
+                                attacks=("apgd-ce", "apgd-t"))
+    assert _autoattack_breaks(model, x, y, _robust(ev, apgd_only), 0.15) > 1

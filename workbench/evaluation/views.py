@@ -89,7 +89,7 @@ def accuracy_note(res: Any) -> list[str]:
 
 def worst_case_note(res: Any) -> list[str]:
     return ["Worst case: an example counts as robust only if it is classified correctly clean and under every white-box "
-            "attack run on it at that norm and ε, the soundness checks' attacks and the APGD cascade included; it is at "
+            "attack run on it at that norm and ε, the soundness checks' attacks and the AutoAttack cascade included; it is at "
             "or below every single attack's accuracy."]
 
 
@@ -101,21 +101,22 @@ def main_eps_note(res: Any) -> list[str]:
 
 
 def cascade_note(res: Any) -> list[str]:
-    """What the worst case's APGD cascade did, or that it is missing (never silently absent)."""
+    """What the worst case's AutoAttack cascade did, or that it is missing (never silently absent)."""
     cas = res.get("worst_case_cascade")
     if cas is None:
-        return ["APGD: the worst case has no APGD cascade in this run (evaluation.worst_case.apgd: false, or a run "
-                "older than it): it may overstate robustness, most of all at L2."]
+        return ["AutoAttack: the worst case has no AutoAttack cascade in this run (evaluation.worst_case.apgd: "
+                "false, or a run older than it): it may overstate robustness, most of all at L2."]
     if (cas["status"] == MISSING).any():
-        return ["APGD: the pyautoattack package is missing, so the worst case holds no APGD-CE or APGD-T "
+        return ["AutoAttack: the pyautoattack package is missing, so the worst case holds no APGD, FAB-T or Square "
                 "(pip install pyautoattack); it may overstate robustness, most of all at L2."]
     ran = cas[cas["status"] == "ran"]
+    order = list(dict.fromkeys(cas["attack"]))
     broke = ", ".join(f"{a} {int(d['broken'].sum())}" for a, d in ran.groupby("attack", sort=False))
     other = cas[cas["status"] != "ran"]
     skipped = f" Not run: {'; '.join(sorted(set(other['status'])))}." if len(other) else ""
-    return ["APGD cascade (AutoAttack's code): at every norm and ε, APGD-CE attacked the examples every evaluation "
-            "attack left robust, then APGD-T those APGD-CE left; examples they broke, summed over models, norms and "
-            f"ε: {broke or 'none'} (table worst_case_cascade).{skipped}"]
+    return [f"AutoAttack cascade (its authors' code: {', '.join(order)}): at every norm and ε, each attack ran on the "
+            "examples every evaluation attack and the earlier ones left robust; examples they broke, summed over "
+            f"models, norms and ε: {broke or 'none'} (table worst_case_cascade).{skipped}"]
 
 
 def significance_note(res: Any) -> list[str]:

@@ -1,23 +1,29 @@
-"""The per-example worst case: the headline robust accuracy, and the APGD cascade behind it.
+"""The per-example worst case: the headline robust accuracy, and the AutoAttack cascade behind it.
 
 For every model, norm and ε that the evaluation attacked, an example counts as robust only
 if it is classified correctly clean and under **every** white-box attack run on it at that
 norm and ε: the evaluation's attacks on all examples, the soundness checks' extra attacks
 (the reference rerun, more steps, more restarts, the margin loss, FGSM) on their subset, and
-the **APGD cascade** (:class:`WorstCaseStage`). Random noise and transferred examples are
-not white-box attacks and do not count. The worst case is therefore at or below the
+the **AutoAttack cascade** (:class:`WorstCaseStage`). Random noise and transferred examples
+are not white-box attacks and do not count. The worst case is therefore at or below the
 accuracy of every single attack (tested), and its loss per example is the highest any of
 those attacks reached.
 
-The APGD cascade (Croce & Hein 2020, through ``pyautoattack``, the authors' code): at every
-(model, norm, ε) the evaluation attacked, APGD-CE runs on the examples that are correct
-clean and under every evaluation attack, then APGD-T on those APGD-CE left robust too, as
-AutoAttack itself cascades its attacks, each with AutoAttack's standard settings (100
-iterations; APGD-T against the 9 most likely other classes, fewer when the data has fewer).
-The cheaper attacks have removed most examples by then, so the cost stays small. Why: a
-fixed-step PGD can stop short of what APGD's step-size schedule and targeted DLR loss find,
-most of all at L2 (issue 19: PGD-20 at L2 ε = 1 left 23.4 % of the quickstart's PGD-AT model
-robust, APGD-CE + APGD-T 3.9 %). The norm reaches AutoAttack by its name there
+The cascade (Croce & Hein 2020, through ``pyautoattack``, the authors' code): at every
+(model, norm, ε) the evaluation attacked, the attacks of ``evaluation.worst_case.attacks``
+(default AutoAttack's standard version: APGD-CE, APGD-T, FAB-T, Square) run in order, the
+first on the examples that are correct clean and under every evaluation attack, each next
+one on those the earlier ones left robust, as AutoAttack itself cascades them, each with
+AutoAttack's standard settings (APGD 100 iterations; APGD-T and FAB-T against the 9 most
+likely other classes, fewer when the data has fewer; Square 5,000 queries). The cheaper
+attacks have removed most examples by then, so the cost follows the examples still robust.
+With the default list, every example AutoAttack standard would break at a seed has been
+attacked by each of its attacks, so the worst case contains AutoAttack up to the randomness
+of its searches. Why: a fixed-step PGD can stop short of what APGD's step-size schedule and
+targeted DLR loss find, most of all at L2 (issue 19: PGD-20 at L2 ε = 1 left 23.4 % of the
+quickstart's PGD-AT model robust, APGD-CE + APGD-T 4.5 %), and there the gradient attacks
+stall where FAB-T's and Square's searches do not (AutoAttack run directly broke 7 of those
+16 examples: FAB-T 4, Square 6). The norm reaches AutoAttack by its name there
 (:data:`workbench.attacks.autoattack.AA_NORMS`); a norm it lacks is recorded, not attacked.
 Without the package the worst case holds the other attacks only, and says so in the
 ``worst_case_cascade`` table, the report and the terminal.
@@ -29,13 +35,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from typing import Literal
-
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..config import Strict
 from ..progress import QUIET
@@ -49,20 +54,27 @@ from .robustness import accuracy_interval, score
 WORST = "worst_case"
 log = logging.getLogger("workbench")
 
-#: the cascade's attacks, in the order AutoAttack runs them
-CASCADE = ("apgd-ce", "apgd-t")
+#: AutoAttack's standard version, in its order: the cascade's default attacks
+CASCADE = ("apgd-ce", "apgd-t", "fab-t", "square")
+#: attacks that take ``targets`` (the most likely other classes)
+TARGETED = ("apgd-t", "fab-t")
 
 
 class WorstCaseConfig(Strict):
-    """The APGD cascade of the worst case (workbench/evaluation/worst_case.py)."""
+    """The AutoAttack cascade of the worst case (workbench/evaluation/worst_case.py)."""
 
     apgd: bool = Field(
-        True, description="run APGD-CE then APGD-T (AutoAttack's code and standard settings) on the examples every "
-        "evaluation attack left robust, at every norm and ε evaluated; needs pyautoattack",
+        True, description="run the cascade of `attacks` (AutoAttack's code and standard settings) on the examples every "
+        "evaluation attack left robust; false: the worst case holds no AutoAttack attack; needs pyautoattack",
+    )
+    attacks: tuple[Literal["apgd-ce", "apgd-t", "fab-t", "square"], ...] = Field(
+        CASCADE, description="AutoAttack's attacks, run in this order, each on the examples the earlier ones left "
+        "robust (default: the standard version, so the worst case contains AutoAttack; APGD 100 iterations, "
+        "FAB-T 100 per target, Square 5,000 queries)",
     )
     targets: int | None = Field(
-        None, ge=1, description="APGD-T's target classes, the most likely other ones (null: AutoAttack's 9, fewer "
-        "when the data has fewer classes); each costs 100 iterations on every example still robust",
+        None, ge=1, description="target classes of APGD-T and FAB-T, the most likely other ones (null: AutoAttack's 9, "
+        "fewer when the data has fewer classes); each costs 100 iterations on every example still robust",
     )
     eps: Literal["all", "main"] = Field(
         "all", description="where the cascade runs: `all` (every norm and ε evaluated) or `main` (the main ε at L∞ "
@@ -70,28 +82,41 @@ class WorstCaseConfig(Strict):
         "worst_case_cascade says `not the main ε`)",
     )
 
+    @field_validator("attacks")
+    @classmethod
+    def _attacks(cls, v):
+        if not v:
+            raise ValueError("name at least one attack (apgd: false turns the cascade off)")
+        twice = sorted({a for a in v if v.count(a) > 1})
+        if twice:
+            raise ValueError(f"{twice[0]!r} is listed twice")
+        return v
+
 
 TABLES_WORST_CASE: dict[str, TableSchema] = {
     "worst_case_cascade": (
-        "the APGD cascade of the worst case: model × norm × ε × attack, run on the examples still robust",
+        "the AutoAttack cascade of the worst case: model × norm × ε × attack, each run on the examples the earlier "
+        "ones left robust (which attack broke how many)",
         {
             "model": "model id",
             "norm": "`linf`, `l2`, …",
             "eps": "ε",
-            "attack": "`apgd-ce` or `apgd-t` (AutoAttack's standard settings; APGD-T's targets: `targets`)",
-            "targets": "APGD-T's target classes (empty for APGD-CE)",
+            "attack": "`apgd-ce`, `apgd-t`, `fab-t` or `square` (AutoAttack's standard settings), in the cascade's order",
+            "targets": "target classes of APGD-T and FAB-T (empty for the others)",
             "status": "`ran`, `pyautoattack missing` (nothing run: the worst case lacks APGD), `norm not in AutoAttack` or "
             "`fewer than 4 classes` (APGD-T's targeted DLR loss needs 4)",
-            "candidates": "examples attacked: correct clean and under every earlier attack at this norm and ε",
-            "broken": "of those, examples the attack misclassified (empty when it did not run)",
+            "candidates": "examples attacked: correct clean and under every earlier attack at this norm and ε (the "
+            "evaluation's and the cascade's earlier ones)",
+            "broken": "of those, examples the attack misclassified (empty when it did not run); the next attack's "
+            "candidates are candidates − broken",
             "seconds": "time to craft and score",
         },
     ),
     "worst_case_per_example": (
-        "per-example outcome of the APGD cascade on the examples it attacked (they enter the worst case)",
+        "per-example outcome of the AutoAttack cascade on the examples it attacked (they enter the worst case)",
         {
             "model": "model id",
-            "attack": "`apgd-ce` or `apgd-t`",
+            "attack": "`apgd-ce`, `apgd-t`, `fab-t` or `square`",
             "norm": "norm",
             "eps": "ε",
             "index": "position of the example in the test split",
@@ -207,7 +232,7 @@ def with_worst_case(
 
 class WorstCaseStep(TableStep):
     """Appends the worst-case rows to ``robustness`` and ``per_example`` (the soundness
-    checks' and the APGD cascade's per-example outcomes count when they ran)."""
+    checks' and the AutoAttack cascade's per-example outcomes count when they ran)."""
 
     name = "worst_case"
     order = 0.0  # first: the paired tests and the replicates read the worst case
@@ -224,7 +249,7 @@ class WorstCaseStep(TableStep):
 register_table_step(WorstCaseStep())
 
 
-# --------------------------------------------------------------------------- APGD cascade
+# --------------------------------------------------------------------------- AutoAttack cascade
 
 
 def robust_after(robustness: pd.DataFrame, per_example: pd.DataFrame, model: str) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
@@ -255,34 +280,37 @@ def apgd_cascade(
     batch_size: int,
     seed: int = 0,
     targets: int | None = None,
+    attacks: tuple[str, ...] = CASCADE,
     progress=None,
     main_eps: float | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(worst_case_cascade, worst_case_per_example): APGD-CE, then APGD-T, on each model's
-    examples every evaluation attack left robust, at every norm and ε it was attacked at.
-    ``x``, ``y`` are the evaluated examples in the evaluation's order. Batches of
-    ``batch_size`` are seeded by (seed, model, norm, ε, attack, batch) and shared out under
-    torchrun like the evaluation's. ``targets``: APGD-T's target classes (None: AutoAttack's).
-    ``main_eps``: run only at (L∞, ``main_eps``); other settings get a ``not the main ε`` row."""
+    """(worst_case_cascade, worst_case_per_example): ``attacks`` (default AutoAttack's
+    standard version: APGD-CE, APGD-T, FAB-T, Square) in order, each on the examples the
+    evaluation and the earlier attacks left robust, for each model at every norm and ε it
+    was attacked at. ``x``, ``y`` are the evaluated examples in the evaluation's order.
+    Batches of ``batch_size`` are seeded by (seed, model, norm, ε, attack, batch) and shared
+    out under torchrun like the evaluation's. ``targets``: APGD-T's and FAB-T's target
+    classes (None: AutoAttack's). ``main_eps``: run only at (L∞, ``main_eps``); other
+    settings get a ``not the main ε`` row."""
     from ..attacks import autoattack as aa
 
     rows, outcomes = [], []
     have = aa.available()
     settings = {mid: robust_after(robustness, per_example, mid) for mid in models}
-    total = sum(len(s) for s in settings.values()) * len(CASCADE)
-    with (progress or QUIET).task("apgd cascade", total) as advance:
+    total = sum(len(s) for s in settings.values()) * len(attacks)
+    with (progress or QUIET).task("autoattack cascade", total) as advance:
         for mid, model in models.items():
-            n_targets = _n_targets(model, x, targets)
+            n_classes = _n_classes(model, x)
             for (norm, eps), (index, at) in settings[mid].items():
-                for attack in CASCADE:
+                for attack in attacks:
                     status = "ran" if have and norm in aa.AA_NORMS else (MISSING if not have else NO_NORM)
                     if main_eps is not None and (norm != "linf" or _key(eps) != _key(main_eps)):
                         status = NOT_MAIN
-                    if status == "ran" and attack == "apgd-t" and n_targets < 3:
+                    if status == "ran" and attack == "apgd-t" and n_classes < 4:
                         status = FEW_CLASSES  # the targeted DLR loss reads the 4 largest logits
                     row = {"model": mid, "norm": norm, "eps": float(eps), "attack": attack,
-                           "targets": n_targets if attack == "apgd-t" else np.nan, "status": status,
-                           "candidates": int(len(index)), "broken": np.nan, "seconds": 0.0}
+                           "targets": _n_targets(attack, norm, n_classes, targets) if attack in TARGETED else np.nan,
+                           "status": status, "candidates": int(len(index)), "broken": np.nan, "seconds": 0.0}
                     advance(1)
                     if status != "ran":
                         rows.append(row)
@@ -290,7 +318,7 @@ def apgd_cascade(
                     t0 = time.perf_counter()
                     correct, loss = _attack_batches(model, x, y, at, attack, norm, eps, batch_size, targets,
                                                     lambda b: derive_seed(seed, "worst-case", mid, norm, float(eps), attack, b),
-                                                    f"APGD ({attack}) on {mid} ({norm} ε={eps:g})")
+                                                    f"{attack} on {mid} ({norm} ε={eps:g})")
                     row["broken"] = int((~correct).sum())
                     row["seconds"] = time.perf_counter() - t0
                     rows.append(row)
@@ -300,22 +328,27 @@ def apgd_cascade(
                     index, at = index[correct], at[correct]
     missing = [r for r in rows if r["status"] == MISSING]
     if missing:
-        log.warning("the worst case has no APGD: the pyautoattack package is missing (a dependency of the "
-                    "workbench: pip install pyautoattack); it holds the evaluation's and the checks' attacks only")
+        log.warning("the worst case has no AutoAttack cascade (APGD, FAB-T, Square): the pyautoattack package is "
+                    "missing (a dependency of the workbench: pip install pyautoattack); it holds the evaluation's and "
+                    "the checks' attacks only")
     cascade = pd.DataFrame(rows, columns=list(TABLES_WORST_CASE["worst_case_cascade"][1]))
     pe_cols = list(TABLES_WORST_CASE["worst_case_per_example"][1])
     per = pd.concat(outcomes, ignore_index=True)[pe_cols] if outcomes else pd.DataFrame(columns=pe_cols)
     return cascade, per
 
 
-def _n_targets(model, x: torch.Tensor, targets: int | None) -> int:
-    """APGD-T's target classes as AutoAttack will run them: ``targets`` (default its 9),
-    at most the model's classes − 1."""
+def _n_classes(model, x: torch.Tensor) -> int:
     if not len(x):
-        return int(targets or 9)
+        return 10
     with eval_mode(model), torch.no_grad():
-        k = int(model(x[:1].float()).shape[1])
-    return min(int(targets or 9), k - 1)
+        return int(model(x[:1].float()).shape[1])
+
+
+def _n_targets(attack: str, norm: str, n_classes: int, targets: int | None) -> int:
+    """The target classes ``attack`` runs against, as AutoAttack will run it: ``targets``,
+    else its standard version's (9; APGD-T at L1 5), at most the classes − 1."""
+    default = 5 if (attack == "apgd-t" and norm == "l1") else 9
+    return min(int(targets or default), n_classes - 1)
 
 
 def _attack_batches(model, x, y, at: np.ndarray, attack: str, norm: str, eps: float, batch_size: int,
@@ -341,8 +374,8 @@ def _attack_batches(model, x, y, at: np.ndarray, attack: str, norm: str, eps: fl
 
 
 class WorstCaseStage(Stage):
-    """The APGD cascade on every model's still-robust examples (its outcomes enter the worst
-    case, which the runner computes from every white-box outcome once all stages ran)."""
+    """The AutoAttack cascade on every model's still-robust examples (its outcomes enter the
+    worst case, which the runner computes from every white-box outcome once all stages ran)."""
 
     name = "apgd_cascade"
     section = ("evaluation", "worst_case")
@@ -371,7 +404,8 @@ class WorstCaseStage(Stage):
         x = ex.x.load() if getattr(ctx.data, "streamed", False) else ex.x
         cascade, per = apgd_cascade(ctx.models, x, ex.y, ev.tables["robustness"], ev.tables["per_example"],
                                     batch_size=ev.section.batch_size, seed=ctx.seed, targets=cfg.targets,
-                                    progress=ctx.progress, main_eps=ctx.main_eps if cfg.eps == "main" else None)
+                                    attacks=tuple(cfg.attacks), progress=ctx.progress,
+                                    main_eps=ctx.main_eps if cfg.eps == "main" else None)
         return StageOutput({"worst_case_cascade": cascade, "worst_case_per_example": per})
 
 
