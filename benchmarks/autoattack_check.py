@@ -28,7 +28,9 @@ evaluated examples the run's worst case counts robust (all of them, not the firs
 attacks examples classified correctly, and the others are already counted broken), must break
 at most one of them (``--allow``): the worst case then leaves nothing AutoAttack finds, up to
 the randomness of two searches. ``--model``, ``--norm`` and ``--eps`` restrict it to some
-settings (to share the work out over processes); ``--save FILE`` records AutoAttack's
+settings (to share the work out over processes); ``--with-cascade`` takes a run made
+without the worst case's cascade and runs the study's cascade (the workbench's own function,
+same seeds) at those settings first; ``--save FILE`` records AutoAttack's
 per-example outcomes and ``--outcomes FILE ...`` reads them instead of attacking again (so
 AutoAttack can run on a run without the cascade, a superset of the final worst case's robust
 examples, while the cascade still runs, and the final run be checked against it).
@@ -156,6 +158,44 @@ def _load_outcomes(paths) -> dict[tuple[str, str, float], dict[int, bool]]:
     return got
 
 
+def _selected(args, mid: str, norm: str, eps: float) -> bool:
+    return (norm in _NORMS and (not args.model or mid in args.model) and (not args.norm or norm == args.norm)
+            and (not args.eps or bool(np.isclose(eps, args.eps).any())))
+
+
+def with_cascade(res, data, args, device):
+    """(robustness, per_example) of a run made without the worst case's cascade, with the
+    cascade of the study's ``evaluation.worst_case`` (default: AutoAttack standard) run here
+    by the workbench's own function at the selected settings, and the worst case recomputed
+    from the evaluation, the soundness checks and it: the same outcomes the run's stage
+    computes (same models, tables, seeds and candidates), for some settings only."""
+    import pandas as pd
+
+    from workbench.evaluation.worst_case import WORST, apgd_cascade, with_worst_case
+
+    cfg = res.study.evaluation.worst_case
+    rob, pe = res["robustness"], res["per_example"]
+    rob, pe = rob[rob["attack"] != WORST], pe[pe["attack"] != WORST]
+    norms = dict(zip(zip(rob["model"], rob["attack"]), rob["norm"]))
+    keep = pe.apply(lambda r: r["attack"] == "clean" or _selected(args, r["model"], norms.get((r["model"], r["attack"]), ""),
+                                                                  float(r["eps"])), axis=1)
+    pe = pe[keep]
+    models = {mid: res.model(mid, store=args.store, device=device) for mid in res.model_ids
+              if not args.model or mid in args.model}
+    clean = pe[pe["attack"] == "clean"]
+    index = clean[clean["model"] == next(iter(models))]["index"].to_numpy()
+    idx = torch.as_tensor(index.copy(), device=data.test_x.device)
+    x, y = data.test_x[idx].to(device).float(), data.test_y[idx].to(device)
+    t0 = time.process_time()
+    cascade, per = apgd_cascade(models, x, y, rob, pe, batch_size=res.study.evaluation.batch_size,
+                                seed=res.study.seed, targets=cfg.targets, attacks=tuple(cfg.attacks))
+    print(f"cascade ({', '.join(cfg.attacks)}) run here on the selected settings, {time.process_time() - t0:.0f} s "
+          "of CPU time:")
+    print(cascade.to_string(index=False))
+    extra = [res.get("soundness_per_example"), per]
+    return with_worst_case(rob, pe, pd.concat([e for e in extra if e is not None and len(e)], ignore_index=True))
+
+
 def containment(run: str, args, device) -> bool:
     """AutoAttack standard, run directly, on the examples the run's worst case counts robust.
 
@@ -171,6 +211,8 @@ def containment(run: str, args, device) -> bool:
     data = load_study_data(study, device)
     pe = res["per_example"]
     rob = res["robustness"]
+    if args.with_cascade:
+        rob, pe = with_cascade(res, data, args, device)
     worst = rob[rob["attack"] == "worst_case"]
     known = _load_outcomes(args.outcomes)
     saved = []
@@ -229,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow", type=int, default=1, help="containment: examples AutoAttack may break (default 1)")
     p.add_argument("--model", nargs="*", help="containment: only these model ids (default all)")
     p.add_argument("--save", help="containment: write AutoAttack's per-example outcomes (CSV) of what it attacked")
+    p.add_argument("--with-cascade", action="store_true",
+                   help="containment on a run made without the cascade (evaluation.worst_case.enabled: false): run "
+                   "the study's cascade here first, at the selected settings")
     p.add_argument("--outcomes", nargs="*", help="containment: read outcomes --save wrote instead of attacking again")
     args = p.parse_args(argv)
     if args.threads:

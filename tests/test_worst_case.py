@@ -217,18 +217,21 @@ def test_a_norm_autoattack_lacks_is_recorded_not_attacked():
     assert set(cascade.loc[cascade["attack"] == "fab-t", "targets"]) == {2}  # the classes − 1
 
 
-class _Quantised(__import__("torch").nn.Module):
-    """A model whose input gradient is zero everywhere (its input is rounded to 1/16): the
-    gradient attacks find nothing, a black-box search (Square) does: gradient masking."""
+def _masked(net):
+    """``net`` behind a zero input gradient everywhere (it reads a detached copy of its input):
+    the gradient attacks find nothing, a black-box search (Square) does. Gradient masking, the
+    case AutoAttack's standard version has Square for."""
+    import torch
 
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
+    class Masked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
 
-    def forward(self, x):
-        import torch
+        def forward(self, x):
+            return self.net(x.detach()) + 0 * x.sum()
 
-        return self.net(torch.round(x * 16) / 16)
+    return Masked()
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +240,7 @@ def masked_run():
     from workbench.evaluation import EvaluationConfig, evaluate
 
     net, x, y = _digits_mlp()
-    model = _Quantised(net).eval()
+    model = _masked(net).eval()
     x, y = x[:40], y[:40]
     cfg = EvaluationConfig(eps=(0.15,), eps_l2=(), batch_size=40, transfer=False, attacks=["fgsm"])
     ev = evaluate({"m": model}, x, y, cfg, seed=1, index=torch_arange(100, 140))
@@ -269,9 +272,10 @@ def _autoattack_breaks(model, x, y, index, eps):
 def test_default_cascade_runs_fab_t_and_square_on_the_leftovers_and_contains_autoattack(masked_run):
     """Behind a masked gradient, APGD breaks nothing and Square breaks examples: the default
     cascade (AutoAttack standard) runs every attack on what the earlier ones left, its
-    accounting adds up, and AutoAttack run directly then breaks at most one example the
-    worst case counts robust. With APGD alone (the cascade before issue 19's follow-up) it
-    breaks many more."""
+    accounting adds up, and AutoAttack run directly then breaks almost nothing the worst case
+    counts robust (a reseeded Square finds a few more: 1, 3 and 1 of 12 at AutoAttack seeds
+    0-2 when this was written; seed 0 here), where after APGD alone (the cascade before
+    issue 19's follow-up) it broke 25 of 36."""
     from workbench.evaluation.worst_case import CASCADE, apgd_cascade
 
     model, x, y, ev = masked_run
@@ -292,8 +296,8 @@ def test_default_cascade_runs_fab_t_and_square_on_the_leftovers_and_contains_aut
     robust = _robust(ev, per)
     first = cascade.iloc[0]
     assert len(robust) == first["candidates"] - cascade["broken"].sum()
-    assert _autoattack_breaks(model, x, y, robust, 0.15) <= 1
-    # APGD alone leaves examples AutoAttack breaks: the old cascade failed this containment
+    assert len(robust) > 0 and _autoattack_breaks(model, x, y, robust, 0.15) <= 2
+    # APGD alone leaves many examples AutoAttack breaks: the old cascade failed this containment
     _, apgd_only = apgd_cascade({"m": model}, x, y, ev.robustness, ev.per_example, batch_size=40, seed=3,
                                 attacks=("apgd-ce", "apgd-t"))
-    assert _autoattack_breaks(model, x, y, _robust(ev, apgd_only), 0.15) > 1
+    assert _autoattack_breaks(model, x, y, _robust(ev, apgd_only), 0.15) >= 10
