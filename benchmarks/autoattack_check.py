@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", nargs="*", help="containment: only these model ids (default all)")
     p.add_argument("--save", help="containment: write AutoAttack's per-example outcomes (CSV) of what it attacked")
     p.add_argument("--with-cascade", action="store_true",
-                   help="containment on a run made without the cascade (evaluation.worst_case.enabled: false): run "
+                   help="containment on a run made without the cascade (evaluation.worst_case.apgd: false): run "
                    "the study's cascade here first, at the selected settings")
     p.add_argument("--outcomes", nargs="*", help="containment: read outcomes --save wrote instead of attacking again")
     args = p.parse_args(argv)
