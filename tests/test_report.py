@@ -492,7 +492,8 @@ def test_render_writes_the_study_formats(tmp_path):
 
 
 def expected_figures(runs) -> set[str]:
-    names = {"accuracy_vs_eps", "training_curves", "per_class_accuracy", "adversarial_confusion"}
+    names = {"accuracy_vs_eps", "training_curves", "per_class_accuracy", "adversarial_confusion",
+             "attack_curves"}  # evaluation.curves is on by default and the study runs PGD
     if runs["probes"]:
         names |= {s.name for s in figures() if s.section in ("representations", "encode")} | {"fgsm_pgd_gap", "gallery"}
         names.discard("derived_samples")  # only a model trained on a derived set has one (test_represent)
