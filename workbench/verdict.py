@@ -13,6 +13,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from .present import eps_label
+
 WORST = "worst_case"
 
 
@@ -66,8 +68,6 @@ def verdict_table(tables: Mapping[str, pd.DataFrame], main_eps: float) -> pd.Dat
 
 def verdict_text(tables: Mapping[str, pd.DataFrame], main_eps: float) -> str:
     """The verdict as a fixed-width table (the end of ``workbench run``)."""
-    from .report.figures import eps_label
-
     df = verdict_table(tables, main_eps)
     if df.empty:
         return ""
