@@ -23,7 +23,7 @@ from workbench.errors import RunFolderError, WorkbenchError
 from workbench.report import figures as F
 from workbench.report import summary_table, write_comparison, write_report
 from workbench.report.compare import differences, run_names
-from workbench.evaluation.soundness import VERDICT_OK, VERDICT_WARN
+from workbench.evaluation.soundness import VERDICT_HELD, VERDICT_OK, VERDICT_WARN
 from workbench.results import load
 from workbench.store import RunFolder
 from workbench.evaluation.per_class import confusion_table, per_class_table
@@ -635,6 +635,15 @@ def test_soundness_verdicts_and_table(runs, tmp_path):
         (ref, "monotone_in_eps", "pass"), (robust, "monotone_in_eps", "pass"), (robust, "large_eps_chance", "warn")]
     assert rows[2]["value"]["text"] == "0.42" and rows[2]["threshold"]["text"] == "0.11"
     assert "soundness" in {f["name"] for f in page.figures}
+    # an attack comparison whose stronger attack the worst case holds: a warning, not of the worst case
+    snd = snd.assign(check=[*snd["check"][:2], "more_steps"], worst_case_drop=[np.nan, np.nan, 0.0],
+                     affects_worst_case=[False, False, False])
+    RunFolder(run).write_table("soundness", snd)
+    text = write_report(run).read_text(encoding="utf-8")
+    verdict = {r["model"]["text"]: r["soundness"] for r in Page(text).rows("summary-table")}
+    assert verdict[robust]["text"] == VERDICT_HELD and "verdict-ok" in verdict[robust]["cls"]
+    assert "Single attacks overestimate, the worst case does not: " + robust in text
+    assert "Robust accuracy may be overestimated" not in text
 
 
 @pytest.mark.slow

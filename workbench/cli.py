@@ -212,8 +212,9 @@ def run(
                                         "(repeatable), e.g. --slurm account=vision"),
     parallel: Optional[int] = typer.Option(None, min=1, metavar="N", help="--executor local: jobs at once (default: one per "
                                            "--gpus-per-job GPUs, or 1 without GPUs)"),
-    strict: bool = typer.Option(False, "--strict", help="exit with status 1 when a soundness check warns (the run "
-                                "folder is still written); for scripts and CI"),
+    strict: bool = typer.Option(False, "--strict", help="exit with status 1 when a soundness warning applies to "
+                                "the worst case (the verdict says robustness may be overestimated; the run folder is "
+                                "still written); for scripts and CI"),
     keep: int = typer.Option(5, min=0, metavar="N", help="archived runs kept in <out>/archive (older ones are deleted)"),
 ) -> None:
     """Train, attack and probe the models of a study; write its run folder.

@@ -125,6 +125,16 @@ def penultimate_layers(df: pd.DataFrame) -> dict[str, tuple[str, int]]:
     return out
 
 
+def headline_warnings(soundness: pd.DataFrame) -> pd.Series:
+    """Per row of a ``soundness`` table: does its warning apply to the worst case (column
+    ``affects_worst_case``, :mod:`workbench.evaluation.soundness`)? A table written before that
+    column existed: every warning does. The verdict, the report and ``--strict`` read this."""
+    warn = soundness["status"] == "warn"
+    if "affects_worst_case" not in soundness.columns:
+        return warn
+    return warn & soundness["affects_worst_case"].fillna(True).astype(bool)
+
+
 def palette(models: Sequence[str]) -> dict[str, Any]:
     """One colour per model, stable across every figure of a report."""
     colours = sns.color_palette("colorblind", max(len(models), 1))

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from .present import eps_label
+from .present import eps_label, headline_warnings
 
 WORST = "worst_case"
 
@@ -42,7 +42,10 @@ def verdict_table(tables: Mapping[str, pd.DataFrame], main_eps: float) -> pd.Dat
     ``worst_case`` (the per-example worst case over every white-box attack at the L∞ ε
     closest to ``main_eps``, else the L2 grid's middle ε, with its interval), ``eps``,
     ``norm``, ``soundness`` (``sound (n/n checks pass)``, ``WARNING: robustness may be
-    overestimated (check, ...)`` or ``not checked``) and ``warnings`` (the checks that warn)."""
+    overestimated (check, ...)``, ``sound worst case; single attacks overestimate (check, ...)``
+    when every warning is an attack comparison whose stronger attack the worst case already
+    holds, or ``not checked``) and ``warnings`` (the checks whose warning applies to the worst
+    case: what ``--strict`` fails on)."""
     rob = tables["robustness"]
     snd = tables.get("soundness")
     models = list(dict.fromkeys(rob["model"].astype(str)))
@@ -57,8 +60,10 @@ def verdict_table(tables: Mapping[str, pd.DataFrame], main_eps: float) -> pd.Dat
         if checks is None or checks.empty:
             warned, verdict = [], "not checked"
         else:
-            warned = [str(c) for c in checks.loc[checks["status"] == "warn", "check"]]
+            warned = [str(c) for c in checks.loc[headline_warnings(checks), "check"]]
+            held = [str(c) for c in checks.loc[checks["status"] == "warn", "check"] if c not in warned]
             verdict = (f"WARNING: robustness may be overestimated ({', '.join(warned)})" if warned
+                       else f"sound worst case; single attacks overestimate ({', '.join(held)})" if held
                        else f"sound ({len(checks)}/{len(checks)} checks pass)")
         rows.append({"model": m, "clean": _pct(clean.iloc[0] if len(clean) else None),
                      "worst_case": _pct(worst.iloc[0] if len(worst) else None), "eps": eps, "norm": norm,

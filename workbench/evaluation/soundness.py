@@ -90,13 +90,15 @@ from ..attacks.base import attack_mode, crafting, input_gradient, loss_objective
 from ..attacks.fgsm import FGSMAttack
 from ..attacks.pgd import PGDAttack
 from ..config import AttackBase, Eps, Strict
+from ..present import headline_warnings
 from ..progress import QUIET, Progress
 from ..registry import TableSchema
 from ..seeds import derive_seed, seeded_generator, seeded_subset
-from ..stages import Stage, StageContext, StageOutput, register_stage
+from ..stages import Stage, StageContext, StageOutput, TableStep, register_stage, register_table_step
 from ..state import seeded_rng
 from ..stats import binomial_excess, discordant
 from .robustness import EvalResult, EvaluationConfig, score
+from .worst_case import WORST, worst_case
 from ..views import (
     Detail, FigureSpec, Measure, Note, ReportSection, register_detail, register_figure, register_measure, register_note,
     register_report_section,
@@ -147,6 +149,14 @@ TABLES_SOUNDNESS: dict[str, TableSchema] = {
             "p_value": "one-sided p-value of the check's test (empty for checks of exact properties); it warns only below "
             "`soundness.level`",
             "detail": "one sentence with the counts and the p-value",
+            "worst_case_drop": "the attack comparisons (`more_steps`, `more_restarts`, `margin_vs_ce`): the largest fall of "
+            "the worst case's accuracy, over the check's settings, that the check's own attacks make, i.e. the share "
+            "of its examples that only they break (empty for the other checks, or when the margin attack is one the "
+            "evaluation ran)",
+            "affects_worst_case": "whether a warning applies to the worst case, the headline: true for every warning "
+            "except an attack comparison whose own attacks move the worst case by at most the tolerance (the "
+            "reference attack is weak, but the worst case's other attacks, AutoAttack's included, break what they "
+            "break); false for a pass",
         },
     ),
     "soundness_per_example": (
@@ -167,6 +177,11 @@ TABLES_SOUNDNESS: dict[str, TableSchema] = {
 
 VERDICT_OK = "sound"
 VERDICT_WARN = "robustness may be overestimated"
+#: every warning is an attack comparison whose stronger attack the worst case already holds
+VERDICT_HELD = "sound worst case; single attacks overestimate"
+#: the checks that compare a stronger attack with the reference -> the soundness jobs that are that attack
+COMPARISONS: dict[str, tuple[str, ...]] = {"more_steps": ("more_steps",), "more_restarts": ("extra_restarts",),
+                                           "margin_vs_ce": ("margin",)}
 
 #: Outputs count as probabilities when every entry is ≥ 0 and the row sums to 1 within this.
 PROBABILITY_ATOL = 1e-4
@@ -244,6 +259,9 @@ def _row(model: str, check: str, value: float, threshold: float, detail: str, p:
         "threshold": float(threshold),
         "p_value": float(p) if p is not None else math.nan,
         "detail": detail + _p_text(p, level),
+        # until the worst case is known (table step WorstCaseReach) every warning applies to it
+        "worst_case_drop": math.nan,
+        "affects_worst_case": bool(bad),
     }
 
 
@@ -839,8 +857,95 @@ def _test_index(result: EvalResult, n: int) -> np.ndarray:
 
 
 def verdicts(df: pd.DataFrame) -> dict[str, str]:
-    """model -> ``"sound"``, or ``"robustness may be overestimated"`` if any of its checks warns."""
-    return {str(m): VERDICT_WARN if (d["status"] == "warn").any() else VERDICT_OK for m, d in df.groupby("model", sort=False)}
+    """model -> ``"robustness may be overestimated"`` if a warning of its checks applies to
+    the worst case, ``"sound worst case; single attacks overestimate"`` if it has warnings but
+    none does, else ``"sound"``."""
+    head = headline_warnings(df)
+    return {str(m): VERDICT_WARN if head[d.index].any() else VERDICT_HELD if (d["status"] == "warn").any() else VERDICT_OK
+            for m, d in df.groupby("model", sort=False)}
+
+
+# --------------------------------------------------------------------------- the worst case's reach
+# An attack comparison asks whether the reference attack has converged; the verdict asks whether
+# the headline, the worst case, is an overestimate. The worst case holds the stronger attack too,
+# with AutoAttack's cascade: if the others break what it breaks, a weak reference overstates its
+# own rows but not the worst case. This needs the worst case, so it is a table step after it.
+
+
+def worst_case_reach(robustness: pd.DataFrame, per_example: pd.DataFrame, checks: pd.DataFrame,
+                     cascade: pd.DataFrame | None) -> dict[tuple[str, str], tuple[float, str, int]]:
+    """(model, comparison check) -> (drop, where, n): the largest share of the check's examples,
+    over its settings, that only its own attacks break: the fall of the worst case's accuracy
+    there that they make (the evaluation's attacks, the other checks' and the cascade stay)."""
+    rob = robustness[robustness["attack"] != WORST]
+    pe = per_example[per_example["attack"] != WORST]
+    full = per_example[per_example["attack"] == WORST]
+    out: dict[tuple[str, str], tuple[float, str, int]] = {}
+    for check, jobs in COMPARISONS.items():
+        own = checks["job"].isin(jobs)
+        if not own.any():
+            continue
+        parts = [d for d in (checks[~own], cascade) if d is not None and len(d)]
+        _, without = worst_case(rob, pe, pd.concat(parts, ignore_index=True) if parts else None)
+        for (mid, norm, eps), d in checks[own].groupby(["model", "norm", "eps"], sort=False):
+            def ok(t: pd.DataFrame) -> pd.Series:
+                t = t[(t["model"] == mid) & (t["norm"] == norm) & np.isclose(t["eps"], eps)]
+                return t.set_index("index")["correct"].astype(bool)
+
+            idx = d["index"].to_numpy()
+            a, b = ok(without), ok(full)
+            if not len(a) or not len(b):
+                continue
+            drop = float((a.reindex(idx).fillna(False) & ~b.reindex(idx).fillna(True)).mean())
+            where = f"{norm} ε={float(eps):g}"
+            if drop > out.get((str(mid), check), (-1.0,))[0]:
+                out[(str(mid), check)] = (drop, where, len(idx))
+    return out
+
+
+class WorstCaseReach(TableStep):
+    """Adds ``worst_case_drop`` and ``affects_worst_case`` to the soundness table: whether each
+    warning applies to the worst case, which holds the stronger attack the check ran."""
+
+    name = "soundness_reach"
+    facts = ("soundness",)
+    order = 6.0  # after the worst case (0) and the corruptions' monotonic_severity row (5)
+
+    def run(self, tables, ctx):
+        snd = tables.get("soundness")
+        if snd is None or not len(snd):
+            return {}
+        snd = snd.copy()
+        checks, rob, pe = tables.get("soundness_per_example"), tables.get("robustness"), tables.get("per_example")
+        reach = {}
+        if checks is not None and len(checks) and rob is not None and pe is not None:
+            reach = worst_case_reach(rob, pe, checks, tables.get("worst_case_per_example"))
+        drops, affects = [], []
+        for r in snd.itertuples(index=False):
+            got = reach.get((str(r.model), str(r.check))) if r.check in COMPARISONS else None
+            drops.append(got[0] if got else np.nan)
+            warn = r.status == "warn"
+            if warn and got is not None:
+                drop, where, n = got
+                tol = tolerance(ctx.soundness, n)
+                held = drop <= tol + ROUNDING
+                affects.append(not held)
+                snd.loc[snd.index[len(affects) - 1], "detail"] = str(r.detail) + (
+                    f" The worst case holds this attack too: only {round(drop * n)} of its {n} examples fall to it and "
+                    f"to no other attack of the worst case (the most, at {where}; tolerance {100 * tol:.1f} "
+                    "points), so its warning is about the reference attack's rows, not the worst case."
+                    if held else
+                    f" The worst case rests on this attack: {round(drop * n)} of its {n} examples fall to it and to no "
+                    f"other attack of the worst case (at {where}; tolerance {100 * tol:.1f} points), so a still stronger "
+                    "attack may break more.")
+            else:
+                affects.append(warn)
+        snd["worst_case_drop"] = drops
+        snd["affects_worst_case"] = affects
+        return {"soundness": snd}
+
+
+register_table_step(WorstCaseReach())
 
 
 # --------------------------------------------------------------------------- stage
@@ -882,7 +987,9 @@ register_figure(FigureSpec(
     "soundness",
     "Soundness checks",
     "One cell per model and check: green passes, red warns, with the measured value; any red cell means that "
-        "model's robust accuracy may be overestimated (the table below gives thresholds and details).",
+        "model's robust accuracy may be overestimated (the table below gives thresholds and details). Amber: an attack "
+        "comparison warns (the reference attack is weak), but the worst case holds the stronger attack and its other "
+        "attacks break what that one breaks, so the warning is about the single attack's rows, not the worst case.",
     "soundness",
     "workbench.report.figures:soundness",
     ("soundness",),
@@ -890,7 +997,7 @@ register_figure(FigureSpec(
 
 # its column in the report's summary: each model's verdict (in colour), its banner and note, and its section
 register_measure(Measure("soundness_verdict", "soundness", "workbench.evaluation.views:soundness_summary", summary=True,
-                         format="text", order=90, classes=((VERDICT_WARN, "verdict-warn"), (VERDICT_OK, "verdict-ok"))))
+                         format="text", order=90, classes=((VERDICT_WARN, "verdict-warn"), (VERDICT_OK, "verdict-ok"), (VERDICT_HELD, "verdict-ok"))))
 register_note(Note("soundness_banner", "workbench.evaluation.views:soundness_banner", place="banner"))
 register_note(Note("soundness", "workbench.evaluation.views:soundness_note", order=70))
 register_report_section(ReportSection(
@@ -898,7 +1005,10 @@ register_report_section(ReportSection(
     absent="The soundness checks were not run for this study (evaluation.soundness.enabled is false), so nothing here "
            "says whether the robust accuracies can be trusted.",
     text="Checks from Carlini et al. (2019) and Athalye et al. (2018): a warn means the robust accuracy of that model "
-         "may be an overestimate (e.g. gradient masking)."))
+         "may be an overestimate (e.g. gradient masking). A warning of an attack comparison (more steps, more "
+         "restarts, the margin loss) says the reference attack is weak; it applies to the worst case only when the "
+         "stronger attack breaks examples no other attack of the worst case breaks (columns worst_case_drop and "
+         "affects_worst_case)."))
 register_detail(Detail(
     "soundness", "soundness", "", "soundness", columns=("model", "check", "status", "value", "threshold", "p_value", "detail"),
     formats=(("detail", "text"), ("check", "text")), open=True, rows="workbench.evaluation.views:soundness_rows",

@@ -15,7 +15,7 @@ import pandas as pd
 from ..present import NORM_LABEL, eps_label, model_order, robust_eps
 from ..replicates import replicate_summary
 from ..significance import describe
-from .soundness import VERDICT_WARN, verdicts
+from .soundness import VERDICT_HELD, VERDICT_WARN, headline_warnings, verdicts
 from .worst_case import MISSING
 
 WORST = "worst_case"
@@ -137,7 +137,10 @@ def soundness_summary(res: Any) -> tuple[str, dict[str, str]]:
 def soundness_note(res: Any) -> list[str]:
     if res.get("soundness") is None:
         return ["Soundness: the checks were not run (evaluation.soundness.enabled: false)."]
-    return [f"Soundness: “{VERDICT_WARN}” when any check of that model warns (see Soundness below)."]
+    return [f"Soundness: “{VERDICT_WARN}” when a warning of that model's checks applies to its worst case; "
+            f"“{VERDICT_HELD}” when every warning is an attack comparison (more steps, more restarts, the margin loss) "
+            "whose stronger attack the worst case already holds, its other attacks breaking what that one breaks "
+            "(see Soundness below)."]
 
 
 def soundness_banner(res: Any) -> list[tuple[str, str]]:
@@ -147,8 +150,18 @@ def soundness_banner(res: Any) -> list[tuple[str, str]]:
     warn = snd[snd["status"] == "warn"]
     if warn.empty:
         return [("ok", "Every soundness check passes for every model.")]
-    parts = [f"{m} ({', '.join(map(str, d['check']))})" for m, d in warn.groupby("model", sort=False)]
-    return [("warn", "Robust accuracy may be overestimated for: " + "; ".join(parts) + ".")]
+    head = headline_warnings(snd)
+    out = []
+    parts = [f"{m} ({', '.join(map(str, d['check']))})" for m, d in snd[head].groupby("model", sort=False)]
+    if parts:
+        out.append(("warn", "Robust accuracy may be overestimated for: " + "; ".join(parts) + "."))
+    held = snd[(snd["status"] == "warn") & ~head]
+    parts = [f"{m} ({', '.join(map(str, d['check']))})" for m, d in held.groupby("model", sort=False)]
+    if parts:
+        out.append(("ok", "Single attacks overestimate, the worst case does not: " + "; ".join(parts) + ". A stronger "
+                    "attack beat the reference, but the worst case holds it, and its other attacks (AutoAttack's "
+                    "included) break what it breaks."))
+    return out
 
 
 def soundness_rows(res: Any, snd: pd.DataFrame) -> pd.DataFrame:

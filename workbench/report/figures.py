@@ -533,7 +533,9 @@ def saliency_metrics(tables: Tables, **_: Any) -> Figure | None:
 
 
 def soundness(tables: Tables, **_: Any) -> Figure | None:
-    """Models (rows) × checks (columns): green pass, red warn, annotated with the value."""
+    """Models (rows) × checks (columns): green pass, red warn, amber a warning the worst case
+    holds (an attack comparison whose stronger attack the worst case's others match),
+    annotated with the value."""
     snd = table(tables, "soundness")
     if snd is None:
         return None
@@ -549,12 +551,14 @@ def soundness(tables: Tables, **_: Any) -> Figure | None:
                 if (m, ch) in status.index:
                     row = status.loc[(m, ch)]
                     row = row.iloc[0] if isinstance(row, pd.DataFrame) else row
-                    mat[i, j] = 1.0 if row["status"] == "warn" else 0.0
+                    held = row["status"] == "warn" and not bool(row.get("affects_worst_case", True))
+                    mat[i, j] = 0.5 if held else 1.0 if row["status"] == "warn" else 0.0
                     val = row["value"]
                     text = f"{val:.3g}" if isinstance(val, (int, float, np.number)) and np.isfinite(val) else str(val)
-                    ax.text(j, i, f"{row['status']}\n{text}", ha="center", va="center", fontsize="x-small",
-                            color="white" if mat[i, j] else "black")
-        ax.imshow(np.ma.masked_invalid(mat), cmap=_mpl_colors.ListedColormap(["#a6dba0", "#d6604d"]), vmin=0, vmax=1, aspect="auto")
+                    ax.text(j, i, f"{'warn, held' if held else row['status']}\n{text}", ha="center", va="center",
+                            fontsize="x-small", color="white" if mat[i, j] == 1.0 else "black")
+        ax.imshow(np.ma.masked_invalid(mat), cmap=_mpl_colors.ListedColormap(["#a6dba0", "#fdb863", "#d6604d"]), vmin=0,
+                  vmax=1, aspect="auto")
         ax.grid(False)
         ax.set_xticks(range(len(checks)), checks, rotation=30, ha="right")
         ax.set_yticks(range(len(models)), models)
