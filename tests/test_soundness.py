@@ -23,10 +23,10 @@ from workbench.evaluation.soundness import (
     reference_attack,
     run_checks,
     tolerance,
-    verdicts,
 )
 from workbench.attacks.pgd import PGDAttack
 from workbench.evaluation.soundness import SoundnessConfig
+from workbench.evaluation.views import verdicts
 from workbench.study import study_from_dict
 from workbench.tables import TABLES
 

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.evaluation.soundness import (
-    VERDICT_HELD, VERDICT_OK, VERDICT_WARN, SoundnessConfig, WorstCaseReach, headline_warnings, verdicts,
-)
+from workbench.evaluation.soundness import VERDICT_HELD, VERDICT_OK, VERDICT_WARN, SoundnessConfig, WorstCaseReach
+from workbench.evaluation.views import verdicts
+from workbench.present import headline_warnings
 from workbench.evaluation.worst_case import with_worst_case
 from workbench.stages import TABLE_STEPS, table_steps
 

@@ -8,7 +8,7 @@ model is robust (defensive distillation, Papernot et al. 2016, is the textbook c
 & Wagner 2016, arXiv:1607.04311, break it with a logit-margin loss). Every check runs on
 every evaluated model and yields one row of the ``soundness`` table (model, check, status,
 value, threshold, detail); a model with any ``warn`` gets the verdict "robustness may be
-overestimated" (:func:`verdicts`).
+overestimated" (:func:`workbench.evaluation.views.verdicts`).
 
 Terms. The *reference PGD* of a norm is the study's strongest cross-entropy PGD at that norm
 (most steps × restarts; at L∞ the default 20-step PGD if the study has none); the *main ε*
@@ -90,7 +90,6 @@ from ..attacks.base import attack_mode, crafting, input_gradient, loss_objective
 from ..attacks.fgsm import FGSMAttack
 from ..attacks.pgd import PGDAttack
 from ..config import AttackBase, Eps, Strict
-from ..present import headline_warnings
 from ..progress import QUIET, Progress
 from ..registry import TableSchema
 from ..seeds import derive_seed, seeded_generator, seeded_subset
@@ -854,15 +853,6 @@ def _test_index(result: EvalResult, n: int) -> np.ndarray:
         if len(first) == n:
             return first["index"].to_numpy()
     return np.arange(n)
-
-
-def verdicts(df: pd.DataFrame) -> dict[str, str]:
-    """model -> ``"robustness may be overestimated"`` if a warning of its checks applies to
-    the worst case, ``"sound worst case; single attacks overestimate"`` if it has warnings but
-    none does, else ``"sound"``."""
-    head = headline_warnings(df)
-    return {str(m): VERDICT_WARN if head[d.index].any() else VERDICT_HELD if (d["status"] == "warn").any() else VERDICT_OK
-            for m, d in df.groupby("model", sort=False)}
 
 
 # --------------------------------------------------------------------------- the worst case's reach

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..present import NORM_LABEL, eps_label, model_order, robust_eps
+from ..present import NORM_LABEL, eps_label, headline_warnings, model_order, robust_eps
 from ..replicates import replicate_summary
 from ..significance import describe
-from .soundness import VERDICT_HELD, VERDICT_WARN, headline_warnings, verdicts
+from .soundness import VERDICT_HELD, VERDICT_OK, VERDICT_WARN
 from .worst_case import MISSING
 
 WORST = "worst_case"
@@ -126,6 +126,15 @@ def significance_note(res: Any) -> list[str]:
     return ["Paired tests (exact McNemar on per-example correctness for accuracies, sign-flip permutation test for the "
             "representation measures (penultimate-layer Lipschitz ratio, γ, gradient alignment, saliency metrics); "
             "Holm-corrected across the run's comparisons): " + " ".join(describe(sig))]
+
+
+def verdicts(df: pd.DataFrame) -> dict[str, str]:
+    """model -> ``"robustness may be overestimated"`` if a warning of its checks applies to
+    the worst case, ``"sound worst case; single attacks overestimate"`` if it has warnings but
+    none does, else ``"sound"``."""
+    head = headline_warnings(df)
+    return {str(m): VERDICT_WARN if head[d.index].any() else VERDICT_HELD if (d["status"] == "warn").any() else VERDICT_OK
+            for m, d in df.groupby("model", sort=False)}
 
 
 def soundness_summary(res: Any) -> tuple[str, dict[str, str]]:
