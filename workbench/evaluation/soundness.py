@@ -97,7 +97,7 @@ from ..stages import Stage, StageContext, StageOutput, TableStep, register_stage
 from ..state import seeded_rng
 from ..stats import binomial_excess, discordant
 from .robustness import EvalResult, EvaluationConfig, score
-from .worst_case import WORST, worst_case
+from .worst_case import WORST, _key
 from ..views import (
     Detail, FigureSpec, Measure, Note, ReportSection, register_detail, register_figure, register_measure, register_note,
     register_report_section,
@@ -864,32 +864,40 @@ def _test_index(result: EvalResult, n: int) -> np.ndarray:
 
 def worst_case_reach(robustness: pd.DataFrame, per_example: pd.DataFrame, checks: pd.DataFrame,
                      cascade: pd.DataFrame | None) -> dict[tuple[str, str], tuple[float, str, int]]:
-    """(model, comparison check) -> (drop, where, n): the largest share of the check's examples,
-    over its settings, that only its own attacks break: the fall of the worst case's accuracy
-    there that they make (the evaluation's attacks, the other checks' and the cascade stay)."""
-    rob = robustness[robustness["attack"] != WORST]
-    pe = per_example[per_example["attack"] != WORST]
-    full = per_example[per_example["attack"] == WORST]
+    """(model, comparison check) -> (drop, where, n): the largest share of the check's n
+    examples, over its settings, that only its own attacks break, among every white-box
+    outcome of the worst case (the evaluation's attacks, the checks', the cascade's): the fall
+    of the worst case's accuracy there that they make."""
+    rob = robustness[~robustness["attack"].isin(["clean", WORST])]
+    norms = dict(zip(zip(rob["model"], rob["attack"]), rob["norm"]))
+    pe = per_example[~per_example["attack"].isin(["clean", WORST])]
+    clean = per_example[per_example["attack"] == "clean"]
+    ev = pe.assign(norm=[norms.get(k) for k in zip(pe["model"], pe["attack"])], job="")
+    cols = ["model", "norm", "eps", "index", "job"]
+    broken = pd.concat([d.loc[~d["correct"].astype(bool), cols] if "job" in d.columns else
+                        d.loc[~d["correct"].astype(bool)].assign(job="")[cols]
+                        for d in (ev, checks, cascade) if d is not None and len(d)], ignore_index=True)
+    broken["eps"] = broken["eps"].map(_key)
+    # an example wrong clean is robust in neither worst case
+    wrong = clean.loc[~clean["correct"].astype(bool), ["model", "index"]].assign(wrong=True)
+    broken = broken.merge(wrong, on=["model", "index"], how="left")
+    broken = broken[broken["wrong"].isna()].drop(columns="wrong")
+    evaluated = set(zip(ev["model"], ev["norm"], ev["eps"].map(_key)))
     out: dict[tuple[str, str], tuple[float, str, int]] = {}
     for check, jobs in COMPARISONS.items():
-        own = checks["job"].isin(jobs)
-        if not own.any():
+        own = checks[checks["job"].isin(jobs)]
+        if own.empty:
             continue
-        parts = [d for d in (checks[~own], cascade) if d is not None and len(d)]
-        _, without = worst_case(rob, pe, pd.concat(parts, ignore_index=True) if parts else None)
-        for (mid, norm, eps), d in checks[own].groupby(["model", "norm", "eps"], sort=False):
-            def ok(t: pd.DataFrame) -> pd.Series:
-                t = t[(t["model"] == mid) & (t["norm"] == norm) & np.isclose(t["eps"], eps)]
-                return t.set_index("index")["correct"].astype(bool)
-
-            idx = d["index"].to_numpy()
-            a, b = ok(without), ok(full)
-            if not len(a) or not len(b):
-                continue
-            drop = float((a.reindex(idx).fillna(False) & ~b.reindex(idx).fillna(True)).mean())
-            where = f"{norm} ε={float(eps):g}"
+        # per example, whether every attack that breaks it is the check's own
+        only = broken.assign(own=broken["job"].isin(jobs)).groupby(["model", "norm", "eps", "index"])["own"].all()
+        count = only[only].groupby(level=[0, 1, 2]).size()
+        sizes = own.assign(eps=own["eps"].map(_key)).groupby(["model", "norm", "eps"])["index"].nunique()
+        for (mid, norm, eps), n in sizes.items():
+            if (mid, norm, eps) not in evaluated:
+                continue  # the worst case has no row there
+            drop = float(count.get((mid, norm, eps), 0)) / n
             if drop > out.get((str(mid), check), (-1.0,))[0]:
-                out[(str(mid), check)] = (drop, where, len(idx))
+                out[(str(mid), check)] = (drop, f"{norm} ε={float(eps):g}", int(n))
     return out
 
 
