@@ -251,6 +251,6 @@ def test_the_report_reuses_its_figures_when_nothing_changed(first, store, tmp_pa
     assert {p.name: p.read_bytes() for p in (again.path / "figures").iterdir()} == figures
     assert (again.path / "index.html").read_text().count("data:image/png;base64,") == page.count("data:image/png;base64,")
     real_hash = codehash_mod.code_hash
-    monkeypatch.setattr(codehash_mod, "code_hash", lambda *m, **k: "edited figure code" + real_hash(*m, **k))
+    monkeypatch.setattr(html, "code_hash", lambda *m, **k: "edited figure code" + real_hash(*m, **k))
     write_report(again.path)
     assert drawn == [1, 1]  # the figure code changed: drawn again

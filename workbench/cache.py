@@ -43,6 +43,7 @@ import pandas as pd
 
 from .config import content_hash
 from .store import _UMASK, atomic_write_bytes, file_lock, now
+from . import distributed
 
 log = logging.getLogger("workbench")
 
@@ -235,8 +236,6 @@ def cached_stage(
     returned. Nothing here touches the run folder. ``ranks=False``: only this process runs
     the work (the table steps run on rank 0 alone), so no collective is entered.
     """
-    from . import distributed
-
     inputs = {"stage": stage, **inputs}
     key = ResultCache.key(inputs)
     if ranks and distributed.world().active:
@@ -274,8 +273,6 @@ def _cached_stage_ranks(cache: ResultCache, stage: str, inputs: Mapping[str, Any
     read); on a miss every rank computes (a sharded stage needs them all) and rank 0
     stores the result. The other ranks never take the key's lock: waiting for it while
     rank 0 waits for them in a collective would deadlock."""
-    from . import distributed
-
     if distributed.world().main:
         def compute_together() -> Any:
             distributed.broadcast(None)  # a miss: the other ranks compute with this one

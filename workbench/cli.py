@@ -26,7 +26,8 @@ from typing import Optional
 
 import typer
 
-from .errors import WorkbenchError, os_error
+from .errors import DISTRIBUTION, WorkbenchError, os_error
+from . import __version__
 
 app = typer.Typer(
     name="workbench",
@@ -119,9 +120,6 @@ def _version_text() -> str:
     """``workbench --version``: this package's version and distribution, and a warning when
     PyPI's unrelated ``workbench`` (an AWS SageMaker tool) is installed over the same
     import name."""
-    from . import __version__
-    from .errors import DISTRIBUTION
-
     text = f"workbench {__version__} ({DISTRIBUTION}, {Path(__file__).parent})"
     try:
         metadata.distribution("workbench")
@@ -230,7 +228,11 @@ def run(
 
     Example: workbench run studies/quickstart.yaml --recompute
     """
+    # each command imports what it runs: `workbench --help` and `workbench list` start without torch
     from . import distributed
+    from .cluster import KINDS
+    from .executors import EXECUTORS
+    from .replicates import mean_sd_text
     from .runner import run_study
     from .study import load_study
 
@@ -238,9 +240,6 @@ def run(
         _relaunch_under_torchrun(gpus)
     _console_logging(quiet or not _is_rank_zero())
     tune_cpu_allocator()
-    from .cluster import KINDS
-    from .executors import EXECUTORS
-
     if executor not in EXECUTORS:
         _fail(WorkbenchError(f"unknown executor {executor!r}; use {', '.join(EXECUTORS.names())}", field="--executor"))
     if executor in KINDS:  # the submitit executors: the driver submits the stages as a job too
@@ -265,8 +264,6 @@ def run(
     warned = _echo_verdict(result.tables, result.study.main_eps())
     rep = result.tables.get("replicates")
     if rep is not None and len(rep):
-        from .replicates import mean_sd_text
-
         for _, r in rep[rep["measure"] == "clean"].drop_duplicates(["architecture", "recipe"]).iterrows():
             typer.echo(f"  {r['architecture'] + '/' + r['recipe']:<32} clean accuracy (%, mean ± sd) "
                        f"{mean_sd_text(r['mean'], r['sd'], int(r['n_seeds']), percent=True)}")
@@ -280,6 +277,7 @@ def run(
 
 def _echo_verdict(tables, main_eps: float) -> list[str]:
     """Print the verdict table (workbench.verdict); returns the models whose checks warn."""
+    # it needs pandas: imported by the commands that print it, not for `workbench --help`
     from .verdict import verdict_table, verdict_text
 
     typer.echo(verdict_text(tables, main_eps))
@@ -389,6 +387,7 @@ def validate(studies: list[Path] = typer.Argument(..., metavar="STUDY", help="st
 
     Example: workbench validate studies/*.yaml
     """
+    # each command imports what it runs: `workbench --help` and `workbench list` start without torch
     from .models.sources import check_study_sources
     from .study import load_study
 
@@ -413,6 +412,7 @@ def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE
     Example (VS Code / yaml-language-server): workbench schema -o study.schema.json, then put
     `# yaml-language-server: $schema=study.schema.json` at the top of a study.
     """
+    # each command imports what it runs: `workbench --help` and `workbench list` start without torch
     from .study import study_schema
 
     text = json.dumps(study_schema(), indent=2)
@@ -443,6 +443,7 @@ def list_(
 
       workbench list layers small_cnn --classes 10 --in-shape 1,8,8
     """
+    # each command imports what it runs: `workbench --help` starts without torch
     from . import registries
 
     if kind == "layers":
@@ -465,7 +466,8 @@ def _list_layers(model: Optional[str], classes: int, in_shape: str) -> None:
     # each command imports what it runs: `workbench --help` and `workbench list` start without torch
     import torch
 
-    from .models.sources import SourceConfig, load_source
+    from .models import zoo
+    from .models.sources import SourceConfig, load_source, wrap
 
     if not model:
         _fail(WorkbenchError("name the model, e.g. workbench list layers torchvision:resnet50", field="list layers"))
@@ -480,9 +482,6 @@ def _list_layers(model: Optional[str], classes: int, in_shape: str) -> None:
         # no weights are needed to list layers: the architecture is built on the meta device
         src = src.model_copy(update={"checkpoint": None, "pretrained": False}) if src.kind == "arch" else src
         if src.kind == "robustbench":  # its own architecture with initial weights: the zoo file is not read
-            from .models import zoo
-            from .models.sources import wrap
-
             net = zoo.build(src.robustbench, src.dataset, src.threat_model)
             m = wrap(net, in_shape=shape, num_classes=classes, name=src.describe())
             lm = types.SimpleNamespace(model=m, source=src.describe())
@@ -520,6 +519,7 @@ def convert_checkpoint(
 
     Example: workbench convert-checkpoint downloaded.pt converted.pt --trust
     """
+    # each command imports what it runs: `workbench --help` and `workbench list` start without torch
     from .models.checkpoint import convert_checkpoint as convert
 
     try:
@@ -535,6 +535,7 @@ def report(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a run fo
 
     Example: workbench report reports/quickstart
     """
+    # each command imports what it runs: `workbench --help` and `workbench list` start without torch
     from .report import write_report
 
     with _user_errors():
@@ -552,6 +553,7 @@ def compare(
 
     Example: workbench compare reports/quickstart reports/distillation --out reports/compare
     """
+    # each command imports what it runs: `workbench --help` and `workbench list` start without torch
     from .report import write_comparison
 
     with _user_errors():
@@ -578,6 +580,7 @@ def gc(
 
     Example: workbench gc reports/* --store /scratch/wb        (then the same with --delete)
     """
+    # each command imports what it runs: `workbench --help` and `workbench list` start without torch
     from .gc import find_garbage, remove
     from .store import ModelStore
 

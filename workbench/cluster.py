@@ -39,6 +39,9 @@ from .errors import WorkbenchError, install_hint
 from .executors import EXECUTORS, Executor, JobResult
 from .progress import QUIET, Progress
 from .state import threads_setting
+from . import distributed
+from .store import ModelStore, atomic_write_text
+from .config import content_hash
 
 log = logging.getLogger("workbench")
 
@@ -109,9 +112,8 @@ class TrainTask:
         self.threads = threads_setting(threads, default=False)
 
     def __call__(self) -> dict[str, Any]:
-        from . import distributed
-        from .store import ModelStore
-        from .training import fit
+        # the training loop, in the job only: registering this executor needs none of it
+        from .training.loop import fit
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # the in-process run's setting on the CPU (the same weights); on a GPU only an explicit one
@@ -162,8 +164,6 @@ class Board:
             self.entries = {}
 
     def record(self, name: str, entry: dict[str, Any]) -> None:
-        from .store import atomic_write_text
-
         self.entries[name] = entry
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, json.dumps(self.entries, indent=1))
@@ -267,8 +267,6 @@ class ClusterDriver:
         key -> each job's report. Local: at most one job per slot at once. SLURM: all are
         submitted at once (the scheduler queues them); ``wait=False`` returns then, and
         :meth:`stages` follows them."""
-        from .store import ModelStore
-
         store = ModelStore(self.store_root)
         results: dict[str, dict[str, Any]] = {}
         todo = []
@@ -393,8 +391,6 @@ class SubmititExecutor(Executor):
         return ClusterDriver(self.options, Path(store_root), board, progress)
 
     def run(self, jobs, data, store, device, *, retrain=False, progress=QUIET, done=lambda job, result: None):
-        from .config import content_hash
-
         # without a study name, the board is named by the jobs (a rerun of them finds it)
         board = self.board or "jobs-" + content_hash(sorted(j.key() for j in jobs))[:12]
         driver = self.driver(store.root, board, progress)

@@ -35,6 +35,7 @@ import site
 import sys
 import sysconfig
 from pathlib import Path
+from .store import default_store
 
 PACKAGE = "workbench"
 #: bump when what a memo entry holds (or how it is computed) changes
@@ -96,8 +97,6 @@ def _syntax_info(source: bytes, filename: str) -> dict:
 
 def default_memo() -> Path | None:
     """``<default store>/codehash`` (``$WORKBENCH_STORE`` or ``~/.cache/workbench``)."""
-    from .store import default_store
-
     try:
         return default_store() / "codehash"
     except (OSError, RuntimeError):  # no home directory

@@ -9,6 +9,7 @@ from html import escape
 from pathlib import Path
 
 import pandas as pd
+from .verdict import verdict_table
 
 STYLE = "font-family: sans-serif; font-size: 13px"
 
@@ -31,8 +32,6 @@ def run_repr(kind: str, name: str, path: Path, tables: Mapping[str, pd.DataFrame
 
 def run_html(kind: str, name: str, path: Path, tables: Mapping[str, pd.DataFrame], main_eps: float | None) -> str:
     """The verdict (one row per model) above the list of tables and the report's path."""
-    from .verdict import verdict_table
-
     parts = [f'<div style="{STYLE}"><b>{escape(kind)} {escape(name)}</b> <code>{escape(str(path))}</code>']
     if tables.get("robustness") is not None and len(tables["robustness"]) and main_eps is not None:
         v = verdict_table(tables, main_eps).drop(columns=["warnings", "eps", "norm"])

@@ -38,9 +38,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import WorkbenchError
+from .errors import UnknownNameError, WorkbenchError
 from .progress import QUIET, Progress
 from .registry import Registry
+from .store import ModelStore
+from .state import threads_setting
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import DataSplits
@@ -89,6 +91,8 @@ class InProcess(Executor):
         pass
 
     def run(self, jobs, data, store, device, *, retrain=False, progress=QUIET, done=lambda job, result: None):
+        # the training loop is imported where a job runs: registering the executors (with
+        # the study schema, when a run folder is read) needs none of it
         from .training.loop import fit
 
         out: dict[str, JobResult] = {}
@@ -153,7 +157,8 @@ def _worker_data(job: TrainJob, device: torch.device) -> DataSplits:
 def _run_in_worker(job_json: str, store_root: str, device: str, retrain: bool) -> dict[str, Any]:
     """Train one job in a worker; errors come back as one line (exceptions with keyword
     arguments do not always survive pickling)."""
-    from .store import ModelStore
+    # the training code is imported where a job runs: registering the executors (with the
+    # study schema, when a run folder is read) needs none of it
     from .training.jobs import TrainJob
     from .training.loop import fit
 
@@ -185,8 +190,6 @@ class ProcessPool(Executor):
         t0 = time.perf_counter()
         threads = self.threads
         if threads is None and torch.device(device).type == "cpu":  # as run_study resolves it
-            from .state import threads_setting
-
             threads = threads_setting()
         pool = ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init,
                                    initargs=(threads, os.getpid()))
@@ -240,8 +243,6 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
 
 def make_executor(name: str | None = None, jobs: int = 1, threads: int | None = None) -> Executor:
     """``name`` (default: ``processes`` when ``jobs`` > 1, else ``inprocess``)."""
-    from .errors import UnknownNameError
-
     name = name or ("processes" if jobs > 1 else "inprocess")
     if name not in EXECUTORS:
         raise UnknownNameError("executor", name, EXECUTORS.names(), field="--executor")

@@ -15,6 +15,10 @@ from typing import Any
 import torch
 
 from .stages import FACTS, Examples, index_digest
+from .training.loop import data_identity
+from .evaluation.robustness import evaluation_subset
+from .probes.base import probe_examples
+from .attacks.autoattack import package_version
 
 
 class RunFacts:
@@ -65,8 +69,6 @@ class RunFacts:
         return self.models
 
     def _data_key(self, data: Any) -> dict[str, Any]:
-        from .training.loop import data_identity
-
         d = self.study.data
         return {
             **data_identity(d, data),
@@ -76,8 +78,6 @@ class RunFacts:
         }
 
     def _eval_examples(self) -> Examples:
-        from .evaluation.robustness import evaluation_subset
-
         data = self.data
         idx = evaluation_subset(len(data.test_y), self.study.evaluation.examples, int(self.study.seed))
         y = data.test_y[idx.to(data.test_y.device)]
@@ -86,8 +86,6 @@ class RunFacts:
         return Examples(idx, data.test_x[idx.to(data.test_x.device)], y)
 
     def _probe_examples(self) -> Examples:
-        from .probes.base import probe_examples
-
         x, y, idx = probe_examples(self.data, self.study.probes.examples, int(self.study.seed))
         return Examples(idx, x, y)
 
@@ -96,6 +94,4 @@ class RunFacts:
         return cfg if cfg is not None and cfg.enabled else None
 
     def _packages(self) -> dict[str, str | None]:
-        from .attacks.autoattack import package_version
-
         return {"pyautoattack": package_version()}

@@ -6,44 +6,40 @@ import fnmatch
 import importlib.util
 import warnings
 
+from . import components  # noqa: F401  (imports, and so registers, every component)
+from .attacks import ATTACKS, LOSSES
+from .data import DATASETS
+from .errors import install_hint
+from .executors import EXECUTORS
+from .models import MODELS, model_names
+from .models.base import TIMM_PREFIX
+from .probes import PROBES
+from .registry import Registry
+from .stages import STAGES
+from .training import RECIPES
+
+#: ``workbench list <kind>`` -> its registry (``models`` adds the torchvision and timm families)
+REGISTRIES: dict[str, Registry] = {"datasets": DATASETS, "recipes": RECIPES, "attacks": ATTACKS, "losses": LOSSES,
+                                   "probes": PROBES, "stages": STAGES, "executors": EXECUTORS, "models": MODELS}
+
 
 def listing(kind: str, pattern: str = "*") -> list[tuple[str, str]]:
     """(name, one-line description) of every entry of ``kind`` matching ``pattern``."""
-    if kind == "datasets":
-        from .data import DATASETS as reg
-    elif kind == "recipes":
-        from .training import RECIPES as reg
-    elif kind == "attacks":
-        from .attacks import ATTACKS as reg
-    elif kind == "losses":
-        from .attacks import LOSSES as reg
-    elif kind == "probes":
-        from .probes import PROBES as reg
-    elif kind == "stages":
-        from . import study as _study  # noqa: F401  (registers every stage)
-        from .stages import STAGES as reg
-    elif kind == "executors":
-        from .executors import EXECUTORS as reg
-    elif kind == "models":
-        from .models import MODELS, model_names
-
-        out = [(n, MODELS.describe(n)) for n in MODELS.names(pattern)]
+    if kind not in REGISTRIES:
+        raise ValueError(kind)
+    reg = REGISTRIES[kind]
+    out = [(n, reg.describe(n)) for n in reg.names(pattern)]
+    if kind == "models":
         tv = [n for n in model_names() if n.startswith("torchvision:") and fnmatch.fnmatch(n, pattern)]
         if tv:
             out.append((f"torchvision:<name>", f"any of {len(tv)} torchvision classifiers, e.g. {', '.join(tv[:4])}"))
         if fnmatch.fnmatch("timm:", pattern.split("*")[0] + "*") or pattern.startswith("timm:"):
             out.extend(_timm_listing(pattern))
-        return out
-    else:
-        raise ValueError(kind)
-    return [(n, reg.describe(n)) for n in reg.names(pattern)]
+    return out
 
 
 def _timm_listing(pattern: str) -> list[tuple[str, str]]:
     """The ``timm:<name>`` entry: how many timm models match, or how to install timm."""
-    from .errors import install_hint
-    from .models.base import TIMM_PREFIX
-
     if importlib.util.find_spec("timm") is None:
         return [("timm:<name>", f"any timm model; timm is not installed: {install_hint('models')}")]
     with warnings.catch_warnings():  # timm's import warns about torch.jit deprecations

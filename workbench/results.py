@@ -29,6 +29,10 @@ import yaml
 from .errors import RunFolderError, WorkbenchError
 from .study import Study, safe_yaml, study_from_dict
 from .tables import TABLES
+from .display import run_repr, run_html
+from .models.sources import load_study_models
+from .models import create_model
+from .store import ModelStore
 
 
 @dataclass(repr=False)
@@ -62,13 +66,9 @@ class Results:
         return name in self.tables
 
     def __repr__(self) -> str:
-        from .display import run_repr
-
         return run_repr("Results", self.study.name, self.path, self.tables)
 
     def _repr_html_(self) -> str:
-        from .display import run_html
-
         return run_html("Results", self.study.name, self.path, self.tables, self.study.main_eps())
 
     def __iter__(self) -> Iterator[str]:
@@ -95,8 +95,6 @@ class Results:
         by the key the models table recorded; a loaded one from its source again, checked
         against the sha256 recorded. Raises :class:`RunFolderError` when neither is there.
         """
-        from .models.sources import load_study_models
-
         mt = self.get("models")
         if mt is None or model_id not in set(mt["model"].astype(str)):
             raise RunFolderError(f"no model {model_id!r} in this run; models: {', '.join(self.model_ids)}",
@@ -118,9 +116,6 @@ class Results:
 
 
 def _trained_model(res: Results, model_id: str, key: str, num_classes: int, in_shape: tuple, store: Any, device: Any) -> Any:
-    from .models import create_model
-    from .store import ModelStore
-
     store = store if isinstance(store, ModelStore) else ModelStore(store)
     if not store.has_model(key):
         raise RunFolderError(f"model {model_id} (key {key}) is not in the store", file=str(store.entry(key)))

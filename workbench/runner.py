@@ -37,8 +37,12 @@ from .state import cpu_threads, cudnn_benchmark, preserved_rng, threads_setting
 from .store import ModelStore, RunFolder, atomic_write_bytes, environment, now
 from .study import Study
 from .tables import TABLES_RUN  # noqa: F401  (the tables the runner itself writes: models, pairs, history)
-from .training import TrainedModel, TrainJob, data_identity, fit, plan_jobs
+from .training import TrainJob, TrainedModel, data_identity, fit, plan_jobs, recipe_class
 from .training.loop import load_trained
+from .display import run_repr, run_html
+from .models.sources import load_study_models
+from .results import column_kinds
+from .report import write_report
 
 log = logging.getLogger("workbench")
 
@@ -82,13 +86,9 @@ class Run:
     loaded: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        from .display import run_repr
-
         return run_repr("Run", self.study.name, self.path, self.tables)
 
     def _repr_html_(self) -> str:
-        from .display import run_html
-
         return run_html("Run", self.study.name, self.path, self.tables, self.study.main_eps())
 
 
@@ -230,8 +230,6 @@ def training_arrays(study: Study, trained: dict[str, TrainedModel], store: Model
     """What each model's recipe kept beside it in the store for the report (a recipe's
     ``report_arrays(entry)``, e.g. robust_features' sample of its derived set), as one npz:
     ``models`` (ids) and ``{name}.{j}`` for the j-th of them; None when no recipe kept any."""
-    from .training import recipe_class
-
     ids: list[str] = []
     out: dict[str, Any] = {}
     for spec in study.models():
@@ -328,8 +326,6 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
     data = load_study_data(study, device, cache_dir=None if os.environ.get("WORKBENCH_DATA_CACHE") else store.root / "data")
     timings["data"] = time.perf_counter() - t0
     # Loaded models next, for the same reason: a missing or refused file fails first.
-    from .models.sources import load_study_models
-
     t0 = time.perf_counter()
     loaded = load_study_models(study, data, device)
     timings["load_models"] = time.perf_counter() - t0
@@ -392,8 +388,6 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
 
         for name, df in tables.items():
             folder.write_table(name, df)
-        from .results import column_kinds
-
         timings["total_before_report"] = time.perf_counter() - t_start
         manifest: dict[str, Any] = {
             "study": study.name,
@@ -417,8 +411,6 @@ def _run_study(study: Study, out, *, device: torch.device, store, retrain: bool,
         log.info("tables written to %s", folder.target / folder.TABLES)
 
         if report if report is not None else study.report.enabled:
-            from .report import write_report
-
             t0 = time.perf_counter()
             write_report(folder.path, published=folder.target)
             timings["report"] = time.perf_counter() - t0

@@ -35,6 +35,7 @@ import torch
 from .codehash import code_hash
 from .progress import QUIET, Progress
 from .registry import Registry, TableSchema
+from .cache import ResultCache, cached_stage
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydantic import BaseModel
@@ -273,8 +274,6 @@ def index_digest(idx: torch.Tensor) -> dict[str, Any]:
 def stage_keys(stages: list[Stage], study: Any, facts: FactSource) -> dict[str, str]:
     """The cache key of each planned stage (in plan order), without running any: what
     :func:`run_stages` will look up."""
-    from .cache import ResultCache
-
     keys: dict[str, str] = {}
     for stage in stages:
         keys[stage.name] = ResultCache.key(stage_key_inputs(stage, section_of(study, stage), facts, keys))
@@ -297,8 +296,6 @@ def run_stages(stages: list[Stage], study: Any, facts: FactSource, cache: Any, *
                recompute: bool = False, timings: dict[str, float] | None = None) -> StagesRun:
     """Run (or read from the result cache) each planned stage in order, each on its
     section of ``study`` and the facts it declares."""
-    from .cache import cached_stage
-
     out = StagesRun({}, {}, [], {}, {})
     upstream: dict[str, Upstream] = {}
     for stage in stages:
@@ -378,8 +375,6 @@ def run_table_steps(tables: dict[str, pd.DataFrame], facts: FactSource, *, progr
     """Run every table step on ``tables`` (updated in place). A ``cached`` step is read from
     ``cache`` when its key (from ``keys``, the stages' keys, and the steps' before it) is
     there; returns the keys of the cached steps."""
-    from .cache import ResultCache, cached_stage
-
     before = dict(keys or {})
     step_keys: dict[str, str] = {}
     for step in table_steps():

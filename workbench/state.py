@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from .errors import WorkbenchError
 
 
 @contextlib.contextmanager
@@ -73,8 +74,6 @@ def threads_setting(threads: int | None = None, *, default: bool = True) -> int 
     the cores. The same setting in every process is what makes an executor train the
     in-process run's weights bit for bit on the CPU.
     """
-    from .errors import WorkbenchError
-
     if threads:
         return max(1, int(threads))
     text = os.environ.get("WORKBENCH_THREADS")

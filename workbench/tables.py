@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from .registry import TableSchema
+from . import components  # noqa: F401  (imports, and so registers, every component's tables)
+from .stages import STAGES, table_steps
 
 #: tables whose rows may carry extra, recipe- or probe-specific columns
 OPEN = {"history"}
@@ -77,9 +79,6 @@ TABLES_RUN: dict[str, TableSchema] = {
 
 def all_tables() -> dict[str, TableSchema]:
     """name -> (what a row is, {column: meaning}) of every table of every registered component."""
-    from . import components  # noqa: F401  (imports, and so registers, every component)
-    from .stages import STAGES, table_steps
-
     out: dict[str, TableSchema] = dict(TABLES_RUN)
     for stage in sorted((STAGES.get(n) for n in STAGES.in_order()), key=lambda s: (s.order, s.name)):
         for name, schema in stage.tables.items():
@@ -95,7 +94,7 @@ def all_tables() -> dict[str, TableSchema]:
 
 
 def __getattr__(name: str) -> Any:
-    # ``TABLES`` is computed on first use: the components import this package's registries
+    # ``TABLES`` is computed on each use: it includes what was registered since this import
     if name == "TABLES":
         return all_tables()
     raise AttributeError(name)

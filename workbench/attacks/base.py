@@ -35,6 +35,7 @@ from torch.nn.modules import module as _torch_module  # its global hook registri
 
 from ..registry import Registry
 from ..types import Labels, Tensor
+from .l1 import project_l1_ball, project_l1_box
 
 #: Attacks by name; each entry is called as ``ATTACKS.get(name)(model, x, y, eps, **options)``.
 ATTACKS: Registry[Callable[..., Tensor]] = Registry("attack")
@@ -361,8 +362,6 @@ def project(delta: Tensor, eps: Eps, norm: str) -> Tensor:
     """
     check_norm(norm)
     if norm == "l1":
-        from .l1 import project_l1_ball
-
         return project_l1_ball(delta, eps)
     eps_b = _as_eps(eps, delta)
     if norm == "linf":
@@ -479,8 +478,6 @@ def random_start(
         if norm == "l1":
             # the exact projection onto the L1 ball ∩ [0, 1]: the clip below alone would
             # throw away the budget spent on saturated pixels
-            from .l1 import project_l1_box
-
             u = project_l1_box(u, x, eps)
     return torch.add(x, u, out=torch.empty_like(x)).clamp_(0.0, 1.0)
 

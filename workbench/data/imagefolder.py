@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..store import atomic_write
+from ..store import atomic_write, default_store
 from .base import DATASETS, RawData, content_digest
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,6 @@ def default_cache_dir() -> Path:
     sees it."""
     if os.environ.get("WORKBENCH_DATA_CACHE"):
         return Path(os.environ["WORKBENCH_DATA_CACHE"]).expanduser()
-    from ..store import default_store
-
     return default_store() / "data"
 
 

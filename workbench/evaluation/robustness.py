@@ -42,6 +42,7 @@ from ..views import (
     Detail, FigureSpec, Measure, Note, ReportSection, register_detail, register_figure, register_measure, register_note,
     register_report_section,
 )
+from .. import distributed
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import AttackBase
@@ -318,8 +319,6 @@ def evaluate(
     ``keep_adversarial`` keeps every setting's adversarial examples in the result, on the
     examples' device (one process only: each rank holds only its batches). Off by default:
     at ImageNet scale they take gigabytes per setting, and no stage reads them."""
-    from .. import distributed
-
     index = torch.arange(len(y)) if index is None else index
     rows, per_example = [], []
     adversarial: dict[tuple[str, str, float], torch.Tensor] = {}

@@ -102,6 +102,8 @@ from ..views import (
     Detail, FigureSpec, Measure, Note, ReportSection, register_detail, register_figure, register_measure, register_note,
     register_report_section,
 )
+from .. import distributed
+from ..attacks.spatial import SPATIAL, random_transform
 
 
 class SoundnessConfig(Strict):
@@ -436,8 +438,6 @@ class _Checker:
     def run_plan(self, mid: str, model: nn.Module, jobs: list[_Job], advance) -> dict[tuple, np.ndarray]:
         """Per job (by :attr:`_Job.key`), per-example correctness on the subset. Every batch of a job reseeds from
         (seed, model, stream, ε, batch), so jobs on one stream share their random starts."""
-        from .. import distributed
-
         out = {}
         bs = self.ev.batch_size
         # under torchrun each rank attacks its share of the batches; the outcomes are gathered
@@ -671,8 +671,6 @@ class _Checker:
         (L∞: ε·sign(u), a vertex of the box; L2: ε·u/‖u‖₂; L1: ε·u/‖u‖₁; spatial: a
         transformation drawn uniformly from ε × the (angle, shift) box, so the check also
         holds the grid's worst case at or below every sampled transformation)."""
-        from ..attacks.spatial import SPATIAL, random_transform
-
         g = seeded_generator("cpu", self.seed, "soundness-noise", mid, norm, eps)
         ok = torch.ones(self.n, dtype=torch.bool)
         for _ in range(self.cfg.noise_draws):
@@ -816,8 +814,6 @@ def run_checks_full(
     ck = _Checker(ev, cfg, main_eps, x, y, result, num_classes, seed)
     jobs = ck.plan()
     ck.jobs = {j.key: j for j in jobs}
-    from .. import distributed
-
     n_batches = len(distributed.my_batches(-(-ck.n // ev.batch_size)))
     rows: list[dict] = []
     outcomes: list[pd.DataFrame] = []

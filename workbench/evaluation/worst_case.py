@@ -50,6 +50,8 @@ from ..stages import Stage, StageContext, StageOutput, TableStep, register_stage
 from ..state import eval_mode
 from ..views import Measure, Note, register_measure, register_note
 from .robustness import accuracy_interval, score
+from ..attacks import autoattack as aa
+from .. import distributed
 
 WORST = "worst_case"
 log = logging.getLogger("workbench")
@@ -292,8 +294,6 @@ def apgd_cascade(
     out under torchrun like the evaluation's. ``targets``: APGD-T's and FAB-T's target
     classes (None: AutoAttack's). ``main_eps``: run only at (L∞, ``main_eps``); other
     settings get a ``not the main ε`` row."""
-    from ..attacks import autoattack as aa
-
     rows, outcomes = [], []
     have = aa.available()
     settings = {mid: robust_after(robustness, per_example, mid) for mid in models}
@@ -355,9 +355,6 @@ def _attack_batches(model, x, y, at: np.ndarray, attack: str, norm: str, eps: fl
                     targets: int | None, seed_of, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-example (correct, cross-entropy) of one AutoAttack attack on ``x[at]``, batch by
     batch (each seeded by ``seed_of(batch)``; under torchrun each rank crafts its share)."""
-    from .. import distributed
-    from ..attacks import autoattack as aa
-
     if len(at) == 0:
         return np.zeros(0, dtype=bool), np.zeros(0)
     sel = torch.as_tensor(at, device=x.device)

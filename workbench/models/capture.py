@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import UnknownNameError, WorkbenchError
 from ..state import eval_mode
 from .base import WorkbenchModel
+from .layers import as_probe_model
 
 
 def resolve_layers(model: WorkbenchModel, spec: str | Sequence[str]) -> list[str]:
@@ -133,8 +134,6 @@ def extract_features(
     """
     if len(x) == 0:
         raise WorkbenchError("extract_features got no examples")
-    from .layers import as_probe_model
-
     model = as_probe_model(model, x)
     if batch_size < 1:
         raise WorkbenchError(f"batch_size must be positive, got {batch_size}")

@@ -38,9 +38,13 @@ from torch import nn
 from torch.hub import get_dir
 
 from ..errors import CheckpointError, WorkbenchError
-from .base import TIMM_PREFIX, TORCHVISION_PREFIX, Built, WorkbenchModel, check_model_options
+from .base import Built, TIMM_PREFIX, TORCHVISION_PREFIX, WorkbenchModel, _build, check_model_options
 from .checkpoint import fit_state_dict, load_into, read_weights, sha256_file
 from .layers import auto_layers, named_layers
+from ..codehash import user_code_hash
+from .timm_models import _timm
+from . import zoo
+from ..config import content_hash
 
 
 def expand(path: str) -> Path:
@@ -192,8 +196,6 @@ def _python_factory(spec: str) -> tuple[Any, str]:
     """The factory and the hash of its code: its module and the user's modules it imports,
     transitively, as syntax (:func:`~workbench.codehash.user_code_hash`), so an edit that
     changes behaviour changes the model key and a comment edit does not."""
-    from ..codehash import user_code_hash
-
     mod_name, fn_name = spec.split(":", 1)
     file = _module_file(spec, mod_name)
     with _user_code(spec, file, "importing it"):
@@ -224,8 +226,6 @@ def _torchvision_cache_file(name: str) -> Path:
 def _timm_cache_file(name: str) -> Path:
     """timm's default weights in the Hugging Face hub cache (``$HF_HUB_CACHE``, else
     ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``), as timm itself stores them."""
-    from .timm_models import _timm
-
     timm = _timm()
     cfg = timm.models.get_pretrained_cfg(name)
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
@@ -247,8 +247,6 @@ def _timm_cache_file(name: str) -> Path:
 
 def _build_net(src: SourceConfig, num_classes: int, in_shape: tuple[int, int, int]) -> tuple[nn.Module, dict[str, Any]]:
     """(network, extra provenance) for arch and python sources, weights not yet loaded."""
-    from .base import _build
-
     if src.python:
         fn, digest = _python_factory(src.python)
         module = inspect.getmodule(fn)
@@ -308,8 +306,6 @@ def load_source(
     file_mean = file_std = None
     layout = ""
     if src.robustbench:
-        from . import zoo
-
         net, path = zoo.load(src.robustbench, dataset=src.dataset, threat_model=src.threat_model,
                              model_dir=expand(src.model_dir), download=src.download)
         digest = sha256_file(path)
@@ -357,8 +353,6 @@ def load_source(
     model.eval()
     _check_output(model, in_shape, num_classes, what, path)
     model.to(device)
-    from ..config import content_hash
-
     key = content_hash({
         "loaded": src.model_dump(mode="json", exclude={"download", "model_dir"} if src.robustbench else {"download"}),
         "weights_sha256": digest, "mean": list(map(float, mean)) if mean is not None else None,

@@ -20,6 +20,7 @@ from ..seeds import derive_seed, seeded_generator, seeded_subset
 from ..stages import STAGES, Examples, Stage, StageContext, StageOutput, register_section, register_stage
 from ..store import RunFolder, atomic_write_bytes
 from ..views import ReportSection, register_report_section
+from .. import distributed
 
 #: the facts every probe reads: the models, the probe examples and their batch size, the
 #: device and the seed (a probe declares any other it reads when it registers)
@@ -263,8 +264,6 @@ class ProbeStage(Stage):
         return [PROBES.get(self.probe).__module__, __name__]
 
     def run(self, cfg: Any, ctx: StageContext) -> StageOutput:
-        from .. import distributed
-
         ex = ctx.probe_examples
         base = ProbeContext(cfg, ctx, ex.x, ex.y, ex.index, ctx.probe_batch_size, ctx.progress)
         w = distributed.world()

@@ -52,6 +52,7 @@ from ..state import eval_mode
 from ..stats import bootstrap_interval
 from .base import PROBES, ProbeContext
 from ..views import FigureSpec, Measure, Note, register_figure, register_measure, register_note
+from ..models.layers import as_probe_model
 
 
 class LipschitzProbe(Strict):
@@ -367,8 +368,6 @@ def lipschitz(
         raise WorkbenchError("steps, batch_size and feat_step must be positive and feat_restarts non-negative")
     if "feat" in kinds and feat_restarts == 0 and not (feat_from_loss and "loss" in kinds):
         raise WorkbenchError("the feature search needs a start: feat_restarts >= 1 or feat_from_loss with kind 'loss'")
-    from ..models.layers import as_probe_model
-
     model = as_probe_model(model, x)  # a plain nn.Module is wrapped (its layers found automatically)
     names = resolve_layers(model, layers)
     order = {n: i for i, n in enumerate(model.layer_names())}

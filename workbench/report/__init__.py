@@ -14,9 +14,9 @@ _COMPARE = ("Comparison", "compare_runs", "write_comparison")
 
 
 def __getattr__(name: str) -> Any:
-    # the comparison (and matplotlib with it) is imported when asked for: writing a run's
-    # report whose figures are all cached needs neither
     if name in _COMPARE:
+        # the comparison (and matplotlib with it) is imported when asked for: writing a run's
+        # report whose figures are all cached needs neither
         from . import compare
 
         return getattr(compare, name)

@@ -33,8 +33,11 @@ from ..results import Results, load
 from ..store import ComparisonFolder, now
 from . import figures as F
 from ..present import robust_eps
-from .cross_model import threats
+from .cross_model import compare_measures, correlations, cross_model_table, measure_scatter, replicate_rows, replicated, threat_correlations, threats
 from .html import FigureEntry, data_uri, html_table, now_text, png_size, render_page, write_page
+from ..display import comparison_repr, comparison_html
+from ..significance import describe
+from ..replicates import mean_sd_text
 
 _RUN_STYLES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3))]
 
@@ -166,8 +169,6 @@ def lipschitz_profiles(runs: Sequence[Results], names: Sequence[str]) -> Figure 
 
 
 def _measure_scatter(runs, names):
-    from .cross_model import measure_scatter
-
     return measure_scatter(runs, names)
 
 
@@ -265,13 +266,9 @@ class Comparison:
     threat_correlations: pd.DataFrame = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        from ..display import comparison_repr
-
         return comparison_repr(self.names, self.cross)
 
     def _repr_html_(self) -> str:
-        from ..display import comparison_html
-
         return comparison_html(self.names, self.cross, self.differences, self.significant())
 
     def scatter(self) -> Figure | None:
@@ -280,8 +277,6 @@ class Comparison:
 
     def significant(self) -> list[str]:
         """Sentences naming the significant differences of every run (and how many are not)."""
-        from ..significance import describe
-
         out = []
         for r, n in zip(self.runs, self.names):
             sig = r.get("significance")
@@ -293,8 +288,6 @@ class Comparison:
 def compare_runs(runs: Sequence[str | Path | Results], names: Sequence[str] | None = None) -> Comparison:
     """The comparison's tables of run folders (or loaded :class:`Results`): the library
     function behind ``workbench compare`` (which draws its figures from the same tables)."""
-    from .cross_model import correlations, cross_model_table, replicate_rows, threat_correlations
-
     _check_distinct([Path(r.path if isinstance(r, Results) else r) for r in runs])
     loaded = [r if isinstance(r, Results) else load(r) for r in runs]
     names = list(names) if names is not None else run_names([r.path for r in loaded])
@@ -389,9 +382,6 @@ def _write_comparison(folder: ComparisonFolder, runs, names, joined, comp, out: 
     folder.write_table("threat_correlations", comp.threat_correlations)
     rep_view = pd.DataFrame()
     if len(comp.replicates):
-        from .cross_model import compare_measures, replicated
-        from ..replicates import mean_sd_text
-
         rep_view = comp.replicates[["run", "model", "n_seeds"]].copy()
         labels = compare_measures()
         for col in replicated():

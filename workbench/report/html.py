@@ -41,6 +41,9 @@ from ..results import Results, load
 from ..present import NORM_LABEL, eps_label, model_order
 from ..views import FigureSpec, ReportSection, details, figures, measures, notes, report_sections, resolve
 from . import figures as F
+from ..codehash import code_hash
+from ..cache import ResultCache, cached_stage
+from ..stages import StageOutput
 
 log = logging.getLogger("workbench")
 
@@ -431,8 +434,6 @@ def _study_yaml(res: Results) -> str:
 def _figure_inputs(res: Results) -> dict[str, Any]:
     """What the figures are drawn from: the run's table files and arrays (by sha256), the
     study, and the code that draws them."""
-    from ..codehash import code_hash
-
     def digests(folder: Path, pattern: str) -> dict[str, str]:
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob(pattern)) if p.is_file()}
 
@@ -463,9 +464,6 @@ def cached_figures(res: Results, out_dir: Path, formats: Sequence[str]) -> tuple
     arrays, study and figure code are those of an earlier report (a rerun with nothing
     changed then draws nothing). The page itself is always rendered anew: its provenance
     (times, reused stages) is this run's."""
-    from ..cache import ResultCache, cached_stage
-    from ..stages import StageOutput
-
     store = res.run.get("store")
     if not store:
         return draw_figures(res, out_dir, formats)

@@ -30,6 +30,7 @@ from ..attacks.ascent import ascend
 from ..attacks.base import run_attack
 from ..models.capture import capture, resolve_layers
 from ..types import Tensor
+from ..errors import install_hint
 
 #: the ball radius of an unconstrained search (pixel units): far beyond any image's diameter
 UNBOUNDED = 1.0e4
@@ -225,8 +226,6 @@ def image_agreement(x: Tensor, x_t: Tensor) -> dict[str, Tensor]:
         # torchmetrics takes seconds to import; only the inversion's SSIM needs it
         from torchmetrics.functional.image import structural_similarity_index_measure as ssim
     except ImportError as e:  # an optional extra
-        from ..errors import install_hint
-
         raise ImportError(f"the represent probe measures SSIM with torchmetrics: {install_hint('represent')}") from e
     x, x_t = x.detach().float().cpu(), x_t.detach().float().cpu()
     side = min(x.shape[-2:])

@@ -29,6 +29,9 @@ from torch import nn
 
 from ..seeds import derive_seed
 from . import core
+from ..cache import ResultCache, cached_stage
+from ..codehash import code_hash
+from ..stages import StageOutput
 
 log = logging.getLogger("workbench")
 
@@ -113,10 +116,6 @@ def derived_set(
     """:func:`build_derived`, kept in the store's result cache under a key derived from
     the source model's store key, ``settings``, the data identity, the seed and the code
     of this module (with what it imports). Returns (images, labels, reused)."""
-    from ..cache import ResultCache, cached_stage
-    from ..codehash import code_hash
-    from ..stages import StageOutput
-
     inputs = {"source": source_key, "kind": kind, "settings": dict(settings), "data": dict(data_identity),
               "seed": int(seed), "num_classes": int(num_classes), "code": code_hash(__name__),
               "torch": torch.__version__, "device": x.device.type}

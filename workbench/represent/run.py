@@ -28,6 +28,8 @@ from ..seeds import derive_seed
 from . import core
 from .judge import JudgeConfig, PixelJudge, fit_judge
 from .measures import SUMMARY_COLUMNS, mcnemar_row, mean_row, mean_test_row, proportion_row, tests_frame
+from ..attacks.base import attack_mode
+from ..errors import WorkbenchError
 
 # --------------------------------------------------------------------------- configuration
 
@@ -107,8 +109,6 @@ def _gen(seed: int, *parts: Any) -> torch.Generator:
 
 
 def _predict(model: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> np.ndarray:
-    from ..attacks.base import attack_mode
-
     with attack_mode(model), torch.no_grad():
         return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)]).cpu().numpy()
 
@@ -145,8 +145,6 @@ def represent(
     synthesis Gaussians are fitted on its training split). The same targets, seeds and
     classes serve every model, so the measures are paired between the models of a pair."""
     if getattr(data, "streamed", False):
-        from ..errors import WorkbenchError
-
         raise WorkbenchError("the represent probe fits its judge on the training images in memory; "
                              "set data.stream: false", field="probes.represent")
     device = x.device

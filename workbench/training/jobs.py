@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..codehash import code_hash
 from ..config import ModelSpec, TrainConfig, content_hash
-from ..data import DataConfig, load_section
-from ..models import ArchitectureConfig
+from ..data import DATASETS, DataConfig, load_section
+from ..models import ArchitectureConfig, MODELS, TORCHVISION_PREFIX
 from .base import RECIPES, Recipe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,9 +48,6 @@ def recipe_class(name: str, role: str = "model") -> type[Recipe]:
 
 def training_code(job: TrainJob) -> str:
     """Hash of the code that determines the job's weights (see the module docstring)."""
-    from ..data import DATASETS
-    from ..models import MODELS, TORCHVISION_PREFIX
-
     arch = job.spec.arch.name
     model_mod = "workbench.models.tv" if arch.startswith(TORCHVISION_PREFIX) else MODELS.get(arch).__module__
     data_mod = DATASETS.get(job.data["name"]).__module__

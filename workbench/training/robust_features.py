@@ -30,6 +30,9 @@ from ..represent.derived import derived_set
 from ..seeds import seeded_generator, seeded_subset
 from ..views import FigureSpec, register_figure
 from .base import RECIPES, Recipe
+from ..errors import TrainingError
+from .. import distributed
+from ..store import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from .jobs import TrainJob
@@ -103,8 +106,6 @@ class RobustFeatures(Recipe):
 
     def setup(self, ctx: FitContext) -> None:
         if ctx.data.streamed:
-            from ..errors import TrainingError
-
             raise TrainingError("robust_features builds its data set in memory; set data.stream: false",
                                 field=ctx.job.id)
         source = ctx.dependency("source")
@@ -116,9 +117,6 @@ class RobustFeatures(Recipe):
             retrain=ctx.retrain,
         )
         self.data = (x, y)
-        from .. import distributed
-        from ..store import atomic_write_bytes
-
         if distributed.world().main:  # beside the model: reused with it, removed with it (retrain quarantines the entry)
             sample = derived_sample(ctx.data.train_x, ctx.data.train_y, x, y, num_classes=ctx.data.num_classes,
                                     seed=ctx.job.spec.seed, kind=self.cfg.set)
