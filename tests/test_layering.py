@@ -196,7 +196,7 @@ def test_a_cycle_through_a_package_init_is_found():
 def test_reading_a_run_folder_imports_no_runner():
     code = "import sys, workbench.results; print(sorted(m for m in sys.modules if m.startswith('workbench.')))"
     loaded = eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    # (the schema still imports the recipes' modules for their configs, so training code is loaded)
+    # (nor the training code: tests/test_results.py::test_reading_a_run_folder_imports_no_training_code)
     assert not [m for m in loaded if m in ("workbench.runner", "workbench.facts") or m.startswith("workbench.report")]
 
 

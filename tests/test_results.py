@@ -6,6 +6,8 @@ RunFolder), so nothing is trained and each test takes milliseconds."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -130,3 +132,19 @@ def test_corrupt_json(run_dir):
     assert one_line_error(run_dir, "corrupt JSON").file == str(run_dir / "run.json")
     (run_dir / "run.json").write_text("[1, 2]")
     one_line_error(run_dir, "expected a JSON object")
+
+
+#: the training code: the loop (optimiser, schedule, checkpoints) and the job planning, and
+#: what runs a study (runner, facts, grid). The recipes' modules are not in it: each is one
+#: component (its typed config, which the study schema is built from, and its loss).
+TRAINING_CODE = ("workbench.training.loop", "workbench.training.jobs", "workbench.runner", "workbench.facts",
+                 "workbench.grid")
+
+
+def test_reading_a_run_folder_imports_no_training_code(run_dir):
+    code = ("import sys, workbench.results as r; res = r.load(sys.argv[1]); assert len(res.robustness); "
+            "print(sorted(m for m in sys.modules if m.startswith('workbench.')))")
+    out = subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True, check=True)
+    loaded = eval(out.stdout)
+    assert "workbench.study" in loaded and "workbench.training.standard" in loaded  # the schema, with the recipes
+    assert not [m for m in loaded if m in TRAINING_CODE or m.startswith("workbench.report")]

@@ -37,8 +37,8 @@ from .state import cpu_threads, cudnn_benchmark, preserved_rng, threads_setting
 from .store import ModelStore, RunFolder, atomic_write_bytes, environment, now
 from .study import Study
 from .tables import TABLES_RUN  # noqa: F401  (the tables the runner itself writes: models, pairs, history)
-from .training import TrainJob, TrainedModel, data_identity, fit, plan_jobs, recipe_class
-from .training.loop import load_trained
+from .training.jobs import TrainJob, plan_jobs, recipe_class
+from .training.loop import TrainedModel, data_identity, fit, load_trained
 from .display import run_repr, run_html
 from .models.sources import load_study_models
 from .results import column_kinds

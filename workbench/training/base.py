@@ -13,6 +13,7 @@ from torch import nn
 
 from ..attacks.base import attack_mode
 from ..registry import Registry
+from ..views import FigureSpec, register_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
@@ -89,3 +90,18 @@ class Recipe:
 
 #: training recipes by name (study field ``recipes[].name``)
 RECIPES: Registry[type[Recipe]] = Registry("recipe")
+
+
+# --------------------------------------------------------------------------- report figures
+# drawn by the report from the history the loop writes for every recipe (workbench/views.py; the drawing
+# code is imported only then); registered here, so the report has it without importing the loop
+
+register_figure(FigureSpec(
+    "training_curves",
+    "Training curves",
+    "Clean and PGD accuracy on the held-out monitor batch and the training loss after each epoch, per model: "
+        "a robust accuracy that collapses while clean accuracy holds marks catastrophic overfitting.",
+    "robustness",
+    "workbench.report.figures:training_curves",
+    ("history",),
+    order=20))

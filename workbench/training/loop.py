@@ -43,7 +43,6 @@ from ..seeds import derive_seed
 from ..store import ModelStore
 from .base import EpochReport, Recipe
 from .jobs import TrainJob, recipe_class
-from ..views import FigureSpec, register_figure
 
 log = logging.getLogger("workbench")
 
@@ -483,17 +482,3 @@ def _save_mid_epoch(store, key, epoch, step, model, opt, sched, recipe, history,
         "sums": {"loss": totals[0].cpu(), "correct": totals[1].cpu(), "seen": int(totals[2].item())},
         "elapsed": elapsed,
     })
-
-
-# --------------------------------------------------------------------------- report figures
-# drawn by the report from these tables (workbench/views.py; the drawing code is imported only then)
-
-register_figure(FigureSpec(
-    "training_curves",
-    "Training curves",
-    "Clean and PGD accuracy on the held-out monitor batch and the training loss after each epoch, per model: "
-        "a robust accuracy that collapses while clean accuracy holds marks catastrophic overfitting.",
-    "robustness",
-    "workbench.report.figures:training_curves",
-    ("history",),
-    order=20))
