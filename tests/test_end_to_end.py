@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.evaluation.soundness import VERDICT_WARN, verdicts
+from workbench.evaluation.soundness import VERDICT_WARN
+from workbench.evaluation.views import verdicts
 from workbench.results import load
 from workbench.tables import OPEN, TABLES
 

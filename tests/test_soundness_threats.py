@@ -23,7 +23,8 @@ import workbench.components  # noqa: F401  (registers every component)
 from test_corruptions import MONOTONE
 from workbench.evaluation import evaluate
 from workbench.evaluation.corruptions import CORRUPTIONS, NOT_MONOTONE
-from workbench.evaluation.soundness import CHECKS, VERDICT_OK, VERDICT_WARN, SoundnessConfig, run_checks, verdicts
+from workbench.evaluation.soundness import CHECKS, VERDICT_OK, VERDICT_WARN, SoundnessConfig, run_checks
+from workbench.evaluation.views import verdicts
 from workbench.probes.corruptions import (
     SeverityCheck,
     TABLES_CORRUPTIONS,
