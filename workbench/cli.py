@@ -443,14 +443,14 @@ def list_(
 
       workbench list layers small_cnn --classes 10 --in-shape 1,8,8
     """
-    # each command imports what it runs: `workbench --help` starts without torch
-    from . import registries
-
     if kind == "layers":
         _list_layers(model, classes, in_shape)
         return
     if kind is not None and kind not in KINDS:
         _fail(WorkbenchError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}, layers", field="list"))
+    # each command imports what it runs: `workbench --help` starts without torch
+    from . import registries
+
     width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
     for k in (kind,) if kind else KINDS:
         typer.echo(f"{k}:")
