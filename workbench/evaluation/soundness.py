@@ -909,34 +909,35 @@ class WorstCaseReach(TableStep):
         snd = tables.get("soundness")
         if snd is None or not len(snd):
             return {}
-        snd = snd.copy()
         checks, rob, pe = tables.get("soundness_per_example"), tables.get("robustness"), tables.get("per_example")
         reach = {}
         if checks is not None and len(checks) and rob is not None and pe is not None:
             reach = worst_case_reach(rob, pe, checks, tables.get("worst_case_per_example"))
-        drops, affects = [], []
+        drops, affects, details = [], [], []
         for r in snd.itertuples(index=False):
             got = reach.get((str(r.model), str(r.check))) if r.check in COMPARISONS else None
             drops.append(got[0] if got else np.nan)
             warn = r.status == "warn"
+            details.append(str(r.detail))
             if warn and got is not None:
                 drop, where, n = got
                 tol = tolerance(ctx.soundness, n)
                 held = drop <= tol + ROUNDING
                 affects.append(not held)
-                snd.loc[snd.index[len(affects) - 1], "detail"] = str(r.detail) + (
-                    f" The worst case holds this attack too: only {round(drop * n)} of its {n} examples fall to it and "
-                    f"to no other attack of the worst case (the most, at {where}; tolerance {100 * tol:.1f} "
-                    "points), so its warning is about the reference attack's rows, not the worst case."
+                k = round(drop * n)
+                alone = (f"none of its {n} examples falls to it alone at any setting" if k == 0 else
+                         f"only {k} of its {n} examples fall to it and to no other attack of the worst case (the most, "
+                         f"at {where})")
+                details[-1] += (
+                    f" The worst case holds this attack too: {alone} (tolerance {100 * tol:.1f} points), so its warning "
+                    "is about the reference attack's rows, not the worst case."
                     if held else
-                    f" The worst case rests on this attack: {round(drop * n)} of its {n} examples fall to it and to no "
+                    f" The worst case rests on this attack: {k} of its {n} examples fall to it and to no "
                     f"other attack of the worst case (at {where}; tolerance {100 * tol:.1f} points), so a still stronger "
                     "attack may break more.")
             else:
                 affects.append(warn)
-        snd["worst_case_drop"] = drops
-        snd["affects_worst_case"] = affects
-        return {"soundness": snd}
+        return {"soundness": snd.assign(detail=details, worst_case_drop=drops, affects_worst_case=affects)}
 
 
 register_table_step(WorstCaseReach())

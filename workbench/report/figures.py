@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from matplotlib.lines import Line2D
 
 from ..present import (  # noqa: F401  (the shared helpers, used here and by cross_model/compare as F.*)
-    DPI, NORM_LABEL, Tables, _Lazy, closest, eps_label, grid_eps, middle, model_order, new_figure, palette, sns, table,
+    DPI, NORM_LABEL, Tables, _Lazy, closest, eps_label, grid_eps, headline_warnings, middle, model_order, new_figure,
+    palette, sns, table,
     theme,
 )
 
@@ -541,7 +542,8 @@ def soundness(tables: Tables, **_: Any) -> Figure | None:
         return None
     models = [m for m in model_order(tables) if m in set(snd["model"])]
     checks = list(dict.fromkeys(snd["check"].astype(str)))
-    status = snd.assign(check=snd["check"].astype(str)).set_index(["model", "check"])
+    # the warnings that apply to the worst case, as the verdict reads them
+    status = snd.assign(check=snd["check"].astype(str), _head=headline_warnings(snd).to_numpy()).set_index(["model", "check"])
     mat = np.full((len(models), len(checks)), np.nan)
     with theme():
         fig, axes = new_figure(1, w=max(4.0, 1.05 * len(checks) + 2.0), h=0.55 * len(models) + 1.8)
@@ -551,7 +553,7 @@ def soundness(tables: Tables, **_: Any) -> Figure | None:
                 if (m, ch) in status.index:
                     row = status.loc[(m, ch)]
                     row = row.iloc[0] if isinstance(row, pd.DataFrame) else row
-                    held = row["status"] == "warn" and not bool(row.get("affects_worst_case", True))
+                    held = row["status"] == "warn" and not row["_head"]
                     mat[i, j] = 0.5 if held else 1.0 if row["status"] == "warn" else 0.0
                     val = row["value"]
                     text = f"{val:.3g}" if isinstance(val, (int, float, np.number)) and np.isfinite(val) else str(val)
