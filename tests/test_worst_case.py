@@ -301,3 +301,63 @@ def test_default_cascade_runs_fab_t_and_square_on_the_leftovers_and_contains_aut
     _, apgd_only = apgd_cascade({"m": model}, x, y, ev.robustness, ev.per_example, batch_size=40, seed=3,
                                 attacks=("apgd-ce", "apgd-t"))
     assert _autoattack_breaks(model, x, y, _robust(ev, apgd_only), 0.15) >= 10
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", (0.05, 0.1, 0.2)), ("l2", (0.5, 1.0, 2.0))])
+def test_fab_t_searches_once_for_every_eps_as_the_package_does_at_each(norm, eps):
+    """FAB-T's search does not read ε, so the cascade runs it once on every ε's candidates: at
+    each ε it must return the adversarial examples the package's FAB-T returns run at that ε
+    alone, on examples attacked at some ε only (the others stay clean)."""
+    import torch
+
+    pytest.importorskip("pyautoattack")
+    from workbench.attacks.autoattack import autoattack, fab_t_every_eps
+
+    model, x, y = _digits_mlp()
+    x, y = x[:36], y[:36]
+    attacked = torch.ones(len(y), len(eps), dtype=torch.bool)
+    attacked[::3, 0] = False
+    attacked[1::4, 2] = False
+    attacked[5] = False
+    advs = fab_t_every_eps(model, x, y, eps, attacked, norm=norm, seed=5, targets=3)
+    outcomes = []
+    for e, radius in enumerate(eps):
+        rows = attacked[:, e].nonzero().flatten()
+        ref = autoattack(model, x[rows], y[rows], radius, norm=norm, attacks=["fab-t"], seed=5, targets=3)
+        assert torch.allclose(advs[e][rows], ref, atol=1e-5)
+        assert torch.equal(advs[e][~attacked[:, e]], x[~attacked[:, e]])
+        with torch.no_grad():
+            ours, theirs = model(advs[e][rows]).argmax(1) == y[rows], model(ref).argmax(1) == y[rows]
+        assert torch.equal(ours, theirs)
+        outcomes.append(int((~ours).sum()))
+    # a real test: FAB-T breaks some examples, more at larger ε, and not all at the smallest
+    assert 0 < outcomes[0] and outcomes[0] < attacked[:, 0].sum()
+    assert outcomes[-1] > outcomes[0] or attacked[:, -1].sum() < attacked[:, 0].sum()
+
+
+def test_the_cascade_runs_fab_t_once_per_norm_with_each_eps_outcome():
+    """In the cascade, FAB-T at each ε gives the outcomes of the package's FAB-T run at that ε
+    on that ε's candidates (same rows, same accounting)."""
+    import torch
+
+    pytest.importorskip("pyautoattack")
+    from workbench.attacks.autoattack import autoattack
+    from workbench.evaluation import EvaluationConfig, evaluate
+    from workbench.evaluation.worst_case import apgd_cascade, robust_after
+
+    model, x, y = _digits_mlp()
+    x, y = x[:30], y[:30]
+    cfg = EvaluationConfig(eps=(0.05, 0.1), eps_l2=(), batch_size=12, transfer=False, attacks=["fgsm"])
+    ev = evaluate({"m": model}, x, y, cfg, seed=1, index=torch_arange(100, 130))
+    cascade, per = apgd_cascade({"m": model}, x, y, ev.robustness, ev.per_example, batch_size=12, seed=2, targets=3,
+                                attacks=("fab-t",))
+    assert cascade[["norm", "eps", "attack"]].values.tolist() == [["linf", 0.05, "fab-t"], ["linf", 0.1, "fab-t"]]
+    for (norm, eps), (index, at) in robust_after(ev.robustness, ev.per_example, "m").items():
+        ref = autoattack(model, x[at], y[at], eps, norm=norm, attacks=["fab-t"], targets=3)
+        with torch.no_grad():
+            expect = (model(ref).argmax(1) == y[at]).numpy()
+        got = per[per["eps"] == eps]
+        assert got["index"].tolist() == index.tolist() and got["correct"].tolist() == expect.tolist()
+        row = cascade[cascade["eps"] == eps].iloc[0]
+        assert row["candidates"] == len(index) and row["broken"] == int((~expect).sum())
+    assert cascade["broken"].sum() > 0

@@ -170,3 +170,85 @@ def autoattack(
     finally:
         quiet.setLevel(level)
     return x_adv.to(x.dtype)
+
+
+def _distance(x: torch.Tensor, adv: torch.Tensor, norm: str) -> torch.Tensor:
+    """The perturbation's size per example, computed as FAB's own success test does."""
+    d = (x - adv).reshape(len(x), -1)
+    if norm == "linf":
+        return d.abs().max(1)[0]
+    if norm == "l2":
+        return (d ** 2).sum(dim=-1).sqrt()
+    return d.abs().sum(-1)
+
+
+def fab_t_every_eps(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: tuple[float, ...],
+    attacked: torch.Tensor,
+    *,
+    norm: str = "linf",
+    seed: int = 0,
+    targets: int | None = None,
+) -> list[torch.Tensor]:
+    """FAB-T of AutoAttack's standard version at several ε in one search: ``[adv_e for e in eps]``,
+    where ``adv_e[i]`` is the adversarial example ``autoattack(model, x[i:i+1], y[i:i+1], eps[e],
+    norm=norm, attacks=["fab-t"])`` returns (``x[i]`` when it finds none within ε), for every
+    example ``i`` with ``attacked[i, e]`` (N × len(eps), bool; other rows are ``x``).
+
+    Why one search serves every ε: with one restart, FAB-T's search starts at x (no random start)
+    and never reads ε; ε enters only its test, after each target class, of whether the
+    example it found is misclassified within ε (``fab_base.FABAttack.perturb``), and an example
+    leaves the search at the first target that passes it. So each target runs here on the
+    examples not yet broken at the smallest ε they are attacked at, and at each ε an example
+    takes the first target's example that passes that ε's test, as FAB-T run at that ε does
+    (tested against the package). The cost is that of one ε instead of one per ε."""
+    check_batch(x, y)
+    eps = tuple(check_eps(e) for e in eps)
+    attacked = torch.as_tensor(attacked, dtype=torch.bool, device=x.device)
+    if attacked.shape != (len(y), len(eps)):
+        raise ValueError(f"attacked must be N × len(eps) = {len(y)} × {len(eps)}, got {tuple(attacked.shape)}")
+    xf = x.detach().float()
+    out = [xf.clone() for _ in eps]
+    if not attacked.any():
+        return [o.to(x.dtype) for o in out]
+    eps_t = torch.tensor(eps, dtype=torch.float64, device=x.device)
+    # an example is done once broken at the smallest ε it is attacked at (then at every one)
+    smallest = torch.where(attacked, eps_t, torch.full_like(eps_t, float("inf"))).argmin(1)
+    rows_all = torch.arange(len(y), device=x.device)
+    broken = torch.zeros_like(attacked)
+    devices = [x.device] if x.device.type == "cuda" else []
+    quiet = logging.getLogger("auto-attack")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with torch.random.fork_rng(devices=devices), attack_mode(model), torch.no_grad():
+            num_classes = int(model(xf[:1]).shape[1])
+            aa = build(model, max(eps), norm=norm, attacks=["fab-t"], seed=seed, device=x.device,
+                       num_classes=num_classes, targets=targets)
+            fab = aa.fab  # set up as run_standard_evaluation sets it up for "fab-t"
+            fab.targeted, fab.n_restarts, fab.seed = True, 1, seed
+            fab.device = x.device
+            torch.random.manual_seed(seed)  # as FABAttack.perturb does
+            # FAB attacks only what the model classifies correctly (the rest stay x)
+            todo = attacked.any(1) & (model(xf).argmax(1) == y)
+            for target in range(2, fab.n_target_classes + 2):
+                active = (todo & ~broken[rows_all, smallest]).nonzero().flatten()
+                if not len(active):
+                    break
+                fab.target_class = target
+                adv = fab.attack_single_run(xf[active], y[active], use_rand_start=False, is_targeted=True)
+                fooled = model(adv).argmax(1) != y[active]
+                dist = _distance(xf[active], adv, norm)
+                for e, radius in enumerate(eps):
+                    # FAB's own test at this ε (float32 distance against ε), first target wins
+                    hit = fooled & ~(dist > radius) & attacked[active, e] & ~broken[active, e]
+                    rows = active[hit]
+                    out[e][rows] = adv[hit]
+                    broken[rows, e] = True
+    finally:
+        quiet.setLevel(level)
+    return [o.to(x.dtype) for o in out]
+
