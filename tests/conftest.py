@@ -24,6 +24,14 @@ def _isolated_store(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WORKBENCH_THREADS", "1")
 
 
+#: ``evaluation.worst_case`` for studies whose tests are not about the AutoAttack cascade:
+#: APGD-CE alone keeps the stage and its tables. The default (AutoAttack standard, with APGD-T,
+#: FAB-T and Square) is test_worst_case's, and test_readme's on the full quickstart; Square's
+#: 5,000 queries and APGD-T's 900 iterations cost seconds per model × norm × ε however few
+#: examples are left (per-iteration overhead), about 4 minutes over these fixtures.
+CHEAP_CASCADE = {"attacks": ["apgd-ce"]}
+
+
 def digits_mlp():
     """A small MLP (64-64-10) trained for 300 Adam steps on scikit-learn's digits (8×8, 10
     classes), seeded, in eval mode, and 60 test examples (images 1500-1559) as (model, x, y).

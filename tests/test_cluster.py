@@ -21,13 +21,15 @@ from workbench.runner import load_study_data, model_jobs, run_study  # noqa: E40
 from workbench.store import ModelStore  # noqa: E402
 from workbench.study import load_study  # noqa: E402
 from workbench.training import fit  # noqa: E402
+from conftest import CHEAP_CASCADE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the distillation study's grid, shrunk (3 models, the student with its teacher)
 SMALL = ["data.limit_train=192", "data.limit_test=64", "train.epochs=2",
          "recipes=[standard, {name: pgd_at, eps: 0.2, steps: 2}, {name: distillation, temperature: 100, "
          "train: {optimizer: adam, lr: 0.01, weight_decay: 0}}]",
-         "evaluation.attacks=[fgsm, {name: pgd, steps: 2, restarts: 1}]", "evaluation.soundness.enabled=false"]
+         "evaluation.attacks=[fgsm, {name: pgd, steps: 2, restarts: 1}]", "evaluation.soundness.enabled=false",
+         f"evaluation.worst_case.attacks=[{', '.join(CHEAP_CASCADE['attacks'])}]"]
 #: columns that legitimately differ between two runs (wall times, how a model was obtained)
 VOLATILE = {"seconds", "train_seconds", "cached", "resumed_from_epoch"}
 

@@ -15,6 +15,7 @@ from workbench.errors import StudyError
 from workbench.replicates import COLUMNS, replicate_summary, replicates_table
 from workbench.study import load_study, study_from_dict
 from workbench.tables import TABLES
+from conftest import CHEAP_CASCADE
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "studies" / "quickstart.yaml"
@@ -185,7 +186,7 @@ TINY = {
     "recipes": ["standard", {"name": "pgd_at", "eps": 0.2, "steps": 2}],
     "evaluation.examples": 40, "evaluation.eps": [0.1, 0.2], "evaluation.eps_l2": [],
     "evaluation.attacks": ["fgsm", {"name": "pgd", "steps": 3}],
-    "evaluation.soundness": {"enabled": True, "examples": 30},
+    "evaluation.soundness": {"enabled": True, "examples": 30}, "evaluation.worst_case": CHEAP_CASCADE,
     "probes": {"examples": 16, "lipschitz": {"steps": 2, "eps": [0.2], "eps_l2": []},
                "linearity": {"eps": [0.2], "steps": 2, "surface": {"grid": 3, "examples": 1}}, "cka": {}},
 }

@@ -29,6 +29,7 @@ from workbench.store import RunFolder
 from workbench.evaluation.per_class import confusion_table, per_class_table
 from workbench.stats import wilson_interval
 from workbench.tables import TABLES
+from conftest import CHEAP_CASCADE
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "studies" / "quickstart.yaml"
@@ -48,6 +49,7 @@ SHRUNK = {
     "evaluation.eps": [0.1, 0.2],
     "evaluation.eps_l2": [1.0],
     "evaluation.attacks": ["fgsm", {"name": "pgd", "steps": 5}, {"name": "pgd", "norm": "l2", "steps": 5}],
+    "evaluation.worst_case": CHEAP_CASCADE,
 }
 #: every probe, at its cheapest
 PROBES = {

@@ -25,6 +25,7 @@ from workbench.report.html import _provenance
 from workbench.results import load
 from workbench.runner import run_study
 from workbench.study import study_from_dict
+from conftest import CHEAP_CASCADE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ RAW = {
     "train": {"epochs": 3, "batch_size": 64, "lr": 0.1, "monitor_examples": 32, "monitor_steps": 2},
     "evaluation": {"examples": 48, "eps": [0.1], "eps_l2": [0.5],
                    "attacks": ["fgsm", {"name": "pgd", "steps": 3}, {"name": "pgd", "norm": "l2", "steps": 2}],
-                   "soundness": {"enabled": True, "examples": 24}},
+                   "soundness": {"enabled": True, "examples": 24}, "worst_case": CHEAP_CASCADE},
     "probes": {
         "examples": 16,
         "lipschitz": {"steps": 2, "eps": [0.1], "eps_l2": [0.5], "layers": "penultimate"},

@@ -19,6 +19,7 @@ from workbench.runner import model_jobs, run_study
 from workbench.stages import STAGES, TABLE_STEPS, Stage, StageOutput, TableStep, plan, run_stages, section_of
 from workbench.study import study_from_dict
 from workbench.training import TrainJob, plan_jobs
+from conftest import CHEAP_CASCADE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ TINY = {
     "recipes": ["standard", {"name": "pgd_at", "eps": 0.1, "steps": 2}],
     "train": {"epochs": 2, "batch_size": 64, "monitor_examples": 32, "monitor_steps": 2},
     "evaluation": {"examples": 32, "eps": [0.1], "attacks": ["fgsm", {"name": "pgd", "steps": 2}],
-                   "soundness": {"enabled": False}},
+                   "soundness": {"enabled": False}, "worst_case": CHEAP_CASCADE},
     "report": {"enabled": False},
 }
 DISTILLATION = {

@@ -24,6 +24,7 @@ from workbench.tables import OPEN, TABLES
 
 from test_report import PROBES
 from test_sources import AttackerModel, robustbench_file, robustness_checkpoint
+from conftest import CHEAP_CASCADE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,7 @@ def mixed_run(tmp_path_factory):
                       ["mlp-robustness", "user-cnn"]],
             "evaluation.examples": 60, "evaluation.eps": [0.1, 0.2], "evaluation.eps_l2": [1.0],
             "evaluation.attacks": ["fgsm", {"name": "pgd", "steps": 3}, {"name": "pgd", "norm": "l2", "steps": 3}],
-            "evaluation.soundness": {"enabled": True, "examples": 30},
+            "evaluation.soundness": {"enabled": True, "examples": 30}, "evaluation.worst_case": CHEAP_CASCADE,
             "probes": PROBES,
         }
         study = load_study(ROOT / "studies" / "quickstart.yaml", over)

@@ -18,6 +18,7 @@ from workbench.facts import RunFacts
 from workbench.runner import load_study_data, model_jobs, run_study
 from workbench.stages import FACTS, SECTIONS, STAGES, StageContext, UndeclaredFact, plan, stage_keys
 from workbench.study import study_from_dict
+from conftest import CHEAP_CASCADE
 
 BASE = {
     "name": "keys",
@@ -27,7 +28,7 @@ BASE = {
     "recipes": ["standard", {"name": "pgd_at", "eps": 0.1, "steps": 2}],
     "train": {"epochs": 1, "batch_size": 64, "monitor_examples": 32, "monitor_steps": 2},
     "evaluation": {"examples": 32, "eps": [0.05, 0.1], "attacks": ["fgsm", {"name": "pgd", "steps": 2}],
-                   "soundness": {"enabled": True}},
+                   "soundness": {"enabled": True}, "worst_case": CHEAP_CASCADE},
     "probes": {"examples": 16, "lipschitz": {}, "linearity": {}, "saliency": {}, "cka": {}, "linear_probe": {}, "represent": {},
                "corruptions": {"corruptions": ["contrast", "fog"], "severities": [1, 2]},
                "threats": {"layers": "penultimate", "steps": 2, "train_examples": 60, "corruptions": ["contrast"],
