@@ -296,7 +296,10 @@ def apgd_cascade(
     evaluation and the earlier attacks left robust, for each model at every norm and ε it
     was attacked at. ``x``, ``y`` are the evaluated examples in the evaluation's order.
     Batches of ``batch_size`` are seeded by (seed, model, norm, ε, attack, batch) and shared
-    out under torchrun like the evaluation's. ``targets``: APGD-T's and FAB-T's target
+    out under torchrun like the evaluation's. FAB-T runs once per model and norm on the union
+    of its ε's candidates (:func:`_fab_t_batches`; its search draws nothing and does not read
+    ε), seeded by (seed, model, norm, attack, batch), each ε getting the outcomes FAB-T run at
+    that ε alone gives. ``targets``: APGD-T's and FAB-T's target
     classes (None: AutoAttack's). ``main_eps``: run only at (L∞, ``main_eps``); other
     settings get a ``not the main ε`` row."""
     rows, outcomes = [], []
