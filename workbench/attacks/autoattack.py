@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from contextlib import contextmanager
 from importlib import metadata
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -155,8 +156,19 @@ def autoattack(
         return x.detach().clone()
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    with _session(model, x) as num_classes:
+        aa = build(model, eps, norm=norm, version=version, attacks=attacks, seed=seed, device=x.device,
+                   num_classes=num_classes, targets=targets)
+        x_adv, _ = aa.run_standard_evaluation(x.detach().float(), y, batch_size=len(y))
+    return x_adv.to(x.dtype)
+
+
+@contextmanager
+def _session(model: torch.nn.Module, x: torch.Tensor) -> Iterator[int]:
+    """Where AutoAttack's code runs: the model frozen in eval mode, torch's generators forked
+    (AutoAttack reseeds them globally) and its DEBUG progress kept out of the run log. Yields
+    the model's number of classes (the targeted attacks take at most that − 1 targets)."""
     devices = [x.device] if x.device.type == "cuda" else []
-    # AutoAttack logs its progress at DEBUG on 'auto-attack'; keep it out of the run log
     quiet = logging.getLogger("auto-attack")
     level = quiet.level
     quiet.setLevel(logging.WARNING)
@@ -164,12 +176,9 @@ def autoattack(
         with torch.random.fork_rng(devices=devices), attack_mode(model):
             with torch.no_grad():
                 num_classes = int(model(x[:1].float()).shape[1])
-            aa = build(model, eps, norm=norm, version=version, attacks=attacks, seed=seed, device=x.device,
-                       num_classes=num_classes, targets=targets)
-            x_adv, _ = aa.run_standard_evaluation(x.detach().float(), y, batch_size=len(y))
+            yield num_classes
     finally:
         quiet.setLevel(level)
-    return x_adv.to(x.dtype)
 
 
 def _distance(x: torch.Tensor, adv: torch.Tensor, norm: str) -> torch.Tensor:
@@ -219,36 +228,26 @@ def fab_t_every_eps(
     smallest = torch.where(attacked, eps_t, torch.full_like(eps_t, float("inf"))).argmin(1)
     rows_all = torch.arange(len(y), device=x.device)
     broken = torch.zeros_like(attacked)
-    devices = [x.device] if x.device.type == "cuda" else []
-    quiet = logging.getLogger("auto-attack")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    try:
-        with torch.random.fork_rng(devices=devices), attack_mode(model), torch.no_grad():
-            num_classes = int(model(xf[:1]).shape[1])
-            aa = build(model, max(eps), norm=norm, attacks=["fab-t"], seed=seed, device=x.device,
-                       num_classes=num_classes, targets=targets)
-            fab = aa.fab  # set up as run_standard_evaluation sets it up for "fab-t"
-            fab.targeted, fab.n_restarts, fab.seed = True, 1, seed
-            fab.device = x.device
-            torch.random.manual_seed(seed)  # as FABAttack.perturb does
-            # FAB attacks only what the model classifies correctly (the rest stay x)
-            todo = attacked.any(1) & (model(xf).argmax(1) == y)
-            for target in range(2, fab.n_target_classes + 2):
-                active = (todo & ~broken[rows_all, smallest]).nonzero().flatten()
-                if not len(active):
-                    break
-                fab.target_class = target
-                adv = fab.attack_single_run(xf[active], y[active], use_rand_start=False, is_targeted=True)
-                fooled = model(adv).argmax(1) != y[active]
-                dist = _distance(xf[active], adv, norm)
-                for e, radius in enumerate(eps):
-                    # FAB's own test at this ε (float32 distance against ε), first target wins
-                    hit = fooled & ~(dist > radius) & attacked[active, e] & ~broken[active, e]
-                    rows = active[hit]
-                    out[e][rows] = adv[hit]
-                    broken[rows, e] = True
-    finally:
-        quiet.setLevel(level)
+    with _session(model, x) as num_classes, torch.no_grad():
+        aa = build(model, max(eps), norm=norm, attacks=["fab-t"], seed=seed, device=x.device,
+                   num_classes=num_classes, targets=targets)
+        fab = aa.fab
+        fab.targeted, fab.n_restarts = True, 1  # as run_standard_evaluation sets it up for "fab-t"
+        # FAB attacks only what the model classifies correctly (the rest stay x)
+        todo = attacked.any(1) & (model(xf).argmax(1) == y)
+        for target in range(2, fab.n_target_classes + 2):
+            active = (todo & ~broken[rows_all, smallest]).nonzero().flatten()
+            if not len(active):
+                break
+            fab.target_class = target
+            adv = fab.attack_single_run(xf[active], y[active], use_rand_start=False, is_targeted=True)
+            fooled = model(adv).argmax(1) != y[active]
+            dist = _distance(xf[active], adv, norm)
+            for e, radius in enumerate(eps):
+                # FAB's own test at this ε (float32 distance against ε), first target wins
+                hit = fooled & ~(dist > radius) & attacked[active, e] & ~broken[active, e]
+                rows = active[hit]
+                out[e][rows] = adv[hit]
+                broken[rows, e] = True
     return [o.to(x.dtype) for o in out]
 

@@ -412,6 +412,7 @@ def _fab_t_batches(model, x, y, at_of: dict[float, np.ndarray], norm: str, batch
     on the union of those examples (:func:`workbench.attacks.autoattack.fab_t_every_eps`), batch
     by batch as :func:`_attack_batches` does."""
     eps = tuple(at_of)
+    radii = tuple(float(e) for e in eps)
     union = np.unique(np.concatenate([at_of[e] for e in eps]))
     if not len(union):
         return {e: (np.zeros(0, dtype=bool), np.zeros(0)) for e in eps}
@@ -422,7 +423,7 @@ def _fab_t_batches(model, x, y, at_of: dict[float, np.ndarray], norm: str, batch
     def crafted(b: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         sl = slice(b * batch_size, (b + 1) * batch_size)
         attacked = torch.as_tensor(member[sl], device=x.device)
-        advs = aa.fab_t_every_eps(model, xs[sl], ys[sl], tuple(float(e) for e in eps), attacked, norm=norm,
+        advs = aa.fab_t_every_eps(model, xs[sl], ys[sl], radii, attacked, norm=norm,
                                   seed=seed_of(b), targets=targets)
         return [tuple(t.cpu() for t in score(model, adv[attacked[:, e]], ys[sl][attacked[:, e]], batch_size))
                 for e, adv in enumerate(advs)]
