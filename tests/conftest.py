@@ -17,6 +17,43 @@ torch.set_num_threads(1)
 threadpool_limits(1)  # numpy / scikit-learn BLAS threads, same reason
 tune_cpu_allocator()  # fewer page faults (see cli.tune_cpu_allocator)
 
+#: The suite writes about 1 GiB below pytest's temporary folder (a CIFAR-10 extraction, run
+#: folders, stores); passing tests' folders are deleted as they end (pyproject's
+#: tmp_path_retention_policy). With less free, hundreds of tests would error on ENOSPC one by
+#: one, as a CI run once did; refuse at the start with one line instead.
+NEEDED_FREE_BYTES = 1 << 30
+
+
+def _temp_root(config):
+    import tempfile
+    from pathlib import Path
+
+    return Path(config.option.basetemp or tempfile.gettempdir())
+
+
+def _free_bytes(path):
+    import shutil
+
+    while not path.exists():  # --basetemp may not exist yet
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def pytest_report_header(config):
+    root = _temp_root(config)
+    return f"temporary files: {root} ({_free_bytes(root) / 2**30:.1f} GiB free)"
+
+
+def pytest_sessionstart(session):
+    root = _temp_root(session.config)
+    free = _free_bytes(root)
+    if free < NEEDED_FREE_BYTES:
+        pytest.exit(
+            f"{root}: only {free / 2**20:.0f} MiB free; the tests need about "
+            f"{NEEDED_FREE_BYTES / 2**30:.0f} GiB (set TMPDIR or --basetemp to a roomier disk)",
+            returncode=2,
+        )
+
 
 @pytest.fixture(autouse=True)
 def _isolated_store(tmp_path_factory, monkeypatch):
