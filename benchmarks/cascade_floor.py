@@ -34,15 +34,19 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workbench import results  # noqa: E402
+from workbench.runner import load_study_data  # noqa: E402
 
 APGD_ITERATIONS = 100  # AutoAttack standard (pyautoattack's n_iter for APGD-CE and APGD-T)
 SQUARE_QUERIES = 5000  # AutoAttack standard (Square's n_queries)
 
 
-def per_example_seconds(model, shape, classes: int, batch: int, reps: int) -> tuple[float, float]:
-    """(forward + input-gradient, forward alone) seconds per example at this batch size."""
+def per_example_seconds(model, example: torch.Tensor, batch: int, reps: int) -> tuple[float, float]:
+    """(forward + input-gradient, forward alone) seconds per example at this batch size, on
+    random inputs shaped as ``example`` (one test input, 1 × C × H × W)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand((batch, *shape), generator=gen)
+    with torch.no_grad():
+        classes = int(model(example).shape[1])
+    x = torch.rand((batch, *example.shape[1:]), generator=gen)
     y = torch.randint(0, classes, (batch,), generator=gen)
     for p in model.parameters():
         p.requires_grad_(False)  # as the cascade's frozen model: no weight gradients
@@ -80,13 +84,14 @@ def main() -> int:
     if cascade is None or not len(cascade):
         print(f"{args.run}: no worst_case_cascade table (the study ran no cascade)", file=sys.stderr)
         return 2
+    cascade = cascade[cascade["status"] == "ran"]  # a skipped setting's candidates cost nothing
     batch = int(res.study.evaluation.batch_size)
+    example = load_study_data(res.study, torch.device("cpu")).test_x[:1].float()
     print(f"{args.run}: {res.study.name}, attack batch {batch}, {args.threads} thread(s)")
     total_floor = total_measured = 0.0
     for mid, rows in cascade.groupby("model", sort=False):
         model = res.model(mid, store=args.store, device=torch.device("cpu")).eval()
-        shape, classes = _input_shape(res, model)
-        both, fwd = per_example_seconds(model, shape, classes, batch, args.reps)
+        both, fwd = per_example_seconds(model, example, batch, args.reps)
         print(f"\n{mid}: {both * 1e6:.1f} µs per example forward+backward, {fwd * 1e6:.1f} µs forward "
               f"(batch {batch})")
         print(f"  {'attack':<8} {'candidates':>10} {'broken':>7} {'passes':>12} {'floor s':>8} {'measured s':>10}")
@@ -107,17 +112,6 @@ def main() -> int:
             print(f"  {attack:<8} {cand:>10d} {broken:>7d} {passes:>12,d} {floor:>8.1f} {measured:>10.1f}")
     print(f"\ncascade: floor {total_floor:.1f} s of model passes; the run measured {total_measured:.1f} s")
     return 0
-
-
-def _input_shape(res, model) -> tuple[tuple[int, ...], int]:
-    """The test inputs' shape and the number of classes, from the run's data."""
-    from workbench.runner import load_study_data
-
-    data = load_study_data(res.study, torch.device("cpu"))
-    x = data.test_x[:1].float()
-    with torch.no_grad():
-        classes = int(model(x).shape[1])
-    return tuple(x.shape[1:]), classes
 
 
 if __name__ == "__main__":

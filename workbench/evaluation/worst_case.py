@@ -357,11 +357,13 @@ def apgd_cascade(
                         # the cascade: the next attack runs only where this one failed
                         left[eps] = (index[correct], at[correct])
     # the tables read setting by setting, each setting's attacks in the cascade's order
-    order = {a: i for i, a in enumerate(attacks)}
-    ranks = {m: i for i, m in enumerate(models)}
-    rows.sort(key=lambda r: (ranks[r["model"]], r["norm"], r["eps"], order[r["attack"]]))
-    outcomes = [d for (mid, norm, eps, attack), d in
-                sorted(outcomes, key=lambda o: (ranks[o[0][0]], o[0][1], o[0][2], order[o[0][3]]))]
+    order, ranks = {a: i for i, a in enumerate(attacks)}, {m: i for i, m in enumerate(models)}
+
+    def place(mid, norm, eps, attack):
+        return ranks[mid], norm, eps, order[attack]
+
+    rows.sort(key=lambda r: place(r["model"], r["norm"], r["eps"], r["attack"]))
+    outcomes = [d for _, d in sorted(outcomes, key=lambda o: place(*o[0]))]
     missing = [r for r in rows if r["status"] == MISSING]
     if missing:
         log.warning("the worst case has no AutoAttack cascade (APGD, FAB-T, Square): the pyautoattack package is "
